@@ -1,0 +1,282 @@
+"""Named encoder + decoder pairs, and the loaders that turn a name or path into models.
+
+A preset names where the pretrained weights live (Hub ids) and how to build the same
+architecture with random weights from configs written here (``random_weights=True``),
+so that real-size runs and benchmarks need no download. ``tiny`` is built from small
+configs with a fixed seed: every process builds the identical model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from un2clip.models.clip import ClipMeta, ClipModel, ImageProcessing
+from un2clip.models.unclip import UnclipDecoder
+
+TINY_SEED = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An encoder + decoder pair known by name."""
+
+    name: str
+    clip: str  # Hub id or ``builtin:<name>``
+    decoder: str | None  # Hub id, ``builtin:<name>`` or None (train one with train-decoder)
+    build_clip: Callable[[], ClipModel]  # real architecture, random weights
+    build_decoder: Callable[[], UnclipDecoder] | None
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+
+# -- builders ---------------------------------------------------------------------------------------
+
+def build_clip_from_config(
+    vision: dict,
+    text: dict,
+    projection_dim: int,
+    *,
+    processing: ImageProcessing,
+    vocab_words: list[str] | None = None,
+    seed: int = TINY_SEED,
+) -> ClipModel:
+    """A HF CLIPModel with random weights (seeded) and a word-level tokenizer built in code."""
+    from transformers import CLIPConfig
+
+    from un2clip.models.tokenizer import build_word_tokenizer
+
+    context = int(text.get("max_position_embeddings", 77))
+    tokenizer = build_word_tokenizer(vocab_words or _default_words(), context_length=context)
+    text = {**text, "vocab_size": max(int(text.get("vocab_size", 0)), len(tokenizer)),
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    model = _init_seeded(lambda: _clip_model(config), seed)
+    meta = ClipMeta(family="clip", processing=processing, context_length=context)
+    return ClipModel(model.eval(), tokenizer, meta)
+
+
+def _clip_model(config):
+    from transformers import CLIPModel
+
+    return CLIPModel(config)
+
+
+def _init_seeded(make: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def _default_words() -> list[str]:
+    """Vocabulary of the built-in tokenizer: the shapes world's words when available."""
+    try:
+        from un2clip.data.world import world_vocabulary
+    except ImportError:  # pragma: no cover - world module always ships; keep a fallback
+        return ["a", "photo", "of", "the"]
+    return list(world_vocabulary())
+
+
+def build_decoder_from_config(
+    unet: dict,
+    *,
+    embed_dim: int,
+    scheduler: dict,
+    vae: dict | None = None,
+    context_shape: tuple[int, int] = (1, 32),
+    image_size: int | None = None,
+    seed: int = TINY_SEED,
+) -> UnclipDecoder:
+    """An UnclipDecoder with random (seeded) weights from configs: the Stable unCLIP parts."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+
+    unet_cfg = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": 2 * embed_dim, **unet}
+
+    def make():
+        u = UNet2DConditionModel(**unet_cfg)
+        v = AutoencoderKL(**vae) if vae is not None else None
+        ctx = torch.randn(1, *context_shape)
+        return u, v, ctx
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u, v, ctx = make()
+    normalizer = StableUnCLIPImageNormalizer(embedding_dim=embed_dim)
+    noising = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    sched = DDIMScheduler(**scheduler)
+    return UnclipDecoder(u, normalizer, noising, sched, ctx, v, image_size=image_size).eval()
+
+
+# -- tiny ---------------------------------------------------------------------------------------------
+
+TINY_IMAGE = 32
+TINY_EMBED = 128
+
+
+def build_tiny_clip(seed: int = TINY_SEED) -> ClipModel:
+    """ViT patch 8 on 32 px (17 tokens), width 128, 4 layers; word-level text, 3 layers; 128-d joint space."""
+    vision = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "image_size": TINY_IMAGE, "patch_size": 8, "hidden_act": "quick_gelu"}
+    text = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "max_position_embeddings": 32, "hidden_act": "quick_gelu"}
+    processing = ImageProcessing(size=TINY_IMAGE)
+    return build_clip_from_config(vision, text, TINY_EMBED, processing=processing, seed=seed)
+
+
+def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image_size: int = TINY_IMAGE) -> UnclipDecoder:
+    """Pixel-space UNet (32, 64, 128 channels) conditioned like Stable unCLIP; v-prediction, cosine betas."""
+    unet = {
+        "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+        "block_out_channels": (32, 64, 128),
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8,
+    }
+    scheduler = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                 "prediction_type": "v_prediction", "clip_sample": False, "set_alpha_to_one": False}
+    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=scheduler,
+                                     context_shape=(1, 32), image_size=image_size, seed=seed)
+
+
+# -- real architectures (random weights on request) -------------------------------------------------------
+
+def _openai_l14_clip(image_size: int = 224) -> ClipModel:
+    vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "image_size": image_size, "patch_size": 14, "hidden_act": "quick_gelu", "projection_dim": 768}
+    text = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "max_position_embeddings": 77, "hidden_act": "quick_gelu", "vocab_size": 49408, "projection_dim": 768}
+    return build_clip_from_config(vision, text, 768, processing=ImageProcessing(size=image_size))
+
+
+def _openclip_h14_clip() -> ClipModel:
+    vision = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+              "image_size": 224, "patch_size": 14, "hidden_act": "gelu", "projection_dim": 1024}
+    text = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+            "max_position_embeddings": 77, "hidden_act": "gelu", "vocab_size": 49408, "projection_dim": 1024}
+    return build_clip_from_config(vision, text, 1024, processing=ImageProcessing(size=224))
+
+
+SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "norm_num_groups": 32, "sample_size": 768, "scaling_factor": 0.18215,
+}
+SD21_UNCLIP_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+}
+
+
+def _sd21_unclip_decoder(embed_dim: int) -> UnclipDecoder:
+    """SD 2.1 unCLIP UNet (865 M) + SD VAE at 768 px, random weights; the empty-prompt context is random."""
+    unet = {
+        "sample_size": 96, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
+    }
+    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=SD21_UNCLIP_SCHEDULER, vae=SD_VAE,
+                                     context_shape=(77, 1024), image_size=768)
+
+
+register(Preset(
+    "tiny", "builtin:tiny", "builtin:tiny", build_tiny_clip, build_tiny_decoder,
+    "tiny CLIP (ViT patch 8, 32 px, 128-d) + pixel-space unCLIP decoder; tests and the demo",
+))
+register(Preset(
+    "openai-l14", "openai/clip-vit-large-patch14", "stabilityai/stable-diffusion-2-1-unclip-small",
+    _openai_l14_clip, lambda: _sd21_unclip_decoder(768),
+    "OpenAI ViT-L/14 @224 + Stable unCLIP small (SD 2.1, 768 px); the paper's main setting",
+))
+register(Preset(
+    "openclip-h14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "stabilityai/stable-diffusion-2-1-unclip",
+    _openclip_h14_clip, lambda: _sd21_unclip_decoder(1024),
+    "OpenCLIP ViT-H/14 (LAION-2B) + Stable unCLIP (SD 2.1, 768 px)",
+))
+register(Preset(
+    "openai-l14-336", "openai/clip-vit-large-patch14-336", None, lambda: _openai_l14_clip(336), None,
+    "OpenAI ViT-L/14 @336; no public unCLIP: train one with `un2clip train-decoder`",
+))
+
+
+# -- loading by name or path -----------------------------------------------------------------------------
+
+RUN_MARKER = "un2clip_run.json"
+
+
+def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
+    """A preset name, a HF folder or Hub id, a training run directory, or an exported folder -> ClipModel."""
+    if spec in PRESETS:
+        preset = PRESETS[spec]
+        if random_weights or preset.clip.startswith("builtin:"):
+            return preset.build_clip()
+        return ClipModel.from_pretrained(preset.clip)
+    path = Path(spec)
+    if (path / RUN_MARKER).exists():
+        from un2clip.train.checkpoint import load_run_clip
+
+        return load_run_clip(path)
+    if path.exists() or "/" in spec:
+        return ClipModel.from_pretrained(spec)
+    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+
+
+def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | None = None) -> UnclipDecoder:
+    """A preset name, a decoder folder (ours or the diffusers pipeline layout), a train-decoder run or a Hub id."""
+    if spec in PRESETS:
+        preset = PRESETS[spec]
+        if preset.decoder is None:
+            raise ValueError(f"preset {spec!r} has no public unCLIP decoder: pass --decoder DIR "
+                             "(a folder written by `un2clip train-decoder`)")
+        if random_weights or preset.decoder.startswith("builtin:"):
+            assert preset.build_decoder is not None
+            return preset.build_decoder()
+        return UnclipDecoder.from_pretrained(preset.decoder)
+    path = Path(spec)
+    if (path / RUN_MARKER).exists():
+        from un2clip.train.checkpoint import load_run_decoder
+
+        return load_run_decoder(path)
+    if path.exists() or "/" in spec:
+        return UnclipDecoder.from_pretrained(spec)
+    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+
+
+def check_pair(clip: ClipModel, decoder: UnclipDecoder) -> None:
+    """Refuse an encoder whose embedding width differs from what the decoder is conditioned on."""
+    if clip.embed_dim != decoder.embed_dim:
+        raise ValueError(
+            f"encoder and decoder do not fit: the CLIP image encoder gives {clip.embed_dim}-d embeddings, "
+            f"the unCLIP decoder is conditioned on {decoder.embed_dim}-d embeddings "
+            f"(its UNet takes class labels of width {2 * decoder.embed_dim})"
+        )
+
+
+def describe_presets() -> str:
+    rows = [f"{p.name:16s} {p.clip} + {p.decoder or '(none)'}\n{'':16s} {p.description}" for p in PRESETS.values()]
+    return "\n".join(rows)

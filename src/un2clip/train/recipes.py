@@ -1,0 +1,74 @@
+"""Build the objective and data of a run from its RunConfig, then call the one training loop."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+from un2clip.objectives.base import Objective
+from un2clip.train.config import RunConfig
+from un2clip.train.loop import TrainResult, dump_run_info, train
+
+# objective name -> builder(cfg) -> (objective, run-marker info)
+OBJECTIVES: dict[str, Callable[[RunConfig], tuple[Objective, dict]]] = {}
+
+
+def register_objective(name: str):
+    def wrap(fn):
+        OBJECTIVES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _construct(cls, *args, options: dict, **kwargs):
+    """Call ``cls`` with objective options, turning unknown option names into a clear error."""
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        allowed = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY)
+        raise ValueError(f"unknown objective option(s) {unknown} for {cls.__name__}; allowed: {allowed}")
+    return cls(*args, **kwargs, **options)
+
+
+@register_objective("un2clip")
+def build_un2clip(cfg: RunConfig) -> tuple[Objective, dict]:
+    from un2clip.models.presets import check_pair, load_clip, load_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+
+    clip_spec = cfg.clip or cfg.preset
+    decoder_spec = cfg.decoder or cfg.preset
+    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
+    decoder = load_decoder(decoder_spec, random_weights=cfg.random_weights)
+    check_pair(clip, decoder)  # before any step, naming both widths
+    objective = _construct(Un2ClipObjective, clip, decoder, options=cfg.objective_options)
+    info = {"kind": "un2clip", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    return objective, info
+
+
+def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Build and train. With ``resume`` the run folder's own config.yaml is used."""
+    from un2clip.data.sources import open_source
+
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; known: {sorted(OBJECTIVES)}")
+    if not cfg.data:
+        raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
+    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)
+    objective, info = OBJECTIVES[cfg.objective](cfg)
+    output = Path(cfg.output)
+    if not resume:
+        if (output / "checkpoints").exists():
+            raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
+                             "or choose another --output")
+        dump_run_info(output, info)
+        cfg.save(output / "config.yaml")
+    return train(
+        objective, source, output=output, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule, grad_accum=cfg.grad_accum, precision=cfg.precision,
+        max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
+        seed=cfg.seed, num_workers=cfg.num_workers, resume=resume, grad_checkpointing=cfg.grad_checkpointing,
+        progress=progress,
+    )
