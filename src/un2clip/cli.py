@@ -22,8 +22,167 @@ def _add_version(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the registered encoder + decoder presets")
+
+    def run(args: argparse.Namespace) -> int:
+        from un2clip.models.presets import describe_presets
+
+        print(describe_presets())
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every training command; each overrides the recipe's value when given."""
+    p.add_argument("config", nargs="?", help="YAML recipe (see configs/); flags below override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", help="named encoder + decoder pair (see `un2clip presets`); default tiny")
+    g.add_argument("--clip", help="encoder: preset, HF folder, Hub id or run directory (overrides the preset's)")
+    g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or train-decoder run (overrides the preset's)")
+    g.add_argument("--random-weights", action="store_true", default=None,
+                   help="build the preset's real architecture with random weights (no download)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="image folder, CSV/TSV file with an image column, or webdataset shards")
+    g.add_argument("--image-column", help="CSV/TSV column holding image paths")
+    g.add_argument("--caption-column", help="CSV/TSV column holding captions")
+    g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, help="learning rate (paper: 3e-7 for ViT-L/14)")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (default adamw)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after warm-up (default constant)")
+    g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (default 1.0)")
+    g = p.add_argument_group("loop")
+    g.add_argument("--max-steps", type=int, help="optimiser steps to run (default 200)")
+    g.add_argument("--batch-size", type=int, help="global batch: all processes and accumulation steps (default 32)")
+    g.add_argument("--grad-accum", type=int, help="gradient accumulation micro-steps per optimiser step")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute encoder activations in the backward pass (less memory)")
+    g.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500, and at the end)")
+    g.add_argument("--seed", type=int, help="seed of data order, augmentations and diffusion draws")
+    g.add_argument("--output", help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
+              "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
+              "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "save_every", "seed",
+              "output")
+
+
+def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
+    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
+    from pathlib import Path
+
+    from un2clip.train.config import RunConfig, apply_overrides, load_config
+
+    overrides = {k: getattr(args, k, None) for k in TRAIN_KEYS}
+    if args.resume:
+        run_cfg = Path(args.resume) / "config.yaml"
+        if not run_cfg.exists():
+            raise FileNotFoundError(f"{run_cfg} not found: --resume takes the run directory of an earlier run")
+        cfg = load_config(run_cfg)
+        overrides["output"] = args.resume
+        # a resumed run keeps its recipe; only the step budget may be extended
+        keep = {"output": args.resume, "max_steps": overrides["max_steps"]}
+        return apply_overrides(cfg, keep)
+    cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
+    if cfg.objective != objective:
+        raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
+    options = {k: v for k, v in objective_options.items() if v is not None}
+    merged = {**cfg.objective_options, **options}
+    return apply_overrides(cfg, {**overrides, "objective_options": merged})
+
+
+def _run_training(args: argparse.Namespace, objective: str, objective_options: dict) -> int:
+    from un2clip.train.recipes import run
+
+    cfg = _resolve_run_config(args, objective, objective_options)
+    result = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"run directory: {result.output}")
+    print(f"  steps: {result.step}, last loss: {result.last_loss:.6f}, skipped images: {result.n_bad}")
+    print(f"  metrics: {result.output / 'metrics.jsonl'}  config: {result.output / 'config.yaml'}")
+    print(f"  checkpoints: {result.output / 'checkpoints'}")
+    return 0
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="un²CLIP: fine-tune a CLIP image encoder through a frozen unCLIP decoder",
+        description="Minimise a frozen unCLIP decoder's diffusion loss with respect to the CLIP image "
+                    "encoder that conditions it. Images only; the text tower is untouched.")
+    _add_train_flags(p)
+    g = p.add_argument_group("un²CLIP options")
+    g.add_argument("--projector", choices=["none", "random", "identity"],
+                   help="ablation: trainable linear layer between encoder and decoder (default none)")
+    g.add_argument("--train-decoder", action="store_true", default=None,
+                   help="ablation: update the decoder together with the encoder")
+    g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
+    g.add_argument("--timesteps-per-image", type=int,
+                   help="K noised copies per encoder pass (default 1)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"projector": args.projector, "train_decoder": args.train_decoder,
+                "noise_level": args.noise_level, "timesteps_per_image": args.timesteps_per_image}
+        return _run_training(args, "un2clip", opts)
+
+    p.set_defaults(func=run)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained encoder in the formats other projects load",
+                       description="hf: a folder that transformers' CLIPModel and CLIPVisionModelWithProjection "
+                                   "load (what LLaVA loads).")
+    p.add_argument("model", help="run directory, model folder, preset or Hub id")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (default hf)")
+    p.add_argument("--output", required=True, help="folder to write")
+
+    def run(args: argparse.Namespace) -> int:
+        from un2clip.export import export_hf
+        from un2clip.models.presets import load_clip
+
+        out = export_hf(load_clip(args.model), args.output)
+        print(f"wrote {args.format} export to {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="images/s and peak memory of the un²CLIP training step")
+    p.add_argument("--preset", default="tiny", help="preset to measure (default tiny)")
+    p.add_argument("--random-weights", action="store_true", help="real architecture, random weights")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from un2clip.bench import bench_train_step, format_result
+
+        result = bench_train_step(args.preset, random_weights=args.random_weights, batch_size=args.batch_size,
+                                  steps=args.steps, warmup=args.warmup, precision=args.precision,
+                                  device=args.device)
+        print(format_result(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_version]
+COMMANDS = [_add_finetune, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:
