@@ -33,8 +33,11 @@ def resize_short_side(image: Image.Image, size: int, resample: int = Image.BICUB
     w, h = image.size
     if min(w, h) == size:
         return image
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    # long side truncated, as HF's image processors compute it
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
     return image.resize((new_w, new_h), resample=resample)
 
 
@@ -54,8 +57,9 @@ def random_square_box(width: int, height: int, rng: random.Random) -> tuple[int,
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Centre ``size`` x ``size`` crop; offsets rounded down, as HF's CLIPImageProcessor does."""
     w, h = image.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    left, top = (w - size) // 2, (h - size) // 2
     return image.crop((left, top, left + size, top + size))
 
 
