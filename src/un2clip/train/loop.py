@@ -111,6 +111,8 @@ def train(
     micro = batch_size // (world * grad_accum)
     output = Path(output)
     metrics_path = output / "metrics.jsonl"
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
 
     if grad_checkpointing:
         objective.enable_gradient_checkpointing()

@@ -1,0 +1,155 @@
+"""The training loop end to end on the tiny preset: checkpoints, frozen decoder, resume, NaN, bad images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from un2clip.cli import main as cli
+
+
+def _images(folder: Path, n: int, *, corrupt: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        arr = np.full((40, 48, 3), 230, np.uint8)
+        x, y = rng.integers(4, 30, 2)
+        arr[y:y + 10, x:x + 12] = rng.integers(0, 255, 3)
+        Image.fromarray(arr).save(folder / f"{i:04d}.png")
+    for j in range(corrupt):
+        (folder / f"bad_{j}.jpg").write_bytes(os.urandom(200) if j % 2 else b"")
+    return folder
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+FT = ["finetune", "--preset", "tiny", "--batch-size", "8", "--lr", "1e-4", "--no-progress"]
+
+
+def test_tiny_finetune_writes_checkpoint_and_keeps_decoder_frozen(tmp_path):
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.presets import build_tiny_clip
+    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    data = _images(tmp_path / "img", 40)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "6", "--save-every", "3", "--output", str(out)]) == 0
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step_000006"
+    saved = load_checkpoint(ckpt)
+    # only the image tower is in the checkpoint: no decoder, no text tower
+    assert saved["trainable"] and all(k.startswith("clip.model.vision_model.") or
+                                      k.startswith("clip.model.visual_projection.") for k in saved["trainable"])
+    assert len(_losses(out)) == 6
+    assert (out / "config.yaml").exists()
+    trained = ClipModel.from_pretrained(out / "clip")
+    original = build_tiny_clip()
+    changed = [k for k, v in trained.vision_state_dict().items() if not torch.equal(v, original.vision_state_dict()[k])]
+    assert changed, "the encoder did not change"
+    same_text = all(torch.equal(v, original.model.state_dict()[k])
+                    for k, v in trained.model.state_dict().items() if k.startswith("text_model."))
+    assert same_text, "the text tower changed"
+    assert not (out / "decoder").exists(), "a frozen-decoder run must not write a decoder"
+
+
+def test_decoder_weights_bit_identical_after_training(tmp_path, tiny_clip):
+    from un2clip.data.sources import open_source
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+    from un2clip.train.loop import train
+
+    data = _images(tmp_path / "img", 24)
+    decoder = build_tiny_decoder()
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    clip = build_tiny_clip()
+    enc_before = {k: v.clone() for k, v in clip.vision_state_dict().items()}
+    objective = Un2ClipObjective(clip, decoder)
+    train(objective, open_source(str(data)), output=tmp_path / "r", max_steps=3, batch_size=8, lr=1e-3,
+          progress=False)
+    for k, v in decoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in decoder.parameters())
+    assert any(not torch.equal(v, enc_before[k]) for k, v in clip.vision_state_dict().items())
+
+
+def test_kill_and_resume_gives_the_same_losses(tmp_path):
+    data = _images(tmp_path / "img", 64)
+    args = FT + ["--data", str(data), "--max-steps", "30", "--save-every", "10"]
+    ref = tmp_path / "ref"
+    assert cli(args + ["--output", str(ref)]) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "un2clip.cli", *args, "--output", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_000010" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its step-10 checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "clip").exists(), "the run finished before it could be killed"
+    assert cli(["finetune", "--resume", str(killed), "--no-progress"]) == 0
+    a, b = _losses(ref), _losses(killed)
+    assert sorted(b) == list(range(1, 31))
+    for step in range(11, 31):
+        assert a[step] == b[step], (step, a[step], b[step])
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, capsys):
+    data = _images(tmp_path / "img", 20, corrupt=4)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "6", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["n_bad"] > 0
+    assert f"skipped images: {last['n_bad']}" in printed
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
+    from un2clip.data.sources import open_source
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint
+    from un2clip.train.loop import NonFiniteLossError, train
+
+    class Exploding(Un2ClipObjective):
+        calls = 0
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            Exploding.calls += 1
+            if Exploding.calls == 3:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+    data = _images(tmp_path / "img", 24)
+    objective = Exploding(build_tiny_clip(), build_tiny_decoder())
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(objective, open_source(str(data)), output=tmp_path / "r", max_steps=5, batch_size=8, lr=1e-4,
+              save_every=1, progress=False)
+    ckpt = latest_checkpoint(tmp_path / "r")
+    assert ckpt.name == "step_000002"
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["trainable"].values())
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    data = _images(tmp_path / "img", 16)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 0
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 2
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert cli(FT + ["--data", str(tmp_path / "nope"), "--max-steps", "1", "--output", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
