@@ -134,6 +134,38 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="contrastive CLIP training (symmetric InfoNCE, learnable temperature) on image-text pairs",
+        description="Train both towers of a CLIP model on captioned images: a preset's random init "
+                    "(e.g. tiny) or any loadable model to continue from.")
+    _add_train_flags(p)
+    g = p.add_argument_group("contrastive options")
+    g.add_argument("--max-logit-scale", type=float, help="clamp of the learnable temperature's scale (default 100)")
+
+    def run(args: argparse.Namespace) -> int:
+        return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale})
+
+    p.set_defaults(func=run)
+
+
+def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-decoder", help="train an unCLIP decoder on a frozen CLIP's image embeddings",
+        description="Stable unCLIP's recipe: the decoder denoises images given the CLIP image embedding, "
+                    "noise-augmented at a random level per sample. Also how to build a decoder for an encoder "
+                    "with no public unCLIP (ViT-L/14@336, SigLIP).")
+    _add_train_flags(p)
+    g = p.add_argument_group("decoder options")
+    g.add_argument("--max-noise-level", type=int, help="embedding noise levels drawn from [0, N) (default 1000)")
+    g.add_argument("--p-uncond", type=float, help="probability of zeroed class labels, for guidance (default 0.1)")
+
+    def run(args: argparse.Namespace) -> int:
+        return _run_training(args, "decoder", {"max_noise_level": args.max_noise_level, "p_uncond": args.p_uncond})
+
+    p.set_defaults(func=run)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a trained encoder in the formats other projects load",
                        description="hf: a folder that transformers' CLIPModel and CLIPVisionModelWithProjection "
@@ -182,7 +214,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_finetune, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_pretrain, _add_train_decoder, _add_finetune, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,6 +92,12 @@ class UnclipDecoder(nn.Module):
         self.requires_grad_(False)
         return self.eval()
 
+    @torch.no_grad()
+    def set_embedding_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the image normaliser to the (1, D) mean and std of the CLIP embeddings it will see."""
+        self.image_normalizer.mean.copy_(mean.reshape(1, -1))
+        self.image_normalizer.std.copy_(std.reshape(1, -1))
+
     # -- conditioning -------------------------------------------------------------------------
     def condition(
         self,
@@ -179,6 +185,17 @@ class UnclipDecoder(nn.Module):
             class_labels=class_labels.to(self.dtype),
         ).sample
 
+    def loss_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet should predict: epsilon -> noise, v_prediction -> velocity, sample -> latents."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.train_scheduler.get_velocity(latents, noise, timesteps)
+        if kind == "sample":
+            return latents
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+
     def diffusion_loss(
         self,
         image_embeds: torch.Tensor,
@@ -203,19 +220,10 @@ class UnclipDecoder(nn.Module):
             noise = n_draw if noise is None else noise
         timesteps = timesteps.to(latents.device)
         noise = noise.to(latents.device, latents.dtype)
-        sched = self.train_scheduler
-        noisy = sched.add_noise(latents, noise, timesteps)
+        noisy = self.train_scheduler.add_noise(latents, noise, timesteps)
         labels = self.condition(image_embeds, noise_level, noise=embed_noise, generator=generator)
         pred = self.predict(noisy, timesteps, labels).float()
-        kind = self.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = sched.get_velocity(latents, noise, timesteps)
-        elif kind == "sample":
-            target = latents
-        else:
-            raise ValueError(f"unsupported prediction_type {kind!r}")
+        target = self.loss_target(latents, noise, timesteps)
         per_sample = (pred - target.float()).pow(2).flatten(1).mean(1)  # (B,)
         return per_sample.mean() if reduction == "mean" else per_sample
 

@@ -41,6 +41,20 @@ def make_projector(kind: str, dim: int) -> nn.Module:
     return layer
 
 
+def two_views(record: Record, rng: random.Random, clip_processing, decoder_size: int, *,
+              random_crop: bool = True) -> dict[str, torch.Tensor]:
+    """One square crop, two views of it (CLIP's and the decoder's), and a seed for the sample's draws."""
+    image = T.to_rgb(record.image)
+    box = T.random_square_box(image.width, image.height, rng) if random_crop else \
+        T.center_square_box(image.width, image.height)
+    crop = image.crop(box)
+    return {
+        "clip_pixels": clip_processing(crop),  # (3, S_clip, S_clip)
+        "decoder_pixels": T.decoder_view(crop, decoder_size),  # (3, S_dec, S_dec)
+        "draw_seed": torch.tensor(rng.getrandbits(62), dtype=torch.int64),
+    }
+
+
 class Un2ClipObjective(Objective):
     kind = "un2clip"
 
@@ -84,16 +98,7 @@ class Un2ClipObjective(Objective):
 
     # -- data ------------------------------------------------------------------------------------
     def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor]:
-        """One square crop, two views of it: CLIP's and the decoder's."""
-        image = T.to_rgb(record.image)
-        box = (T.random_square_box if self.random_crop else lambda w, h, _r: T.center_square_box(w, h))(
-            image.width, image.height, rng)
-        crop = image.crop(box)
-        return {
-            "clip_pixels": self.clip.processing(crop),  # (3, S_clip, S_clip)
-            "decoder_pixels": T.decoder_view(crop, self.decoder.image_size),  # (3, S_dec, S_dec)
-            "draw_seed": torch.tensor(rng.getrandbits(62), dtype=torch.int64),
-        }
+        return two_views(record, rng, self.clip.processing, self.decoder.image_size, random_crop=self.random_crop)
 
     # -- step --------------------------------------------------------------------------------------
     def embed(self, clip_pixels: torch.Tensor) -> torch.Tensor:

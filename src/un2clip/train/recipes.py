@@ -6,12 +6,13 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
+from un2clip.data.sources import Source
 from un2clip.objectives.base import Objective
 from un2clip.train.config import RunConfig
 from un2clip.train.loop import TrainResult, dump_run_info, train
 
-# objective name -> builder(cfg) -> (objective, run-marker info)
-OBJECTIVES: dict[str, Callable[[RunConfig], tuple[Objective, dict]]] = {}
+# objective name -> builder(cfg, source) -> (objective, run-marker info)
+OBJECTIVES: dict[str, Callable[[RunConfig, Source], tuple[Objective, dict]]] = {}
 
 
 def register_objective(name: str):
@@ -33,7 +34,7 @@ def _construct(cls, *args, options: dict, **kwargs):
 
 
 @register_objective("un2clip")
-def build_un2clip(cfg: RunConfig) -> tuple[Objective, dict]:
+def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.models.presets import check_pair, load_clip, load_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
 
@@ -47,6 +48,38 @@ def build_un2clip(cfg: RunConfig) -> tuple[Objective, dict]:
     return objective, info
 
 
+@register_objective("contrastive")
+def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    from un2clip.models.presets import load_clip
+    from un2clip.objectives.contrastive import ContrastiveObjective
+
+    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
+    if first is None or first.text is None:
+        raise ValueError(f"{cfg.data} has no captions: contrastive training needs image-text pairs "
+                         "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
+    clip_spec = cfg.clip or cfg.preset
+    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
+    objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
+    return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
+
+
+@register_objective("decoder")
+def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """Frozen CLIP + trainable decoder; the image normaliser gets the CLIP embeddings' statistics."""
+    from un2clip.models.presets import load_clip, load_decoder
+    from un2clip.objectives.decoder import DecoderObjective, embedding_statistics
+
+    clip_spec = cfg.clip or cfg.preset
+    decoder_spec = cfg.decoder or cfg.preset
+    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
+    decoder = load_decoder(decoder_spec, random_weights=cfg.random_weights)
+    mean, std = embedding_statistics(clip, source, seed=cfg.seed)
+    decoder.set_embedding_statistics(mean, std)
+    objective = _construct(DecoderObjective, clip, decoder, options=cfg.objective_options)
+    info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    return objective, info
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Build and train. With ``resume`` the run folder's own config.yaml is used."""
     from un2clip.data.sources import open_source
@@ -56,7 +89,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
     source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)
-    objective, info = OBJECTIVES[cfg.objective](cfg)
+    objective, info = OBJECTIVES[cfg.objective](cfg, source)
     output = Path(cfg.output)
     if not resume:
         if (output / "checkpoints").exists():

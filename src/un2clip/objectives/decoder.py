@@ -1,0 +1,88 @@
+"""Train an unCLIP decoder on a frozen CLIP's image embeddings (how Stable unCLIP was made).
+
+The decoder learns to denoise images given the embedding, with Stable unCLIP's noise
+augmentation: each sample's embedding is noised at a random level in [0, max_noise_level)
+and the level's sinusoidal embedding is appended. With probability ``p_uncond`` the class
+labels are zeroed, so generation can use classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from un2clip.data.sources import Record, Source
+from un2clip.models.clip import ClipModel
+from un2clip.models.presets import check_pair
+from un2clip.models.unclip import UnclipDecoder
+from un2clip.objectives.base import Objective
+from un2clip.objectives.un2clip import two_views
+
+
+@torch.no_grad()
+def embedding_statistics(clip: ClipModel, source: Source, *, n: int = 2048, batch_size: int = 64,
+                         seed: int = 0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (1, D) of the CLIP image embeddings of up to ``n`` images: the image normaliser's stats."""
+    rng = random.Random(seed)
+    idx = sorted(rng.sample(range(len(source)), min(n, len(source))))
+    embeds = []
+    for start in tqdm(range(0, len(idx), batch_size), desc="embedding statistics", disable=not progress):
+        images = [r.image for r in (source.load(i) for i in idx[start:start + batch_size]) if r is not None]
+        if images:
+            embeds.append(clip.encode_image(clip.preprocess(images).to(clip.device)).float().cpu())
+    if not embeds:
+        raise ValueError("no readable image to compute embedding statistics from")
+    e = torch.cat(embeds)
+    return e.mean(0, keepdim=True), e.std(0, keepdim=True).clamp_min(1e-6)
+
+
+class DecoderObjective(Objective):
+    kind = "decoder"
+
+    def __init__(self, clip: ClipModel, decoder: UnclipDecoder, *, max_noise_level: int = 1000,
+                 p_uncond: float = 0.1, random_crop: bool = True):
+        super().__init__()
+        check_pair(clip, decoder)
+        if not 0 <= max_noise_level <= decoder.image_noising_scheduler.config.num_train_timesteps:
+            raise ValueError(f"max_noise_level must be in [0, {decoder.image_noising_scheduler.config.num_train_timesteps}]")
+        self.clip = clip
+        self.decoder = decoder
+        self.max_noise_level = max_noise_level
+        self.p_uncond = p_uncond
+        self.random_crop = random_crop
+        clip.requires_grad_(False)
+        decoder.requires_grad_(False)
+        decoder.unet.requires_grad_(True)
+
+    def set_train_mode(self) -> None:
+        self.train()
+        self.clip.eval()
+
+    def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor]:
+        return two_views(record, rng, self.clip.processing, self.decoder.image_size, random_crop=self.random_crop)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            embeds = self.clip.encode_image(batch["clip_pixels"]).float()  # (B, D)
+        latents = batch["latents"] if "latents" in batch else self.decoder.encode_pixels(batch["decoder_pixels"])
+        latents = latents.to(embeds.device, self.decoder.dtype)
+        seeds = batch["draw_seed"].reshape(-1)
+        t, noise, embed_noise = self.decoder.draws_from_seeds(seeds, latents)
+        # per-sample noise level and unconditional drop, from the same per-sample seeds
+        g = [torch.Generator().manual_seed(int(s) ^ 0x5DEECE66D) for s in seeds.tolist()]
+        levels = torch.tensor([int(torch.randint(0, max(1, self.max_noise_level), (1,), generator=gi)) for gi in g])
+        drop = torch.tensor([float(torch.rand((), generator=gi)) < self.p_uncond for gi in g])
+        labels = self.decoder.condition(embeds, levels.to(embeds.device), noise=embed_noise)
+        labels = torch.where(drop.to(labels.device)[:, None], torch.zeros_like(labels), labels)
+        sched = self.decoder.train_scheduler
+        noisy = sched.add_noise(latents, noise, t)
+        pred = self.decoder.predict(noisy, t, labels).float()
+        target = self.decoder.loss_target(latents, noise, t).float()
+        loss = (pred - target).pow(2).mean()
+        return {"loss": loss}
+
+    def save_outputs(self, folder: Path) -> None:
+        self.decoder.save_pretrained(Path(folder) / "decoder")
