@@ -34,6 +34,9 @@ def bench_train_step(
     clip = load_clip(preset, random_weights=random_weights)
     decoder = load_decoder(preset, random_weights=random_weights)
     objective = Un2ClipObjective(clip, decoder).to(dev)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is not None:
+        objective.cast_frozen(dtype)
     objective.set_train_mode()
     opt = make_optimizer(objective.trainable_parameters(), name="adamw", lr=lr, weight_decay=0.0)
     s_clip, s_dec = clip.image_size, decoder.image_size
@@ -43,7 +46,6 @@ def bench_train_step(
         "decoder_pixels": torch.rand(batch_size, 3, s_dec, s_dec, generator=gen).mul(2).sub(1).to(dev),
         "draw_seed": torch.arange(batch_size, dtype=torch.int64),
     }
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []

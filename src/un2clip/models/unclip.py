@@ -133,13 +133,13 @@ class UnclipDecoder(nn.Module):
     # -- latents -------------------------------------------------------------------------------
     def encode_pixels(self, pixels: torch.Tensor, *, sample: bool = False,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> what the UNet denoises: scaled VAE latents, or the pixels."""
+        """(B, 3, H, W) in [-1, 1] -> what the UNet denoises (fp32): scaled VAE latents, or the pixels."""
         if self.vae is None:
-            return pixels.to(self.device, self.dtype)
+            return pixels.to(self.device, torch.float32)
         with torch.no_grad():
             dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
             latents = dist.sample(generator) if sample else dist.mean
-        return (latents * self.vae_scale).to(self.dtype)
+        return latents.float() * self.vae_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`encode_pixels` -> (B, 3, H, W) in [-1, 1]."""

@@ -58,6 +58,9 @@ class Objective(nn.Module):
         """Write the trained models of a finished (or checkpointed) run into ``folder``."""
         raise NotImplementedError
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Store frozen parts in the compute dtype (e.g. bf16): they need no fp32 master weights."""
+
     def set_train_mode(self) -> None:
         """Train mode for trainable parts only; frozen parts stay in eval mode."""
         self.train()

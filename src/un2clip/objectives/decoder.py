@@ -68,7 +68,7 @@ class DecoderObjective(Objective):
         with torch.no_grad():
             embeds = self.clip.encode_image(batch["clip_pixels"]).float()  # (B, D)
         latents = batch["latents"] if "latents" in batch else self.decoder.encode_pixels(batch["decoder_pixels"])
-        latents = latents.to(embeds.device, self.decoder.dtype)
+        latents = latents.to(embeds.device, torch.float32)
         seeds = batch["draw_seed"].reshape(-1)
         t, noise, embed_noise = self.decoder.draws_from_seeds(seeds, latents)
         # per-sample noise level and unconditional drop, from the same per-sample seeds

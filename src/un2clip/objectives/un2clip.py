@@ -90,6 +90,10 @@ class Un2ClipObjective(Objective):
         else:
             decoder.freeze()
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        if not self.train_decoder:
+            self.decoder.to(dtype)
+
     def set_train_mode(self) -> None:
         self.train()
         self.clip.model.text_model.eval()
@@ -108,7 +112,7 @@ class Un2ClipObjective(Objective):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeds = self.embed(batch["clip_pixels"])  # (B, D)
         if "latents" in batch:  # cached by `un2clip cache-latents`
-            latents = batch["latents"].to(embeds.device, self.decoder.dtype)
+            latents = batch["latents"].to(embeds.device, torch.float32)
         else:
             latents = self.decoder.encode_pixels(batch["decoder_pixels"].to(embeds.device))  # (B, C, h, w)
         seeds = batch["draw_seed"].reshape(-1)

@@ -117,6 +117,8 @@ def train(
     if grad_checkpointing:
         objective.enable_gradient_checkpointing()
     objective.to(accelerator.device)
+    if precision != "fp32":
+        objective.cast_frozen(torch.bfloat16 if precision == "bf16" else torch.float16)
     opt = make_optimizer(objective.trainable_parameters(), name=optimizer, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup_steps=warmup_steps, max_steps=max_steps, schedule=lr_schedule))
