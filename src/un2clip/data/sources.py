@@ -369,7 +369,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            break
         if length <= 0:
             break
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
@@ -428,7 +431,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                 raise _NotPlainTar("sparse member")
             else:
                 if kind in (b"0", b"\0", b"7"):
-                    if "size" in pending:
+                    if pending.get("size", "").isdigit():
                         size = int(pending["size"])
                     name = pending.get("path") or long_name
                     if name is None:
@@ -438,7 +441,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                             if prefix:
                                 name = prefix + "/" + name
                     members.append((name, data_at, size))
-                elif "size" in pending:
+                elif pending.get("size", "").isdigit():
                     size = int(pending["size"])
                 pending, long_name = {}, None
             pos = data_at + (size + 511) // 512 * 512
