@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -182,11 +182,18 @@ class Scene:
 
     def to_record(self) -> dict:
         return {
-            "objects": [asdict(o) for o in self.objects],
+            "objects": [dict(o.__dict__) for o in self.objects],  # the fields (asdict is slow)
             "count": self.count,
             "view": self.view,
             "noise_seed": self.noise_seed,
         }
+
+
+SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4}  # one random stream family each
+
+
+def _rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([int(seed), SPLIT_IDS[split], stream])
 
 
 def _randint(rng: np.random.Generator, n: int) -> int:
@@ -567,6 +574,27 @@ def _draw_glyph(canvas: Image.Image, glyph: str, cx: float, cy: float, side: int
             draw.ellipse((px - r, py - r, px + r, py + r), fill=GLYPH_INK)
 
 
+_NOISE_BANK = 61  # distinct grey noise fields per image size; a seed picks one and a shift
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_bank(size: int) -> np.ndarray:
+    """Noise fields, each tiled 2 x 2 so that any shift of it is a plain slice."""
+    rng = np.random.default_rng([WORLD_VERSION, size])
+    fields = rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, (_NOISE_BANK, size, size, 1)).astype(
+        np.int16
+    )
+    return np.tile(fields, (1, 2, 2, 1))
+
+
+def _noise(seed: int, size: int) -> np.ndarray:
+    """Background noise of one image: a field of the bank, shifted; a function of the seed."""
+    shift = (seed // _NOISE_BANK) % (size * size)
+    dy, dx = shift // size, shift % size
+    return _noise_bank(size)[seed % _NOISE_BANK, dy : dy + size, dx : dx + size]
+
+
+@functools.lru_cache(maxsize=16)
 def _perspective_coefficients(out_side: int, in_side: int) -> tuple[float, ...]:
     """PIL PERSPECTIVE data mapping output pixels (tilted) to input pixels (flat)."""
     src = [(0, 0), (in_side, 0), (in_side, in_side), (0, in_side)]
@@ -601,10 +629,7 @@ def _render(scene: Scene, size: int, with_labels: bool) -> tuple[Image.Image, np
         raise ValueError(f"unknown view {scene.view!r}; known: {VIEWS}")
     image = canvas.reduce(factor) if factor > 1 else canvas
     if NOISE_AMPLITUDE:
-        noise = np.random.default_rng(scene.noise_seed).integers(
-            -NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, (size, size, 1)
-        )
-        pixels = np.asarray(image, dtype=np.int16) + noise.astype(np.int16)
+        pixels = np.asarray(image, dtype=np.int16) + _noise(scene.noise_seed, size)
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     mask = None
     if labels is not None:
@@ -710,20 +735,23 @@ def _mmvp_pair(rng: np.random.Generator, pattern: str, index: int) -> tuple[Scen
     raise ValueError(f"unknown MMVP pattern {pattern!r}; known: {MMVP_TYPES}")
 
 
-def mmvp_pairs(rng: np.random.Generator, pairs_per_pattern: int = 15) -> list[dict]:
-    """The paired benchmark as records: type, the two scenes, the two statements."""
+def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15) -> list[dict]:
+    """The paired benchmark as records: type, attribute, the two scenes, the two statements.
+
+    Each pattern draws from its own stream, so more pairs per pattern extend the same
+    benchmark (the first 15 pairs stay the first 15).
+    """
     records = []
-    for pattern in MMVP_TYPES:
-        made = 0
-        while made < pairs_per_pattern:
-            a, b, named, attribute = _mmvp_pair(rng, pattern, made)
+    for k, pattern in enumerate(MMVP_TYPES):
+        rng = _rng(seed, "mmvp", k)
+        for index in range(pairs_per_pattern):
+            a, b, named, attribute = _mmvp_pair(rng, pattern, index)
             s1, s2 = phrase(a, named), phrase(b, named)
             if s1 == s2 or a == b:  # cannot happen by construction; refuse rather than write it
                 raise AssertionError(f"degenerate {pattern} pair: {s1!r}")
             records.append(
                 {"type": pattern, "attribute": attribute, "scenes": (a, b), "statements": (s1, s2)}
             )
-            made += 1
     return records
 
 
@@ -763,13 +791,8 @@ def _zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scen
 
 
 # ----------------------------------------------------------------------------- writing
-SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4}
 OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json")
 _CHUNK = 256  # images per job sent to a worker process
-
-
-def _rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng([int(seed), SPLIT_IDS[split], stream])
 
 
 def _save_images(jobs: list[tuple[Scene, str, str | None]], size: int) -> int:
@@ -867,7 +890,7 @@ def _write_mmvp(root: Path, seed: int, pairs_per_pattern: int, out: _ImageWriter
     folder = root / "mmvp"
     for t in MMVP_TYPES:
         (folder / "MLLM_VLM Images" / t).mkdir(parents=True, exist_ok=True)
-    records = mmvp_pairs(_rng(seed, "mmvp"), pairs_per_pattern)
+    records = mmvp_pairs(seed, pairs_per_pattern)
     with (
         open(folder / "Questions.csv", "w", newline="", encoding="utf-8") as fcsv,
         open(folder / "pairs.jsonl", "w", encoding="utf-8") as fjson,
