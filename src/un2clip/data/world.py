@@ -86,6 +86,7 @@ P_OUTLINED = 0.5
 
 BACKGROUND = (232, 232, 232)
 GLYPH_INK = (40, 40, 40)
+DOT_INK = (20, 20, 20)
 NOISE_AMPLITUDE = 3  # +- grey levels of per-pixel background noise
 SUPERSAMPLE = 4  # draw at 4x, reduce with a box filter
 JITTER_X = 0.015
@@ -551,12 +552,11 @@ def _draw_object(
         labels.paste(label, (ox, oy), full)
     if obj.dot:
         dx, dy = _dot_center(obj.shape, obj.orientation)
-        r = max(0.11 * extent, 0.035 * side)
-        ink = (
-            color
-            if obj.state == "outlined"
-            else ((255, 255, 255) if _luminance(color) < 150 else (20, 20, 20))
-        )
+        r = max(0.11 * extent, 0.035 * side) * (0.75 if obj.shape == "star" else 1.0)  # a star core is small
+        # always a contrasting ink, never the object's colour (a coloured dot inside a hollow
+        # star or cross would read as a solid shape): dark on the background, white on dark fills
+        light_fill = obj.state == "filled" and _luminance(color) < 150
+        ink = (255, 255, 255) if light_fill else DOT_INK
         ImageDraw.Draw(canvas).ellipse(_disc(cx + dx * extent, cy + dy * extent, r), fill=ink)
     if obj.glyph is not None:
         _draw_glyph(canvas, obj.glyph, obj.x * side, GLYPH_Y * side, side)
@@ -853,13 +853,15 @@ class _ImageWriter:
         if self.bar is not None:
             self.bar.update(n)
 
-    def close(self) -> None:
+    def close(self, *, finish: bool = True) -> None:
+        """Wait for every job (``finish``) or drop the queued ones (after an error)."""
         try:
-            self._flush()
-            for fut in self.futures:
-                self._done(fut.result())
+            if finish:
+                self._flush()
+                for fut in self.futures:
+                    self._done(fut.result())
         finally:
-            self.futures = []
+            self.futures, self.pending = [], []
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
             if self.bar is not None:
@@ -1027,8 +1029,10 @@ def generate_world(
         _write_mmvp(root, seed, pairs_per_pattern, out)
         _write_zeroshot(root, seed, n_zeroshot_per_class, out)
         _write_seg(root, seed, n_seg, out)
-    finally:
-        out.close()
+    except BaseException:
+        out.close(finish=False)
+        raise
+    out.close()
     params = {
         "version": WORLD_VERSION,
         "seed": seed,
