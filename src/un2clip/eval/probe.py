@@ -1,0 +1,87 @@
+"""Linear probes: how much of an attribute a frozen embedding carries, text side aside.
+
+``linear_probe`` is pure tensor math (multinomial logistic regression, full batch, L-BFGS);
+``world_probe`` embeds a shapes-world split and probes each attribute of its first object
+and of the scene.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+PROBED = ("shape", "color", "size", "position", "orientation", "state", "dot", "glyph", "count", "view")
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                 weight_decay: float = 1e-4, max_iter: int = 200) -> float:
+    """Accuracy (%) on (test_x, test_y) of a softmax classifier fitted on (train_x, train_y).
+
+    x: (N, D) features (standardised with the training mean/std); y: (N,) integer labels.
+    """
+    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
+    n_cls = int(max(train_y.max(), test_y.max())) + 1
+    layer = torch.nn.Linear(xtr.shape[1], n_cls).double()
+    xtr, xte = xtr.double(), xte.double()
+    opt = torch.optim.LBFGS(layer.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(xtr), train_y) + weight_decay * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return float((layer(xte).argmax(1) == test_y).double().mean() * 100)
+
+
+def _labels(rows: list[dict], attribute: str) -> list[str]:
+    if attribute in ("count", "view"):
+        return [str(r[attribute]) for r in rows]
+    return [str(r["objects"][0].get(attribute)) for r in rows]
+
+
+@torch.inference_mode()
+def embed_files(model, paths: list[Path], *, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """(N, D) L2-normalised image embeddings of image files."""
+    out = []
+    for i in tqdm(range(0, len(paths), batch_size), desc="embedding", disable=not progress):
+        images = [Image.open(p).convert("RGB") for p in paths[i:i + batch_size]]
+        out.append(F.normalize(model.encode_image(model.preprocess(images).to(model.device)).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+def world_probe(model, world: str | Path, *, n_train: int = 5000, progress: bool = True) -> dict[str, float]:
+    """Probe accuracy (%) per attribute: fitted on world/train (first ``n_train``), scored on world/val."""
+    world = Path(world)
+    splits = {}
+    for split, limit in (("train", n_train), ("val", None)):
+        path = world / split / "attributes.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: expected a shapes world written by `un2clip world generate`")
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()][:limit]
+        splits[split] = (rows, embed_files(model, [world / split / r["image"] for r in rows], progress=progress))
+    (tr_rows, tr_x), (te_rows, te_x) = splits["train"], splits["val"]
+    results = {}
+    for attribute in PROBED:
+        tr, te = _labels(tr_rows, attribute), _labels(te_rows, attribute)
+        keep_tr = [i for i, v in enumerate(tr) if v != "None"]
+        keep_te = [i for i, v in enumerate(te) if v != "None"]
+        classes = sorted({tr[i] for i in keep_tr})
+        if len(classes) < 2 or not keep_te:
+            continue
+        index = {c: k for k, c in enumerate(classes)}
+        keep_te = [i for i in keep_te if te[i] in index]
+        ytr = torch.tensor([index[tr[i]] for i in keep_tr])
+        yte = torch.tensor([index[te[i]] for i in keep_te])
+        results[f"probe_{attribute}"] = linear_probe(tr_x[keep_tr], ytr, te_x[keep_te], yte)
+    results["probe_mean"] = sum(results.values()) / max(1, len(results))
+    return results

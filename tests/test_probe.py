@@ -1,0 +1,19 @@
+import torch
+
+from un2clip.eval.probe import linear_probe
+
+
+def test_separable_classes_are_probed_perfectly():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = centers[y] + 0.3 * torch.randn(300, 2, generator=g)
+    assert linear_probe(x[:200], y[:200], x[200:], y[200:]) == 100.0
+
+
+def test_labels_independent_of_features_give_chance():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, 8, generator=g)
+    y = torch.randint(0, 2, (2000,), generator=g)
+    acc = linear_probe(x[:1000], y[:1000], x[1000:], y[1000:])
+    assert 44.0 < acc < 56.0
