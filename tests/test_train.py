@@ -153,3 +153,24 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert cli(FT + ["--data", str(tmp_path / "nope"), "--max-steps", "1", "--output", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+
+    batch = {"clip_pixels": torch.randn(4, 3, 32, 32), "decoder_pixels": torch.rand(4, 3, 32, 32) * 2 - 1,
+             "draw_seed": torch.arange(4)}
+    grads = []
+    for checkpointing in (False, True):
+        objective = Un2ClipObjective(build_tiny_clip(), build_tiny_decoder())
+        if checkpointing:
+            objective.enable_gradient_checkpointing()
+            assert objective.clip.model.vision_model.encoder.gradient_checkpointing
+        objective.set_train_mode()
+        loss = objective(batch)["loss"]
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in objective.trainable_parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)

@@ -86,11 +86,8 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
         run_cfg = Path(args.resume) / "config.yaml"
         if not run_cfg.exists():
             raise FileNotFoundError(f"{run_cfg} not found: --resume takes the run directory of an earlier run")
-        cfg = load_config(run_cfg)
-        overrides["output"] = args.resume
         # a resumed run keeps its recipe; only the step budget may be extended
-        keep = {"output": args.resume, "max_steps": overrides["max_steps"]}
-        return apply_overrides(cfg, keep)
+        return apply_overrides(load_config(run_cfg), {"output": args.resume, "max_steps": args.max_steps})
     cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
     if cfg.objective != objective:
         raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
