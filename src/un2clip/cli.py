@@ -122,10 +122,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
     g.add_argument("--timesteps-per-image", type=int,
                    help="K noised copies per encoder pass (default 1)")
+    g.add_argument("--max-timestep", type=int,
+                   help="draw diffusion timesteps in [0, N) only (default: all; not in the paper)")
 
     def run(args: argparse.Namespace) -> int:
         opts = {"projector": args.projector, "train_decoder": args.train_decoder,
-                "noise_level": args.noise_level, "timesteps_per_image": args.timesteps_per_image}
+                "noise_level": args.noise_level, "timesteps_per_image": args.timesteps_per_image,
+                "max_timestep": args.max_timestep}
         return _run_training(args, "un2clip", opts)
 
     p.set_defaults(func=run)

@@ -68,6 +68,7 @@ class Un2ClipObjective(Objective):
         noise_level: int = 0,
         random_crop: bool = True,
         timesteps_per_image: int = 1,
+        max_timestep: int | None = None,
     ):
         super().__init__()
         check_pair(clip, decoder)
@@ -81,6 +82,8 @@ class Un2ClipObjective(Objective):
         self.noise_level = noise_level
         self.random_crop = random_crop
         self.timesteps_per_image = timesteps_per_image
+        # beyond the paper: draw t in [0, max_timestep) only, where the loss depends most on the embedding
+        self.t_range = None if max_timestep is None else (0, int(max_timestep))
         # only the image tower (and the ablation's projector / decoder) trains
         clip.requires_grad_(False)
         for p in clip.vision_parameters():
@@ -121,7 +124,7 @@ class Un2ClipObjective(Objective):
             embeds = embeds.repeat_interleave(k, 0)
             latents = latents.repeat_interleave(k, 0)
             seeds = (seeds.repeat_interleave(k) * 1_000_003 + torch.arange(k).repeat(seeds.numel())) % (2**62)
-        t, noise, embed_noise = self.decoder.draws_from_seeds(seeds, latents)
+        t, noise, embed_noise = self.decoder.draws_from_seeds(seeds, latents, t_range=self.t_range)
         loss = self.decoder.diffusion_loss(embeds, latents, timesteps=t, noise=noise,
                                            noise_level=self.noise_level, embed_noise=embed_noise)
         return {"loss": loss, "embed_norm": embeds.detach().norm(dim=-1).mean()}
