@@ -213,8 +213,46 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_world(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="the shapes world: a small, seeded world of coloured shapes with captions")
+    wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
+    g = wsub.add_parser("generate", help="write training data, MMVP-layout pairs, zero-shot and segmentation sets")
+    g.add_argument("output", help="folder to write")
+    g.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    g.add_argument("--n-train", type=int, default=20000, help="training images (default 20000)")
+    g.add_argument("--n-val", type=int, default=1000, help="validation images (default 1000)")
+    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    g.add_argument("--rare-rate", type=float, default=0.03,
+                   help="probability that a caption names each rare attribute (default 0.03)")
+    g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
+    g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.world_command != "generate":
+            p.print_help()
+            return 2
+        import json
+
+        from un2clip.data.world import generate_world
+
+        info = generate_world(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                              image_size=args.image_size, rare_rate=args.rare_rate,
+                              pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite)
+        print(json.dumps({k: info[k] for k in ("seed", "n_train", "n_val", "image_size", "rare_rate") if k in info}))
+        print(f"wrote the world to {args.output}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    # listed for --help only: main() hands `un2clip demo ...` to un2clip.demo.main
+    sub.add_parser("demo", help="the whole method in the shapes world on a CPU (what `make demo` runs)")
+
+
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_pretrain, _add_train_decoder, _add_finetune, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo has its own parser (also `python -m un2clip.demo`)
+        from un2clip.demo import main as demo_main
+
+        return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
