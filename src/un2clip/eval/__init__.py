@@ -1,0 +1,76 @@
+"""Evaluations, one contract: ``evaluate(model, data, **options) -> dict[str, float]``, registered by name.
+
+Each evaluation runs in three steps kept apart: embed (:mod:`un2clip.eval.embed`), score
+matrix, metric (pure functions in :mod:`un2clip.eval.metrics`).
+
+>>> from un2clip.eval import evaluate
+>>> evaluate("mmvp", model, "data/MMVP_VLM")  # doctest: +SKIP
+{'Orientation and Direction': 13.3, ..., 'average': 19.3, 'n_pairs': 135}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+
+if TYPE_CHECKING:
+    from un2clip.models.clip import ClipModel
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A registered evaluation."""
+
+    name: str
+    evaluate: Callable[..., dict[str, float]]
+    headline: tuple[str, ...]  # the metrics a report shows first
+    description: str = ""
+    needs_decoder: bool = False  # evaluate takes ``decoder=UnclipDecoder``
+
+
+TASKS: dict[str, EvalTask] = {}
+
+
+def register_task(task: EvalTask) -> EvalTask:
+    """Add an evaluation to the registry (names are unique)."""
+    if task.name in TASKS:
+        raise ValueError(f"evaluation {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> EvalTask:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown evaluation {name!r}; known: {', '.join(TASKS)}") from None
+
+
+def evaluate(task: str, model: ClipModel, data: str | Path, **options: Any) -> dict[str, float]:
+    """Run the registered evaluation ``task`` of ``model`` on ``data``."""
+    return get_task(task).evaluate(model, data, **options)
+
+
+register_task(EvalTask(
+    "mmvp", mmvp.evaluate, ("average",),
+    "MMVP-VLM: CLIP-blind image pairs, 9 patterns; percent of pairs where both statements pick their own image",
+))
+register_task(EvalTask(
+    "zeroshot", zeroshot.evaluate, ("acc1", "acc5"),
+    "zero-shot classification (CLIP_benchmark): template ensemble; acc1, acc5, mean per-class recall",
+))
+register_task(EvalTask(
+    "retrieval", retrieval.evaluate, ("text_to_image_recall@1", "image_to_text_recall@1"),
+    "image-text retrieval (CLIP_benchmark): recall@1/5/10, text->image and image->text",
+))
+register_task(EvalTask(
+    "diffloss", diffloss.evaluate, ("loss_mean",),
+    "the un²CLIP diffusion loss on held-out images, fixed draws per image; lower is better",
+    needs_decoder=True,
+))
+
+__all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

@@ -1,0 +1,187 @@
+"""Pure metric functions: score matrices and labels in, numbers out.
+
+Nothing here loads a model or a file, so every metric is unit-tested on hand-built
+inputs whose answers are known. Conventions follow the official protocols:
+
+- MMVP-VLM (tsb0601/MMVP, ``scripts/evaluate_vlm.py``): per-pattern scores and their
+  mean in percent.
+- Zero-shot classification and retrieval (CLIP_benchmark): accuracies and recalls as
+  fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# -- zero-shot classification -----------------------------------------------------------------------
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose target is among the k highest logits, for each k.
+
+    logits (N, C), targets (N,) integer class indices.
+    """
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (N, C) and targets (N,), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    n, c = logits.shape
+    if n == 0:
+        raise ValueError("no samples to score")
+    k_max = max(ks)
+    if k_max > c:
+        raise ValueError(f"top-{k_max} accuracy needs at least {k_max} classes, got {c}")
+    top = logits.topk(k_max, dim=1).indices  # (N, k_max), best first
+    hit = top.eq(targets.reshape(-1, 1).to(top.device))  # (N, k_max)
+    return {k: int(hit[:, :k].any(dim=1).sum()) / n for k in ks}
+
+
+def mean_per_class_recall(preds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over the classes present in ``targets`` of the fraction of their samples predicted right.
+
+    What scikit-learn's ``balanced_accuracy_score`` computes (CLIP_benchmark's metric).
+    preds (N,), targets (N,).
+    """
+    if preds.shape != targets.shape or preds.numel() == 0:
+        raise ValueError(f"expected two non-empty (N,) tensors, got {tuple(preds.shape)} and {tuple(targets.shape)}")
+    preds, targets = preds.reshape(-1).cpu(), targets.reshape(-1).cpu()
+    recalls = [int((preds[targets == c] == c).sum()) / int((targets == c).sum()) for c in targets.unique().tolist()]
+    return sum(recalls) / len(recalls)
+
+
+def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """CLIP_benchmark's classification metrics: acc1, acc5 (only with 5 or more classes), mean per-class recall.
+
+    logits (N, C) image-to-class scores, targets (N,).
+    """
+    ks = (1, 5) if logits.shape[1] >= 5 else (1,)
+    acc = topk_accuracy(logits, targets, ks)
+    out = {f"acc{k}": v for k, v in acc.items()}
+    out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(dim=1), targets)
+    return out
+
+
+# -- retrieval ---------------------------------------------------------------------------------------
+
+
+def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Fraction of queries with at least one positive among their k best-scored candidates.
+
+    scores (Q, G) query-by-candidate similarities; positives (Q, G) bool. A k larger than
+    the number of candidates counts all of them.
+    """
+    if scores.shape != positives.shape or scores.ndim != 2:
+        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
+                         f"and {tuple(positives.shape)}")
+    if scores.shape[0] == 0:
+        raise ValueError("no queries to score")
+    k_max = min(max(ks), scores.shape[1])
+    top = scores.topk(k_max, dim=1).indices  # (Q, k_max)
+    hit = positives.to(top.device).gather(1, top)  # (Q, k_max) bool
+    return {k: int(hit[:, : min(k, k_max)].any(dim=1).sum()) / scores.shape[0] for k in ks}
+
+
+def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
+                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k both ways from caption-by-image scores (T, I) and each caption's image index (T,).
+
+    ``text_to_image_recall@k``: a caption finds its image in the top k (CLIP_benchmark's
+    ``image_retrieval_recall@k``). ``image_to_text_recall@k``: an image finds any of its
+    captions in the top k (CLIP_benchmark's ``text_retrieval_recall@k``).
+    """
+    t, i = scores.shape
+    if caption_image.shape != (t,):
+        raise ValueError(f"caption_image must be ({t},), got {tuple(caption_image.shape)}")
+    positives = torch.zeros(t, i, dtype=torch.bool)
+    positives[torch.arange(t), caption_image.cpu().long()] = True
+    scores = scores.cpu()
+    t2i = recall_at_k(scores, positives, ks)
+    i2t = recall_at_k(scores.T, positives.T, ks)
+    out = {f"text_to_image_recall@{k}": v for k, v in t2i.items()}
+    out.update({f"image_to_text_recall@{k}": v for k, v in i2t.items()})
+    return out
+
+
+# -- MMVP-VLM ----------------------------------------------------------------------------------------
+
+
+def mmvp_text_picks(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which image each text of each pair picks.
+
+    logits (P, 2, 2): ``logits[p, j, i]`` scores text j against image i of pair p (with
+    the model's logit scale, as ``logits_per_text`` is). For each text, softmax over the
+    two images; the text picks image 1 if its probability is > 0.5, else image 2, so an
+    exact tie picks image 2. Returns (probability of image 1 (P, 2), picked image index
+    (P, 2): 0 for image 1, 1 for image 2).
+    """
+    if logits.ndim != 3 or logits.shape[1:] != (2, 2):
+        raise ValueError(f"expected (P, 2, 2) logits, got {tuple(logits.shape)}")
+    p_first = logits.float().softmax(dim=-1)[..., 0]  # (P, 2)
+    picks = torch.where(p_first > 0.5, 0, 1)
+    return p_first, picks
+
+
+def mmvp_pair_correct(picks: torch.Tensor) -> torch.Tensor:
+    """(P, 2) picked image per text -> (P,) bool: text 1 picked image 1 and text 2 picked image 2."""
+    return (picks[:, 0] == 0) & (picks[:, 1] == 1)
+
+
+def mmvp_scores(pair_correct: torch.Tensor | Sequence[bool], pair_types: Sequence[str],
+                patterns: Sequence[str] | None = None) -> dict[str, float]:
+    """Per-pattern score (correct pairs / pairs x 100) and their mean as ``average``.
+
+    ``patterns`` fixes the order of the keys (default: the order in which types first
+    appear); every pattern listed must have at least one pair.
+    """
+    correct = [bool(c) for c in (pair_correct.tolist() if isinstance(pair_correct, torch.Tensor) else pair_correct)]
+    if len(correct) != len(pair_types):
+        raise ValueError(f"{len(correct)} pair results but {len(pair_types)} pair types")
+    if not correct:
+        raise ValueError("no pairs to score")
+    order = list(patterns) if patterns is not None else list(dict.fromkeys(pair_types))
+    out: dict[str, float] = {}
+    for pattern in order:
+        hits = [c for c, t in zip(correct, pair_types) if t == pattern]
+        if not hits:
+            raise ValueError(f"pattern {pattern!r} has no pairs")
+        out[pattern] = 100.0 * sum(hits) / len(hits)
+    out["average"] = sum(out.values()) / len(order)
+    return out
+
+
+# -- diffusion loss ------------------------------------------------------------------------------------
+
+
+def timestep_buckets(num_timesteps: int, num_buckets: int) -> list[tuple[int, int]]:
+    """Split [0, num_timesteps) into ``num_buckets`` contiguous (first, last) ranges, inclusive."""
+    if not 1 <= num_buckets <= num_timesteps:
+        raise ValueError(f"num_buckets must be in [1, {num_timesteps}], got {num_buckets}")
+    edges = [round(b * num_timesteps / num_buckets) for b in range(num_buckets + 1)]
+    return [(edges[b], edges[b + 1] - 1) for b in range(num_buckets)]
+
+
+def bucket_key(first: int, last: int, width: int) -> str:
+    """Name of a timestep bucket, e.g. ``loss_t000-099``."""
+    return f"loss_t{first:0{width}d}-{last:0{width}d}"
+
+
+def diffusion_loss_summary(losses: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int,
+                           num_buckets: int = 10) -> dict[str, float]:
+    """Mean loss, its standard error, and the mean per timestep bucket (empty buckets are left out).
+
+    losses (N,) per-draw losses, timesteps (N,) the draws' timesteps in [0, num_timesteps).
+    """
+    losses, timesteps = losses.detach().double().cpu().reshape(-1), timesteps.cpu().reshape(-1)
+    if losses.numel() == 0 or losses.shape != timesteps.shape:
+        raise ValueError(f"expected non-empty (N,) losses and timesteps, got {tuple(losses.shape)} "
+                         f"and {tuple(timesteps.shape)}")
+    n = losses.numel()
+    out = {"loss_mean": float(losses.mean()),
+           "loss_sem": float(losses.std(unbiased=True) / n**0.5) if n > 1 else 0.0}
+    width = len(str(num_timesteps - 1))
+    for first, last in timestep_buckets(num_timesteps, num_buckets):
+        inside = (timesteps >= first) & (timesteps <= last)
+        if inside.any():
+            out[bucket_key(first, last, width)] = float(losses[inside].mean())
+    return out

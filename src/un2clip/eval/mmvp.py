@@ -1,0 +1,164 @@
+"""MMVP-VLM: pairs of images that CLIP confuses, each with one statement per image.
+
+The official protocol (tsb0601/MMVP, ``scripts/evaluate_vlm.py``): ``DIR/Questions.csv``
+with the columns Question ID, Type, Statement; the images of a pair at
+``DIR/MLLM_VLM Images/<Type of the pair's first row>/<Question ID>.jpg``. Two consecutive
+rows form a pair; the first statement belongs to the first image, the second to the
+second. The prompt is "a photo of " + statement. For each text, softmax over the two
+images' logits; the text picks image 1 if its probability is > 0.5, else image 2. A pair
+counts only if both texts pick their own image. Scores are percentages per pattern
+(the Type column) and their mean (``average``).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from un2clip.eval.embed import ImageList, PathImages, embed_images, embed_texts
+from un2clip.eval.metrics import mmvp_pair_correct, mmvp_scores, mmvp_text_picks
+
+if TYPE_CHECKING:
+    from un2clip.models.clip import ClipModel
+
+COLUMNS = ("Question ID", "Type", "Statement")
+IMAGE_FOLDER = "MLLM_VLM Images"
+PROMPT_PREFIX = "a photo of "
+# The nine patterns in the order the official script reports them.
+PATTERNS = (
+    "Orientation and Direction",
+    "Presence of Specific Features",
+    "State and Condition",
+    "Quantity and Count",
+    "Positional and Relational Context",
+    "Color and Appearance",
+    "Structural Characteristics",
+    "Texts",
+    "Viewpoint and Perspective",
+)
+LAYOUT = (f"expected MMVP-VLM's layout: DIR/Questions.csv with the columns {', '.join(COLUMNS)} "
+          f"(two consecutive rows per pair) and the images at DIR/{IMAGE_FOLDER}/<Type>/<Question ID>.jpg")
+
+# Published MMVP-VLM averages (un²CLIP, arXiv 2505.24517): the original encoder and its un²CLIP fine-tune.
+PUBLISHED_MMVP = {
+    "openai/clip-vit-large-patch14": {"original": 19.3, "un2clip": 32.6},
+    "google/siglip-so400m-patch14-384": {"original": 37.0, "un2clip": 41.5},
+}
+
+
+@dataclass(frozen=True)
+class MmvpPair:
+    """Two images with one statement each; ``statements[j]`` describes ``images[j]``."""
+
+    qids: tuple[str, str]
+    pattern: str
+    statements: tuple[str, str]
+    images: tuple[Path, Path]
+
+
+def read_mmvp(root: str | Path) -> list[MmvpPair]:
+    """The pairs of an MMVP-VLM folder; a malformed folder is an error that names the path and the layout."""
+    root = Path(root)
+    table = root / "Questions.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} not found; {LAYOUT}")
+    with open(table, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise ValueError(f"{table} is empty; {LAYOUT}")
+    header = tuple(c.strip() for c in rows[0])
+    if header != COLUMNS:
+        raise ValueError(f"{table} has the columns {list(header)}; {LAYOUT}")
+    body = rows[1:]
+    bad = next((k for k, r in enumerate(body) if len(r) != len(COLUMNS)), None)
+    if bad is not None:
+        raise ValueError(f"{table} row {bad + 2} has {len(body[bad])} fields instead of {len(COLUMNS)}; {LAYOUT}")
+    if not body or len(body) % 2:
+        raise ValueError(f"{table} has {len(body)} question rows, not a positive even number; {LAYOUT}")
+    pairs, missing = [], []
+    for k in range(0, len(body), 2):
+        (q1, t1, s1), (q2, t2, s2) = ([c.strip() for c in r] for r in body[k:k + 2])
+        if t1 != t2:
+            raise ValueError(f"{table} rows {k + 2} and {k + 3} form a pair but have the types {t1!r} and {t2!r}; "
+                             f"{LAYOUT}")
+        folder = root / IMAGE_FOLDER / t1
+        images = (folder / f"{q1}.jpg", folder / f"{q2}.jpg")
+        missing += [str(p) for p in images if not p.is_file()]
+        pairs.append(MmvpPair((q1, q2), t1, (s1, s2), images))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
+    return pairs
+
+
+def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str = PROMPT_PREFIX,
+                batch_size: int = 32, num_workers: int = 0, precision: str = "auto",
+                progress: bool = True) -> torch.Tensor:
+    """(P, 2, 2) logits: ``[p, j, i]`` = logit scale x cos(text j, image i) of pair p."""
+    paths = [im for p in pairs for im in p.images]
+    images = embed_images(model, ImageList(PathImages(paths), len(paths), model.processing),
+                          batch_size=batch_size, num_workers=num_workers, precision=precision,
+                          progress=progress, desc="MMVP images")
+    if images.n_skipped:
+        bad = sorted(set(range(len(paths))) - set(images.index.tolist()))
+        raise ValueError(f"{images.n_skipped} MMVP image(s) cannot be read: "
+                         f"{', '.join(paths[i] for i in bad[:3])}; the benchmark needs every image")
+    texts = [prompt_prefix + s for p in pairs for s in p.statements]
+    text_embeds = embed_texts(model, texts, batch_size=batch_size, precision=precision, progress=progress,
+                              desc="MMVP texts")
+    img = images.embeds.reshape(len(pairs), 2, -1)  # (P, 2 images, D)
+    txt = text_embeds.reshape(len(pairs), 2, -1)  # (P, 2 texts, D)
+    return model.logit_scale * torch.einsum("pjd,pid->pji", txt, img)  # (P, 2, 2)
+
+
+def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_PREFIX, batch_size: int = 32,
+             num_workers: int = 0, precision: str = "auto", progress: bool = True,
+             pairs_csv: str | Path | None = None) -> dict[str, float]:
+    """MMVP-VLM scores in percent: one per pattern and their mean, ``average``.
+
+    With ``pairs_csv`` also write one row per pair: qid1, qid2, pred1, pred2, gt1, gt2,
+    score, type and the two texts' probabilities of image 1.
+    """
+    model.eval()
+    pairs = read_mmvp(data)
+    logits = mmvp_logits(model, pairs, prompt_prefix=prompt_prefix, batch_size=batch_size,
+                         num_workers=num_workers, precision=precision, progress=progress)
+    p_first, picks = mmvp_text_picks(logits)
+    correct = mmvp_pair_correct(picks)
+    types = [p.pattern for p in pairs]
+    known = [t for t in PATTERNS if t in types]
+    order = known + [t for t in dict.fromkeys(types) if t not in PATTERNS]
+    scores = mmvp_scores(correct, types, order)
+    if pairs_csv is not None:
+        write_pairs_csv(pairs_csv, pairs, picks, correct, p_first)
+    scores["n_pairs"] = len(pairs)
+    return scores
+
+
+def write_pairs_csv(path: str | Path, pairs: list[MmvpPair], picks: torch.Tensor, correct: torch.Tensor,
+                    p_first: torch.Tensor) -> Path:
+    """One row per pair, in the official script's vocabulary (``img1`` / ``img2``)."""
+    name = ("img1", "img2")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["qid1", "qid2", "pred1", "pred2", "gt1", "gt2", "score", "type", "p_img1_text1", "p_img1_text2"])
+        for p, pick, ok, prob in zip(pairs, picks.tolist(), correct.tolist(), p_first.tolist()):
+            w.writerow([p.qids[0], p.qids[1], name[pick[0]], name[pick[1]], "img1", "img2", int(ok), p.pattern,
+                        f"{prob[0]:.6f}", f"{prob[1]:.6f}"])
+    return path
+
+
+def published_anchor(model_spec: str, *, random_weights: bool = False) -> dict[str, float] | None:
+    """The paper's MMVP-VLM averages when ``model_spec`` names an original encoder it reports (Hub id or preset)."""
+    from un2clip.models.presets import PRESETS
+
+    if random_weights:
+        return None
+    hub_id = PRESETS[model_spec].clip if model_spec in PRESETS else model_spec
+    return PUBLISHED_MMVP.get(hub_id)
