@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -99,9 +100,9 @@ class Table:
 
     models: list[str]
     columns: list[str]
-    values: dict[tuple[str, str], float]
+    values: dict[tuple[str, str], float | int]
 
-    def cell(self, model: str, column: str) -> float | None:
+    def cell(self, model: str, column: str) -> float | int | None:
         return self.values.get((model, column))
 
 
@@ -135,7 +136,7 @@ def results_table(results: Sequence[dict[str, Any]], metrics: str = "headline") 
             columns.append(col)
             for (model, t, d), m in keyed.items():
                 if (t, d) == (task, dataset) and m.get(name) is not None:
-                    values[(model, col)] = float(m[name])
+                    values[(model, col)] = m[name]
     return Table(models, columns, values)
 
 
@@ -194,8 +195,7 @@ def plot_mmvp_patterns(results: Sequence[dict[str, Any]], path: str | Path) -> P
         for m, (model, scores) in enumerate(by_model.items()):
             xs = [i + (m - (len(by_model) - 1) / 2) * width for i in range(len(patterns))]
             ax.bar(xs, [scores.get(p, 0.0) for p in patterns], width, label=model)
-        ax.set_xticks(range(len(patterns)), [p.replace(" and ", " &\n").replace(" of ", " of\n") for p in patterns],
-                      fontsize=8)
+        ax.set_xticks(range(len(patterns)), [textwrap.fill(p, 16) for p in patterns], fontsize=8)
         ax.set_ylabel("pairs correct (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"MMVP-VLM per pattern: {dataset}")
