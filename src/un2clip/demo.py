@@ -34,6 +34,8 @@ class DemoSettings:
     n_train: int = 20000
     n_val: int = 1000
     pairs_per_pattern: int = 60
+    n_zeroshot_per_class: int = 50
+    n_seg: int = 200
     rare_rate: float = 0.03
     pretrain_steps: int = 1000
     pretrain_batch: int = 256
@@ -44,10 +46,11 @@ class DemoSettings:
     finetune_steps: int = 300
     finetune_batch: int = 32
     finetune_lr: float = 1e-5
+    sampling_steps: int = 50
 
 
-QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, pretrain_steps=4, pretrain_batch=32,
-                     decoder_steps=4, decoder_batch=16, finetune_steps=3, finetune_batch=8)
+QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, n_zeroshot_per_class=6, n_seg=8, pretrain_steps=4, pretrain_batch=32,
+                     decoder_steps=4, decoder_batch=16, finetune_steps=3, finetune_batch=8, sampling_steps=4)
 
 
 def _cli(argv: list[str]) -> None:
@@ -84,7 +87,8 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
     if not done:
         t = time.perf_counter()
         generate_world(world, seed=seed, n_train=s.n_train, n_val=s.n_val, rare_rate=s.rare_rate,
-                       pairs_per_pattern=s.pairs_per_pattern, progress=progress, overwrite=True)
+                       pairs_per_pattern=s.pairs_per_pattern, n_zeroshot_per_class=s.n_zeroshot_per_class,
+                       n_seg=s.n_seg, progress=progress, overwrite=True)
         _done(world, timings.setdefault("world", time.perf_counter() - t))
 
     shipped = ASSETS / f"seed{seed}"
@@ -130,15 +134,10 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
         _done(ft_dir, timings.setdefault("finetune", time.perf_counter() - t))
 
     models = {"original": str(clip), "un2clip": str(ft_dir)}
-    return evaluate_demo(out, world, models, decoder, seed=seed, fresh=fresh, progress=progress)
-
-
-def evaluate_demo(out: Path, world: Path, models: dict[str, str], decoder: Path, *, seed: int,
-                  fresh: bool, progress: bool) -> Path:
-    """Evaluate each model on the world's benchmarks and write ``out/report.md``."""
     from un2clip.demo_report import evaluate_models, write_report
 
-    results = evaluate_models(out / "eval", world, models, decoder, seed=seed, fresh=fresh, progress=progress)
+    results = evaluate_models(out / "eval", world, models, decoder, seed=seed, fresh=fresh, progress=progress,
+                              sampling_steps=s.sampling_steps)
     return write_report(out, results)
 
 

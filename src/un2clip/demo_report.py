@@ -1,0 +1,79 @@
+"""Evaluate the demo's models on the shapes world and write the before/after report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ZEROSHOT_SETS = ("shape", "color")
+
+
+def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Path, *, seed: int,
+                    fresh: bool, progress: bool, sampling_steps: int = 50) -> dict[str, dict[str, float]]:
+    """{model name: metrics}: world-MMVP, zero-shot, held-out diffusion loss, probes; cached as JSON."""
+    from un2clip.eval import diffloss, mmvp, probe, zeroshot
+    from un2clip.models.presets import load_clip, load_decoder
+
+    out.mkdir(parents=True, exist_ok=True)
+    dec = load_decoder(str(decoder))
+    results: dict[str, dict[str, float]] = {}
+    for name, spec in models.items():
+        cached = out / f"{name}.json"
+        if cached.exists() and not fresh:
+            results[name] = json.loads(cached.read_text())["metrics"]
+            continue
+        model = load_clip(spec)
+        m: dict[str, float] = {}
+        scores = mmvp.evaluate(model, world / "mmvp", progress=progress, pairs_csv=out / f"{name}_mmvp_pairs.csv")
+        m.update({f"mmvp/{k}": v for k, v in scores.items()})
+        for task in ZEROSHOT_SETS:
+            z = zeroshot.evaluate(model, world / "zeroshot" / task, progress=progress)
+            m[f"zeroshot_{task}/acc1"] = z["acc1"]
+        d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
+        m["diffloss/loss_mean"] = d["loss_mean"]
+        m["diffloss/loss_sem"] = d["loss_sem"]
+        m.update({f"probe/{k[6:]}": v for k, v in probe.world_probe(model, world, progress=progress).items()})
+        cached.write_text(json.dumps({"model": spec, "metrics": m}, indent=2))
+        results[name] = m
+    grid = out / "reconstructions.png"
+    if fresh or not grid.exists():
+        reconstruct_grid(grid, world, models, dec, seed=seed, steps=sampling_steps)
+    return results
+
+
+def reconstruct_grid(path: Path, world: Path, models: dict[str, str], decoder, *, seed: int, n: int = 8,
+                     steps: int = 50) -> Path:
+    """Rows: a validation image, then the decoder's image from each model's embedding (same seed)."""
+    from un2clip.eval.reconstruct import first_images, reconstruction_grid
+    from un2clip.models.presets import load_clip
+
+    images = first_images(str(world / "val" / "images"), n)
+    grid = reconstruction_grid([load_clip(s) for s in models.values()], decoder, images, seed=seed,
+                               labels=list(models), cell_size=64, num_inference_steps=steps, progress=False)
+    grid.save(path)
+    return path
+
+
+def _row(name: str, m: dict[str, float], columns: list[str]) -> str:
+    cells = [f"{m[c]:.5f}" if c.startswith("diffloss") else f"{m[c]:.1f}" if c in m else "–" for c in columns]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
+    """Markdown table of every model's metrics (models as rows) and the reconstruction grid."""
+    first = next(iter(results.values()))
+    patterns = [k for k in first if k.startswith("mmvp/") and k not in ("mmvp/average", "mmvp/n_pairs")]
+    head = ["mmvp/average"] + [f"zeroshot_{t}/acc1" for t in ZEROSHOT_SETS] + ["diffloss/loss_mean", "probe/mean"]
+    probes = [k for k in first if k.startswith("probe/") and k != "probe/mean"]
+    lines = ["# un²CLIP in the shapes world", ""]
+    for title, cols in (("Summary", head), ("World-MMVP per pattern (pair accuracy, %)", patterns),
+                        ("Linear probe per attribute (accuracy, %)", probes)):
+        short = [c.split("/", 1)[1] for c in cols]
+        lines += [f"## {title}", "", "| model | " + " | ".join(short) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [_row(name, m, cols) for name, m in results.items()] + [""]
+    lines += ["![reconstructions](eval/reconstructions.png)", "",
+              "Rows: a held-out image, then the decoder's sample from each model's embedding "
+              f"({', '.join(results)}), same seed.", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
