@@ -344,6 +344,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     params = inspect.signature(task.evaluate).parameters
     options = {k: getattr(args, k) for k in params if k not in ("model", "data") and getattr(args, k, None) is not None}
     options["progress"] = not args.no_progress
+    if task.check_data is not None:  # a malformed dataset fails before any model loads
+        wanted = inspect.signature(task.check_data).parameters
+        task.check_data(args.data, **{k: v for k, v in options.items() if k in wanted})
     decoders: dict[str, object] = {}
     for spec, name in zip(args.model, names):
         model = load_clip(spec, random_weights=args.random_weights).to(device)

@@ -30,6 +30,8 @@ class EvalTask:
     headline: tuple[str, ...]  # the metrics a report shows first
     description: str = ""
     needs_decoder: bool = False  # evaluate takes ``decoder=UnclipDecoder``
+    # opens the data without a model (same keyword options as evaluate), so a malformed folder fails fast
+    check_data: Callable[..., object] | None = None
 
 
 TASKS: dict[str, EvalTask] = {}
@@ -58,19 +60,22 @@ def evaluate(task: str, model: ClipModel, data: str | Path, **options: Any) -> d
 register_task(EvalTask(
     "mmvp", mmvp.evaluate, ("average",),
     "MMVP-VLM: CLIP-blind image pairs, 9 patterns; percent of pairs where both statements pick their own image",
+    check_data=mmvp.read_mmvp,
 ))
 register_task(EvalTask(
     "zeroshot", zeroshot.evaluate, ("acc1", "acc5"),
     "zero-shot classification (CLIP_benchmark): template ensemble; acc1, acc5, mean per-class recall",
+    check_data=zeroshot.load_classification_set,
 ))
 register_task(EvalTask(
     "retrieval", retrieval.evaluate, ("text_to_image_recall@1", "image_to_text_recall@1"),
     "image-text retrieval (CLIP_benchmark): recall@1/5/10, text->image and image->text",
+    check_data=retrieval.load_retrieval_set,
 ))
 register_task(EvalTask(
     "diffloss", diffloss.evaluate, ("loss_mean",),
     "the un²CLIP diffusion loss on held-out images, fixed draws per image; lower is better",
-    needs_decoder=True,
+    needs_decoder=True, check_data=diffloss.open_data,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

@@ -35,7 +35,7 @@ def draw_seeds(seed: int, indices: torch.Tensor | Sequence[int], draws_per_image
     for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices):
         for k in range(draws_per_image):
             hi, lo = np.random.SeedSequence([int(seed), int(i), k]).generate_state(2, np.uint32).tolist()
-            out.append((hi << 31) | (lo >> 1))  # 62 bits: fits int64 and Generator.manual_seed
+            out.append((hi << 30) | (lo >> 2))  # 62 bits: fits int64 and Generator.manual_seed
     return torch.tensor(out, dtype=torch.int64)
 
 
@@ -64,6 +64,13 @@ def default_decoder_spec(model_spec: str) -> str | None:
         if info.get("decoder") or (Path(model_spec) / "decoder" / "unet").is_dir():
             return model_spec
     return None
+
+
+def open_data(data: str | Path):
+    """The images to measure: anything :func:`un2clip.data.sources.open_source` opens."""
+    from un2clip.data.sources import open_source
+
+    return open_source(data)
 
 
 def diffusion_losses(model: ClipModel, decoder: UnclipDecoder, images: ImageList, *, seed: int = 0,
@@ -110,9 +117,7 @@ def evaluate(model: ClipModel, data: str | Path, *, decoder: UnclipDecoder, seed
     CSV/TSV, webdataset shards); ``limit`` keeps its first images. With ``samples_csv``
     also write one row per draw (index, key, draw, timestep, loss) for paired comparisons.
     """
-    from un2clip.data.sources import open_source
-
-    source = open_source(data)
+    source = open_data(data)
     n = len(source) if limit is None else min(int(limit), len(source))
     images = ImageList(SourceImages(source), n, TwoViews(model.processing, decoder.image_size))
     out = diffusion_losses(model, decoder, images, seed=seed, draws_per_image=draws_per_image,
