@@ -139,6 +139,7 @@ def test_zeroshot_known_answers_on_an_image_folder(tmp_path):
         "blue": ["blue", "blue"], "green": ["green", "green"], "red": ["red", "blue"], "yellow": ["yellow"]})
     (root / "templates.txt").write_text("a photo of a {c}.\n{}\n")
     m = zeroshot.evaluate(ColourClip(), root, progress=False)
+    assert zeroshot.evaluate(ColourClip(), root, progress=False, num_workers=2, batch_size=2) == m
     # one red-folder image is blue: acc1 6/7; per class: 1, 1, 1/2, 1
     assert m["acc1"] == pytest.approx(6 / 7)
     assert m["mean_per_class_recall"] == pytest.approx(3.5 / 4)
@@ -195,12 +196,12 @@ def test_clip_benchmark_webdataset_classification(tmp_path):
     (root / "classnames.txt").write_text("red\ngreen\nblue\n")
     (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
     write_wds(root, [("s0", "red", "0"), ("s1", "green", "1"), ("s2", "blue", "2"), ("s3", "red", None),
-                     ("s4", "blue", "0")])
+                     ("s4", "blue", "0"), ("s5", None, "1")])
     data = zeroshot.load_classification_set(root)
     assert data.layout == "webdataset" and data.templates == ["a photo of a {c}."] and data.n == 5
     m = zeroshot.evaluate(ColourClip(), root, progress=False)
-    # s3 has no label and is skipped; s4 is a blue image labelled red
-    assert m["n_skipped_images"] == 1 and m["n_images"] == 4
+    # s3 has no label, s5 no image: both skipped; s4 is a blue image labelled red
+    assert m["n_skipped_images"] == 2 and m["n_images"] == 4
     assert m["acc1"] == pytest.approx(3 / 4)
     (root / "classnames.txt").unlink()
     with pytest.raises(FileNotFoundError, match="classnames.txt"):

@@ -322,6 +322,17 @@ def _data_name(data: str) -> str:
     return path.name if path.is_dir() or not path.suffix else f"{path.parent.name}-{path.stem}".lstrip("-")
 
 
+def _model_name(spec: str) -> str:
+    """A model's name in results: the spec as given; a local path relative to the working folder when inside it."""
+    import os
+
+    spec = spec.rstrip("/") or spec
+    if os.path.isabs(spec) and os.path.exists(spec):
+        rel = os.path.relpath(spec)
+        return spec if rel.startswith("..") else rel
+    return spec
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import inspect
     from pathlib import Path
@@ -334,7 +345,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from un2clip.models.presets import load_clip, load_decoder
 
     task = get_task(args.task)
-    names = args.model_name or [m.rstrip("/") for m in args.model]
+    names = args.model_name or [_model_name(m) for m in args.model]
     if len(names) != len(args.model):
         raise ValueError(f"{len(args.model)} models but {len(names)} --model-name values")
     if not Path(args.data).exists():
@@ -412,7 +423,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         from un2clip.eval.reconstruct import first_images, reconstruction_grid
         from un2clip.models.presets import load_clip, load_decoder
 
-        labels = args.labels or [m.rstrip("/") for m in args.models]
+        labels = args.labels or [_model_name(m) for m in args.models]
         if len(labels) != len(args.models):
             raise ValueError(f"{len(args.models)} models but {len(labels)} --labels")
         dec_spec = args.decoder or next((s for s in map(default_decoder_spec, args.models) if s), None)

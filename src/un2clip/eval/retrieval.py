@@ -44,6 +44,7 @@ class RetrievalSet:
     load: Callable[[int], tuple[Image.Image | None, Any]]
     n: int
     layout: str  # "table" | "jsonl" | "webdataset"
+    n_skipped_at_open: int = 0  # webdataset samples without an image member
 
 
 def _pick(header: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> int:
@@ -115,7 +116,7 @@ def load_retrieval_set(data: str | Path, *, split: str = "test", image_column: s
         if not shards:
             raise ValueError(f"{path} is a folder but not a retrieval webdataset; {LAYOUT}")
         source = WebDatasetSource(shards, spec=str(path), caption_extension="txt")
-        return RetrievalSet(SourceImages(source, captions_of), len(source), "webdataset")
+        return RetrievalSet(SourceImages(source, captions_of), len(source), "webdataset", source.n_skipped)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         pairs, layout = _read_table(path, image_column, caption_column), "table"
@@ -150,5 +151,6 @@ def evaluate(model: ClipModel, data: str | Path, *, split: str = "test", image_c
     texts = embed_texts(model, captions, batch_size=max(batch_size, 64), precision=precision, progress=progress,
                         desc="retrieval captions")
     metrics = retrieval_metrics(retrieval_scores(texts, images.embeds), caption_image, ks)
-    metrics.update(n_images=images.embeds.shape[0], n_captions=len(captions), n_skipped_images=images.n_skipped)
+    metrics.update(n_images=images.embeds.shape[0], n_captions=len(captions),
+                   n_skipped_images=images.n_skipped + rset.n_skipped_at_open)
     return metrics

@@ -89,6 +89,7 @@ class ClassificationSet:
     classnames: list[str]
     templates: list[str]
     layout: str  # "folder" | "webdataset"
+    n_skipped_at_open: int = 0  # webdataset samples without an image member
 
 
 def _is_image(name: str) -> bool:
@@ -170,7 +171,7 @@ def _webdataset_set(root: Path, shards: list[str], classnames: list[str] | None,
         templates = read_lines(root / "zeroshot_classification_templates.txt")
     source = WebDatasetSource(shards, spec=str(root), caption_extension="cls")
     return ClassificationSet(SourceImages(source, parse_label), len(source), list(classnames),
-                             templates or imagenet_templates(), "webdataset")
+                             templates or imagenet_templates(), "webdataset", source.n_skipped)
 
 
 def load_classification_set(data: str | Path, *, split: str = "test",
@@ -226,5 +227,5 @@ def evaluate(model: ClipModel, data: str | Path, *, split: str = "test",
         raise ValueError(f"{data}: label {int(out_of_range[0])} outside the {n_classes} classes of the class names")
     metrics = zeroshot_metrics(zeroshot_logits(images.embeds, classifier), targets)
     metrics.update(n_images=len(targets), n_classes=n_classes, n_templates=len(dataset.templates),
-                   n_skipped_images=images.n_skipped)
+                   n_skipped_images=images.n_skipped + dataset.n_skipped_at_open)
     return metrics
