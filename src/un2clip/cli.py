@@ -467,8 +467,86 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_seg(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "seg", help="training-free open-vocabulary segmentation: vanilla | maskclip | sclip | clearclip | naclip",
+        description="Change the last block of a frozen CLIP ViT (MaskCLIP, SCLIP, ClearCLIP, NACLIP or none), compare "
+                    "patch features with text embeddings of class names (80 ImageNet templates, synonyms), sliding "
+                    "window, mIoU as mmsegmentation computes it. One JSON per model x method x dataset in --output, "
+                    "then one table. Settings default to each method's preset for the dataset.")
+    _seg_flags(p)
+    p.set_defaults(func=_run_seg)
+
+
+def _seg_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of `un2clip seg` (also usable under `un2clip eval seg`)."""
+    p.add_argument("--method", nargs="+", required=True, metavar="M",
+                   help="vanilla, maskclip, sclip, clearclip, naclip (several: one table)")
+    p.add_argument("--model", nargs="+", required=True, metavar="MODEL",
+                   help="preset (e.g. tiny), Hub id, model folder, fine-tune run directory or exported folder")
+    p.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", metavar="DIR", help="one dataset's root folder (layout: --dataset)")
+    where.add_argument("--benchmarks-root", metavar="ROOT",
+                       help="mmsegmentation's data root: runs voc21 voc20 context60 context59 coco_object "
+                            "coco_stuff cityscapes ade20k from VOCdevkit/VOC2012, VOCdevkit/VOC2010, "
+                            "coco_stuff164k, cityscapes, ade/ADEChallengeData2016")
+    p.add_argument("--dataset", default="generic",
+                   help="layout of --data: generic (images/, masks/, classes.txt; default), voc21, voc20, "
+                        "context60, context59, coco_object, coco_stuff, cityscapes, ade20k")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="with --benchmarks-root: only these benchmarks")
+    p.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
+    p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated)")
+    p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
+    p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
+    p.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    g = p.add_argument_group("settings (default: the method's preset for the dataset)")
+    g.add_argument("--short-side", type=int, help="resize the short side to this (0: keep; SCLIP 336, ClearCLIP 448)")
+    g.add_argument("--crop", type=int, help="sliding-window side (0: whole image; 224, ClearCLIP 448)")
+    g.add_argument("--stride", type=int, help="sliding-window stride (112, ClearCLIP 224)")
+    g.add_argument("--logit-scale", type=float, help="scale of cosine similarities before the softmax (40-65)")
+    g.add_argument("--prob-threshold", type=float, help="below this top probability a pixel becomes background")
+    g.add_argument("--area-threshold", type=float, help="SCLIP: drop classes on less than this fraction of foreground")
+    g.add_argument("--gaussian-std", type=float, help="NACLIP neighbourhood std in patches (default 5)")
+    g = p.add_argument_group("running")
+    g.add_argument("--random-weights", action="store_true", help="a preset's architecture, random weights")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
+    g.add_argument("--num-workers", type=int, default=2, help="image-reading processes (default 2)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_seg(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from un2clip.seg.report import DataSpec, benchmark_specs, format_table, run_seg
+
+    if args.benchmarks_root:
+        data = benchmark_specs(args.benchmarks_root, args.datasets)
+    else:
+        if args.datasets:
+            raise ValueError("--datasets goes with --benchmarks-root; with --data give --dataset")
+        data = [DataSpec(args.dataset, Path(args.data))]
+    templates = None
+    if args.templates:
+        from un2clip.seg.infer import read_templates
+
+        templates = read_templates(args.templates)
+    settings = {k: getattr(args, k) for k in ("short_side", "crop", "stride", "logit_scale", "prob_threshold",
+                                              "area_threshold", "gaussian_std")}
+    records = run_seg(args.model, args.method, data, output=args.output, model_names=args.model_name,
+                      classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
+                      random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
+                      num_workers=args.num_workers, precision=args.precision, progress=not args.no_progress,
+                      settings=settings)
+    print(format_table(records))
+    return 0
+
+
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_eval, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:

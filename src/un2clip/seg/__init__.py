@@ -1,0 +1,106 @@
+"""Training-free open-vocabulary semantic segmentation with a frozen CLIP image encoder.
+
+``evaluate(model, data, method=..., dataset=...)`` runs one method (``heads.METHODS``:
+vanilla, maskclip, sclip, clearclip, naclip) on one dataset (``datasets.DATASETS``) and
+returns mIoU, aAcc, mAcc (percent), the image counts and ``IoU.<class>`` per class. The
+method x dataset settings come from ``presets``; every one can be overridden by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, DATASETS, SegDataset, SegPairs, load_dataset
+from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias
+from un2clip.seg.infer import (
+    TextClassifier,
+    class_probabilities,
+    inference_context,
+    predict_classes,
+    prepare_image,
+    slide_logits,
+    text_classifier,
+    window_logits,
+)
+from un2clip.seg.metrics import SegHistogram, intersect_and_union
+from un2clip.seg.presets import SegSettings, resolve_settings
+
+if TYPE_CHECKING:
+    from un2clip.models.clip import ClipModel
+
+__all__ = [
+    "BENCHMARKS", "BENCHMARK_DIRS", "DATASETS", "HEADS", "METHODS", "HeadSpec", "SegDataset", "SegHistogram",
+    "SegSettings", "TextClassifier", "dense_features", "evaluate", "gaussian_bias", "intersect_and_union",
+    "load_dataset", "resolve_settings", "segment_image", "text_classifier",
+]
+
+
+def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassifier, *, method: str | HeadSpec,
+                  settings: SegSettings, out_size: tuple[int, int] | None = None, background: int | None = None,
+                  batch_size: int = 16) -> torch.Tensor:
+    """(3, H, W) uint8 image -> (H', W') long class map at ``out_size`` (default the image's size)."""
+    proc = model.processing
+    image = prepare_image(pixels.to(model.device), settings.short_side, proc.mean, proc.std)
+    queries = classifier.queries.to(model.device)
+
+    def logits_fn(crops: torch.Tensor) -> torch.Tensor:
+        return window_logits(model, crops, queries, method, gaussian_std=settings.gaussian_std)
+
+    logits = slide_logits(logits_fn, image, len(queries), crop=settings.crop, stride=settings.stride,
+                          batch_size=batch_size)  # (Q, h, w)
+    size = out_size or tuple(pixels.shape[-2:])
+    logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]  # (Q, H, W)
+    probs = class_probabilities(logits, classifier.query_class.to(logits.device), classifier.num_classes,
+                                settings.logit_scale)
+    return predict_classes(probs, prob_threshold=settings.prob_threshold, area_threshold=settings.area_threshold,
+                           background=background)
+
+
+def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "vanilla", dataset: str = "generic",
+             classes: str | Path | list[list[str]] | None = None, templates: list[str] | None = None,
+             split: str = "val", max_images: int | None = None, classifier: TextClassifier | None = None,
+             batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
+             **settings) -> dict[str, float]:
+    """mIoU, aAcc, mAcc (percent), n_images, n_skipped and ``IoU.<class>`` of ``method`` on a dataset.
+
+    ``settings`` override the method x dataset preset by name: short_side, crop, stride,
+    logit_scale, prob_threshold, area_threshold, gaussian_std. Prompt templates: ``templates``,
+    else the dataset's own (a generic folder's templates.txt), else CLIP's 80 ImageNet ones.
+    ``classifier`` reuses text queries already computed for this model and these classes.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
+    ds = data if isinstance(data, SegDataset) else load_dataset(data, dataset, classes=classes, split=split,
+                                                                max_images=max_images)
+    cfg = resolve_settings(method, ds.name, **settings)
+    if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
+        raise ValueError(f"dataset {ds.name!r} has no background class, so prob_threshold and area_threshold "
+                         "must be 0 (a generic dataset has one when its first class is 'background')")
+    model.eval()
+    if classifier is None:
+        classifier = text_classifier(model, ds.classes, templates or ds.templates, precision=precision)
+    if classifier.num_classes != ds.num_classes:
+        raise ValueError(f"the text classifier has {classifier.num_classes} classes, the dataset {ds.num_classes}")
+    hist = SegHistogram(ds.num_classes)
+    loader = torch.utils.data.DataLoader(SegPairs(ds), batch_size=None, shuffle=False, num_workers=num_workers)
+    skipped = 0
+    with inference_context(model.device, precision):
+        for pixels, label, _ in tqdm(loader, total=len(ds), desc=f"{method} on {ds.name}", disable=not progress,
+                                     leave=False):
+            if pixels is None:
+                skipped += 1
+                continue
+            label = label.to(model.device)
+            pred = segment_image(model, pixels, classifier, method=method, settings=cfg,
+                                 out_size=tuple(label.shape), background=ds.background, batch_size=batch_size)
+            hist.update(pred, label)
+    if hist.n_images == 0:
+        raise ValueError(f"none of the {len(ds)} images of {ds.root} could be read")
+    out = hist.summary(ds.display)
+    out["n_skipped"] = float(skipped)
+    return out

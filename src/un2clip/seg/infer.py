@@ -1,0 +1,227 @@
+"""Dense prediction: text classifier, sliding-window logits, per-pixel classes.
+
+The protocol of MaskCLIP / SCLIP / ClearCLIP / NACLIP on mmsegmentation:
+
+1. text classifier: every name of every class filled into the 80 ImageNet templates,
+   each prompt embedding L2-normalised, averaged over templates, normalised again ->
+   one query per name (Q >= C);
+2. the image resized (bilinear) so that its short side is ``short_side`` (long side at most
+   2048, as mmsegmentation's ``Resize(scale=(2048, short_side), keep_ratio=True)``) and
+   normalised with the model's mean/std;
+3. sliding windows (mmsegmentation's grid: the last window of a row or column is shifted
+   back inside the image); each window padded to a multiple of the patch size, its
+   patch features (``heads.dense_features``) compared with the queries (cosine),
+   upsampled bilinearly to the window, the padding cut; overlapping windows averaged;
+4. logits upsampled bilinearly to the label map's size, times ``logit_scale``, softmax
+   over all Q names; a class's probability is the max over its names; argmax; pixels
+   whose top probability is under ``prob_threshold`` become background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+from un2clip.seg.heads import HeadSpec, dense_features
+
+if TYPE_CHECKING:
+    from un2clip.models.clip import ClipModel
+
+MAX_LONG_SIDE = 2048
+
+
+def imagenet_templates() -> list[str]:
+    """CLIP's 80 ImageNet prompt templates (shared with the evaluation suite), ``{c}`` for the name."""
+    text = resources.files("un2clip.eval").joinpath("data/imagenet_templates.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_templates(path: str | Path) -> list[str]:
+    """Prompt templates from a text file, one per line, ``{c}`` (or ``{}``) where the name goes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected prompt templates, one per line with {{c}}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no templates")
+    for line in lines:
+        fill(line, "x")  # every line must have a place for the name
+    return lines
+
+
+def fill(template: str, name: str) -> str:
+    """Put ``name`` where ``{c}`` or ``{}`` stands in ``template``."""
+    for mark in ("{c}", "{}"):
+        if mark in template:
+            return template.replace(mark, name)
+    raise ValueError(f"template {template!r} has no {{c}} or {{}} where the class name goes")
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """``torch.inference_mode()``, with bf16 autocast for ``bf16`` (and ``auto`` on CUDA)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    with torch.inference_mode():
+        if use_bf16:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+# -- text ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextClassifier:
+    """One L2-normalised query embedding per class name, and the class each name belongs to."""
+
+    queries: torch.Tensor  # (Q, D) float32
+    query_class: torch.Tensor  # (Q,) long, values in [0, C)
+    num_classes: int
+
+
+def text_classifier(model: ClipModel, classes: Sequence[Sequence[str]], templates: Sequence[str] | None = None, *,
+                    batch_size: int = 256, precision: str = "auto") -> TextClassifier:
+    """Per class, per name: mean of the normalised template embeddings, normalised."""
+    templates = list(templates) if templates is not None else imagenet_templates()
+    if not templates:
+        raise ValueError("no prompt templates")
+    names = [n for names in classes for n in names]
+    owner = [c for c, names in enumerate(classes) for _ in names]
+    if not names or len(set(owner)) != len(classes):
+        raise ValueError("every class needs at least one name")
+    prompts = [fill(t, n) for n in names for t in templates]
+    chunks = []
+    with inference_context(model.device, precision):
+        for start in range(0, len(prompts), batch_size):
+            emb = model.encode_text(prompts[start:start + batch_size]).float()  # (b, D)
+            chunks.append(F.normalize(emb, dim=-1))
+    per_prompt = torch.cat(chunks).reshape(len(names), len(templates), -1)  # (Q, T, D)
+    queries = F.normalize(per_prompt.mean(dim=1), dim=-1)  # (Q, D)
+    return TextClassifier(queries.clone(), torch.tensor(owner, dtype=torch.long), len(classes))
+
+
+# -- geometry ----------------------------------------------------------------------------------------------
+
+
+def resized_shape(height: int, width: int, short_side: int, max_long: int = MAX_LONG_SIDE) -> tuple[int, int]:
+    """mmsegmentation's keep-ratio rescale to ``(max_long, short_side)``: one factor, sides rounded."""
+    if short_side <= 0:
+        return height, width
+    scale = min(max_long / max(height, width), short_side / min(height, width))
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def prepare_image(pixels: torch.Tensor, short_side: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(3, H, W) uint8 -> (1, 3, h, w) float normalised model input, resized bilinearly to ``short_side``."""
+    x = pixels.float().unsqueeze(0)
+    size = resized_shape(x.shape[-2], x.shape[-1], short_side)
+    if size != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
+    return (x - m) / s
+
+
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of mmsegmentation's sliding windows; windows never leave the image."""
+    def starts(size: int) -> list[tuple[int, int]]:
+        n = max(size - crop + stride - 1, 0) // stride + 1
+        spans = []
+        for i in range(n):
+            end = min(i * stride + crop, size)
+            spans.append((max(end - crop, 0), end))
+        return spans
+
+    return [(y1, y2, x1, x2) for y1, y2 in starts(height) for x1, x2 in starts(width)]
+
+
+def padding_to_multiple(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding that makes both sides multiples of ``multiple``, centred."""
+    pad_w, pad_h = (-width) % multiple, (-height) % multiple
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+# -- logits ----------------------------------------------------------------------------------------------
+
+
+def window_logits(model: ClipModel, crops: torch.Tensor, queries: torch.Tensor, head: str | HeadSpec, *,
+                  gaussian_std: float = 5.0) -> torch.Tensor:
+    """(B, 3, h, w) windows -> (B, Q, h, w) cosine similarities of patch features and queries."""
+    h, w = crops.shape[-2:]
+    left, right, top, bottom = padding_to_multiple(h, w, model.patch_size)
+    if left or right or top or bottom:
+        crops = F.pad(crops, (left, right, top, bottom))
+    feats = dense_features(model, crops, head, gaussian_std=gaussian_std)  # (B, gh, gw, D)
+    logits = torch.einsum("bhwd,qd->bqhw", feats, queries.to(feats.device, feats.dtype))
+    logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+    return logits[:, :, top:top + h, left:left + w]
+
+
+def slide_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, num_queries: int, *,
+                 crop: int, stride: int, batch_size: int = 16) -> torch.Tensor:
+    """(1, 3, H, W) -> (Q, H, W): ``logits_fn`` on each window ((B, 3, h, w) -> (B, Q, h, w)), averaged.
+
+    ``crop`` 0 runs the whole image at once.
+    """
+    height, width = image.shape[-2:]
+    if crop <= 0:
+        return logits_fn(image)[0].float()
+    boxes = window_boxes(height, width, crop, stride)
+    total = torch.zeros(num_queries, height, width, device=image.device)
+    count = torch.zeros(1, height, width, device=image.device)
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start:start + batch_size]
+        crops = torch.cat([image[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # all windows share a size
+        out = logits_fn(crops).float()  # (b, Q, h, w)
+        for (y1, y2, x1, x2), logits in zip(chunk, out):
+            total[:, y1:y2, x1:x2] += logits
+            count[:, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int,
+                        logit_scale: float) -> torch.Tensor:
+    """(Q, H, W) logits -> (C, H, W): softmax over all names, a class's probability the max over its names."""
+    probs = torch.softmax(logits.float() * logit_scale, dim=0)
+    if len(query_class) == num_classes and bool((query_class == torch.arange(num_classes)).all()):
+        return probs
+    out = probs.new_empty((num_classes, *probs.shape[1:]))
+    owner = query_class.tolist()
+    for c in range(num_classes):
+        idx = [q for q, o in enumerate(owner) if o == c]
+        out[c] = probs[idx].amax(dim=0)
+    return out
+
+
+def predict_classes(probs: torch.Tensor, *, prob_threshold: float = 0.0, area_threshold: float = 0.0,
+                    background: int | None = None) -> torch.Tensor:
+    """(C, H, W) class probabilities -> (H, W) long class indices.
+
+    ``area_threshold``: SCLIP's rule; foreground classes predicted on at most this fraction
+    of the foreground pixels get probability 0. ``prob_threshold``: pixels whose top
+    probability is under it become ``background``.
+    """
+    if (prob_threshold > 0 or area_threshold > 0) and background is None:
+        raise ValueError("prob_threshold and area_threshold need a dataset with a background class")
+    if area_threshold > 0:
+        num_classes = probs.shape[0]
+        fg = [c for c in range(num_classes) if c != background]
+        area = torch.bincount(probs.argmax(dim=0).flatten(), minlength=num_classes)[fg].float()
+        small = area <= area_threshold * area.sum()
+        probs = probs.clone()
+        probs[torch.tensor(fg, device=probs.device)[small.to(probs.device)]] = 0.0
+    top, pred = probs.max(dim=0)
+    if prob_threshold > 0:
+        pred = torch.where(top < prob_threshold, torch.full_like(pred, background), pred)
+    return pred

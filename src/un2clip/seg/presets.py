@@ -1,0 +1,92 @@
+"""Inference settings per method and dataset, as the methods' own evaluation configs set them.
+
+- vanilla, maskclip, sclip: SCLIP's protocol: short side 336 (COCO-Stuff 448, Cityscapes
+  560), sliding window 224 / stride 112, logit scale 40; VOC21 65 with background
+  threshold 0.1, Context60 and COCO-Object 50 with 0.1. SCLIP's VOC21 config also drops
+  predicted classes covering under 10% of the foreground (``area_threshold``).
+- clearclip: short side 448, window 448 / stride 224 (Cityscapes 224 / 224), logit scale
+  50; background thresholds VOC21 0.5, Context60 0.15, COCO-Object 0.4.
+- naclip: as SCLIP's geometry, logit scale 40, background threshold 0.1 on VOC21,
+  Context60, COCO-Object; Gaussian std 5. (NACLIP's PAMR post-processing is not applied.)
+
+Every value can be overridden: ``resolve_settings(method, dataset, crop=..., ...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from un2clip.seg.heads import METHODS
+
+
+@dataclass(frozen=True)
+class SegSettings:
+    """How one method is run on one dataset."""
+
+    short_side: int = 336  # resize so the short side is this (long side at most 2048); 0: keep the size
+    crop: int = 224  # sliding-window side; 0: the whole image at once
+    stride: int = 112  # sliding-window step
+    logit_scale: float = 40.0  # multiplies cosine similarities before the softmax over all names
+    prob_threshold: float = 0.0  # pixels whose top class probability is below this become background
+    area_threshold: float = 0.0  # classes predicted on less than this fraction of the foreground are dropped
+    gaussian_std: float = 5.0  # NACLIP's neighbourhood std, in patches
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0 or self.crop < 0:
+            raise ValueError("short_side and crop must be >= 0 (0 turns them off)")
+        if self.crop and self.stride <= 0:
+            raise ValueError(f"stride must be positive, got {self.stride}")
+        if not 0.0 <= self.prob_threshold <= 1.0 or not 0.0 <= self.area_threshold <= 1.0:
+            raise ValueError("prob_threshold and area_threshold must lie in [0, 1]")
+        if self.gaussian_std <= 0:
+            raise ValueError(f"gaussian_std must be positive, got {self.gaussian_std}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCLIP_BASE = SegSettings()
+SCLIP_DATASETS = {
+    "voc21": {"logit_scale": 65.0, "prob_threshold": 0.1},
+    "context60": {"logit_scale": 50.0, "prob_threshold": 0.1},
+    "coco_object": {"logit_scale": 50.0, "prob_threshold": 0.1},
+    "coco_stuff": {"short_side": 448},
+    "cityscapes": {"short_side": 560},
+}
+CLEARCLIP_BASE = SegSettings(short_side=448, crop=448, stride=224, logit_scale=50.0)
+CLEARCLIP_DATASETS = {
+    "voc21": {"prob_threshold": 0.5},
+    "context60": {"prob_threshold": 0.15},
+    "coco_object": {"prob_threshold": 0.4},
+    "cityscapes": {"crop": 224},
+}
+NACLIP_DATASETS = {
+    "voc21": {"prob_threshold": 0.1},
+    "context60": {"prob_threshold": 0.1},
+    "coco_object": {"prob_threshold": 0.1},
+    "coco_stuff": {"short_side": 448},
+    "cityscapes": {"short_side": 560},
+}
+
+PRESETS: dict[str, tuple[SegSettings, dict[str, dict]]] = {
+    "vanilla": (SCLIP_BASE, SCLIP_DATASETS),
+    "maskclip": (SCLIP_BASE, SCLIP_DATASETS),
+    "sclip": (SCLIP_BASE, {**SCLIP_DATASETS, "voc21": {**SCLIP_DATASETS["voc21"], "area_threshold": 0.1}}),
+    "clearclip": (CLEARCLIP_BASE, CLEARCLIP_DATASETS),
+    "naclip": (SCLIP_BASE, NACLIP_DATASETS),
+}
+assert set(PRESETS) == set(METHODS)
+
+OPTION_NAMES = tuple(f.name for f in fields(SegSettings))
+
+
+def resolve_settings(method: str, dataset: str = "generic", **overrides) -> SegSettings:
+    """The preset of ``method`` on ``dataset``, with every non-None override applied."""
+    if method not in PRESETS:
+        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
+    unknown = set(overrides) - set(OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(OPTION_NAMES)}")
+    base, per_dataset = PRESETS[method]
+    values = {**per_dataset.get(dataset, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(base, **values)

@@ -1,0 +1,173 @@
+"""Runs over models x methods x datasets: one JSON per run, and one table of mIoU.
+
+Result files use the evaluation suite's format (``un2clip-eval-result/1``, one file
+``<model>__seg_<method>__<dataset>.json`` per run) so that ``un2clip report`` merges them
+with the other evaluations: task ``seg/<method>``, the headline numbers under
+``metrics`` (mIoU, aAcc, mAcc in percent; n_images, n_skipped), the settings used under
+``options``, and ``per_class_iou`` (``null`` for a class absent from both predictions and
+labels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, load_dataset
+from un2clip.seg.presets import resolve_settings
+
+RESULT_FORMAT = "un2clip-eval-result/1"
+HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One dataset to evaluate: its layout name and root folder."""
+
+    dataset: str
+    root: Path
+
+
+def benchmark_specs(root: str | Path, datasets: Sequence[str] | None = None) -> list[DataSpec]:
+    """The named benchmarks under mmsegmentation's data root; every missing folder named in one error."""
+    root = Path(root)
+    names = list(datasets) if datasets else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARK_DIRS]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    specs = [DataSpec(n, root / BENCHMARK_DIRS[n]) for n in names]
+    missing = [f"{s.dataset}: {s.root}" for s in specs if not s.root.is_dir()]
+    if missing:
+        raise FileNotFoundError("benchmark folders not found under " + str(root) + " (mmsegmentation's data "
+                                "layout; pick some with --datasets): " + "; ".join(missing))
+    return specs
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model, task or dataset name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "unnamed"
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def result_record(model: str, method: str, dataset: str, metrics: dict[str, float], options: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON record of one run (model name, method, dataset, metrics, per-class IoU, options)."""
+    from un2clip import __version__
+
+    return {
+        "format": RESULT_FORMAT, "model": model, "task": f"seg/{method}", "method": method, "dataset": dataset,
+        "metrics": {k: int(metrics[k]) if k.startswith("n_") else _finite(float(metrics[k]))
+                    for k in HEADLINE if k in metrics},
+        "per_class_iou": {k[len("IoU."):]: _finite(v) for k, v in metrics.items() if k.startswith("IoU.")},
+        "options": options, "un2clip_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
+    }
+
+
+def result_path(output: str | Path, record: dict[str, Any]) -> Path:
+    """``OUTPUT/<model>__seg_<method>__<dataset>.json``."""
+    return Path(output) / f"{slug(record['model'])}__{slug(record['task'])}__{slug(record['dataset'])}.json"
+
+
+def write_record(output: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` atomically into ``output``; return its path."""
+    path = result_path(output, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rows dataset x method, one mIoU column per model (and aAcc for a single model), then the mean mIoU."""
+    models = list(dict.fromkeys(r["model"] for r in records))
+    rows = list(dict.fromkeys((r["dataset"], r["method"]) for r in records))
+    by_key = {(r["dataset"], r["method"], r["model"]): r["metrics"] for r in records}
+    single = len(models) == 1
+
+    def cell(dataset: str, method: str, model: str, key: str) -> str:
+        value = by_key.get((dataset, method, model), {}).get(key)
+        return "-" if value is None else f"{value:.2f}"
+
+    header = ["dataset", "method"] + (["mIoU", "aAcc"] if single else [f"mIoU {m}" for m in models])
+    body = []
+    for dataset, method in rows:
+        body.append([dataset, method] + [cell(dataset, method, m, "mIoU") for m in models]
+                    + ([cell(dataset, method, models[0], "aAcc")] if single else []))
+    if len(rows) > 1:
+        means = []
+        for m in models:
+            values = [by_key.get((d, me, m), {}).get("mIoU") for d, me in rows]
+            means.append("-" if None in values else f"{sum(values) / len(values):.2f}")
+        body.append(["mean", ""] + means + ([""] if single else []))
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
+
+
+def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSpec], *,
+            output: str | Path | None = None, model_names: Sequence[str] | None = None,
+            classes: str | Path | None = None, templates: Sequence[str] | None = None, split: str = "val",
+            max_images: int | None = None, random_weights: bool = False, device: str | None = None,
+            batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
+            settings: dict[str, Any] | None = None, log=print) -> list[dict[str, Any]]:
+    """Evaluate every model x method x dataset; write one JSON each into ``output``; return the records.
+
+    Methods, settings and every dataset folder are checked before any model is loaded; the
+    text queries of a dataset are computed once per model and shared by the methods.
+    """
+    import torch
+
+    from un2clip.models.presets import load_clip
+    from un2clip.seg import evaluate
+    from un2clip.seg.infer import text_classifier
+
+    names = list(model_names) if model_names else [m.rstrip("/") for m in models]
+    if len(names) != len(models):
+        raise ValueError(f"{len(models)} models but {len(names)} model names")
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    datasets = [load_dataset(s.root, s.dataset, classes=classes, split=split, max_images=max_images)
+                for s in data]
+    for method in methods:  # fail on a bad method, setting or threshold before loading anything
+        for ds in datasets:
+            cfg = resolve_settings(method, ds.name, **settings)
+            if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
+                raise ValueError(f"{ds.name} has no background class: prob_threshold and area_threshold must be 0")
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    records = []
+    for spec, name in zip(models, names):
+        model = load_clip(spec, random_weights=random_weights).to(dev).eval()
+        for ds in datasets:
+            used = list(templates) if templates is not None else ds.templates
+            classifier = text_classifier(model, ds.classes, used, precision=precision)
+            for method in methods:
+                cfg = resolve_settings(method, ds.name, **settings)
+                metrics = evaluate(model, ds, method=method, classifier=classifier, batch_size=batch_size,
+                                   num_workers=num_workers, precision=precision, progress=progress, **cfg.to_dict())
+                options = {**cfg.to_dict(), "split": split, "max_images": max_images, "precision": precision,
+                           "templates": "imagenet-80" if used is None else used,
+                           "classes": ds.classes}
+                extra = {"model_spec": spec, "data": str(ds.root.resolve()), "device": str(dev),
+                         "random_weights": random_weights}
+                record = result_record(name, method, ds.name, metrics, options, extra)
+                if output is not None:
+                    path = write_record(output, record)
+                    log(f"{name} | {method} | {ds.name}: mIoU {metrics['mIoU']:.2f}, aAcc {metrics['aAcc']:.2f}"
+                        f" -> {path}")
+                records.append(record)
+        del model
+    return records

@@ -1,0 +1,91 @@
+"""`un2clip seg` end to end on the tiny CLIP: every method, a generic and a VOC dataset, all benchmarks at once."""
+
+import json
+
+import pytest
+
+from tests.test_seg_data import make_ade, make_generic, make_voc
+from un2clip.cli import main
+from un2clip.seg.heads import METHODS
+
+FAST = ["--short-side", "32", "--crop", "32", "--stride", "16", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.fixture
+def templates(tmp_path):
+    path = tmp_path / "templates.txt"
+    path.write_text("a photo of a {c}.\na {c}.\n")
+    return str(path)
+
+
+def _results(out):
+    return {(r["method"], r["dataset"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*.json")))}
+
+
+def test_every_method_on_a_generic_dataset(tmp_path, capsys):
+    data = make_generic(tmp_path / "world_seg", n=3, h=36, w=52)
+    (data / "templates.txt").write_text("a drawing of a {}.\n")  # the folder's own templates, as the world writes
+    out = tmp_path / "out"
+    assert main(["seg", "--method", *METHODS, "--model", "tiny", "--data", str(data), "--output", str(out),
+                 "--prob-threshold", "0.2", *FAST]) == 0
+    results = _results(out)
+    assert set(results) == {(m, "generic") for m in METHODS}
+    for (method, _), r in results.items():
+        assert r["format"] == "un2clip-eval-result/1" and r["task"] == f"seg/{method}" and r["model"] == "tiny"
+        assert 0 <= r["metrics"]["mIoU"] <= 100 and 0 <= r["metrics"]["aAcc"] <= 100
+        assert r["metrics"]["n_images"] == 3 and r["metrics"]["n_skipped"] == 0
+        assert set(r["per_class_iou"]) == {"background", "circle", "square"}
+        assert r["options"]["crop"] == 32 and r["options"]["prob_threshold"] == 0.2
+        assert r["options"]["classes"][1] == ["circle", "round"]
+        assert r["options"]["templates"] == ["a drawing of a {}."]
+    table = capsys.readouterr().out
+    for method in METHODS:
+        assert f"generic  {method}" in table
+    assert "mIoU" in table and "aAcc" in table and "mean" in table
+
+
+def test_every_method_on_a_voc_dataset_with_presets(tmp_path, templates, capsys):
+    data = make_voc(tmp_path / "VOCdevkit" / "VOC2012", h=40, w=56)
+    out = tmp_path / "out"
+    assert main(["seg", "--method", *METHODS, "--model", "tiny", "--model-name", "tiny-clip", "--data", str(data),
+                 "--dataset", "voc21", "--output", str(out), "--templates", templates, *FAST]) == 0
+    results = _results(out)
+    assert set(results) == {(m, "voc21") for m in METHODS}
+    assert results[("clearclip", "voc21")]["options"]["prob_threshold"] == 0.5  # the preset, not overridden
+    assert results[("sclip", "voc21")]["options"]["area_threshold"] == 0.1
+    assert results[("vanilla", "voc21")]["options"]["logit_scale"] == 65.0
+    r = results[("naclip", "voc21")]
+    assert r["model"] == "tiny-clip" and len(r["per_class_iou"]) == 21 and "background" in r["per_class_iou"]
+    assert r["metrics"]["n_images"] == 2
+    assert "voc21    naclip" in capsys.readouterr().out
+
+
+def test_benchmarks_root_runs_several_benchmarks_in_one_table(tmp_path, templates, capsys):
+    root = tmp_path / "data"
+    make_voc(root / "VOCdevkit" / "VOC2012")
+    make_ade(root / "ade" / "ADEChallengeData2016")
+    out = tmp_path / "out"
+    assert main(["seg", "--method", "clearclip", "--model", "tiny", "--benchmarks-root", str(root),
+                 "--datasets", "voc21", "voc20", "ade20k", "--output", str(out), "--templates", templates,
+                 *FAST]) == 0
+    assert set(_results(out)) == {("clearclip", d) for d in ("voc21", "voc20", "ade20k")}
+    table = capsys.readouterr().out.splitlines()
+    rows = [line.split()[0] for line in table if line.split() and line.split()[0] in ("voc21", "voc20", "ade20k")]
+    assert rows == ["voc21", "voc20", "ade20k"]
+
+
+def test_missing_benchmarks_are_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert main(["seg", "--method", "sclip", "--model", "tiny", "--benchmarks-root", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "VOCdevkit/VOC2012" in err and "ade/ADEChallengeData2016" in err and "cityscapes" in err
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    data = make_generic(tmp_path / "g", classes=("cat", "dog"))
+    assert main(["seg", "--method", "gem", "--model", "tiny", "--data", str(data), "--output", str(tmp_path)]) == 2
+    assert "unknown segmentation method" in capsys.readouterr().err
+    assert main(["seg", "--method", "sclip", "--model", "tiny", "--data", str(data), "--output", str(tmp_path),
+                 "--prob-threshold", "0.3"]) == 2
+    assert "no background class" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""Text classifier, sliding windows, class probabilities and background rules."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from un2clip.seg import segment_image
+from un2clip.seg.heads import dense_features
+from un2clip.seg.infer import (
+    TextClassifier,
+    class_probabilities,
+    imagenet_templates,
+    padding_to_multiple,
+    predict_classes,
+    prepare_image,
+    resized_shape,
+    slide_logits,
+    text_classifier,
+    window_boxes,
+    window_logits,
+)
+from un2clip.seg.presets import resolve_settings
+
+
+def test_imagenet_templates():
+    templates = imagenet_templates()
+    assert len(templates) == 80 and all("{c}" in t for t in templates)
+
+
+def test_text_classifier_averages_normalised_template_embeddings(tiny_clip):
+    templates = ["a photo of a {c}.", "a {c}."]
+    clf = text_classifier(tiny_clip, [["circle", "round"], ["square"]], templates)
+    assert clf.query_class.tolist() == [0, 0, 1] and clf.num_classes == 2
+    with torch.no_grad():
+        for q, name in enumerate(["circle", "round", "square"]):
+            emb = F.normalize(tiny_clip.encode_text([t.replace("{c}", name) for t in templates]), dim=-1)
+            torch.testing.assert_close(clf.queries[q], F.normalize(emb.mean(0), dim=0), atol=1e-5, rtol=0)
+
+
+def test_text_classifier_default_uses_the_80_templates(tiny_clip):
+    clf = text_classifier(tiny_clip, [["circle"]])
+    with torch.no_grad():
+        emb = F.normalize(tiny_clip.encode_text([t.replace("{c}", "circle") for t in imagenet_templates()]), dim=-1)
+    torch.testing.assert_close(clf.queries[0], F.normalize(emb.mean(0), dim=0), atol=1e-5, rtol=0)
+
+
+def test_window_boxes_follow_mmsegmentation():
+    assert window_boxes(336, 500, 224, 112) == [
+        (y1, y2, x1, x2) for y1, y2 in [(0, 224), (112, 336)]
+        for x1, x2 in [(0, 224), (112, 336), (224, 448), (276, 500)]]
+    assert window_boxes(100, 80, 224, 112) == [(0, 100, 0, 80)]  # a crop larger than the image: the image
+
+
+def test_overlapping_windows_are_averaged():
+    image = torch.zeros(1, 3, 4, 6)
+    calls = iter([1.0, 3.0])
+
+    def constant(crops):  # window i returns a constant map
+        return torch.stack([torch.full((1, *c.shape[-2:]), next(calls)) for c in crops])
+
+    out = slide_logits(constant, image, 1, crop=4, stride=2, batch_size=1)  # windows x 0..4 and 2..6
+    assert out[0, 0].tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    assert torch.equal(out[0], out[0, :1].expand(4, 6))
+
+
+def test_windows_land_where_they_were_cut():
+    ys, xs = torch.meshgrid(torch.arange(7.0), torch.arange(11.0), indexing="ij")
+    image = torch.stack([ys, xs, ys * 11 + xs])[None]  # each pixel knows where it is
+    out = slide_logits(lambda c: c.clone(), image, 3, crop=4, stride=3, batch_size=3)
+    torch.testing.assert_close(out, image[0])
+
+
+def test_crop_covering_the_image_equals_whole_image_inference(tiny_clip):
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 40, 48)
+    queries = F.normalize(torch.randn(3, tiny_clip.embed_dim), dim=-1)
+
+    def fn(crops):
+        return window_logits(tiny_clip, crops, queries, "sclip")
+
+    with torch.no_grad():
+        whole = slide_logits(fn, image, 3, crop=0, stride=1)
+        one_window = slide_logits(fn, image, 3, crop=64, stride=32)
+        feats = dense_features(tiny_clip, image, "sclip")  # 40 x 48 is a multiple of the patch: no padding
+    torch.testing.assert_close(one_window, whole)
+    direct = F.interpolate(torch.einsum("bhwd,qd->bqhw", feats, queries), size=(40, 48), mode="bilinear",
+                           align_corners=False)[0]
+    torch.testing.assert_close(whole, direct, atol=1e-5, rtol=0)
+
+
+def test_windows_are_padded_to_the_patch_size(tiny_clip):
+    assert padding_to_multiple(30, 37, 8) == (1, 2, 1, 1)
+    queries = F.normalize(torch.randn(2, tiny_clip.embed_dim), dim=-1)
+    crops = torch.randn(2, 3, 30, 37)
+    with torch.no_grad():
+        out = window_logits(tiny_clip, crops, queries, "clearclip")
+        padded = F.pad(crops, (1, 2, 1, 1))  # zero padding to 32 x 40, centred, as ClearCLIP pads
+        full = torch.einsum("bhwd,qd->bqhw", dense_features(tiny_clip, padded, "clearclip"), queries)
+        full = F.interpolate(full, size=(32, 40), mode="bilinear", align_corners=False)
+    assert out.shape == (2, 2, 30, 37)
+    torch.testing.assert_close(out, full[:, :, 1:31, 1:38], atol=1e-5, rtol=0)
+
+
+def test_resize_like_mmsegmentation():
+    assert resized_shape(375, 500, 336) == (336, 448)
+    assert resized_shape(100, 5000, 336) == (41, 2048)  # the long side caps the scale
+    assert resized_shape(20, 30, 0) == (20, 30)
+    pixels = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    x = prepare_image(pixels, 10, (0.5,) * 3, (0.25,) * 3)
+    assert x.shape == (1, 3, 10, 15)
+    same = prepare_image(pixels, 0, (0.5,) * 3, (0.25,) * 3)
+    torch.testing.assert_close(same[0], (pixels.float() / 255 - 0.5) / 0.25)
+
+
+def test_class_probability_is_the_max_over_its_names():
+    logits = torch.tensor([0.2, 0.1, 0.3]).view(3, 1, 1)  # names: class 0 twice, class 1 once
+    probs = class_probabilities(logits, torch.tensor([0, 0, 1]), 2, logit_scale=10.0)
+    softmax = torch.softmax(torch.tensor([2.0, 1.0, 3.0]), 0)
+    torch.testing.assert_close(probs[:, 0, 0], torch.stack([softmax[:2].max(), softmax[2]]))
+
+
+def test_background_threshold():
+    probs = torch.tensor([[0.1, 0.2], [0.6, 0.3], [0.3, 0.5]]).view(3, 1, 2)  # pixel 0 -> class 1 at 0.6
+    assert predict_classes(probs).tolist() == [[1, 2]]
+    assert predict_classes(probs, prob_threshold=0.55, background=0).tolist() == [[1, 0]]
+    with pytest.raises(ValueError, match="background"):
+        predict_classes(probs, prob_threshold=0.5)
+
+
+def test_area_threshold_drops_small_classes():
+    probs = torch.zeros(3, 1, 10)
+    probs[1, 0, :9] = 0.9  # class 1 wins 9 pixels, class 2 one pixel
+    probs[2, 0, 9] = 0.9
+    probs[0] = 0.05
+    assert predict_classes(probs, area_threshold=0.1, background=0)[0].tolist() == [1] * 9 + [0]
+    assert predict_classes(probs, area_threshold=0.05, background=0)[0].tolist() == [1] * 9 + [2]
+
+
+def test_segment_image_returns_a_class_map(tiny_clip):
+    clf = TextClassifier(F.normalize(torch.randn(4, tiny_clip.embed_dim), dim=-1), torch.tensor([0, 1, 1, 2]), 3)
+    pixels = torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8)
+    cfg = resolve_settings("naclip", "generic", short_side=32, crop=32, stride=16)
+    with torch.no_grad():
+        pred = segment_image(tiny_clip, pixels, clf, method="naclip", settings=cfg)
+    assert pred.shape == (30, 50) and pred.dtype == torch.long and int(pred.max()) < 3
+
+
+def test_presets_and_overrides():
+    assert resolve_settings("clearclip", "voc21").prob_threshold == 0.5
+    assert resolve_settings("clearclip", "voc21").crop == 448
+    assert resolve_settings("sclip", "cityscapes").short_side == 560
+    assert resolve_settings("sclip", "voc21").area_threshold == 0.1
+    assert resolve_settings("naclip", "coco_object", prob_threshold=0.3).prob_threshold == 0.3
+    assert resolve_settings("vanilla", "ade20k").crop == 224
+    with pytest.raises(ValueError, match="unknown setting"):
+        resolve_settings("sclip", "voc21", window=3)
+    with pytest.raises(ValueError, match="unknown segmentation method"):
+        resolve_settings("gem", "voc21")
