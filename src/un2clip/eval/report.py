@@ -48,7 +48,7 @@ def write_result(out_dir: str | Path, *, model: str, task: str, dataset: str, me
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": RESULT_FORMAT, "model": model, "task": task, "dataset": dataset,
               "metrics": {k: _number(v) for k, v in metrics.items()}, "options": _jsonable(options),
-              "un2clip_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "un2clip_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
               **_jsonable(extra or {})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
