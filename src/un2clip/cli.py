@@ -169,17 +169,34 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a trained encoder in the formats other projects load",
                        description="hf: a folder that transformers' CLIPModel and CLIPVisionModelWithProjection "
-                                   "load (what LLaVA loads).")
+                                   "load (what LLaVA loads). With --alpha: weight-space interpolation "
+                                   "(WiSE-FT) of the image tower between the original and the fine-tuned one.")
     p.add_argument("model", help="run directory, model folder, preset or Hub id")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (default hf)")
     p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help="image tower and visual projection = (1 - A) * original + A * MODEL, A in [0, 1]; "
+                        "text tower: the original's")
+    p.add_argument("--original", metavar="SPEC",
+                   help="with --alpha: the original encoder (default: the one the run MODEL started from, "
+                        "from its un2clip_run.json)")
 
     def run(args: argparse.Namespace) -> int:
-        from un2clip.export import export_hf
+        from un2clip.export import export_hf, interpolate_clip, original_spec
         from un2clip.models.presets import load_clip
 
-        out = export_hf(load_clip(args.model), args.output)
-        print(f"wrote {args.format} export to {out}")
+        if args.alpha is None:
+            if args.original:
+                raise ValueError("--original goes with --alpha")
+            out = export_hf(load_clip(args.model), args.output)
+            print(f"wrote {args.format} export to {out}")
+            return 0
+        original, random_weights = (args.original, False) if args.original else original_spec(args.model)
+        model = interpolate_clip(load_clip(original, random_weights=random_weights), load_clip(args.model),
+                                 args.alpha)
+        out = export_hf(model, args.output)
+        print(f"wrote {args.format} export to {out}: image tower = {1 - args.alpha:g} * {original} "
+              f"+ {args.alpha:g} * {args.model}")
         return 0
 
     p.set_defaults(func=run)

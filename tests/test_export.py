@@ -1,0 +1,98 @@
+"""Weight-space interpolation (WiSE-FT): pure math on hand-built dicts, then the export command on a tiny run."""
+
+import pytest
+import torch
+
+from un2clip.cli import main as cli
+from un2clip.export import interpolate_state_dicts
+
+
+def _pair():
+    a = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.5, -0.5]), "ids": torch.arange(3)}
+    b = {"w": torch.tensor([[3.0, 2.0], [1.0, 0.0]]), "b": torch.tensor([1.5, 0.5]), "ids": torch.arange(3)}
+    return a, b
+
+
+def test_alpha_ends_give_either_side_exactly_and_half_the_midpoint():
+    a, b = _pair()
+    for key, v in interpolate_state_dicts(a, b, 0.0).items():
+        assert torch.equal(v, a[key])
+    for key, v in interpolate_state_dicts(a, b, 1.0).items():
+        assert torch.equal(v, b[key])
+    mid = interpolate_state_dicts(a, b, 0.5)
+    assert torch.equal(mid["w"], torch.tensor([[2.0, 2.0], [2.0, 2.0]]))
+    assert torch.equal(mid["b"], torch.tensor([1.0, 0.0]))
+    assert torch.equal(mid["ids"], torch.arange(3))
+    quarter = interpolate_state_dicts(a, b, 0.25)
+    assert torch.allclose(quarter["b"], torch.tensor([0.75, -0.25]))
+    # no aliasing: the result is not the input's storage
+    assert interpolate_state_dicts(a, b, 0.0)["w"].data_ptr() != a["w"].data_ptr()
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_unit_interval_is_an_error(alpha):
+    a, b = _pair()
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        interpolate_state_dicts(a, b, alpha)
+
+
+def test_mismatched_keys_shapes_or_ids_are_errors():
+    a, b = _pair()
+    with pytest.raises(ValueError, match="only in the original"):
+        interpolate_state_dicts(a, {k: v for k, v in b.items() if k != "b"}, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        interpolate_state_dicts(a, {**b, "w": torch.zeros(3, 2)}, 0.5)
+    with pytest.raises(ValueError, match="non-float"):
+        interpolate_state_dicts(a, {**b, "ids": torch.arange(3) + 1}, 0.5)
+
+
+def _perturbed_run(tmp_path):
+    """A fake finished fine-tune run: marker pointing at the tiny preset, clip/ = tiny with a shifted image tower."""
+    from un2clip.models.presets import build_tiny_clip
+    from un2clip.train.checkpoint import write_run_marker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_marker(run, {"kind": "un2clip", "clip": "tiny", "decoder": "tiny", "random_weights": False})
+    tuned = build_tiny_clip()
+    with torch.no_grad():
+        for p in tuned.vision_parameters():
+            p.add_(0.1)
+    tuned.save_pretrained(run / "clip")
+    return run, tuned
+
+
+def test_export_alpha_interpolates_image_tower_and_keeps_text_tower(tmp_path):
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.presets import build_tiny_clip
+
+    run, tuned = _perturbed_run(tmp_path)
+    original = build_tiny_clip()
+    outs = {}
+    for alpha in (0.0, 0.5, 1.0):
+        out = tmp_path / f"a{alpha}"
+        assert cli(["export", str(run), "--alpha", str(alpha), "--output", str(out)]) == 0
+        outs[alpha] = ClipModel.from_pretrained(out).model.state_dict()
+    o, t = original.model.state_dict(), tuned.model.state_dict()
+    for key in original.vision_state_dict():
+        assert torch.equal(outs[0.0][key], o[key]), key
+        assert torch.equal(outs[1.0][key], t[key]), key
+        if o[key].is_floating_point():
+            torch.testing.assert_close(outs[0.5][key], (o[key] + t[key]) / 2)
+    for key, v in o.items():
+        if key.startswith("text_model.") or key.startswith("text_projection."):
+            assert all(torch.equal(outs[a][key], v) for a in outs), key
+    # --original overrides the marker: interpolating the run with itself gives the run back
+    same = tmp_path / "same"
+    assert cli(["export", str(run), "--alpha", "0.5", "--original", str(run / "clip"), "--output", str(same)]) == 0
+    back = ClipModel.from_pretrained(same).model.state_dict()
+    assert all(torch.equal(back[k], t[k]) for k in tuned.vision_state_dict())
+
+
+def test_export_alpha_errors_are_one_line(tmp_path, capsys):
+    run, _ = _perturbed_run(tmp_path)
+    assert cli(["export", str(run), "--alpha", "1.2", "--output", str(tmp_path / "x")]) == 2
+    assert "alpha must be in [0, 1]" in capsys.readouterr().err
+    # a plain model folder has no marker: the original must be named
+    assert cli(["export", str(run / "clip"), "--alpha", "0.5", "--output", str(tmp_path / "y")]) == 2
+    assert "--original" in capsys.readouterr().err
