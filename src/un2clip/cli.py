@@ -116,9 +116,21 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     g = p.add_argument_group("un²CLIP options")
     g.add_argument("--projector", choices=["none", "random", "identity"],
-                   help="ablation: trainable linear layer between encoder and decoder (default none)")
+                   help="ablation: trainable linear layer between encoder and decoder (default none); the run "
+                        "records it (projector.safetensors, un2clip_run.json) but its clip/ is the encoder "
+                        "alone, which is what `un2clip eval` loads")
     g.add_argument("--train-decoder", action="store_true", default=None,
-                   help="ablation: update the decoder together with the encoder")
+                   help="ablation: update the decoder together with the encoder (written to decoder/)")
+    g.add_argument("--anchor-weight", type=float, metavar="L",
+                   help="keep alignment: add L * batch mean of (1 - cosine similarity) between the encoder's "
+                        "embedding and a frozen copy of the original encoder's, same view (default 0: off)")
+    g.add_argument("--lora-rank", type=int, metavar="R",
+                   help="train rank-R LoRA adapters on the image tower instead of all its weights; the run's "
+                        "clip/ is the merged model (needs: pip install 'un2clip[lora]')")
+    g.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA scale is A / R (default A = R)")
+    g.add_argument("--lora-targets", metavar="NAMES",
+                   help="comma-separated linear layers that get adapters "
+                        "(default q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
     g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
     g.add_argument("--timesteps-per-image", type=int,
                    help="K noised copies per encoder pass (default 1)")
@@ -128,7 +140,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         opts = {"projector": args.projector, "train_decoder": args.train_decoder,
                 "noise_level": args.noise_level, "timesteps_per_image": args.timesteps_per_image,
-                "max_timestep": args.max_timestep}
+                "max_timestep": args.max_timestep, "anchor_weight": args.anchor_weight,
+                "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+                "lora_targets": [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+                if args.lora_targets else None}
         return _run_training(args, "un2clip", opts)
 
     p.set_defaults(func=run)
@@ -590,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:  # user errors: one clear line, no traceback
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:  # user errors, missing extras: one line
         print(f"un2clip {args.command}: error: {err}", file=sys.stderr)
         return 2
 

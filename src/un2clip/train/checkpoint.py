@@ -130,6 +130,17 @@ def load_run_clip(run_dir: Path):
         raise ValueError(f"{run_dir} is a {info.get('kind')} run with no CLIP model")
     clip = load_clip(info["clip"], random_weights=bool(info.get("random_weights")))
     weights = _trained_weights(run_dir, "clip.")
+    if info.get("lora") and weights:  # a LoRA run's checkpoint holds adapters: rebuild, load, merge
+        from un2clip.models.lora import add_lora, merge_lora
+
+        lora = info["lora"]
+        add_lora(clip.vision_model, rank=int(lora["rank"]), alpha=lora.get("alpha"),
+                 **({"targets": lora["targets"]} if lora.get("targets") else {}))
+        unexpected = clip.load_state_dict(weights, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{run_dir}: checkpoint weights do not fit the LoRA adapters: {unexpected[:3]}")
+        merge_lora(clip.vision_model)
+        return clip.requires_grad_(False)
     if weights:
         clip.load_state_dict(weights, strict=False)
     return clip

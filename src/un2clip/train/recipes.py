@@ -45,6 +45,11 @@ def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     check_pair(clip, decoder)  # before any step, naming both widths
     objective = _construct(Un2ClipObjective, clip, decoder, options=cfg.objective_options)
     info = {"kind": "un2clip", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    opts = cfg.objective_options
+    # the projector sits between encoder and decoder: the run's clip/ is the encoder alone, as evaluated
+    info["projector"] = opts.get("projector", "none")
+    if opts.get("lora_rank"):  # how to rebuild the adapters of a checkpoint (load_run_clip merges them)
+        info["lora"] = {k: opts.get(f"lora_{k}") for k in ("rank", "alpha", "targets") if opts.get(f"lora_{k}")}
     return objective, info
 
 
