@@ -166,17 +166,53 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-decoder", help="train an unCLIP decoder on a frozen CLIP's image embeddings",
+        "train-decoder", help="train an unCLIP decoder on a frozen CLIP's image embeddings (or, with "
+                              "--text-conditioned, a text-to-image decoder on captions)",
         description="Stable unCLIP's recipe: the decoder denoises images given the CLIP image embedding, "
                     "noise-augmented at a random level per sample. Also how to build a decoder for an encoder "
-                    "with no public unCLIP (ViT-L/14@336, SigLIP).")
+                    "with no public unCLIP (ViT-L/14@336, SigLIP). With --text-conditioned: a text-to-image "
+                    "decoder (e.g. --preset diva-tiny) learns to denoise images given their captions through a "
+                    "frozen text encoder (--clip: that CLIP's text tower), the generator `un2clip diva` needs.")
     _add_train_flags(p)
     g = p.add_argument_group("decoder options")
+    g.add_argument("--text-conditioned", action="store_true",
+                   help="train a text-to-image decoder on image-caption pairs (objective t2i-decoder)")
     g.add_argument("--max-noise-level", type=int, help="embedding noise levels drawn from [0, N) (default 1000)")
-    g.add_argument("--p-uncond", type=float, help="probability of zeroed class labels, for guidance (default 0.1)")
+    g.add_argument("--p-uncond", type=float,
+                   help="probability of zeroed class labels (or, text-conditioned, of the empty caption), "
+                        "for guidance (default 0.1)")
 
     def run(args: argparse.Namespace) -> int:
+        if args.text_conditioned:
+            return _run_training(args, "t2i-decoder", {"p_uncond": args.p_uncond,
+                                                       "max_noise_level": args.max_noise_level})
         return _run_training(args, "decoder", {"max_noise_level": args.max_noise_level, "p_uncond": args.p_uncond})
+
+    p.set_defaults(func=run)
+
+
+def _add_diva(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diva", help="the DIVA baseline: fine-tune a CLIP image encoder through a frozen text-to-image model",
+        description="DIVA (arXiv 2407.20171): the frozen UNet's cross-attention context is the text encoder's "
+                    "hidden states of 'a photo of a .' followed by a trainable linear projection of the class "
+                    "token and N randomly drawn patch tokens (after the final norm and visual projection); the "
+                    "noise-prediction loss trains the encoder and the projection. Images only. Recipe: "
+                    "configs/diva_openai_l14.yaml; tiny: --preset diva-tiny.")
+    _add_train_flags(p)
+    g = p.add_argument_group("DIVA options")
+    g.add_argument("--n-patch-tokens", type=int, help="patch tokens drawn with replacement per image (default 76)")
+    g.add_argument("--prompt", help="template whose text hidden states come first (default 'a photo of a .')")
+    g.add_argument("--combine", choices=["concat", "add"],
+                   help="concat: text states then visual tokens (default); add: summed position by position, "
+                        "as DIVA's released code does (needs n-patch-tokens + 1 = text length)")
+    g.add_argument("--draws-per-image", type=int,
+                   help="timestep, noise and token draws per encoder pass, losses averaged (default 1)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"n_patch_tokens": args.n_patch_tokens, "prompt": args.prompt, "combine": args.combine,
+                "draws_per_image": args.draws_per_image}
+        return _run_training(args, "diva", opts)
 
     p.set_defaults(func=run)
 
@@ -578,7 +614,7 @@ def _run_seg(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_diva, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:

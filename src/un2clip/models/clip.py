@@ -159,13 +159,19 @@ class ClipModel(nn.Module):
         out = self._vision(pixels, interpolate=pixels.shape[-1] != self.image_size)
         return self.visual_projection(out.pooler_output)  # (B, D)
 
-    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, N, D) patch features in the joint space, class token dropped."""
+    def image_tokens(self, pixels: torch.Tensor, *, keep_class: bool = False) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, N, D) patch features in the joint space, class token dropped.
+
+        ``keep_class=True`` (CLIP only) gives (B, 1 + N, D) with the class token first: every
+        token through the final norm and the visual projection.
+        """
+        if keep_class and self.family != "clip":
+            raise ValueError(f"a {self.family} vision tower has no class token")
         out = self._vision(pixels, interpolate=pixels.shape[-1] != self.image_size)
         hidden = out.last_hidden_state  # (B, 1 + N, W) for CLIP, (B, N, W) post-norm for SigLIP
         if self.family == "clip":
-            hidden = self.vision_model.post_layernorm(hidden[:, 1:])
-        return self.visual_projection(hidden)  # (B, N, D)
+            hidden = self.vision_model.post_layernorm(hidden if keep_class else hidden[:, 1:])
+        return self.visual_projection(hidden)  # (B, N, D) or (B, 1 + N, D)
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, texts: list[str] | str) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 A preset names where the pretrained weights live (Hub ids) and how to build the same
 architecture with random weights from configs written here (``random_weights=True``),
 so that real-size runs and benchmarks need no download. ``tiny`` is built from small
-configs with a fixed seed: every process builds the identical model.
+configs with a fixed seed: every process builds the identical model. A preset's decoder is
+an unCLIP generator (``decoder_kind="unclip"``, un²CLIP) or a text-to-image one
+(``decoder_kind="t2i"``, the DIVA baseline).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import torch
 
 from un2clip.models.clip import ClipMeta, ClipModel, ImageProcessing
+from un2clip.models.diffusion import DiffusionDecoder
+from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
 
 TINY_SEED = 0
@@ -28,8 +32,9 @@ class Preset:
     clip: str  # Hub id or ``builtin:<name>``
     decoder: str | None  # Hub id, ``builtin:<name>`` or None (train one with train-decoder)
     build_clip: Callable[[], ClipModel]  # real architecture, random weights
-    build_decoder: Callable[[], UnclipDecoder] | None
+    build_decoder: Callable[[], DiffusionDecoder] | None
     description: str = ""
+    decoder_kind: str = "unclip"  # "unclip" (UnclipDecoder) | "t2i" (TextToImageDecoder)
 
 
 PRESETS: dict[str, Preset] = {}
@@ -161,14 +166,65 @@ def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image
                                      context_shape=(1, 32), image_size=image_size, seed=seed)
 
 
+def build_t2i_decoder_from_config(
+    unet: dict,
+    *,
+    scheduler: dict,
+    vae: dict | None = None,
+    text_clip: ClipModel | None = None,
+    image_size: int | None = None,
+    seed: int = TINY_SEED,
+) -> TextToImageDecoder:
+    """A TextToImageDecoder with random (seeded) weights; prompts go through ``text_clip``'s text tower."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    from un2clip.models.t2i import clip_text_encoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u = UNet2DConditionModel(**unet)
+        v = AutoencoderKL(**vae) if vae is not None else None
+    text_encoder, tokenizer = clip_text_encoder(text_clip) if text_clip is not None else (None, None)
+    return TextToImageDecoder(u, DDIMScheduler(**scheduler), v, text_encoder=text_encoder, tokenizer=tokenizer,
+                              image_size=image_size).eval()
+
+
+def build_tiny_t2i_decoder(seed: int = TINY_SEED, text_clip: ClipModel | None = None,
+                           image_size: int = TINY_IMAGE) -> TextToImageDecoder:
+    """Pixel-space text-to-image UNet, epsilon prediction, cosine betas.
+
+    The tiny unCLIP decoder's UNet (32, 64, 128 channels, attention at 8 px) with cross-attention
+    to the text context in place of class labels, so both generators have the same capacity.
+    Its text encoder is ``text_clip``'s text tower (default: the ``tiny`` CLIP's), 128-d context.
+    """
+    text_clip = text_clip or build_tiny_clip()
+    unet = {
+        "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+        "block_out_channels": (32, 64, 128),
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": int(text_clip.model.config.text_config.hidden_size),
+        "attention_head_dim": 8, "norm_num_groups": 8,
+    }
+    scheduler = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                 "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False}
+    return build_t2i_decoder_from_config(unet, scheduler=scheduler, text_clip=text_clip, image_size=image_size,
+                                         seed=seed)
+
+
 # -- real architectures (random weights on request) -------------------------------------------------------
 
+OPENAI_L14_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                     "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu",
+                     "projection_dim": 768}
+OPENAI_L14_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                   "max_position_embeddings": 77, "hidden_act": "quick_gelu", "vocab_size": 49408,
+                   "projection_dim": 768}
+
+
 def _openai_l14_clip(image_size: int = 224) -> ClipModel:
-    vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-              "image_size": image_size, "patch_size": 14, "hidden_act": "quick_gelu", "projection_dim": 768}
-    text = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "max_position_embeddings": 77, "hidden_act": "quick_gelu", "vocab_size": 49408, "projection_dim": 768}
-    return build_clip_from_config(vision, text, 768, processing=ImageProcessing(size=image_size))
+    vision = {**OPENAI_L14_VISION, "image_size": image_size}
+    return build_clip_from_config(vision, OPENAI_L14_TEXT, 768, processing=ImageProcessing(size=image_size))
 
 
 def _openclip_h14_clip() -> ClipModel:
@@ -204,9 +260,73 @@ def _sd21_unclip_decoder(embed_dim: int) -> UnclipDecoder:
                                      context_shape=(77, 1024), image_size=768)
 
 
+SD21_BASE_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+}
+# SD 2.x text encoder: OpenCLIP ViT-H/14's text tower without its last layer (23 of 24), 1024-d hidden states
+SD2_TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+            "max_position_embeddings": 77, "hidden_act": "gelu", "vocab_size": 49408, "projection_dim": 512}
+
+
+def _sd21_base_decoder() -> TextToImageDecoder:
+    """SD 2.1-base (865 M UNet, 512 px, epsilon) + SD VAE + SD 2 text encoder, random weights; word tokenizer."""
+    unet = {
+        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 16}  # unused: only the text tower is kept
+    text_clip = build_clip_from_config(vision, SD2_TEXT, 512, processing=ImageProcessing(size=32))
+    return build_t2i_decoder_from_config(unet, scheduler=SD21_BASE_SCHEDULER, vae={**SD_VAE, "sample_size": 512},
+                                         text_clip=text_clip, image_size=512)
+
+
+# -- small: the real setting's proportions at CPU scale ------------------------------------------------------
+
+SMALL_CLIP_IMAGE = 224
+SMALL_DECODER_IMAGE = 128
+SMALL_EMBED = 512
+
+
+def build_small_clip(seed: int = TINY_SEED) -> ClipModel:
+    """ViT-B/32-like image tower cut to 4 of 12 layers (width 768, 224 px, 50 tokens), 512-d joint space."""
+    vision = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 4, "num_attention_heads": 12,
+              "image_size": SMALL_CLIP_IMAGE, "patch_size": 32, "hidden_act": "quick_gelu"}
+    text = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 8,
+            "max_position_embeddings": 77, "hidden_act": "quick_gelu"}
+    return build_clip_from_config(vision, text, SMALL_EMBED, processing=ImageProcessing(size=SMALL_CLIP_IMAGE),
+                                  seed=seed)
+
+
+def build_small_decoder(seed: int = TINY_SEED) -> UnclipDecoder:
+    """Stable unCLIP's layout at 128 px: a 4-block VAE (32-128 channels, factor 8, 4 x 16 x 16 latents) and a
+    138 M UNet (128-512 channels, linear-projection cross-attention at 64-d heads, v-prediction). Per image the
+    UNet's forward + input backward is ~70 % of a step's FLOPs, the VAE ~10 %, as in the 768 px original."""
+    unet = {
+        "sample_size": SMALL_DECODER_IMAGE // 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 256, "attention_head_dim": (2, 4, 8, 8), "use_linear_projection": True,
+    }
+    vae = {**SD_VAE, "layers_per_block": 1, "block_out_channels": (32, 64, 128, 128),
+           "sample_size": SMALL_DECODER_IMAGE}
+    return build_decoder_from_config(unet, embed_dim=SMALL_EMBED, scheduler=SD21_UNCLIP_SCHEDULER, vae=vae,
+                                     context_shape=(77, 256), image_size=SMALL_DECODER_IMAGE, seed=seed)
+
+
 register(Preset(
     "tiny", "builtin:tiny", "builtin:tiny", build_tiny_clip, build_tiny_decoder,
     "tiny CLIP (ViT patch 8, 32 px, 128-d) + pixel-space unCLIP decoder; tests and the demo",
+))
+register(Preset(
+    "small", "builtin:small", "builtin:small", build_small_clip, build_small_decoder,
+    "ViT-B/32-like encoder (4 layers) + latent unCLIP decoder (VAE, 138 M UNet) at 128 px, random weights; "
+    "CPU benchmarks",
 ))
 register(Preset(
     "openai-l14", "openai/clip-vit-large-patch14", "stabilityai/stable-diffusion-2-1-unclip-small",
@@ -221,6 +341,17 @@ register(Preset(
 register(Preset(
     "openai-l14-336", "openai/clip-vit-large-patch14-336", None, lambda: _openai_l14_clip(336), None,
     "OpenAI ViT-L/14 @336; no public unCLIP: train one with `un2clip train-decoder`",
+))
+register(Preset(
+    "diva-tiny", "builtin:tiny", "builtin:diva-tiny", build_tiny_clip, build_tiny_t2i_decoder,
+    "DIVA baseline, tiny: the tiny CLIP + a pixel-space text-to-image UNet on its text tower; tests",
+    decoder_kind="t2i",
+))
+register(Preset(
+    "diva-openai-l14", "openai/clip-vit-large-patch14", "stabilityai/stable-diffusion-2-1-base",
+    _openai_l14_clip, _sd21_base_decoder,
+    "DIVA baseline: OpenAI ViT-L/14 @224 through frozen text-to-image SD 2.1-base (512 px, epsilon)",
+    decoder_kind="t2i",
 ))
 
 
@@ -253,6 +384,9 @@ def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | No
         if preset.decoder is None:
             raise ValueError(f"preset {spec!r} has no public unCLIP decoder: pass --decoder DIR "
                              "(a folder written by `un2clip train-decoder`)")
+        if preset.decoder_kind != "unclip":
+            raise ValueError(f"preset {spec!r} has a text-to-image decoder ({preset.decoder}), not an unCLIP one: "
+                             "it serves `un2clip diva`; pass an unCLIP --decoder")
         if random_weights or preset.decoder.startswith("builtin:"):
             assert preset.build_decoder is not None
             return preset.build_decoder()
@@ -265,6 +399,50 @@ def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | No
     if path.exists() or "/" in spec:
         return UnclipDecoder.from_pretrained(spec)
     raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+
+
+def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageDecoder:
+    """A preset name, a text-to-image folder (the StableDiffusionPipeline layout), a t2i-decoder run or a Hub id."""
+    if spec in PRESETS:
+        preset = PRESETS[spec]
+        if preset.decoder_kind != "t2i":
+            t2i = ", ".join(sorted(p.name for p in PRESETS.values() if p.decoder_kind == "t2i"))
+            raise ValueError(f"preset {spec!r} has no text-to-image decoder; presets that have one: {t2i}")
+        if random_weights or preset.decoder.startswith("builtin:"):
+            assert preset.build_decoder is not None
+            return preset.build_decoder()
+        return TextToImageDecoder.from_pretrained(preset.decoder)
+    path = Path(spec)
+    if (path / RUN_MARKER).exists():
+        if (path / "decoder" / "unet").is_dir():
+            return TextToImageDecoder.from_pretrained(path / "decoder")
+        return _t2i_from_checkpoint(path)
+    if path.exists() or "/" in spec:
+        return TextToImageDecoder.from_pretrained(spec)
+    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+
+
+def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
+    """An unfinished t2i-decoder run: its starting decoder (and text encoder) + the latest checkpoint's UNet."""
+    from un2clip.models.t2i import clip_text_encoder
+    from un2clip.train.checkpoint import latest_checkpoint, read_run_marker
+
+    info = read_run_marker(run_dir)
+    if info.get("kind") != "t2i-decoder" or not info.get("t2i_decoder"):
+        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no text-to-image decoder")
+    random_weights = bool(info.get("random_weights"))
+    decoder = load_t2i_decoder(info["t2i_decoder"], random_weights=random_weights)
+    if info.get("text_clip"):
+        decoder.set_text_encoder(*clip_text_encoder(load_clip(info["text_clip"], random_weights=random_weights)))
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has neither a final decoder/ nor a checkpoint")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")},
+                            strict=False)
+    return decoder
 
 
 def check_pair(clip: ClipModel, decoder: UnclipDecoder) -> None:

@@ -1,6 +1,7 @@
-"""Train an unCLIP decoder on a frozen CLIP's image embeddings (how Stable unCLIP was made).
+"""Train a generator: an unCLIP decoder on a frozen CLIP's image embeddings (how Stable unCLIP was
+made), or a text-to-image decoder on captions (the generator of the DIVA baseline).
 
-The decoder learns to denoise images given the embedding, with Stable unCLIP's noise
+The unCLIP decoder learns to denoise images given the embedding, with Stable unCLIP's noise
 augmentation: each sample's embedding is noised at a random level in [0, max_noise_level)
 and the level's sinusoidal embedding is appended. With probability ``p_uncond`` the class
 labels are zeroed, so generation can use classifier-free guidance.
@@ -14,9 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from un2clip.data import transforms as T
 from un2clip.data.sources import Record, Source
 from un2clip.models.clip import ClipModel
 from un2clip.models.presets import check_pair
+from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.objectives.base import Objective
 from un2clip.objectives.un2clip import two_views
@@ -83,6 +86,67 @@ class DecoderObjective(Objective):
         target = self.decoder.loss_target(latents, noise, t).float()
         loss = (pred - target).pow(2).mean()
         return {"loss": loss}
+
+    def save_outputs(self, folder: Path) -> None:
+        self.decoder.save_pretrained(Path(folder) / "decoder")
+
+
+class TextToImageDecoderObjective(Objective):
+    """Train a text-to-image UNet on (image, caption) pairs; text encoder (and VAE) frozen.
+
+    With probability ``p_uncond`` a caption is replaced by the empty prompt, so generation can
+    use classifier-free guidance (as Stable Diffusion was trained).
+    """
+
+    kind = "t2i-decoder"
+
+    def __init__(self, decoder: TextToImageDecoder, *, p_uncond: float = 0.1, random_crop: bool = True):
+        super().__init__()
+        if decoder.text_encoder is None or decoder.tokenizer is None:
+            raise ValueError("training a text-to-image decoder needs its text encoder and tokenizer")
+        if not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        self.decoder = decoder
+        self.p_uncond = p_uncond
+        self.random_crop = random_crop
+        decoder.requires_grad_(False)
+        decoder.unet.requires_grad_(True)
+
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        self.decoder.text_encoder.to(dtype)
+        if self.decoder.vae is not None:
+            self.decoder.vae.to(dtype)
+
+    def set_train_mode(self) -> None:
+        self.train()
+        self.decoder.text_encoder.eval()
+        if self.decoder.vae is not None:
+            self.decoder.vae.eval()
+
+    def compile_targets(self) -> list[torch.nn.Module]:
+        return [self.decoder.unet]
+
+    def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor]:
+        if record.text is None:
+            raise ValueError(f"record {record.key} has no caption: a text-to-image decoder trains on image-text pairs")
+        image = T.to_rgb(record.image)
+        box = T.random_square_box(image.width, image.height, rng) if self.random_crop else \
+            T.center_square_box(image.width, image.height)
+        caption = "" if rng.random() < self.p_uncond else record.text
+        return {
+            "decoder_pixels": T.decoder_view(image.crop(box), self.decoder.image_size),  # (3, S, S)
+            "input_ids": self.decoder.tokenize(caption)[0],  # (L,)
+            "draw_seed": torch.tensor(rng.getrandbits(62), dtype=torch.int64),
+        }
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        context = self.decoder.encode_ids(batch["input_ids"])  # (B, L, C), no gradient
+        if "latents" in batch:
+            latents = batch["latents"].to(self.decoder.device, torch.float32)
+        else:
+            latents = self.decoder.encode_pixels(batch["decoder_pixels"])
+        t, noise = self.decoder.draws_from_seeds(batch["draw_seed"].reshape(-1), latents)
+        return {"loss": self.decoder.diffusion_loss(latents, context, timesteps=t, noise=noise)}
 
     def save_outputs(self, folder: Path) -> None:
         self.decoder.save_pretrained(Path(folder) / "decoder")

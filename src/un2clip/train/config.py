@@ -18,7 +18,7 @@ import yaml
 class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | decoder
+    objective: str = "un2clip"  # un2clip | contrastive | decoder | t2i-decoder | diva
     # models
     preset: str = "tiny"
     clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)

@@ -85,6 +85,43 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+@register_objective("t2i-decoder")
+def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """Trainable text-to-image UNet; prompts through the preset's text encoder, or ``--clip``'s text tower."""
+    from un2clip.models.presets import load_clip, load_t2i_decoder
+    from un2clip.models.t2i import clip_text_encoder
+    from un2clip.objectives.decoder import TextToImageDecoderObjective
+
+    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
+    if first is None or first.text is None:
+        raise ValueError(f"{cfg.data} has no captions: a text-to-image decoder trains on image-text pairs "
+                         "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
+    decoder_spec = cfg.decoder or cfg.preset
+    decoder = load_t2i_decoder(decoder_spec, random_weights=cfg.random_weights)
+    if cfg.clip:  # e.g. the world's pre-trained tiny CLIP: the generator reads its text tower
+        decoder.set_text_encoder(*clip_text_encoder(load_clip(cfg.clip, random_weights=cfg.random_weights)))
+    objective = _construct(TextToImageDecoderObjective, decoder, options=cfg.objective_options)
+    info = {"kind": "t2i-decoder", "t2i_decoder": decoder_spec, "text_clip": cfg.clip,
+            "random_weights": cfg.random_weights}
+    return objective, info
+
+
+@register_objective("diva")
+def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """DIVA: trainable CLIP image tower + token projection through a frozen text-to-image decoder."""
+    from un2clip.models.presets import load_clip, load_t2i_decoder
+    from un2clip.objectives.diva import DivaObjective
+
+    clip_spec = cfg.clip or cfg.preset
+    decoder_spec = cfg.decoder or cfg.preset
+    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
+    decoder = load_t2i_decoder(decoder_spec, random_weights=cfg.random_weights)
+    objective = _construct(DivaObjective, clip, decoder, options=cfg.objective_options)
+    # "t2i_decoder", not "decoder": evaluators that need an unCLIP decoder must not pick this one
+    info = {"kind": "diva", "clip": clip_spec, "t2i_decoder": decoder_spec, "random_weights": cfg.random_weights}
+    return objective, info
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Build and train. With ``resume`` the run folder's own config.yaml is used."""
     from un2clip.data.sources import open_source
