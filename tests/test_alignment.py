@@ -180,3 +180,27 @@ def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch, capsys):
               "--lora-rank", "2", "--output", str(tmp_path / "run"), "--no-progress"])
     assert rc == 2
     assert "un2clip[lora]" in capsys.readouterr().err
+
+
+# -- the paper's ablation switches -------------------------------------------------------------------------
+
+def test_projector_and_decoder_ablations_record_and_evaluate_the_encoder_alone(tmp_path):
+    from un2clip.eval import diffloss
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.presets import load_clip, load_decoder
+
+    data = _images(tmp_path / "img", 4)
+    out = tmp_path / "run"
+    assert cli(["finetune", "--preset", "tiny", "--data", str(data), "--batch-size", "2", "--lr", "1e-3",
+                "--max-steps", "1", "--projector", "identity", "--train-decoder", "--output", str(out),
+                "--no-progress"]) == 0
+    assert json.loads((out / "un2clip_run.json").read_text())["projector"] == "identity"
+    assert (out / "projector.safetensors").exists() and (out / "decoder" / "unet").is_dir()
+    # the evaluated model is the encoder alone: the run loads as its clip/ folder
+    model = load_clip(str(out))
+    x = _batch()["clip_pixels"]
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x), ClipModel.from_pretrained(out / "clip").encode_image(x))
+    # the evaluators find the run's (updated) decoder by default
+    assert diffloss.default_decoder_spec(str(out)) == str(out)
+    assert load_decoder(str(out)).embed_dim == model.embed_dim

@@ -314,6 +314,40 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="un²CLIP, its ablations and alignment keepers over world seeds: one table",
+        description="Per world seed: the demo's stages (world, tiny CLIP, decoder, un²CLIP), then each variant as a "
+                    "cached stage (original, un2clip, projector-random, projector-identity, update-decoder, "
+                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, diva when registered), each "
+                    "evaluated like the demo (world-MMVP, zero-shot, held-out diffusion loss, probes). Writes "
+                    "OUT/report.md (mean ± std over seeds), OUT/results.json, OUT/mmvp_vs_zeroshot.png.")
+    p.add_argument("--output", default="runs/compare", help="where every seed and the report go (default runs/compare)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="world seeds (default 0 1 2)")
+    p.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all; original is "
+                   "always evaluated, the un2clip run always made)")
+    p.add_argument("--steps", type=int, help="fine-tune steps of every trained variant (default: the demo's)")
+    p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from un2clip.compare import QUICK, CompareSettings, run_compare
+
+        report = run_compare(Path(args.output), seeds=args.seeds, variants=args.variants,
+                             settings=QUICK if args.quick else CompareSettings(), steps=args.steps,
+                             fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress)
+        print(report.read_text())
+        print(f"report: {report}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     # listed for --help only: main() hands `un2clip demo ...` to un2clip.demo.main
     sub.add_parser("demo", help="the whole method in the shapes world on a CPU (what `make demo` runs)")
@@ -614,7 +648,7 @@ def _run_seg(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_demo, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_diva, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_demo, _add_compare, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_diva, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,381 @@
+"""`un2clip compare`: the un²CLIP fine-tune, its ablations and its alignment keepers, over world seeds.
+
+Per world seed S, in ``OUT/seed{S}/``:
+
+1. the demo's stages (``un2clip demo``: world, tiny CLIP and unCLIP decoder, from the shipped
+   ``assets/tiny-world/seed{S}/`` when they exist, and the plain un²CLIP fine-tune, which is
+   the ``un2clip`` variant), with the demo's report of original vs un²CLIP;
+2. one cached stage per variant in ``OUT/seed{S}/variants/<name>/``: a fine-tune with one switch
+   changed (same steps, batch, learning rate and seed as the demo's), or an export of the
+   un²CLIP run (WiSE-FT ``--alpha``); a stage whose command changed is recomputed;
+3. every variant evaluated by the demo's evaluators (world-MMVP, zero-shot, held-out diffusion
+   loss with the demo's frozen decoder, linear probes), cached in ``OUT/seed{S}/eval/<name>.json``.
+
+Then ``OUT/report.md`` (mean ± std over seeds, and the paired change against the original),
+``OUT/results.json`` and ``OUT/mmvp_vs_zeroshot.png`` (needs matplotlib).
+
+The encoder evaluated is always the encoder alone: the projector of the projector ablations
+sits between encoder and decoder and is left out, as in the paper; ``update-decoder``'s
+diffusion loss is measured with the original (frozen) decoder like every other variant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from un2clip.demo import QUICK as DEMO_QUICK
+from un2clip.demo import DemoSettings, _cli, _done, _stage, run_demo
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """The demo's settings (shared by every fine-tune) plus those of the variants."""
+
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    alphas: tuple[float, ...] = (0.25, 0.5, 0.75)  # WiSE-FT exports of the un²CLIP run
+    anchor_weights: tuple[float, ...] = (0.1, 1.0)  # λ of the anchor term (1 - cosine to the original)
+    lora_rank: int = 8
+    lora_lr_factor: float = 10.0  # LoRA's learning rate = the fine-tune's x this (adapters start at zero)
+
+
+# a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
+QUICK = CompareSettings(demo=replace(DEMO_QUICK, n_train=128, n_val=16, pairs_per_pattern=2, n_zeroshot_per_class=3,
+                                     n_seg=4),
+                        alphas=(0.5,), anchor_weights=(1.0,), lora_rank=2)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the comparison: how it is made from a seed's demo stages."""
+
+    name: str
+    kind: str  # "original" | "un2clip" (the demo's runs) | "finetune" | "export" | "diva"
+    description: str
+    flags: tuple[str, ...] = ()  # extra `un2clip finetune` flags
+    lr_factor: float = 1.0
+    alpha: float | None = None
+
+
+def variants_for(settings: CompareSettings) -> list[Variant]:
+    """Every variant, in the order of the report."""
+    out = [
+        Variant("original", "original", "the tiny CLIP before fine-tuning"),
+        Variant("un2clip", "un2clip", "un²CLIP: encoder trained through the frozen unCLIP decoder (the demo's run)"),
+        Variant("projector-random", "finetune", "paper ablation: trainable random linear layer before the decoder",
+                ("--projector", "random")),
+        Variant("projector-identity", "finetune",
+                "paper ablation: trainable identity-initialised linear layer before the decoder",
+                ("--projector", "identity")),
+        Variant("update-decoder", "finetune", "paper ablation: decoder updated together with the encoder",
+                ("--train-decoder",)),
+    ]
+    out += [Variant(f"alpha{a:g}", "export", f"WiSE-FT: image tower = {1 - a:g} · original + {a:g} · un2clip",
+                    alpha=a) for a in settings.alphas]
+    out += [Variant(f"anchor{w:g}", "finetune", f"un²CLIP + {w:g} · mean(1 - cos) to the original encoder",
+                    ("--anchor-weight", f"{w:g}")) for w in settings.anchor_weights]
+    out.append(Variant("lora", "finetune", f"un²CLIP through rank-{settings.lora_rank} LoRA adapters (merged), "
+                       f"learning rate x{settings.lora_lr_factor:g}",
+                       ("--lora-rank", str(settings.lora_rank)), lr_factor=settings.lora_lr_factor))
+    out.append(Variant("diva", "diva", "DIVA baseline: encoder trained through a frozen text-to-image decoder "
+                       "trained on the world's captions"))
+    return out
+
+
+def select_variants(settings: CompareSettings, names: Sequence[str] | None) -> list[Variant]:
+    """The named variants (all when None), in report order; an unknown name is an error listing the known ones."""
+    known = variants_for(settings)
+    if not names:
+        return known
+    by_name = {v.name: v for v in known}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(by_name)}")
+    return [v for v in known if v.name in set(names)]
+
+
+def diva_available() -> str | None:
+    """None when the DIVA objective and its tiny preset are registered, else why not."""
+    from un2clip.models.presets import PRESETS
+    from un2clip.train.recipes import OBJECTIVES
+
+    if "diva" not in OBJECTIVES:
+        return "the objective 'diva' is not registered in un2clip.train.recipes.OBJECTIVES"
+    if "diva-tiny" not in PRESETS:
+        return "no 'diva-tiny' preset (a text-to-image decoder for the shapes world)"
+    return None
+
+
+# -- stages of one seed ----------------------------------------------------------------------------
+
+def _made(folder: Path) -> int:
+    """When the stage in ``folder`` last finished (its DONE marker's mtime), 0 if never."""
+    done = Path(folder) / "DONE"
+    return done.stat().st_mtime_ns if done.exists() else 0
+
+
+def _cached_stage(parent: Path, name: str, recipe: dict, fresh: bool) -> tuple[Path, bool]:
+    """A demo-style stage folder that is also redone when its recorded recipe differs from ``recipe``."""
+    folder, done = _stage(parent, name, fresh)
+    record = folder / "recipe.json"
+    if done and (not record.exists() or json.loads(record.read_text()) != recipe):
+        print(f"{folder}: recipe changed, recomputing")
+        done = False
+    if not done and folder.exists():
+        shutil.rmtree(folder)
+    return folder, done
+
+
+def _finish(folder: Path, recipe: dict, started: float) -> None:
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    _done(folder, time.perf_counter() - started)
+
+
+def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
+    """A finished demo fine-tune with other steps / batch / lr than asked: drop it so the demo redoes it."""
+    import yaml
+
+    config = seed_dir / "finetune" / "config.yaml"
+    if not (seed_dir / "finetune" / "DONE").exists() or not config.exists():
+        return
+    cfg = yaml.safe_load(config.read_text())
+    wanted = (demo.finetune_steps, demo.finetune_batch, demo.finetune_lr)
+    if (int(cfg["max_steps"]), int(cfg["batch_size"]), float(cfg["lr"])) != wanted:
+        print(f"{seed_dir / 'finetune'}: other steps, batch or lr than asked, recomputing")
+        shutil.rmtree(seed_dir / "finetune")
+        for stale in ("un2clip.json", "reconstructions.png"):
+            (seed_dir / "eval" / stale).unlink(missing_ok=True)
+
+
+def _train_args(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> list[str]:
+    return ["--max-steps", str(s.finetune_steps), "--batch-size", str(s.finetune_batch),
+            "--lr", f"{s.finetune_lr * lr_factor:g}", "--save-every", "100", "--seed", str(seed)]
+
+
+def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, flags: list[str]) -> Path:
+    """A text-to-image decoder on the world's captions through the CLIP's text tower (what DIVA needs)."""
+    command = ["train-decoder", "--text-conditioned", "--preset", "diva-tiny", "--clip", str(clip),
+               "--data", str(seed_dir / "world" / "train" / "captions.csv"), "--max-steps", str(s.decoder_steps),
+               "--batch-size", str(s.decoder_batch), "--lr", str(s.decoder_lr), "--warmup-steps", "50",
+               "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed)]
+    recipe = {"command": command, "clip": _made(seed_dir / "clip")}
+    folder, done = _cached_stage(seed_dir, "t2i-decoder", recipe, fresh)
+    if not done:
+        t = time.perf_counter()
+        folder.mkdir(parents=True)
+        _cli(command + ["--output", str(folder / "run"), *flags])
+        _finish(folder, recipe, t)
+    return folder
+
+
+def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: CompareSettings, fresh: bool,
+                progress: bool) -> str:
+    """Make (or reuse) one variant of one seed; returns the model spec to evaluate.
+
+    A variant made again loses its cached evaluation. Its recipe records the command and when the
+    stages it starts from finished, so a re-made CLIP, decoder or un²CLIP run re-makes it too.
+    """
+    s = settings.demo
+    clip, decoder = seed_dir / "clip" / "clip", seed_dir / "decoder" / "decoder"
+    un2clip_run = seed_dir / "finetune"
+    if variant.kind == "original":
+        return str(clip)
+    if variant.kind == "un2clip":
+        return str(un2clip_run)
+    flags = [] if progress else ["--no-progress"]
+    images = str(seed_dir / "world" / "train" / "images")
+    upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
+    if variant.kind == "export":
+        command = ["export", str(un2clip_run), "--alpha", f"{variant.alpha:g}"]
+        upstream = {"un2clip": _made(un2clip_run)}
+        output = "clip"
+    elif variant.kind == "finetune":
+        command = ["finetune", "--clip", str(clip), "--decoder", str(decoder), "--data", images,
+                   *_train_args(s, seed, variant.lr_factor), *variant.flags]
+        output = "run"
+    elif variant.kind == "diva":
+        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, flags)
+        command = ["diva", "--preset", "diva-tiny", "--clip", str(clip), "--decoder", str(t2i / "run"),
+                   "--data", images, *_train_args(s, seed, variant.lr_factor)]
+        upstream = {"clip": upstream["clip"], "t2i-decoder": _made(t2i)}
+        output = "run"
+    else:
+        raise ValueError(f"unknown variant kind {variant.kind!r}")
+    recipe = {"command": command, **upstream}
+    folder, done = _cached_stage(seed_dir / "variants", variant.name, recipe, fresh)
+    if not done:
+        t = time.perf_counter()
+        (seed_dir / "eval" / f"{variant.name}.json").unlink(missing_ok=True)
+        folder.mkdir(parents=True)
+        _cli(command + ["--output", str(folder / output)] + (flags if output == "run" else []))
+        _finish(folder, recipe, t)
+    return str(folder / output)
+
+
+def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings: CompareSettings,
+             fresh: bool = False, from_scratch: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
+    """The demo's stages, then every variant of one world seed: {variant: metrics}."""
+    from un2clip.demo_report import evaluate_models
+
+    _forget_stale_demo_finetune(seed_dir, settings.demo)
+    run_demo(seed_dir, seed=seed, fresh=fresh, from_scratch=from_scratch, settings=settings.demo, progress=progress)
+    models = {}
+    for variant in variants:
+        t = time.perf_counter()
+        models[variant.name] = run_variant(seed_dir, variant, seed=seed, settings=settings, fresh=fresh,
+                                           progress=progress)
+        print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
+    results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
+                              seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
+    return {name: results[name] for name in models}
+
+
+# -- summary and report ----------------------------------------------------------------------------
+
+ZEROSHOT = "zeroshot/mean_acc1"  # mean of the demo's zero-shot sets
+COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_shape/acc1", "zs shape"),
+           ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
+           ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
+PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
+
+
+def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:
+    """Zero-shot top-1 accuracies in % (the evaluators give fractions) and ``zeroshot/mean_acc1``, their mean."""
+    out = {k: 100.0 * v if k.startswith("zeroshot_") and k.endswith("/acc1") else v for k, v in metrics.items()}
+    accs = [v for k, v in out.items() if k.startswith("zeroshot_") and k.endswith("/acc1")]
+    return {**out, ZEROSHOT: sum(accs) / len(accs)} if accs else out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (n - 1; nan for one value), n) of finite values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return math.nan, math.nan, 0
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
+    return mean, std, len(xs)
+
+
+def summarize(per_seed: dict[int, dict[str, dict[str, float]]], *,
+              baseline: str = "original") -> dict[str, dict[str, tuple[float, float, int]]]:
+    """{variant: {metric: (mean, std, n)}} over seeds, plus ``delta/<metric>``: the paired change vs ``baseline``."""
+    variants = list(dict.fromkeys(v for results in per_seed.values() for v in results))
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for variant in variants:
+        rows = [with_zeroshot_mean(r[variant]) for r in per_seed.values() if variant in r]
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        out[variant] = {k: mean_std([row[k] for row in rows if k in row]) for k in keys}
+        for key, _ in PAIRED:
+            diffs = [with_zeroshot_mean(r[variant])[key] - with_zeroshot_mean(r[baseline])[key]
+                     for r in per_seed.values() if variant in r and baseline in r]
+            if diffs:
+                out[variant][f"delta/{key}"] = mean_std(diffs)
+    return out
+
+
+def _cell(stat: tuple[float, float, int] | None, digits: int, signed: bool = False) -> str:
+    if stat is None or stat[2] == 0:
+        return "–"
+    mean, std, n = stat
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text if n < 2 else f"{text} ± {std:.{digits}f}"
+
+
+def report_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> list[str]:
+    """Markdown rows: one per variant, mean ± std over seeds (the ± is left out for one seed)."""
+    head = ["variant"] + [title for _, title in COLUMNS] + [title for _, title in PAIRED] + ["seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for variant, stats in summary.items():
+        cells = [_cell(stats.get(k), 5 if k.startswith("diffloss") else 1) for k, _ in COLUMNS]
+        cells += [_cell(stats.get(f"delta/{k}"), 1, signed=True) for k, _ in PAIRED]
+        n = max((st[2] for st in stats.values()), default=0)
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {n} |")
+    return lines
+
+
+def plot_tradeoff(summary: dict[str, dict[str, tuple[float, float, int]]], path: Path) -> Path:
+    """Scatter of MMVP average (y) against zero-shot accuracy (x), one labelled point per variant, ± std bars.
+
+    Needs matplotlib.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for variant, stats in summary.items():
+        (x, xs, _), (y, ys, _) = stats[ZEROSHOT], stats["mmvp/average"]
+        ax.errorbar(x, y, xerr=0 if math.isnan(xs) else xs, yerr=0 if math.isnan(ys) else ys, fmt="o", capsize=3)
+        ax.annotate(variant, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("zero-shot accuracy, mean of the world's sets (%)")
+    ax.set_ylabel("world-MMVP average (%)")
+    ax.set_title("seeing details (MMVP) vs keeping alignment (zero-shot)")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], variants: Sequence[Variant], *,
+                 settings: CompareSettings, notes: Sequence[str] = ()) -> Path:
+    """OUT/report.md, OUT/results.json and (with matplotlib) OUT/mmvp_vs_zeroshot.png."""
+    summary = summarize(per_seed)
+    notes = list(notes)
+    chart = None
+    try:
+        chart = plot_tradeoff(summary, out / "mmvp_vs_zeroshot.png")
+    except ImportError:
+        notes.append("no scatter plot: matplotlib is not installed (pip install 'un2clip[plot]')")
+    s = settings.demo
+    lines = ["# un²CLIP variants in the shapes world", "",
+             f"World seeds {', '.join(map(str, per_seed))}; every fine-tune: {s.finetune_steps} steps of "
+             f"{s.finetune_batch} images, lr {s.finetune_lr:g} (LoRA x{settings.lora_lr_factor:g}), the world seed "
+             "as training seed. Cells: mean ± sample std over seeds; Δ: paired change against `original`, "
+             "same seed. Accuracies in %, diffusion loss on held-out images with the demo's frozen decoder.", "",
+             *report_table(summary), ""]
+    if chart:
+        lines += [f"![MMVP vs zero-shot]({chart.name})", ""]
+    lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
+    lines += ["Projector variants are evaluated on the encoder alone (the projector sits between encoder and "
+              "decoder); `update-decoder` is measured with the original decoder.", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(
+        {"per_seed": {str(k): v for k, v in per_seed.items()},
+         "summary": {v: {k: list(st) for k, st in stats.items()} for v, stats in summary.items()}},
+        indent=2, allow_nan=True))
+    return report
+
+
+def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] | None = None,
+                settings: CompareSettings = CompareSettings(), steps: int | None = None, fresh: bool = False,
+                from_scratch: bool = False, progress: bool = True) -> Path:
+    """Every chosen variant on every world seed, then ``out/report.md``; returns its path.
+
+    ``steps`` replaces the fine-tune steps of every trained variant (the demo's ``finetune_steps``).
+    """
+    if not seeds:
+        raise ValueError("no seeds: pass --seeds, e.g. --seeds 0 1 2")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        settings = replace(settings, demo=replace(settings.demo, finetune_steps=steps))
+    chosen = select_variants(settings, variants)
+    if "original" not in {v.name for v in chosen}:  # the Δ columns need it, and it costs an evaluation only
+        chosen = [select_variants(settings, ["original"])[0], *chosen]
+    notes = []
+    if any(v.kind == "diva" for v in chosen) and (why := diva_available()):
+        chosen = [v for v in chosen if v.kind != "diva"]
+        notes.append(f"diva skipped: {why}")
+        print(f"note: diva skipped: {why}")
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = run_seed(out / f"seed{seed}", seed, chosen, settings=settings, fresh=fresh,
+                                  from_scratch=from_scratch, progress=progress)
+    return write_report(out, per_seed, chosen, settings=settings, notes=notes)

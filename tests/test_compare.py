@@ -1,0 +1,119 @@
+"""`un2clip compare`: summary math on hand-built results, the report, stage caching, and a quick run end to end."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from un2clip import compare
+from un2clip.compare import QUICK, mean_std, report_table, run_compare, select_variants, summarize
+
+
+def _metrics(mmvp, shape, color, loss=0.1):
+    """MMVP in %, zero-shot accuracies in % given as the fractions the evaluators return."""
+    return {"mmvp/average": mmvp, "zeroshot_shape/acc1": shape / 100, "zeroshot_color/acc1": color / 100,
+            "diffloss/loss_mean": loss, "probe/mean": 50.0}
+
+
+PER_SEED = {
+    0: {"original": _metrics(20.0, 80.0, 60.0), "un2clip": _metrics(30.0, 70.0, 60.0)},
+    1: {"original": _metrics(40.0, 90.0, 70.0), "un2clip": _metrics(44.0, 86.0, 70.0)},
+}
+
+
+def test_mean_std_known_values():
+    assert mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0), 2)
+    mean, std, n = mean_std([5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(std)
+    assert mean_std([float("nan"), 2.0, 4.0])[:1] == (3.0,)
+    assert mean_std([])[2] == 0
+
+
+def test_summarize_means_and_paired_deltas():
+    s = summarize(PER_SEED)
+    assert list(s) == ["original", "un2clip"]
+    assert s["un2clip"]["mmvp/average"] == (37.0, pytest.approx(math.sqrt(98.0)), 2)
+    # zero-shot: mean of the sets per seed (65, 78), then over seeds
+    assert s["un2clip"]["zeroshot/mean_acc1"][0] == pytest.approx(71.5)
+    assert s["original"]["zeroshot_shape/acc1"][0] == pytest.approx(85.0)
+    # paired: +10 and +4 on MMVP -> 7 ± sqrt(18); -5 and -2 on zero-shot -> -3.5 ± sqrt(4.5)
+    assert s["un2clip"]["delta/mmvp/average"] == (7.0, pytest.approx(math.sqrt(18.0)), 2)
+    delta = s["un2clip"]["delta/zeroshot/mean_acc1"]
+    assert delta[0] == pytest.approx(-3.5) and delta[1] == pytest.approx(math.sqrt(4.5))
+    assert s["original"]["delta/mmvp/average"][:2] == (0.0, 0.0)
+    rows = report_table(s)
+    assert rows[2].startswith("| original | 30.0 ± 14.1 | 75.0 ± 7.1 | 85.0 ± 7.1 | 65.0 ± 7.1 |")
+    assert "| – | – |" in rows[2]  # retrieval and segmentation were not measured here
+    assert "| +7.0 ± 4.2 | -3.5 ± 2.1 | 2 |" in rows[3]
+
+
+def test_report_without_matplotlib_notes_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    report = compare.write_report(tmp_path, PER_SEED, select_variants(QUICK, ["original", "un2clip"]),
+                                  settings=QUICK, notes=["diva skipped: test"])
+    text = report.read_text()
+    assert "| un2clip |" in text and "matplotlib is not installed" in text and "diva skipped: test" in text
+    assert not (tmp_path / "mmvp_vs_zeroshot.png").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["per_seed"]["1"]["un2clip"]["mmvp/average"] == 44.0
+
+
+def test_variant_names_and_unknown_variant():
+    names = [v.name for v in compare.variants_for(compare.CompareSettings())]
+    assert names == ["original", "un2clip", "projector-random", "projector-identity", "update-decoder",
+                     "alpha0.25", "alpha0.5", "alpha0.75", "anchor0.1", "anchor1", "lora", "diva"]
+    with pytest.raises(ValueError, match="unknown variant.*known: original"):
+        select_variants(QUICK, ["un2clip", "nope"])
+
+
+def test_stage_with_another_recipe_is_redone(tmp_path):
+    folder, done = compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)
+    assert not done
+    folder.mkdir()
+    compare._finish(folder, {"command": ["a"]}, 0.0)
+    assert compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)[1]
+    assert compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=True) == (folder, False)
+    folder.mkdir()
+    compare._finish(folder, {"command": ["a"]}, 0.0)
+    assert compare._cached_stage(tmp_path, "v", {"command": ["b"]}, fresh=False) == (folder, False)
+    assert not folder.exists()
+
+
+def _untrained_demo_models(seed_dir):
+    """The demo's finished CLIP and decoder stages, with the untrained tiny models (test_demo trains them)."""
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+
+    build_tiny_clip().save_pretrained(seed_dir / "clip" / "clip")
+    build_tiny_decoder().save_pretrained(seed_dir / "decoder" / "decoder")
+    for stage in ("clip", "decoder"):
+        (seed_dir / stage / "DONE").write_text("{}")
+
+
+def test_quick_compare_end_to_end(tmp_path, monkeypatch):
+    from un2clip.eval import probe
+
+    monkeypatch.setattr(compare, "diva_available", lambda: "not registered (test)")
+    # the linear probes (L-BFGS per attribute) are most of the evaluation's time and have their own tests
+    monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})
+    out = tmp_path / "cmp"
+    _untrained_demo_models(out / "seed0")
+    report = run_compare(out, seeds=[0], variants=["un2clip", "alpha0.5", "projector-random", "diva"],
+                         settings=QUICK, progress=False)
+    text = report.read_text()
+    for name in ("original", "un2clip", "alpha0.5", "projector-random"):
+        assert f"| {name} |" in text, name
+    assert "| diva |" not in text and "diva skipped: not registered (test)" in text
+    assert (out / "mmvp_vs_zeroshot.png").exists()
+    seed = out / "seed0"
+    for name in ("original", "un2clip", "alpha0.5", "projector-random"):
+        metrics = json.loads((seed / "eval" / f"{name}.json").read_text())["metrics"]
+        assert 0.0 <= metrics["mmvp/average"] <= 100.0 and metrics["diffloss/loss_mean"] > 0, name
+    # the projector ablation records its projector; its evaluated encoder is clip/ alone
+    run = seed / "variants" / "projector-random" / "run"
+    assert json.loads((run / "un2clip_run.json").read_text())["projector"] == "random"
+    assert (run / "projector.safetensors").exists() and (run / "clip" / "config.json").exists()
+    # a second call reuses every stage and every evaluation
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "metrics.jsonl", seed / "eval" / "alpha0.5.json")}
+    run_compare(out, seeds=[0], variants=["alpha0.5", "projector-random"], settings=QUICK, progress=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
