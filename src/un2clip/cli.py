@@ -45,7 +45,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-weights", action="store_true", default=None,
                    help="build the preset's real architecture with random weights (no download)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="image folder, CSV/TSV file with an image column, or webdataset shards")
+    g.add_argument("--data", help="image folder, CSV/TSV file with an image column, webdataset shards, or "
+                                  "(finetune) a folder written by `un2clip cache-latents`")
     g.add_argument("--image-column", help="CSV/TSV column holding image paths")
     g.add_argument("--caption-column", help="CSV/TSV column holding captions")
     g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
@@ -145,6 +146,54 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                 "lora_targets": [t.strip() for t in args.lora_targets.split(",") if t.strip()]
                 if args.lora_targets else None}
         return _run_training(args, "un2clip", opts)
+
+    p.set_defaults(func=run)
+
+
+def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache-latents", help="run the frozen VAE once over the data; finetune then reads the cache (--data DIR)",
+        description="One pass over the data: each image gets the crop un²CLIP would draw for it in epoch 0 with "
+                    "--seed; its decoder view is encoded by the decoder's VAE (float16 latents; the pixels for a "
+                    "pixel-space decoder) and its CLIP view stored as uint8 pixels, in safetensors shards with an "
+                    "index (un2clip_latents.json). `un2clip finetune --data DIR` recognises the folder and skips the "
+                    "VAE; with the same --seed its first epoch equals the on-the-fly one (latents rounded to "
+                    "float16), later epochs reuse the same crops.")
+    p.add_argument("--decoder", required=True, help="unCLIP decoder: preset, folder or Hub id (its VAE encodes)")
+    p.add_argument("--clip", required=True, help="encoder whose input size and resize mode the CLIP view follows")
+    p.add_argument("--data", required=True, help="image folder, CSV/TSV file or webdataset shards")
+    p.add_argument("--output", required=True, help="cache folder to write (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops: use the training run's (default 0)")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard (default 1024)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per VAE call (default 16)")
+    p.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (default 0)")
+    p.add_argument("--center-crop", action="store_true", help="centre crops (for runs with random_crop: false)")
+    p.add_argument("--image-column", help="CSV/TSV column holding image paths")
+    p.add_argument("--random-weights", action="store_true", help="presets' architectures with random weights")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        import torch
+
+        from un2clip.data.latent_cache import cache_latents
+        from un2clip.data.sources import open_source
+        from un2clip.models.presets import load_clip, load_decoder
+
+        source = open_source(args.data, image_column=args.image_column)
+        processing = load_clip(args.clip, random_weights=args.random_weights).processing
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        decoder = load_decoder(args.decoder, random_weights=args.random_weights).freeze().to(device)
+        index = cache_latents(source, processing, decoder, args.output, seed=args.seed,
+                              random_crop=not args.center_crop, shard_size=args.shard_size,
+                              batch_size=args.batch_size, num_workers=args.num_workers,
+                              info={"source": args.data, "clip": args.clip, "decoder": args.decoder,
+                                    "random_weights": args.random_weights},
+                              progress=not args.no_progress)
+        print(f"cached {index['n_cached']} of {index['n_samples']} images ({index['n_bad']} unreadable) in "
+              f"{len(index['shards'])} shard(s) at {args.output}: latents {tuple(index['latents']['shape'])} "
+              f"float16, CLIP view {index['clip_view']['size']} px uint8")
+        return 0
 
     p.set_defaults(func=run)
 
@@ -648,7 +697,7 @@ def _run_seg(args: argparse.Namespace) -> int:
 
 
 # Sub-commands, in the order `un2clip --help` lists them. Add new ones here.
-COMMANDS = [_add_demo, _add_compare, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_diva, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_demo, _add_compare, _add_world, _add_pretrain, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva, _add_eval, _add_seg, _add_reconstruct, _add_report, _add_export, _add_bench, _add_presets, _add_version]
 
 
 def build_parser() -> argparse.ArgumentParser:

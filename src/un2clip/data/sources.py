@@ -1,6 +1,7 @@
 """Training images with optional captions: one map-style interface, three on-disk layouts.
 
-``open_source(spec)`` recognises
+``open_source(spec)`` recognises (and a folder written by ``un2clip cache-latents``, which
+holds ``un2clip_latents.json``, opens as :class:`un2clip.data.latent_cache.LatentCacheSource`)
 
 1. an **image folder**, searched recursively (``.jpg .jpeg .png .webp .bmp .gif``, any
    case; hidden files and folders are skipped; symlinked folders are followed once).
@@ -752,6 +753,10 @@ def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
     if not path.exists():
         raise FileNotFoundError(f"data path not found: {path}; {LAYOUTS}")
     if path.is_dir():
+        from un2clip.data.latent_cache import LatentCacheSource, is_latent_cache
+
+        if is_latent_cache(path):  # written by `un2clip cache-latents`
+            return LatentCacheSource(path)
         return ImageFolderSource(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):

@@ -56,6 +56,11 @@ def random_square_box(width: int, height: int, rng: random.Random) -> tuple[int,
     return left, top, left + side, top + side
 
 
+def square_box(width: int, height: int, rng: random.Random, *, random_crop: bool = True) -> tuple[int, int, int, int]:
+    """The largest square of a ``width`` x ``height`` image: at a random offset, or centred."""
+    return random_square_box(width, height, rng) if random_crop else center_square_box(width, height)
+
+
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """Centre ``size`` x ``size`` crop; offsets rounded down, as HF's CLIPImageProcessor does."""
     w, h = image.size

@@ -44,10 +44,17 @@ class ImageProcessing:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return T.normalize(T.pil_to_tensor(self.resize(image)), self.mean, self.std)
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """The RGB image at ``size`` x ``size``, before scaling and normalisation (what a uint8 cache stores)."""
         if self.resize_mode == "squash":
-            image = T.to_rgb(image).resize((self.size, self.size), Image.BICUBIC)
-            return T.normalize(T.pil_to_tensor(image), self.mean, self.std)
-        return T.clip_view(image, self.size, self.mean, self.std)
+            return T.to_rgb(image).resize((self.size, self.size), Image.BICUBIC)
+        return T.center_crop(T.resize_short_side(T.to_rgb(image), self.size), self.size)
+
+    def from_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(..., 3, size, size) uint8 from :meth:`resize` -> model input, bit-identical to ``self(image)``."""
+        return T.normalize(pixels.float().div_(255.0), self.mean, self.std)
 
     def from_unit(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels (B, 3, H, W), already square -> model input at ``size``."""

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from un2clip.data import transforms as T
+from un2clip.data.latent_cache import CachedSample
 from un2clip.data.sources import Record
 from un2clip.models.clip import ClipModel
 from un2clip.models.lora import DEFAULT_TARGETS, add_lora, has_lora, merge_lora
@@ -82,12 +83,25 @@ def two_views(record: Record, rng: random.Random, clip_processing, decoder_size:
               random_crop: bool = True) -> dict[str, torch.Tensor]:
     """One square crop, two views of it (CLIP's and the decoder's), and a seed for the sample's draws."""
     image = T.to_rgb(record.image)
-    box = T.random_square_box(image.width, image.height, rng) if random_crop else \
-        T.center_square_box(image.width, image.height)
-    crop = image.crop(box)
+    crop = image.crop(T.square_box(image.width, image.height, rng, random_crop=random_crop))
     return {
         "clip_pixels": clip_processing(crop),  # (3, S_clip, S_clip)
         "decoder_pixels": T.decoder_view(crop, decoder_size),  # (3, S_dec, S_dec)
+        "draw_seed": torch.tensor(rng.getrandbits(62), dtype=torch.int64),
+    }
+
+
+def cached_views(sample: CachedSample, rng: random.Random, clip_processing, *,
+                 random_crop: bool = True) -> dict[str, torch.Tensor]:
+    """A sample of `un2clip cache-latents`: its CLIP view, its latents, and the draw seed ``two_views`` would give.
+
+    The crop is the cache's; drawing (and discarding) a crop box first consumes ``rng`` as
+    ``two_views`` does, so the seed of the sample's diffusion draws is the on-the-fly path's.
+    """
+    T.square_box(sample.width, sample.height, rng, random_crop=random_crop)
+    return {
+        "clip_pixels": clip_processing.from_uint8(sample.clip_pixels),  # (3, S_clip, S_clip), bit-identical
+        "latents": sample.latents,  # (C, h, w) float16
         "draw_seed": torch.tensor(rng.getrandbits(62), dtype=torch.int64),
     }
 
@@ -163,7 +177,9 @@ class Un2ClipObjective(Objective):
             self.anchor.eval()
 
     # -- data ------------------------------------------------------------------------------------
-    def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor]:
+    def transform(self, record: Record | CachedSample, rng: random.Random) -> dict[str, torch.Tensor]:
+        if isinstance(record, CachedSample):  # the VAE already ran: `un2clip cache-latents`
+            return cached_views(record, rng, self.clip.processing, random_crop=self.random_crop)
         return two_views(record, rng, self.clip.processing, self.decoder.image_size, random_crop=self.random_crop)
 
     # -- step --------------------------------------------------------------------------------------

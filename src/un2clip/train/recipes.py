@@ -44,6 +44,11 @@ def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     decoder = load_decoder(decoder_spec, random_weights=cfg.random_weights)
     check_pair(clip, decoder)  # before any step, naming both widths
     objective = _construct(Un2ClipObjective, clip, decoder, options=cfg.objective_options)
+    if source.kind == "latent-cache":  # written by `un2clip cache-latents`: same encoder input, decoder, crops?
+        from un2clip.data.latent_cache import check_cache_fits
+
+        check_cache_fits(source.index, clip_processing=clip.processing, decoder=decoder,
+                         random_crop=objective.random_crop)
     info = {"kind": "un2clip", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
     opts = cfg.objective_options
     # the projector sits between encoder and decoder: the run's clip/ is the encoder alone, as evaluated
@@ -131,6 +136,9 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
     source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)
+    if source.kind == "latent-cache" and cfg.objective != "un2clip":
+        raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
+                         f"only, not the {cfg.objective} objective; pass the images instead")
     objective, info = OBJECTIVES[cfg.objective](cfg, source)
     output = Path(cfg.output)
     if not resume:
