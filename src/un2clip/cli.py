@@ -64,6 +64,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute encoder activations in the backward pass (less memory)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the encoder and the UNet (first step slower; eager with a warning "
+                        "if compilation fails)")
+    g.add_argument("--channels-last", action="store_true", default=None,
+                   help="convolution weights (UNet, VAE) in channels-last memory format")
     g.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500, and at the end)")
     g.add_argument("--seed", type=int, help="seed of data order, augmentations and diffusion draws")
     g.add_argument("--output", help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
@@ -72,8 +77,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
               "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
-              "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "save_every", "seed",
-              "output")
+              "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
+              "save_every", "seed", "output")
 
 
 def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
@@ -303,25 +308,66 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="images/s and peak memory of the un²CLIP training step")
-    p.add_argument("--preset", default="tiny", help="preset to measure (default tiny)")
+    p = sub.add_parser(
+        "bench", help="images/s, memory and MFU of the un²CLIP training step: one configuration or a ladder",
+        description="Without --ladder: one step configuration given by the flags. With --ladder: the "
+                    "straightforward step, then bf16, cached latents, SDPA, channels-last, fused/foreach AdamW, "
+                    "K timesteps per image, gradient checkpointing and torch.compile added one at a time, all "
+                    "measured in one run on the same device, each rung in a fresh process.")
+    p.add_argument("--preset", default="tiny", help="preset to measure (default tiny; small: CPU-sized real layout)")
     p.add_argument("--random-weights", action="store_true", help="real architecture, random weights")
-    p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="image-timestep pairs per step, i.e. the decoder's batch (default 8)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--decoder-size", type=int, metavar="PX",
+                   help="decoder view side instead of the preset's (e.g. 512 for openai-l14, whose decoder is 768)")
+    p.add_argument("--ladder", action="store_true", help="measure the ladder of optimisations")
+    p.add_argument("--rungs", help="with --ladder: comma-separated subset of "
+                                   "base,bf16,cache,sdpa,nhwc,adamw,k,ckpt,compile")
+    p.add_argument("--in-process", action="store_true", help="with --ladder: all rungs in this process")
+    g = p.add_argument_group("one configuration (without --ladder)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision; bf16/fp16 also store the frozen decoder in that dtype (as training does)")
+    g.add_argument("--cached-latents", action="store_true", help="latents precomputed: no VAE in the step")
+    g.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa", help="attention kernels (default sdpa)")
+    g.add_argument("--channels-last", action="store_true", help="convolution weights in channels-last format")
+    g.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
+                   help="AdamW implementation (default auto: fused on CUDA, foreach on CPU)")
+    g.add_argument("--timesteps-per-image", type=int, default=1,
+                   help="K noised copies per encoder pass (with --ladder: the K rung's, default 4)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder activations")
+    g.add_argument("--compile", action="store_true", help="torch.compile the encoder and the UNet")
+    p.add_argument("--json", help="write the result(s) as JSON to this file")
+    p.add_argument("--markdown", help="write the table as Markdown to this file")
 
     def run(args: argparse.Namespace) -> int:
         import json
 
-        from un2clip.bench import bench_train_step, format_result
+        from un2clip.bench import StepConfig, format_markdown, run_ladder, run_single
 
-        result = bench_train_step(args.preset, random_weights=args.random_weights, batch_size=args.batch_size,
-                                  steps=args.steps, warmup=args.warmup, precision=args.precision,
-                                  device=args.device)
-        print(format_result(result))
+        if args.ladder:
+            only = [r.strip() for r in args.rungs.split(",") if r.strip()] if args.rungs else None
+            k = args.timesteps_per_image if args.timesteps_per_image > 1 else 4
+            result = run_ladder(args.preset, random_weights=args.random_weights, batch_size=args.batch_size,
+                                steps=args.steps, warmup=args.warmup, device=args.device, timesteps_per_image=k,
+                                decoder_size=args.decoder_size, only=only, isolate=not args.in_process)
+        else:
+            low = None if args.precision == "fp32" else args.precision
+            cfg = StepConfig("one", f"{args.precision}, attention {args.attention}", autocast=low, frozen_dtype=low,
+                             cached_latents=args.cached_latents, attention=args.attention,
+                             channels_last=args.channels_last, optimizer=args.optimizer_impl,
+                             timesteps_per_image=args.timesteps_per_image,
+                             grad_checkpointing=args.grad_checkpointing, compile=args.compile)
+            result = run_single(args.preset, cfg, random_weights=args.random_weights, batch_size=args.batch_size,
+                                steps=args.steps, warmup=args.warmup, device=args.device,
+                                decoder_size=args.decoder_size)
+        table = format_markdown(result)
+        print(table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)

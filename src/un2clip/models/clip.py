@@ -229,7 +229,9 @@ class ClipModel(nn.Module):
             )
         config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
         family = _family_of(config.model_type)
-        model = AutoModel.from_pretrained(src, config=config, trust_remote_code=trust_remote_code)
+        # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels on GPU)
+        model = AutoModel.from_pretrained(src, config=config, trust_remote_code=trust_remote_code,
+                                          attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(src)
         meta_path = local / META_FILE
         if meta_path.exists():

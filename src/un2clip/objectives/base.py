@@ -54,6 +54,10 @@ class Objective(nn.Module):
                 module.gradient_checkpointing_enable()
                 return
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules worth ``torch.compile`` (where the step's FLOPs are); none by default."""
+        return []
+
     def save_outputs(self, folder: Path) -> None:
         """Write the trained models of a finished (or checkpointed) run into ``folder``."""
         raise NotImplementedError

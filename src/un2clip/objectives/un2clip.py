@@ -176,6 +176,9 @@ class Un2ClipObjective(Objective):
         if self.anchor is not None:
             self.anchor.eval()
 
+    def compile_targets(self) -> list[nn.Module]:
+        return [self.clip.vision_model, self.decoder.unet]
+
     # -- data ------------------------------------------------------------------------------------
     def transform(self, record: Record | CachedSample, rng: random.Random) -> dict[str, torch.Tensor]:
         if isinstance(record, CachedSample):  # the VAE already ran: `un2clip cache-latents`

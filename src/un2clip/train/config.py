@@ -42,6 +42,8 @@ class RunConfig:
     grad_accum: int = 1
     precision: str = "fp32"
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the encoder and the UNet (eager with a warning if it fails)
+    channels_last: bool = False  # convolution weights in NHWC memory format
     save_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 0

@@ -8,6 +8,7 @@ global batch is the same whatever the number of processes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from un2clip.data.loader import make_loader
 from un2clip.data.sources import Source
 from un2clip.objectives.base import Objective
 from un2clip.train import checkpoint as ckpt
+from un2clip.train import perf
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,15 +40,24 @@ class TrainResult:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], *, name: str, lr: float, weight_decay: float,
-                   betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or SGD with momentum."""
+                   betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
+                   implementation: str = "auto") -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum.
+
+    ``implementation``: "auto" (AdamW fused on CUDA, multi-tensor "foreach" elsewhere; SGD foreach),
+    or "fused", "foreach", "for-loop" (one parameter at a time, PyTorch's reference path).
+    """
     if not params:
         raise ValueError("the objective has no trainable parameters")
+    if implementation not in ("auto", "fused", "foreach", "for-loop"):
+        raise ValueError(f"optimizer implementation must be auto, fused, foreach or for-loop, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "fused" if name == "adamw" and all(p.is_cuda for p in params) else "foreach"
+    kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}
     if name == "adamw":
-        fused = all(p.is_cuda for p in params)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused or None)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, **kind[implementation])
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kind[implementation])
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
 
 
@@ -91,13 +102,17 @@ def train(
     num_workers: int = 0,
     resume: bool = False,
     grad_checkpointing: bool = False,
+    compile: bool = False,
+    channels_last: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Minimise ``objective`` on ``source`` for ``max_steps`` optimiser steps of ``batch_size`` images.
 
     ``batch_size`` is the global batch (all processes, all accumulation micro-steps).
     Checkpoints go to ``output/checkpoints`` every ``save_every`` steps and at the end;
-    ``resume=True`` continues from the newest one.
+    ``resume=True`` continues from the newest one. ``compile``: ``torch.compile`` the objective's
+    ``compile_targets()``, tried on the first batch, eager with a warning if compilation fails;
+    ``channels_last``: convolution weights in NHWC memory format.
     """
     from accelerate import Accelerator
 
@@ -119,6 +134,8 @@ def train(
     objective.to(accelerator.device)
     if precision != "fp32":
         objective.cast_frozen(torch.bfloat16 if precision == "bf16" else torch.float16)
+    if channels_last:
+        perf.use_channels_last(objective)
     opt = make_optimizer(objective.trainable_parameters(), name=optimizer, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup_steps=warmup_steps, max_steps=max_steps, schedule=lr_schedule))
@@ -138,12 +155,18 @@ def train(
             _truncate_metrics(metrics_path, step)
         accelerator.print(f"resuming from {found} (step {step})")
 
-    model, opt = accelerator.prepare(objective, opt)
     loader = make_loader(source, objective.transform, batch_size=micro, seed=seed,
                          start_sample=step * batch_size, num_workers=num_workers,
                          num_replicas=world, rank=accelerator.process_index)
     batches = iter(loader)
     objective.set_train_mode()
+    if compile and objective.compile_targets():  # compiled on the first batch, before DDP wraps the model
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        if first is not None:
+            perf.compile_with_fallback(objective.compile_targets(),
+                                       perf.trial_step(objective, first, accelerator.autocast))
+    model, opt = accelerator.prepare(objective, opt)
 
     def save(at: int) -> None:
         accelerator.wait_for_everyone()

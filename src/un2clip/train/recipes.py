@@ -153,5 +153,5 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
         lr_schedule=cfg.lr_schedule, grad_accum=cfg.grad_accum, precision=cfg.precision,
         max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
         seed=cfg.seed, num_workers=cfg.num_workers, resume=resume, grad_checkpointing=cfg.grad_checkpointing,
-        progress=progress,
+        compile=cfg.compile, channels_last=cfg.channels_last, progress=progress,
     )
