@@ -420,6 +420,7 @@ def _header(preset: str, dev: torch.device, **settings) -> dict[str, Any]:
     header: dict[str, Any] = {
         "preset": preset, "device": device_name(dev), **settings, "torch": torch.__version__,
         "load_avg_before": _load(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "fast_bf16": has_fast_bf16(dev.type),
     }
     if dev.type == "cuda":
         peak = gpu_peak_tflops(header["device"])
@@ -440,6 +441,8 @@ def _add_ratios(header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         peak = header.get("peak")
         compute = r["config"]["autocast"] or "fp32"
         tflops = (peak or {}).get("tflops", {}).get(compute) if peak else None
+        if compute != "fp32" and not header.get("fast_bf16", True):  # emulated bf16: mostly fp32 work, no peak
+            tflops = None
         r["peak_tflops"] = tflops
         r["mfu"] = r["achieved_tflops"] / tflops if tflops else None
 
