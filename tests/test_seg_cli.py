@@ -89,3 +89,13 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["seg", "--method", "sclip", "--model", "tiny", "--data", str(data), "--output", str(tmp_path),
                  "--prob-threshold", "0.3"]) == 2
     assert "no background class" in capsys.readouterr().err
+
+
+def test_eval_seg_is_the_same_command(tmp_path):
+    data = make_generic(tmp_path / "g", n=2, h=32, w=40)
+    args = ["--method", "clearclip", "--model", "tiny", "--data", str(data), *FAST]
+    assert main(["seg", *args, "--output", str(tmp_path / "a")]) == 0
+    assert main(["eval", "seg", *args, "--output", str(tmp_path / "b")]) == 0
+    a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
+    assert a.keys() == b.keys() == {("clearclip", "generic")}
+    assert a[("clearclip", "generic")]["metrics"] == b[("clearclip", "generic")]["metrics"]
