@@ -11,8 +11,8 @@ from un2clip.compare import QUICK, mean_std, report_table, run_compare, select_v
 
 
 def _metrics(mmvp, shape, color, loss=0.1):
-    """MMVP in %, zero-shot accuracies in % given as the fractions the evaluators return."""
-    return {"mmvp/average": mmvp, "zeroshot_shape/acc1": shape / 100, "zeroshot_color/acc1": color / 100,
+    """Metrics as demo_report.evaluate_models gives them: every accuracy in %."""
+    return {"mmvp/average": mmvp, "zeroshot_shape/acc1": shape, "zeroshot_color/acc1": color,
             "diffloss/loss_mean": loss, "probe/mean": 50.0}
 
 

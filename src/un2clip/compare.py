@@ -245,10 +245,9 @@ PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
 
 
 def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:
-    """Zero-shot top-1 accuracies in % (the evaluators give fractions) and ``zeroshot/mean_acc1``, their mean."""
-    out = {k: 100.0 * v if k.startswith("zeroshot_") and k.endswith("/acc1") else v for k, v in metrics.items()}
-    accs = [v for k, v in out.items() if k.startswith("zeroshot_") and k.endswith("/acc1")]
-    return {**out, ZEROSHOT: sum(accs) / len(accs)} if accs else out
+    """``metrics`` with ``zeroshot/mean_acc1``: the mean of its zero-shot top-1 accuracies (in %)."""
+    accs = [v for k, v in metrics.items() if k.startswith("zeroshot_") and k.endswith("/acc1")]
+    return {**metrics, ZEROSHOT: sum(accs) / len(accs)} if accs else dict(metrics)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:

@@ -33,6 +33,14 @@ def _construct(cls, *args, options: dict, **kwargs):
     return cls(*args, **kwargs, **options)
 
 
+def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
+    """Refuse data without captions (the first readable of its first 16 records decides), before any model loads."""
+    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
+    if first is None or first.text is None:
+        raise ValueError(f"{cfg.data} has no captions: {who} image-text pairs "
+                         "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
+
+
 @register_objective("un2clip")
 def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.models.presets import check_pair, load_clip, load_decoder
@@ -63,10 +71,7 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.models.presets import load_clip
     from un2clip.objectives.contrastive import ContrastiveObjective
 
-    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
-    if first is None or first.text is None:
-        raise ValueError(f"{cfg.data} has no captions: contrastive training needs image-text pairs "
-                         "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
+    _require_captions(cfg, source, "contrastive training needs")
     clip_spec = cfg.clip or cfg.preset
     clip = load_clip(clip_spec, random_weights=cfg.random_weights)
     objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
@@ -97,10 +102,7 @@ def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.models.t2i import clip_text_encoder
     from un2clip.objectives.decoder import TextToImageDecoderObjective
 
-    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
-    if first is None or first.text is None:
-        raise ValueError(f"{cfg.data} has no captions: a text-to-image decoder trains on image-text pairs "
-                         "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
+    _require_captions(cfg, source, "a text-to-image decoder trains on")
     decoder_spec = cfg.decoder or cfg.preset
     decoder = load_t2i_decoder(decoder_spec, random_weights=cfg.random_weights)
     if cfg.clip:  # e.g. the world's pre-trained tiny CLIP: the generator reads its text tower
