@@ -19,3 +19,28 @@ def test_quick_demo_runs_every_stage_and_caches(tmp_path):
     stamp = (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns
     run_demo(out, seed=0, from_scratch=True, settings=QUICK, progress=False)
     assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downstream(tmp_path):
+    import filecmp
+
+    import pytest
+
+    from un2clip.demo import ASSETS
+
+    out = tmp_path / "demo"
+    with pytest.raises(ValueError, match="from-scratch"):
+        run_demo(out, seed=3, weights_seed=0, from_scratch=True, settings=QUICK, progress=False)
+    with pytest.raises(FileNotFoundError, match="seed99"):
+        run_demo(out, seed=3, weights_seed=99, settings=QUICK, progress=False)
+    run_demo(out, seed=3, weights_seed=0, settings=QUICK, progress=False)
+    assert (out / "clip" / "SOURCE").read_text() == "shipped seed0"
+    assert filecmp.cmp(out / "clip" / "clip" / "model.safetensors", ASSETS / "seed0" / "clip" / "model.safetensors",
+                       shallow=False)
+    assert json.loads((out / "world" / "world.json").read_text())["seed"] == 3
+    stamp = (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns
+    # seed 3 has no shipped weights: without --weights-seed both models are trained, and the fine-tune redone
+    run_demo(out, seed=3, settings=QUICK, progress=False)
+    assert (out / "clip" / "SOURCE").read_text() == "pretrain"
+    assert (out / "decoder" / "SOURCE").read_text() == "train-decoder"
+    assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns != stamp

@@ -425,6 +425,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
     p.add_argument("--from-scratch", action="store_true",
                    help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
+    p.add_argument("--weights-seed", type=int, metavar="S",
+                   help="start every seed from the shipped CLIP and decoders of seed S (the worlds, pairs and "
+                        "fine-tune draws still follow --seeds)")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -435,7 +438,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
         report = run_compare(Path(args.output), seeds=args.seeds, variants=args.variants,
                              settings=QUICK if args.quick else CompareSettings(), steps=args.steps,
-                             fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress)
+                             fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress,
+                             weights_seed=args.weights_seed)
         print(report.read_text())
         print(f"report: {report}")
         return 0

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from un2clip.demo import QUICK as DEMO_QUICK
-from un2clip.demo import DemoSettings, _cli, _done, _stage, run_demo
+from un2clip.demo import DemoSettings, _cli, _done, _stage, run_demo, shipped_weights
 
 
 @dataclass(frozen=True)
@@ -157,24 +157,37 @@ def _train_args(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> list[str]
             "--lr", f"{s.finetune_lr * lr_factor:g}", "--save-every", "100", "--seed", str(seed)]
 
 
-def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, flags: list[str]) -> Path:
-    """A text-to-image decoder on the world's captions through the CLIP's text tower (what DIVA needs)."""
-    command = ["train-decoder", "--text-conditioned", "--preset", "diva-tiny", "--clip", str(clip),
-               "--data", str(seed_dir / "world" / "train" / "captions.csv"), "--max-steps", str(s.decoder_steps),
-               "--batch-size", str(s.decoder_batch), "--lr", str(s.decoder_lr), "--warmup-steps", "50",
-               "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed)]
+def t2i_command(world: Path, clip: Path, seed: int, s: DemoSettings) -> list[str]:
+    """The `un2clip train-decoder` command of DIVA's text-to-image decoder (same budget as the unCLIP one)."""
+    return ["train-decoder", "--text-conditioned", "--preset", "diva-tiny", "--clip", str(clip),
+            "--data", str(world / "train" / "captions.csv"), "--max-steps", str(s.decoder_steps),
+            "--batch-size", str(s.decoder_batch), "--lr", str(s.decoder_lr), "--warmup-steps", "50",
+            "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed)]
+
+
+def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, flags: list[str], *,
+               shipped: Path | None = None) -> Path:
+    """A text-to-image decoder on the world's captions through the CLIP's text tower (what DIVA needs).
+
+    Copied from ``shipped/t2i-decoder`` when given and present, else trained (``OUT/t2i-decoder/run``).
+    """
+    use_shipped = shipped is not None and (shipped / "t2i-decoder" / "unet").is_dir()
+    command = ["copy", f"shipped {shipped.name}"] if use_shipped else t2i_command(seed_dir / "world", clip, seed, s)
     recipe = {"command": command, "clip": _made(seed_dir / "clip")}
     folder, done = _cached_stage(seed_dir, "t2i-decoder", recipe, fresh)
     if not done:
         t = time.perf_counter()
         folder.mkdir(parents=True)
-        _cli(command + ["--output", str(folder / "run"), *flags])
+        if use_shipped:
+            shutil.copytree(shipped / "t2i-decoder", folder / "run" / "decoder")
+        else:
+            _cli(command + ["--output", str(folder / "run"), *flags])
         _finish(folder, recipe, t)
-    return folder
+    return folder / "run" / "decoder" if use_shipped else folder / "run"
 
 
 def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: CompareSettings, fresh: bool,
-                progress: bool) -> str:
+                progress: bool, shipped: Path | None = None) -> str:
     """Make (or reuse) one variant of one seed; returns the model spec to evaluate.
 
     A variant made again loses its cached evaluation. Its recipe records the command and when the
@@ -199,10 +212,10 @@ def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: Compar
                    *_train_args(s, seed, variant.lr_factor), *variant.flags]
         output = "run"
     elif variant.kind == "diva":
-        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, flags)
-        command = ["diva", "--preset", "diva-tiny", "--clip", str(clip), "--decoder", str(t2i / "run"),
+        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, flags, shipped=shipped)
+        command = ["diva", "--preset", "diva-tiny", "--clip", str(clip), "--decoder", str(t2i),
                    "--data", images, *_train_args(s, seed, variant.lr_factor)]
-        upstream = {"clip": upstream["clip"], "t2i-decoder": _made(t2i)}
+        upstream = {"clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}
         output = "run"
     else:
         raise ValueError(f"unknown variant kind {variant.kind!r}")
@@ -218,17 +231,20 @@ def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: Compar
 
 
 def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings: CompareSettings,
-             fresh: bool = False, from_scratch: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
+             fresh: bool = False, from_scratch: bool = False, progress: bool = True,
+             weights_seed: int | None = None) -> dict[str, dict[str, float]]:
     """The demo's stages, then every variant of one world seed: {variant: metrics}."""
     from un2clip.demo_report import evaluate_models
 
     _forget_stale_demo_finetune(seed_dir, settings.demo)
-    run_demo(seed_dir, seed=seed, fresh=fresh, from_scratch=from_scratch, settings=settings.demo, progress=progress)
+    run_demo(seed_dir, seed=seed, fresh=fresh, from_scratch=from_scratch, settings=settings.demo, progress=progress,
+             weights_seed=weights_seed)
+    shipped = None if from_scratch else shipped_weights(seed, weights_seed)
     models = {}
     for variant in variants:
         t = time.perf_counter()
         models[variant.name] = run_variant(seed_dir, variant, seed=seed, settings=settings, fresh=fresh,
-                                           progress=progress)
+                                           progress=progress, shipped=shipped)
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
@@ -353,10 +369,11 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
 
 def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] | None = None,
                 settings: CompareSettings = CompareSettings(), steps: int | None = None, fresh: bool = False,
-                from_scratch: bool = False, progress: bool = True) -> Path:
+                from_scratch: bool = False, progress: bool = True, weights_seed: int | None = None) -> Path:
     """Every chosen variant on every world seed, then ``out/report.md``; returns its path.
 
-    ``steps`` replaces the fine-tune steps of every trained variant (the demo's ``finetune_steps``).
+    ``steps`` replaces the fine-tune steps of every trained variant (the demo's ``finetune_steps``);
+    ``weights_seed`` starts every seed from that seed's shipped CLIP and decoders (see ``un2clip demo``).
     """
     if not seeds:
         raise ValueError("no seeds: pass --seeds, e.g. --seeds 0 1 2")
@@ -376,5 +393,8 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = run_seed(out / f"seed{seed}", seed, chosen, settings=settings, fresh=fresh,
-                                  from_scratch=from_scratch, progress=progress)
+                                  from_scratch=from_scratch, progress=progress, weights_seed=weights_seed)
+    if weights_seed is not None:
+        notes.append(f"every seed started from the shipped CLIP and decoders of seed {weights_seed}: the spread over "
+                     "seeds is that of the world's images, pairs and fine-tune draws, not of pre-training")
     return write_report(out, per_seed, chosen, settings=settings, notes=notes)

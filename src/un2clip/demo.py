@@ -11,7 +11,10 @@ Stages (each cached in ``OUT/<stage>/`` and skipped when done; ``--fresh`` recom
 
 Stages 2 and 3 start from the weights shipped in ``assets/tiny-world/`` when they exist for the
 chosen seed (their README gives the exact commands that reproduce them); ``--from-scratch``
-retrains them. Every stage is a general ``un2clip`` command that also works on real data.
+retrains them. ``--weights-seed S`` starts from the shipped weights of seed S in another seed's
+world (same world distribution, fresh images, pairs and training draws): the cheap way to
+repeat the fine-tune and its evaluation over seeds when only one seed's weights are shipped.
+Every stage is a general ``un2clip`` command that also works on real data.
 """
 
 from __future__ import annotations
@@ -73,9 +76,35 @@ def _done(folder: Path, seconds: float) -> None:
     (folder / "DONE").write_text(json.dumps({"seconds": round(seconds, 1)}))
 
 
+def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:
+    """A model stage (clip, decoder) that also records where its weights came from (``SOURCE``).
+
+    A finished stage from another source is redone, and so are the stages downstream of it
+    (fine-tune, evaluation). A stage without a record (made by an older version) is kept.
+    """
+    folder, done = _stage(out, name, fresh)
+    record = folder / "SOURCE"
+    if done and record.exists() and record.read_text() != source:
+        print(f"{folder}: made from {record.read_text()}, now asked for {source}: recomputing it and what follows")
+        for stale in (folder, out / "finetune", out / "eval"):
+            shutil.rmtree(stale, ignore_errors=True)
+        done = False
+    return folder, done
+
+
+def shipped_weights(seed: int, weights_seed: int | None = None) -> Path:
+    """The folder of shipped weights a demo of world ``seed`` starts from (``weights_seed`` overrides)."""
+    return ASSETS / f"seed{seed if weights_seed is None else weights_seed}"
+
+
 def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: bool = False,
-             settings: DemoSettings = DemoSettings(), progress: bool = True) -> Path:
-    """Run (or reuse) every stage and write ``out/report.md``; returns its path."""
+             settings: DemoSettings = DemoSettings(), progress: bool = True,
+             weights_seed: int | None = None) -> Path:
+    """Run (or reuse) every stage and write ``out/report.md``; returns its path.
+
+    ``weights_seed``: start stages 2 and 3 from the shipped weights of that seed (which must exist)
+    instead of the world seed's; ``None`` uses the world seed's when shipped, else trains them.
+    """
     from un2clip.data.world import generate_world
 
     out.mkdir(parents=True, exist_ok=True)
@@ -91,11 +120,18 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
                        n_seg=s.n_seg, progress=progress, overwrite=True)
         _done(world, timings.setdefault("world", time.perf_counter() - t))
 
-    shipped = ASSETS / f"seed{seed}"
-    clip_dir, done = _stage(out, "clip", fresh)
+    shipped = shipped_weights(seed, weights_seed)
+    if weights_seed is not None:
+        if from_scratch:
+            raise ValueError("--weights-seed starts from shipped weights; it cannot go with --from-scratch")
+        if not (shipped / "clip" / "config.json").exists() or not (shipped / "decoder" / "unet").is_dir():
+            raise FileNotFoundError(f"no shipped CLIP and decoder for --weights-seed {weights_seed} in {shipped}")
+    use_clip = (shipped / "clip" / "config.json").exists() and not from_scratch
+    clip_source = f"shipped {shipped.name}" if use_clip else "pretrain"
+    clip_dir, done = _model_stage(out, "clip", fresh, clip_source)
     if not done:
         t = time.perf_counter()
-        if (shipped / "clip" / "config.json").exists() and not from_scratch:
+        if use_clip:
             shutil.copytree(shipped / "clip", clip_dir / "clip", dirs_exist_ok=True)
         else:
             _cli(["pretrain", "--preset", "tiny", "--data", str(world / "train" / "captions.csv"),
@@ -104,13 +140,16 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
                   "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed),
                   "--output", str(clip_dir / "run"), *flags])
             shutil.copytree(clip_dir / "run" / "clip", clip_dir / "clip", dirs_exist_ok=True)
+        (clip_dir / "SOURCE").write_text(clip_source)
         _done(clip_dir, timings.setdefault("clip", time.perf_counter() - t))
     clip = clip_dir / "clip"
 
-    dec_dir, done = _stage(out, "decoder", fresh)
+    use_decoder = (shipped / "decoder" / "unet").is_dir() and not from_scratch
+    dec_source = f"shipped {shipped.name}" if use_decoder else "train-decoder"
+    dec_dir, done = _model_stage(out, "decoder", fresh, dec_source)
     if not done:
         t = time.perf_counter()
-        if (shipped / "decoder" / "unet").is_dir() and not from_scratch:
+        if use_decoder:
             shutil.copytree(shipped / "decoder", dec_dir / "decoder", dirs_exist_ok=True)
         else:
             _cli(["train-decoder", "--clip", str(clip), "--preset", "tiny",
@@ -119,6 +158,7 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
                   "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed),
                   "--output", str(dec_dir / "run"), *flags])
             shutil.copytree(dec_dir / "run" / "decoder", dec_dir / "decoder", dirs_exist_ok=True)
+        (dec_dir / "SOURCE").write_text(dec_source)
         _done(dec_dir, timings.setdefault("decoder", time.perf_counter() - t))
     decoder = dec_dir / "decoder"
 
@@ -149,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
     p.add_argument("--from-scratch", action="store_true",
                    help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
+    p.add_argument("--weights-seed", type=int, metavar="S",
+                   help="start from the shipped CLIP and decoder of seed S whatever --seed is (the world, pairs "
+                        "and fine-tune draws still follow --seed)")
     p.add_argument("--quick", action="store_true", help="a few steps of each stage (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     report = run_demo(Path(args.output), seed=args.seed, fresh=args.fresh, from_scratch=args.from_scratch,
-                      settings=QUICK if args.quick else DemoSettings(), progress=not args.no_progress)
+                      settings=QUICK if args.quick else DemoSettings(), progress=not args.no_progress,
+                      weights_seed=args.weights_seed)
     print(report.read_text())
     print(f"report: {report}")
     return 0
