@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import random
+import shutil
 import tarfile
 
 import pytest
@@ -198,3 +199,33 @@ def test_user_errors_are_one_line_not_tracebacks(bench, tmp_path, capsys):
     (tmp_path / "o").mkdir(exist_ok=True)
     assert run("report", tmp_path / "o") == 2
     assert "no un2clip result files" in capsys.readouterr().err
+
+
+def test_derangement_is_a_seeded_cycle_without_fixed_points():
+    from un2clip.eval.diffloss import derangement
+
+    idx = torch.tensor([3, 5, 8, 13, 21])
+    d = derangement(idx, seed=0)
+    assert sorted(d) == sorted(d.values()) == idx.tolist() and all(a != b for a, b in d.items())
+    assert d == derangement(idx, seed=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(torch.tensor([4]), seed=0)
+
+
+def test_shuffled_condition_changes_only_the_condition(bench, tmp_path):
+    def losses(data, condition):
+        out = tmp_path / f"{data.name}-{condition}"
+        assert run("eval", "diffloss", "--model", bench / "original", "--model-name", "original", "--decoder",
+                   bench / "decoder", "--data", data, "--output", out, "--condition", condition, "--draws-per-image", 3, "--no-progress") == 0
+        return list(csv.DictReader(open(out / f"original__diffloss__{data.name}.samples.csv")))
+
+    own, shuffled = losses(bench / "heldout", "own"), losses(bench / "heldout", "shuffled")
+    assert [d["timestep"] for d in shuffled] == [d["timestep"] for d in own]  # the same draws ...
+    assert [d["loss"] for d in shuffled] != [d["loss"] for d in own]  # ... another image's embedding
+    # two copies of one image: the other image's embedding is the same embedding, so nothing changes
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(next((bench / "heldout").glob("*.png")), twins / name)
+    own, shuffled = losses(twins, "own"), losses(twins, "shuffled")
+    assert [float(d["loss"]) for d in shuffled] == pytest.approx([float(d["loss"]) for d in own], rel=1e-5)

@@ -483,6 +483,9 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
         g.add_argument("--num-buckets", type=int, help="timestep buckets reported (default 10)")
         g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
         g.add_argument("--limit", type=int, help="use the first N images only")
+        g.add_argument("--condition", choices=["own", "shuffled"],
+                       help="own: each image conditioned on its own embedding (default); shuffled: on another "
+                            "image's (a fixed derangement), same draws: how much the decoder uses its condition")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -65,6 +65,12 @@ def reconstruct_grid(path: Path, world: Path, models: dict[str, str], decoder, *
     return path
 
 
+SUMMARY_TITLES = {"mmvp/average": "world-MMVP avg", **{f"zeroshot_{t}/acc1": f"zero-shot {t}" for t in ZEROSHOT_SETS},
+                  "retrieval/t2i_r1": "R@1 text→image", "retrieval/i2t_r1": "R@1 image→text",
+                  "seg_clearclip/mIoU": "ClearCLIP mIoU", "diffloss/loss_mean": "diffusion loss",
+                  "probe/mean": "probe mean"}
+
+
 def _row(name: str, m: dict[str, float], columns: list[str]) -> str:
     cells = [f"{m[c]:.5f}" if c.startswith("diffloss") else f"{m[c]:.1f}" if c in m else "–" for c in columns]
     return f"| {name} | " + " | ".join(cells) + " |"
@@ -80,7 +86,7 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     lines = ["# un²CLIP in the shapes world", ""]
     for title, cols in (("Summary", head), ("World-MMVP per pattern (pair accuracy, %)", patterns),
                         ("Linear probe per attribute (accuracy, %)", probes)):
-        short = [c.split("/", 1)[1] for c in cols]
+        short = [SUMMARY_TITLES.get(c, c.split("/", 1)[1]) for c in cols]
         lines += [f"## {title}", "", "| model | " + " | ".join(short) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [_row(name, m, cols) for name, m in results.items()] + [""]
     lines += ["![reconstructions](eval/reconstructions.png)", "",

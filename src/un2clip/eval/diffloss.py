@@ -5,6 +5,11 @@ view conditions the frozen decoder, whose denoising loss on the decoder's view i
 measured. Timesteps and noise of image i come from seeds derived from (seed, i), so two
 encoders are compared on identical draws whatever the batch size. Lower means the
 embedding carries more of the image.
+
+``condition="shuffled"`` conditions image i on the embedding of another image (a fixed
+derangement drawn from the seed) with the same draws: the ratio of that loss to the own-embedding
+loss, per timestep bucket, says how much the decoder uses its condition at all; a decoder that
+ignores it scores 1.
 """
 
 from __future__ import annotations
@@ -73,23 +78,57 @@ def open_data(data: str | Path):
     return open_source(data)
 
 
+CONDITIONS = ("own", "shuffled")
+
+
+def derangement(indices: torch.Tensor, seed: int) -> dict[int, int]:
+    """{index: another index}: one cycle through a seeded random order of ``indices`` (no fixed point)."""
+    order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(int(seed)))].tolist()
+    if len(order) < 2:
+        raise ValueError("a shuffled condition needs at least 2 readable images")
+    return {a: b for a, b in zip(order, order[1:] + order[:1])}
+
+
+def _all_embeddings(model: ClipModel, images: ImageList, *, batch_size: int, num_workers: int,
+                    progress: bool) -> dict[int, torch.Tensor]:
+    out = {}
+    for (clip_px, _), idx, _ in image_batches(images, batch_size=batch_size, num_workers=num_workers,
+                                              progress=progress, desc="embeddings to shuffle"):
+        out.update(zip(idx.tolist(), model.encode_image(clip_px.to(model.device)).float()))
+    return out
+
+
 def diffusion_losses(model: ClipModel, decoder: UnclipDecoder, images: ImageList, *, seed: int = 0,
                      draws_per_image: int = 1, noise_level: int = 0, batch_size: int = 16, num_workers: int = 0,
-                     precision: str = "auto", progress: bool = True) -> dict[str, torch.Tensor]:
-    """Per-draw losses of every readable image: ``index``, ``draw``, ``timestep``, ``loss``, each (N * K,)."""
+                     precision: str = "auto", progress: bool = True, condition: str = "own") -> dict[str, torch.Tensor]:
+    """Per-draw losses of every readable image: ``index``, ``draw``, ``timestep``, ``loss``, each (N * K,).
+
+    ``condition``: "own" (each image conditions its own loss) or "shuffled" (another image's embedding,
+    see :func:`derangement`; the draws are the same as with "own").
+    """
     from un2clip.models.presets import check_pair
 
     check_pair(model, decoder)
     if draws_per_image < 1:
         raise ValueError(f"draws_per_image must be >= 1, got {draws_per_image}")
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     model.eval()
     decoder.eval()
     device = model.device
     index, draw, steps, losses = [], [], [], []
     with inference_context(device, precision):
+        partner, shuffled = None, None
+        if condition == "shuffled":
+            shuffled = _all_embeddings(model, images, batch_size=batch_size, num_workers=num_workers,
+                                       progress=progress)
+            partner = derangement(torch.tensor(sorted(shuffled)), seed)
         for (clip_px, dec_px), idx, _ in image_batches(images, batch_size=batch_size, num_workers=num_workers,
                                                        progress=progress, desc="diffusion loss"):
-            embeds = model.encode_image(clip_px.to(device)).float()  # (B, D)
+            if shuffled is None:
+                embeds = model.encode_image(clip_px.to(device)).float()  # (B, D)
+            else:
+                embeds = torch.stack([shuffled[partner[i]] for i in idx.tolist()])
             latents = decoder.encode_pixels(dec_px.to(decoder.device))  # (B, C, h, w) fp32
             k = draws_per_image
             embeds = embeds.to(decoder.device).repeat_interleave(k, 0)
@@ -110,19 +149,20 @@ def diffusion_losses(model: ClipModel, decoder: UnclipDecoder, images: ImageList
 def evaluate(model: ClipModel, data: str | Path, *, decoder: UnclipDecoder, seed: int = 0, draws_per_image: int = 1,
              num_buckets: int = 10, noise_level: int = 0, limit: int | None = None, batch_size: int = 16,
              num_workers: int = 0, precision: str = "auto", progress: bool = True,
-             samples_csv: str | Path | None = None) -> dict[str, float]:
+             samples_csv: str | Path | None = None, condition: str = "own") -> dict[str, float]:
     """loss_mean, loss_sem, the mean per timestep bucket (``loss_t000-099`` ...), and the counts.
 
     ``data`` is anything :func:`un2clip.data.sources.open_source` opens (an image folder, a
     CSV/TSV, webdataset shards); ``limit`` keeps its first images. With ``samples_csv``
     also write one row per draw (index, key, draw, timestep, loss) for paired comparisons.
+    ``condition="shuffled"``: each image's loss conditioned on another image's embedding.
     """
     source = open_data(data)
     n = len(source) if limit is None else min(int(limit), len(source))
     images = ImageList(SourceImages(source), n, TwoViews(model.processing, decoder.image_size))
     out = diffusion_losses(model, decoder, images, seed=seed, draws_per_image=draws_per_image,
                            noise_level=noise_level, batch_size=batch_size, num_workers=num_workers,
-                           precision=precision, progress=progress)
+                           precision=precision, progress=progress, condition=condition)
     metrics = diffusion_loss_summary(out["loss"], out["timestep"], decoder.num_train_timesteps, num_buckets)
     n_read = int(out["index"].unique().numel())
     metrics.update(n_images=n_read, n_draws=int(out["loss"].numel()), n_skipped_images=n - n_read)
