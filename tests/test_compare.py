@@ -117,3 +117,29 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in (run / "metrics.jsonl", seed / "eval" / "alpha0.5.json")}
     run_compare(out, seeds=[0], variants=["alpha0.5", "projector-random"], settings=QUICK, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_shipped_text_to_image_decoder_is_copied_not_trained(tmp_path):
+    import torch
+
+    from un2clip.demo import DemoSettings
+    from un2clip.models.presets import PRESETS, build_tiny_clip, load_t2i_decoder
+    from un2clip.models.t2i import clip_text_encoder
+
+    clip = build_tiny_clip()
+    t2i = PRESETS["diva-tiny"].build_decoder()
+    t2i.set_text_encoder(*clip_text_encoder(clip))
+    shipped = tmp_path / "assets" / "seed7"
+    t2i.save_pretrained(shipped / "t2i-decoder")
+    seed_dir = tmp_path / "seed7"
+    clip.save_pretrained(seed_dir / "clip" / "clip")
+    # no world and no training: a trained stage would fail for want of captions
+    path = compare._t2i_stage(seed_dir, seed_dir / "clip" / "clip", 7, DemoSettings(), False, [], shipped=shipped)
+    assert json.loads((seed_dir / "t2i-decoder" / "recipe.json").read_text())["command"] == ["copy", "shipped seed7"]
+    loaded = load_t2i_decoder(str(path))
+    for k, v in t2i.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[k], v), k
+    stamp = (seed_dir / "t2i-decoder" / "DONE").stat().st_mtime_ns
+    assert compare._t2i_stage(seed_dir, seed_dir / "clip" / "clip", 7, DemoSettings(), False, [],
+                              shipped=shipped) == path
+    assert (seed_dir / "t2i-decoder" / "DONE").stat().st_mtime_ns == stamp
