@@ -143,3 +143,16 @@ def test_shipped_text_to_image_decoder_is_copied_not_trained(tmp_path):
     assert compare._t2i_stage(seed_dir, seed_dir / "clip" / "clip", 7, DemoSettings(), False, [],
                               shipped=shipped) == path
     assert (seed_dir / "t2i-decoder" / "DONE").stat().st_mtime_ns == stamp
+
+
+def test_detail_tables_give_per_pattern_means_and_paired_deltas():
+    per_seed = {s: {"original": {"mmvp/average": 1.0, "mmvp/Texts": 10.0 + s, "probe/shape": 50.0},
+                    "un2clip": {"mmvp/average": 2.0, "mmvp/Texts": 14.0 + 3 * s, "probe/shape": 50.0}}
+                for s in (0, 1)}
+    lines = compare.detail_tables(per_seed)
+    mmvp = lines[lines.index("### World-MMVP per pattern (pair accuracy, %)") + 2:]
+    assert mmvp[0] == "| model | Texts |"  # the average is in the main table, not here
+    assert mmvp[2] == "| original | 10.5 ± 0.7 |" and mmvp[3] == "| un2clip | 15.5 ± 2.1 |"
+    assert mmvp[4] == "| Δ un2clip | +5.0 ± 1.4 |"  # paired: 4 and 6
+    assert "| Δ un2clip | +0.0 ± 0.0 |" in lines  # the probe did not move
+    assert compare.detail_tables({0: {"original": {"mmvp/Texts": 1.0}}}) == []

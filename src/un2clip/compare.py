@@ -285,11 +285,10 @@ def summarize(per_seed: dict[int, dict[str, dict[str, float]]], *,
         rows = [with_zeroshot_mean(r[variant]) for r in per_seed.values() if variant in r]
         keys = list(dict.fromkeys(k for row in rows for k in row))
         out[variant] = {k: mean_std([row[k] for row in rows if k in row]) for k in keys}
+        with_means = {s: {v: with_zeroshot_mean(m) for v, m in r.items()} for s, r in per_seed.items()}
         for key, _ in PAIRED:
-            diffs = [with_zeroshot_mean(r[variant])[key] - with_zeroshot_mean(r[baseline])[key]
-                     for r in per_seed.values() if variant in r and baseline in r]
-            if diffs:
-                out[variant][f"delta/{key}"] = mean_std(diffs)
+            if (delta := paired_delta(with_means, variant, key, baseline))[2]:
+                out[variant][f"delta/{key}"] = delta
     return out
 
 
@@ -310,6 +309,35 @@ def report_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> lis
         cells += [_cell(stats.get(f"delta/{k}"), 1, signed=True) for k, _ in PAIRED]
         n = max((st[2] for st in stats.values()), default=0)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {n} |")
+    return lines
+
+
+def paired_delta(per_seed: dict[int, dict[str, dict[str, float]]], variant: str, key: str,
+                 baseline: str = "original") -> tuple[float, float, int]:
+    """(mean, std, n) over seeds of ``variant``'s ``key`` minus ``baseline``'s on the same seed."""
+    return mean_std([r[variant][key] - r[baseline][key] for r in per_seed.values()
+                     if variant in r and baseline in r and key in r[variant] and key in r[baseline]])
+
+
+def detail_tables(per_seed: dict[int, dict[str, dict[str, float]]], variant: str = "un2clip",
+                  baseline: str = "original") -> list[str]:
+    """Markdown: world-MMVP per pattern and linear probe per attribute, ``baseline`` vs ``variant`` and the paired Δ."""
+    summary = summarize(per_seed, baseline=baseline)
+    if variant not in summary or baseline not in summary:
+        return []
+    lines = []
+    for title, prefix, skip in (("World-MMVP per pattern (pair accuracy, %)", "mmvp/", ("mmvp/average", "mmvp/n_pairs")),
+                                ("Linear probe per attribute (accuracy, %)", "probe/", ())):
+        keys = [k for k in summary[baseline] if k.startswith(prefix) and k not in skip]
+        if not keys:
+            continue
+        head = ["model"] + [k[len(prefix):] for k in keys]
+        lines += [f"### {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for name in (baseline, variant):
+            lines.append(f"| {name} | " + " | ".join(_cell(summary[name].get(k), 1) for k in keys) + " |")
+        lines.append(f"| Δ {variant} | " + " | ".join(_cell(paired_delta(per_seed, variant, k, baseline), 1, signed=True)
+                                                   for k in keys) + " |")
+        lines.append("")
     return lines
 
 
@@ -353,6 +381,7 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
              *report_table(summary), ""]
     if chart:
         lines += [f"![MMVP vs zero-shot]({chart.name})", ""]
+    lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed)]
     lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
     lines += ["Projector variants are evaluated on the encoder alone (the projector sits between encoder and "
               "decoder); `update-decoder` is measured with the original decoder.", ""]
