@@ -96,3 +96,16 @@ def test_export_alpha_errors_are_one_line(tmp_path, capsys):
     # a plain model folder has no marker: the original must be named
     assert cli(["export", str(run / "clip"), "--alpha", "0.5", "--output", str(tmp_path / "y")]) == 2
     assert "--original" in capsys.readouterr().err
+
+
+def test_alpha_from_a_run_whose_original_moved_asks_for_original(tmp_path):
+    from un2clip.export import original_spec
+    from un2clip.train.checkpoint import write_run_marker
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_marker(run, {"kind": "un2clip", "clip": str(tmp_path / "gone" / "clip"), "random_weights": False})
+    with pytest.raises(ValueError, match="not there any more.*--original"):
+        original_spec(run)
+    write_run_marker(run, {"kind": "un2clip", "clip": "openai/clip-vit-large-patch14", "random_weights": False})
+    assert original_spec(run) == ("openai/clip-vit-large-patch14", False)  # a Hub id is not checked on disk

@@ -204,7 +204,7 @@ def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: Compar
     images = str(seed_dir / "world" / "train" / "images")
     upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
     if variant.kind == "export":
-        command = ["export", str(un2clip_run), "--alpha", f"{variant.alpha:g}"]
+        command = ["export", str(un2clip_run), "--alpha", f"{variant.alpha:g}", "--original", str(clip)]
         upstream = {"un2clip": _made(un2clip_run)}
         output = "clip"
     elif variant.kind == "finetune":

@@ -80,4 +80,9 @@ def original_spec(run_dir: str | Path) -> tuple[str, bool]:
     info = read_run_marker(Path(run_dir))
     if not info.get("clip"):
         raise ValueError(f"{run_dir} is a {info.get('kind')} run with no CLIP model")
-    return str(info["clip"]), bool(info.get("random_weights"))
+    spec = str(info["clip"])
+    local = spec.startswith(("/", ".")) or spec.count("/") > 1  # a Hub id has one slash at most
+    if local and not Path(spec).exists():
+        raise ValueError(f"{run_dir} started from {spec}, which is not there any more (moved or deleted?): "
+                         "pass --original SPEC, the encoder to interpolate from")
+    return spec, bool(info.get("random_weights"))
