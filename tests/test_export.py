@@ -109,3 +109,14 @@ def test_alpha_from_a_run_whose_original_moved_asks_for_original(tmp_path):
         original_spec(run)
     write_run_marker(run, {"kind": "un2clip", "clip": "openai/clip-vit-large-patch14", "random_weights": False})
     assert original_spec(run) == ("openai/clip-vit-large-patch14", False)  # a Hub id is not checked on disk
+
+
+def test_a_missing_local_model_path_is_one_clear_error_not_a_hub_lookup(tmp_path):
+    from un2clip.models.presets import load_clip, load_decoder, load_t2i_decoder
+
+    for load in (load_clip, load_decoder, load_t2i_decoder):
+        for spec in (str(tmp_path / "gone"), "runs/demo/decoder/decoder", "./gone"):
+            with pytest.raises(ValueError, match="no such folder"):
+                load(spec)
+        with pytest.raises(ValueError, match="neither a preset"):
+            load("no-such-preset")

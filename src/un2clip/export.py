@@ -71,7 +71,7 @@ def interpolate_clip(original: ClipModel, finetuned: ClipModel, alpha: float) ->
 
 def original_spec(run_dir: str | Path) -> tuple[str, bool]:
     """(encoder spec, random_weights) a fine-tune run started from, read from its run marker."""
-    from un2clip.models.presets import RUN_MARKER
+    from un2clip.models.presets import RUN_MARKER, missing_local_path
     from un2clip.train.checkpoint import read_run_marker
 
     if not (Path(run_dir) / RUN_MARKER).exists():
@@ -81,8 +81,7 @@ def original_spec(run_dir: str | Path) -> tuple[str, bool]:
     if not info.get("clip"):
         raise ValueError(f"{run_dir} is a {info.get('kind')} run with no CLIP model")
     spec = str(info["clip"])
-    local = spec.startswith(("/", ".")) or spec.count("/") > 1  # a Hub id has one slash at most
-    if local and not Path(spec).exists():
+    if missing_local_path(spec):
         raise ValueError(f"{run_dir} started from {spec}, which is not there any more (moved or deleted?): "
                          "pass --original SPEC, the encoder to interpolate from")
     return spec, bool(info.get("random_weights"))

@@ -360,6 +360,20 @@ register(Preset(
 RUN_MARKER = "un2clip_run.json"
 
 
+def missing_local_path(spec: str) -> bool:
+    """True when ``spec`` can only be a local path (absolute, ./, or more than one '/') and is not there."""
+    return (spec.startswith(("/", ".")) or spec.count("/") > 1) and not Path(spec).exists()
+
+
+def _pretrained_spec(spec: str) -> str:
+    """``spec`` for ``from_pretrained``: an existing folder or a Hub id, else a one-line error naming it."""
+    if missing_local_path(spec):
+        raise ValueError(f"{spec}: no such folder (moved or deleted?); a Hub id has at most one '/'")
+    if Path(spec).exists() or "/" in spec:
+        return spec
+    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+
+
 def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
     """A preset name, a HF folder or Hub id, a training run directory, or an exported folder -> ClipModel."""
     if spec in PRESETS:
@@ -372,9 +386,7 @@ def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
         from un2clip.train.checkpoint import load_run_clip
 
         return load_run_clip(path)
-    if path.exists() or "/" in spec:
-        return ClipModel.from_pretrained(spec)
-    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+    return ClipModel.from_pretrained(_pretrained_spec(spec))
 
 
 def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | None = None) -> UnclipDecoder:
@@ -396,9 +408,7 @@ def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | No
         from un2clip.train.checkpoint import load_run_decoder
 
         return load_run_decoder(path)
-    if path.exists() or "/" in spec:
-        return UnclipDecoder.from_pretrained(spec)
-    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+    return UnclipDecoder.from_pretrained(_pretrained_spec(spec))
 
 
 def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageDecoder:
@@ -417,9 +427,7 @@ def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageD
         if (path / "decoder" / "unet").is_dir():
             return TextToImageDecoder.from_pretrained(path / "decoder")
         return _t2i_from_checkpoint(path)
-    if path.exists() or "/" in spec:
-        return TextToImageDecoder.from_pretrained(spec)
-    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
+    return TextToImageDecoder.from_pretrained(_pretrained_spec(spec))
 
 
 def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
