@@ -68,15 +68,15 @@ def test_variant_names_and_unknown_variant():
 
 
 def test_stage_with_another_recipe_is_redone(tmp_path):
-    folder, done = compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)
+    folder, done = compare.recorded_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)
     assert not done
     folder.mkdir()
-    compare._finish(folder, {"command": ["a"]}, 0.0)
-    assert compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)[1]
-    assert compare._cached_stage(tmp_path, "v", {"command": ["a"]}, fresh=True) == (folder, False)
+    compare.finish_stage(folder, {"command": ["a"]}, 0.0)
+    assert compare.recorded_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)[1]
+    assert compare.recorded_stage(tmp_path, "v", {"command": ["a"]}, fresh=True) == (folder, False)
     folder.mkdir()
-    compare._finish(folder, {"command": ["a"]}, 0.0)
-    assert compare._cached_stage(tmp_path, "v", {"command": ["b"]}, fresh=False) == (folder, False)
+    compare.finish_stage(folder, {"command": ["a"]}, 0.0)
+    assert compare.recorded_stage(tmp_path, "v", {"command": ["b"]}, fresh=False) == (folder, False)
     assert not folder.exists()
 
 

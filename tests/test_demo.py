@@ -34,13 +34,13 @@ def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downs
     with pytest.raises(FileNotFoundError, match="seed99"):
         run_demo(out, seed=3, weights_seed=99, settings=QUICK, progress=False)
     run_demo(out, seed=3, weights_seed=0, settings=QUICK, progress=False)
-    assert (out / "clip" / "SOURCE").read_text() == "shipped seed0"
+    assert json.loads((out / "clip" / "recipe.json").read_text()) == {"source": "shipped seed0"}
     assert filecmp.cmp(out / "clip" / "clip" / "model.safetensors", ASSETS / "seed0" / "clip" / "model.safetensors",
                        shallow=False)
     assert json.loads((out / "world" / "world.json").read_text())["seed"] == 3
     stamp = (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns
     # seed 3 has no shipped weights: without --weights-seed both models are trained, and the fine-tune redone
     run_demo(out, seed=3, settings=QUICK, progress=False)
-    assert (out / "clip" / "SOURCE").read_text() == "pretrain"
-    assert (out / "decoder" / "SOURCE").read_text() == "train-decoder"
+    assert json.loads((out / "clip" / "recipe.json").read_text()) == {"source": "pretrain"}
+    assert json.loads((out / "decoder" / "recipe.json").read_text()) == {"source": "train-decoder"}
     assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns != stamp

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from un2clip.demo import QUICK as DEMO_QUICK
-from un2clip.demo import DemoSettings, _cli, _done, _stage, run_demo, shipped_weights
+from un2clip.demo import DemoSettings, _cli, finish_stage, recorded_stage, run_demo, shipped_weights
 
 
 @dataclass(frozen=True)
@@ -119,23 +119,6 @@ def _made(folder: Path) -> int:
     return done.stat().st_mtime_ns if done.exists() else 0
 
 
-def _cached_stage(parent: Path, name: str, recipe: dict, fresh: bool) -> tuple[Path, bool]:
-    """A demo-style stage folder that is also redone when its recorded recipe differs from ``recipe``."""
-    folder, done = _stage(parent, name, fresh)
-    record = folder / "recipe.json"
-    if done and (not record.exists() or json.loads(record.read_text()) != recipe):
-        print(f"{folder}: recipe changed, recomputing")
-        done = False
-    if not done and folder.exists():
-        shutil.rmtree(folder)
-    return folder, done
-
-
-def _finish(folder: Path, recipe: dict, started: float) -> None:
-    (folder / "recipe.json").write_text(json.dumps(recipe))
-    _done(folder, time.perf_counter() - started)
-
-
 def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
     """A finished demo fine-tune with other steps / batch / lr than asked: drop it so the demo redoes it."""
     import yaml
@@ -174,7 +157,7 @@ def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bo
     use_shipped = shipped is not None and (shipped / "t2i-decoder" / "unet").is_dir()
     command = ["copy", f"shipped {shipped.name}"] if use_shipped else t2i_command(seed_dir / "world", clip, seed, s)
     recipe = {"command": command, "clip": _made(seed_dir / "clip")}
-    folder, done = _cached_stage(seed_dir, "t2i-decoder", recipe, fresh)
+    folder, done = recorded_stage(seed_dir, "t2i-decoder", recipe, fresh)
     if not done:
         t = time.perf_counter()
         folder.mkdir(parents=True)
@@ -182,7 +165,7 @@ def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bo
             shutil.copytree(shipped / "t2i-decoder", folder / "run" / "decoder")
         else:
             _cli(command + ["--output", str(folder / "run"), *flags])
-        _finish(folder, recipe, t)
+        finish_stage(folder, recipe, t)
     return folder / "run" / "decoder" if use_shipped else folder / "run"
 
 
@@ -220,13 +203,13 @@ def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: Compar
     else:
         raise ValueError(f"unknown variant kind {variant.kind!r}")
     recipe = {"command": command, **upstream}
-    folder, done = _cached_stage(seed_dir / "variants", variant.name, recipe, fresh)
+    folder, done = recorded_stage(seed_dir / "variants", variant.name, recipe, fresh)
     if not done:
         t = time.perf_counter()
         (seed_dir / "eval" / f"{variant.name}.json").unlink(missing_ok=True)
         folder.mkdir(parents=True)
         _cli(command + ["--output", str(folder / output)] + (flags if output == "run" else []))
-        _finish(folder, recipe, t)
+        finish_stage(folder, recipe, t)
     return str(folder / output)
 
 

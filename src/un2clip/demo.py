@@ -76,19 +76,36 @@ def _done(folder: Path, seconds: float) -> None:
     (folder / "DONE").write_text(json.dumps({"seconds": round(seconds, 1)}))
 
 
-def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:
-    """A model stage (clip, decoder) that also records where its weights came from (``SOURCE``).
+def recorded_stage(parent: Path, name: str, recipe: dict, fresh: bool, *,
+                   keep_unrecorded: bool = False) -> tuple[Path, bool]:
+    """(folder, done?) of a stage that records how it was made (``recipe.json``, see :func:`finish_stage`).
 
-    A finished stage from another source is redone, and so are the stages downstream of it
-    (fine-tune, evaluation). A stage without a record (made by an older version) is kept.
+    A finished stage whose record differs from ``recipe`` is removed and reported not done; so is
+    one without a record, unless ``keep_unrecorded`` (stages made before records were kept).
     """
-    folder, done = _stage(out, name, fresh)
-    record = folder / "SOURCE"
-    if done and record.exists() and record.read_text() != source:
-        print(f"{folder}: made from {record.read_text()}, now asked for {source}: recomputing it and what follows")
-        for stale in (folder, out / "finetune", out / "eval"):
-            shutil.rmtree(stale, ignore_errors=True)
+    folder, done = _stage(parent, name, fresh)
+    record = folder / "recipe.json"
+    if done and (json.loads(record.read_text()) != recipe if record.exists() else not keep_unrecorded):
+        print(f"{folder}: made another way than now asked ({recipe}), recomputing")
         done = False
+    if not done and folder.exists():
+        shutil.rmtree(folder)
+    return folder, done
+
+
+def finish_stage(folder: Path, recipe: dict, started: float) -> None:
+    """Record how a stage was made and mark it done."""
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    _done(folder, time.perf_counter() - started)
+
+
+def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:
+    """A model stage (clip, decoder) recorded with where its weights came from; when it is (re)made,
+    the stages downstream of it (fine-tune, evaluation) are dropped too."""
+    folder, done = recorded_stage(out, name, {"source": source}, fresh, keep_unrecorded=True)
+    if not done:
+        for stale in (out / "finetune", out / "eval"):
+            shutil.rmtree(stale, ignore_errors=True)
     return folder, done
 
 
@@ -110,7 +127,6 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
     out.mkdir(parents=True, exist_ok=True)
     s = settings
     flags = [] if progress else ["--no-progress"]
-    timings: dict[str, float] = {}
 
     world, done = _stage(out, "world", fresh)
     if not done:
@@ -118,7 +134,7 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
         generate_world(world, seed=seed, n_train=s.n_train, n_val=s.n_val, rare_rate=s.rare_rate,
                        pairs_per_pattern=s.pairs_per_pattern, n_zeroshot_per_class=s.n_zeroshot_per_class,
                        n_seg=s.n_seg, progress=progress, overwrite=True)
-        _done(world, timings.setdefault("world", time.perf_counter() - t))
+        _done(world, time.perf_counter() - t)
 
     shipped = shipped_weights(seed, weights_seed)
     if weights_seed is not None:
@@ -140,8 +156,7 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
                   "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed),
                   "--output", str(clip_dir / "run"), *flags])
             shutil.copytree(clip_dir / "run" / "clip", clip_dir / "clip", dirs_exist_ok=True)
-        (clip_dir / "SOURCE").write_text(clip_source)
-        _done(clip_dir, timings.setdefault("clip", time.perf_counter() - t))
+        finish_stage(clip_dir, {"source": clip_source}, t)
     clip = clip_dir / "clip"
 
     use_decoder = (shipped / "decoder" / "unet").is_dir() and not from_scratch
@@ -158,8 +173,7 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
                   "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed),
                   "--output", str(dec_dir / "run"), *flags])
             shutil.copytree(dec_dir / "run" / "decoder", dec_dir / "decoder", dirs_exist_ok=True)
-        (dec_dir / "SOURCE").write_text(dec_source)
-        _done(dec_dir, timings.setdefault("decoder", time.perf_counter() - t))
+        finish_stage(dec_dir, {"source": dec_source}, t)
     decoder = dec_dir / "decoder"
 
     ft_dir, done = _stage(out, "finetune", fresh)
@@ -171,7 +185,7 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
               "--data", str(world / "train" / "images"), "--max-steps", str(s.finetune_steps),
               "--batch-size", str(s.finetune_batch), "--lr", str(s.finetune_lr), "--save-every", "100",
               "--seed", str(seed), "--output", str(ft_dir), *flags])
-        _done(ft_dir, timings.setdefault("finetune", time.perf_counter() - t))
+        _done(ft_dir, time.perf_counter() - t)
 
     models = {"original": str(clip), "un2clip": str(ft_dir)}
     from un2clip.demo_report import evaluate_models, write_report
