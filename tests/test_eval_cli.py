@@ -214,10 +214,12 @@ def test_derangement_is_a_seeded_cycle_without_fixed_points():
 
 def test_shuffled_condition_changes_only_the_condition(bench, tmp_path):
     def losses(data, condition):
-        out = tmp_path / f"{data.name}-{condition}"
+        out = tmp_path / data.name  # both conditions into one folder: each keeps its own result file
         assert run("eval", "diffloss", "--model", bench / "original", "--model-name", "original", "--decoder",
                    bench / "decoder", "--data", data, "--output", out, "--condition", condition, "--draws-per-image", 3, "--no-progress") == 0
-        return list(csv.DictReader(open(out / f"original__diffloss__{data.name}.samples.csv")))
+        task = "diffloss" if condition == "own" else f"diffloss-{condition}"
+        assert json.loads((out / f"original__{task}__{data.name}.json").read_text())["options"]["condition"] == condition
+        return list(csv.DictReader(open(out / f"original__{task}__{data.name}.samples.csv")))
 
     own, shuffled = losses(bench / "heldout", "own"), losses(bench / "heldout", "shuffled")
     assert [d["timestep"] for d in shuffled] == [d["timestep"] for d in own]  # the same draws ...

@@ -485,7 +485,8 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
         g.add_argument("--limit", type=int, help="use the first N images only")
         g.add_argument("--condition", choices=["own", "shuffled"],
                        help="own: each image conditioned on its own embedding (default); shuffled: on another "
-                            "image's (a fixed derangement), same draws: how much the decoder uses its condition")
+                            "image's (a fixed derangement), same draws: how much the decoder uses its condition; "
+                            "its result is the task diffloss-shuffled")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -566,6 +567,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if task.check_data is not None:  # a malformed dataset fails before any model loads
         wanted = inspect.signature(task.check_data).parameters
         task.check_data(args.data, **{k: v for k, v in options.items() if k in wanted})
+    # a loss under another condition is another measurement: its own result file and report column
+    task_label = task.name if options.get("condition", "own") == "own" else f"{task.name}-{options['condition']}"
     decoders: dict[str, object] = {}
     for spec, name in zip(args.model, names):
         model = load_clip(spec, random_weights=args.random_weights).to(device)
@@ -577,7 +580,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             if dec_spec not in decoders:
                 decoders[dec_spec] = load_decoder(dec_spec, random_weights=args.random_weights).to(device)
             opts["decoder"], recorded["decoder"] = decoders[dec_spec], dec_spec
-        path = result_path(args.output, name, task.name, dataset)
+        path = result_path(args.output, name, task_label, dataset)
         for key, suffix in (("pairs_csv", ".pairs.csv"), ("samples_csv", ".samples.csv")):
             if key in params:
                 opts[key] = recorded[key] = path.with_name(path.stem + suffix)
@@ -587,10 +590,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         anchor = published_anchor(spec, random_weights=args.random_weights) if task.name == "mmvp" else None
         if anchor:
             extra["published"] = anchor
-        write_result(args.output, model=name, task=task.name, dataset=dataset, metrics=metrics,
+        write_result(args.output, model=name, task=task_label, dataset=dataset, metrics=metrics,
                      options=recorded, extra=extra)
         shown = [k for k in metrics if not k.startswith("n_")]
-        print(f"{name} | {task.name} | {dataset}")
+        print(f"{name} | {task_label} | {dataset}")
         for k in shown:
             print(f"  {k}: {format_value(metrics[k])}")
         if anchor:
