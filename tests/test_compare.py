@@ -117,6 +117,18 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in (run / "metrics.jsonl", seed / "eval" / "alpha0.5.json")}
     run_compare(out, seeds=[0], variants=["alpha0.5", "projector-random"], settings=QUICK, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # an evaluation cached with an older probe protocol has its probes (only) redone
+    cached = seed / "eval" / "un2clip.json"
+    record = json.loads(cached.read_text())
+    assert record["probe_protocol"] == probe.PROTOCOL
+    record["probe_protocol"], record["metrics"]["probe/mean"], record["metrics"]["probe/old"] = 1, 99.0, 1.0
+    cached.write_text(json.dumps(record))
+    run_compare(out, seeds=[0], variants=["alpha0.5"], settings=QUICK, progress=False)
+    redone = json.loads(cached.read_text())
+    assert redone["probe_protocol"] == probe.PROTOCOL and redone["metrics"]["probe/mean"] == 50.0
+    assert "probe/old" not in redone["metrics"]
+    assert {k: v for k, v in redone["metrics"].items() if not k.startswith("probe/")} == \
+        {k: v for k, v in record["metrics"].items() if not k.startswith("probe/")}
 
 
 def test_shipped_text_to_image_decoder_is_copied_not_trained(tmp_path):

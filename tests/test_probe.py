@@ -17,3 +17,15 @@ def test_labels_independent_of_features_give_chance():
     y = torch.randint(0, 2, (2000,), generator=g)
     acc = linear_probe(x[:1000], y[:1000], x[1000:], y[1000:])
     assert 44.0 < acc < 56.0
+
+
+def test_object_attributes_are_labelled_on_single_object_scenes_only():
+    from un2clip.eval.probe import _labels
+
+    one = {"count": 1, "view": "straight", "objects": [{"shape": "arrow", "orientation": "left"}]}
+    two = {"count": 2, "view": "tilted", "objects": [{"shape": "arrow", "orientation": "up"}, {"shape": "circle"}]}
+    circle = {"count": 1, "view": "zoomed", "objects": [{"shape": "circle", "orientation": None}]}
+    rows = [one, two, circle]
+    assert _labels(rows, "shape") == ["arrow", "None", "circle"]  # two objects: no single answer
+    assert _labels(rows, "orientation") == ["left", "None", "None"]  # a circle has no orientation
+    assert _labels(rows, "count") == ["1", "2", "1"] and _labels(rows, "view") == ["straight", "tilted", "zoomed"]

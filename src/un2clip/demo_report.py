@@ -23,10 +23,20 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(str(decoder))
     results: dict[str, dict[str, float]] = {}
+    def probes(model) -> dict[str, float]:
+        return {f"probe/{k[6:]}": v for k, v in probe.world_probe(model, world, progress=progress).items()}
+
     for name, spec in models.items():
         cached = out / f"{name}.json"
         if cached.exists() and not fresh:
-            results[name] = json.loads(cached.read_text())["metrics"]
+            record = json.loads(cached.read_text())
+            if record.get("probe_protocol") != probe.PROTOCOL:  # made with an older probe: redo the probes only
+                print(f"{cached}: linear probes made with an older protocol, recomputing them")
+                record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("probe/")}
+                record["metrics"].update(probes(load_clip(spec)))
+                record["probe_protocol"] = probe.PROTOCOL
+                cached.write_text(json.dumps(record, indent=2))
+            results[name] = record["metrics"]
             continue
         model = load_clip(spec)
         m: dict[str, float] = {}
@@ -43,8 +53,8 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
         m["retrieval/i2t_r1"] = 100 * r["image_to_text_recall@1"]
         s = seg.evaluate(model, world / "seg", method="clearclip", progress=progress, num_workers=0, **SEG_SETTINGS)
         m["seg_clearclip/mIoU"] = s["mIoU"]
-        m.update({f"probe/{k[6:]}": v for k, v in probe.world_probe(model, world, progress=progress).items()})
-        cached.write_text(json.dumps({"model": spec, "metrics": m}, indent=2))
+        m.update(probes(model))
+        cached.write_text(json.dumps({"model": spec, "metrics": m, "probe_protocol": probe.PROTOCOL}, indent=2))
         results[name] = m
     grid = out / "reconstructions.png"
     if fresh or not grid.exists():

@@ -1,8 +1,10 @@
 """Linear probes: how much of an attribute a frozen embedding carries, text side aside.
 
 ``linear_probe`` is pure tensor math (multinomial logistic regression, full batch, L-BFGS);
-``world_probe`` embeds a shapes-world split and probes each attribute of its first object
-and of the scene.
+``world_probe`` embeds a shapes-world split and probes each attribute of the scene (count,
+view) on every image and each attribute of an object on the images with one object only: in a
+scene of two or three objects "the shape" has several answers, and the first object's would be
+a label the embedding cannot be expected to predict.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 PROBED = ("shape", "color", "size", "position", "orientation", "state", "dot", "glyph", "count", "view")
+SCENE_ATTRIBUTES = ("count", "view")
+# bumped whenever world_probe's numbers change meaning, so that cached results made before are redone
+PROTOCOL = 2  # 1: first object of every scene; 2: object attributes on single-object scenes
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
@@ -44,9 +49,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def _labels(rows: list[dict], attribute: str) -> list[str]:
-    if attribute in ("count", "view"):
+    """Each row's label; "None" where it has none (an object attribute of a scene with several objects,
+    or one its object lacks, such as the orientation of a circle)."""
+    if attribute in SCENE_ATTRIBUTES:
         return [str(r[attribute]) for r in rows]
-    return [str(r["objects"][0].get(attribute)) for r in rows]
+    return [str(r["objects"][0].get(attribute)) if len(r["objects"]) == 1 else "None" for r in rows]
 
 
 @torch.inference_mode()
@@ -60,7 +67,9 @@ def embed_files(model, paths: list[Path], *, batch_size: int = 256, progress: bo
 
 
 def world_probe(model, world: str | Path, *, n_train: int = 5000, progress: bool = True) -> dict[str, float]:
-    """Probe accuracy (%) per attribute: fitted on world/train (first ``n_train``), scored on world/val."""
+    """Probe accuracy (%) per attribute: fitted on world/train (first ``n_train``), scored on world/val.
+
+    Object attributes use the single-object images of each split only (see the module docstring)."""
     world = Path(world)
     splits = {}
     for split, limit in (("train", n_train), ("val", None)):
