@@ -11,6 +11,7 @@ from un2clip.seg.infer import (
     class_probabilities,
     imagenet_templates,
     padding_to_multiple,
+    pamr,
     predict_classes,
     prepare_image,
     resized_shape,
@@ -152,7 +153,60 @@ def test_presets_and_overrides():
     assert resolve_settings("sclip", "voc21").area_threshold == 0.1
     assert resolve_settings("naclip", "coco_object", prob_threshold=0.3).prob_threshold == 0.3
     assert resolve_settings("vanilla", "ade20k").crop == 224
+    assert resolve_settings("naclip", "voc21").pamr_steps == 0 and resolve_settings("naclip", pamr_steps=10).pamr_steps == 10
+    with pytest.raises(ValueError, match="pamr_steps"):
+        resolve_settings("naclip", pamr_steps=-1)
     with pytest.raises(ValueError, match="unknown setting"):
         resolve_settings("sclip", "voc21", window=3)
     with pytest.raises(ValueError, match="unknown segmentation method"):
         resolve_settings("gem", "voc21")
+
+
+def _pamr_by_pixel(image, logits, steps, dilations):
+    """PAMR written pixel by pixel from its definition (one image; clamped reads = replicated edges)."""
+    _, h, w = image.shape
+    at = lambda t, y, x: t[:, min(max(y, 0), h - 1), min(max(x, 0), w - 1)]  # noqa: E731
+    ring = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in ring]
+    weights = torch.empty(len(offsets), h, w, dtype=torch.float64)
+    for y in range(h):
+        for x in range(w):
+            windows = [at(image, y + dy * d, x + dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            spread = torch.stack(windows, dim=1).std(dim=1)  # per channel, all dilations' 3 x 3 windows
+            scores = [(-(at(image, y + oy, x + ox) - image[:, y, x]).abs() / (1e-8 + 0.1 * spread)).mean()
+                      for oy, ox in offsets]
+            weights[:, y, x] = torch.stack(scores).softmax(0)
+    out = logits.clone()
+    for _ in range(steps):
+        new = torch.zeros_like(out)
+        for y in range(h):
+            for x in range(w):
+                new[:, y, x] = sum(weights[k, y, x] * at(out, y + oy, x + ox) for k, (oy, ox) in enumerate(offsets))
+        out = new
+    return out
+
+
+def test_pamr_matches_its_pixel_by_pixel_definition():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 7, 9, generator=g, dtype=torch.float64)
+    logits = torch.randn(4, 7, 9, generator=g, dtype=torch.float64)
+    got = pamr(image[None], logits[None], steps=3, dilations=(1, 2, 4))[0]
+    torch.testing.assert_close(got, _pamr_by_pixel(image, logits, 3, (1, 2, 4)), rtol=1e-4, atol=1e-5)
+
+
+def test_pamr_snaps_a_blurred_boundary_to_the_colour_edge():
+    # left half red, right half blue; the logits put the boundary 4 pixels too far left, and blur it
+    image = torch.zeros(1, 3, 32, 32)
+    image[:, 0, :, :16], image[:, 2, :, 16:] = 1.0, 1.0
+    image += 0.01 * torch.randn(image.shape, generator=torch.Generator().manual_seed(1))
+    ramp = ((11.5 - torch.arange(32.0)) / 4).clamp(-1, 1)[None, :].expand(32, 32)
+    logits = torch.stack([ramp, -ramp])[None]  # (1, 2, 32, 32)
+    truth = torch.zeros(32, 32, dtype=torch.long)
+    truth[:, 16:] = 1
+    before = (logits[0].argmax(0) == truth).float().mean()
+    after = (pamr(image, logits, steps=10)[0].argmax(0) == truth).float().mean()
+    assert before < 0.95 and after > 0.99
+    assert torch.equal(pamr(image, logits, steps=0), logits)  # 0 steps: off
+    # a flat image gives equal weights: a constant map stays the same
+    flat = torch.full((1, 2, 16, 16), 0.3)
+    torch.testing.assert_close(pamr(torch.ones(1, 3, 16, 16), flat, steps=2), flat)

@@ -719,6 +719,8 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prob-threshold", type=float, help="below this top probability a pixel becomes background")
     g.add_argument("--area-threshold", type=float, help="SCLIP: drop classes on less than this fraction of foreground")
     g.add_argument("--gaussian-std", type=float, help="NACLIP neighbourhood std in patches (default 5)")
+    g.add_argument("--pamr-steps", type=int,
+                   help="refine the logits with PAMR for this many iterations (SCLIP/NACLIP's option: 10; default 0, off)")
     g = p.add_argument_group("running")
     g.add_argument("--random-weights", action="store_true", help="a preset's architecture, random weights")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -746,7 +748,7 @@ def _run_seg(args: argparse.Namespace) -> int:
 
         templates = read_templates(args.templates)
     settings = {k: getattr(args, k) for k in ("short_side", "crop", "stride", "logit_scale", "prob_threshold",
-                                              "area_threshold", "gaussian_std")}
+                                              "area_threshold", "gaussian_std", "pamr_steps")}
     records = run_seg(args.model, args.method, data, output=args.output, model_names=args.model_name,
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,

@@ -21,6 +21,7 @@ from un2clip.seg.infer import (
     TextClassifier,
     class_probabilities,
     inference_context,
+    pamr,
     predict_classes,
     prepare_image,
     slide_logits,
@@ -54,7 +55,8 @@ def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassi
     logits = slide_logits(logits_fn, image, len(queries), crop=settings.crop, stride=settings.stride,
                           batch_size=batch_size)  # (Q, h, w)
     size = out_size or tuple(pixels.shape[-2:])
-    logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]  # (Q, H, W)
+    logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)  # (1, Q, H, W)
+    logits = pamr(image, logits, steps=settings.pamr_steps)[0]
     probs = class_probabilities(logits, classifier.query_class.to(logits.device), classifier.num_classes,
                                 settings.logit_scale)
     return predict_classes(probs, prob_threshold=settings.prob_threshold, area_threshold=settings.area_threshold,

@@ -12,7 +12,8 @@ The protocol of MaskCLIP / SCLIP / ClearCLIP / NACLIP on mmsegmentation:
    back inside the image); each window padded to a multiple of the patch size, its
    patch features (``heads.dense_features``) compared with the queries (cosine),
    upsampled bilinearly to the window, the padding cut; overlapping windows averaged;
-4. logits upsampled bilinearly to the label map's size, times ``logit_scale``, softmax
+4. logits upsampled bilinearly to the label map's size; optionally refined there by PAMR
+   (``pamr``, the post-processing SCLIP and NACLIP offer); times ``logit_scale``, softmax
    over all Q names; a class's probability is the max over its names; argmax; pixels
    whose top probability is under ``prob_threshold`` become background.
 """
@@ -188,6 +189,49 @@ def slide_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], image: torch
             total[:, y1:y2, x1:x2] += logits
             count[:, y1:y2, x1:x2] += 1
     return total / count
+
+
+PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
+_RING = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _neighbours(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> Iterator[torch.Tensor]:
+    """x (B, C, H, W) read at (y + dy, x + dx) for each offset, edges replicated."""
+    h, w = x.shape[-2:]
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    for dy, dx in offsets:
+        yield padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+
+
+def pamr(image: torch.Tensor, logits: torch.Tensor, *, steps: int = 10,
+         dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
+    """Pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020) of (B, Q, H, W) ``logits``.
+
+    Each pixel's neighbours are the 8 pixels of the 3 x 3 ring at each dilation. Their weights
+    come from the image (resized to H x W): per channel, minus the absolute colour difference
+    divided by 0.1 x the standard deviation of the 3 x 3 windows (centre included) over all
+    dilations; averaged over channels; softmax over the neighbours. ``steps`` times, every
+    pixel's logits become the weighted mean of its neighbours'. Edges are replicated.
+    """
+    if logits.dim() != 4 or image.dim() != 4:
+        raise ValueError("pamr expects (B, 3, H, W) images and (B, Q, H, W) logits")
+    if steps <= 0:
+        return logits
+    size = logits.shape[-2:]
+    image = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _RING]
+    window = torch.stack([image, *_neighbours(image, offsets)], dim=2)
+    # the windows of all dilations, each with its centre: 1 + 8 per dilation, the centre counted once per dilation
+    centre_repeats = torch.cat([window[:, :, :1]] * (len(dilations) - 1) + [window], dim=2)
+    spread = centre_repeats.std(dim=2)  # (B, 3, H, W)
+    scores = torch.stack([-(window[:, :, k + 1] - image).abs() / (1e-8 + 0.1 * spread) for k in range(len(offsets))],
+                         dim=2).mean(dim=1)  # (B, K, H, W)
+    weights = scores.softmax(dim=1)
+    out = logits.float()
+    for _ in range(steps):
+        out = sum(weights[:, k:k + 1] * shifted for k, shifted in enumerate(_neighbours(out, offsets)))
+    return out.to(logits.dtype)
 
 
 def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int,
