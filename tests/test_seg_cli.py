@@ -27,7 +27,7 @@ def test_every_method_on_a_generic_dataset(tmp_path, capsys):
     (data / "templates.txt").write_text("a drawing of a {}.\n")  # the folder's own templates, as the world writes
     out = tmp_path / "out"
     assert main(["seg", "--method", *METHODS, "--model", "tiny", "--data", str(data), "--output", str(out),
-                 "--prob-threshold", "0.2", *FAST]) == 0
+                 "--prob-threshold", "0.2", "--pamr-steps", "2", *FAST]) == 0
     results = _results(out)
     assert set(results) == {(m, "generic") for m in METHODS}
     for (method, _), r in results.items():
@@ -35,7 +35,7 @@ def test_every_method_on_a_generic_dataset(tmp_path, capsys):
         assert 0 <= r["metrics"]["mIoU"] <= 100 and 0 <= r["metrics"]["aAcc"] <= 100
         assert r["metrics"]["n_images"] == 3 and r["metrics"]["n_skipped"] == 0
         assert set(r["per_class_iou"]) == {"background", "circle", "square"}
-        assert r["options"]["crop"] == 32 and r["options"]["prob_threshold"] == 0.2
+        assert r["options"]["crop"] == 32 and r["options"]["prob_threshold"] == 0.2 and r["options"]["pamr_steps"] == 2
         assert r["options"]["classes"][1] == ["circle", "round"]
         assert r["options"]["templates"] == ["a drawing of a {}."]
     table = capsys.readouterr().out

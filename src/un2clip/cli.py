@@ -734,6 +734,7 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
 def _run_seg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from un2clip.seg.presets import OPTION_NAMES
     from un2clip.seg.report import DataSpec, benchmark_specs, format_table, run_seg
 
     if args.benchmarks_root:
@@ -747,8 +748,7 @@ def _run_seg(args: argparse.Namespace) -> int:
         from un2clip.seg.infer import read_templates
 
         templates = read_templates(args.templates)
-    settings = {k: getattr(args, k) for k in ("short_side", "crop", "stride", "logit_scale", "prob_threshold",
-                                              "area_threshold", "gaussian_std", "pamr_steps")}
+    settings = {k: getattr(args, k) for k in OPTION_NAMES}  # every SegSettings field has its flag
     records = run_seg(args.model, args.method, data, output=args.output, model_names=args.model_name,
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,

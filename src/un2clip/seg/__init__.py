@@ -71,7 +71,7 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     """mIoU, aAcc, mAcc (percent), n_images, n_skipped and ``IoU.<class>`` of ``method`` on a dataset.
 
     ``settings`` override the method x dataset preset by name: short_side, crop, stride,
-    logit_scale, prob_threshold, area_threshold, gaussian_std. Prompt templates: ``templates``,
+    logit_scale, prob_threshold, area_threshold, gaussian_std, pamr_steps. Prompt templates: ``templates``,
     else the dataset's own (a generic folder's templates.txt), else CLIP's 80 ImageNet ones.
     ``classifier`` reuses text queries already computed for this model and these classes.
     """
