@@ -225,8 +225,7 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, *, steps: int = 10,
     # the windows of all dilations, each with its centre: 1 + 8 per dilation, the centre counted once per dilation
     centre_repeats = torch.cat([window[:, :, :1]] * (len(dilations) - 1) + [window], dim=2)
     spread = centre_repeats.std(dim=2)  # (B, 3, H, W)
-    scores = torch.stack([-(window[:, :, k + 1] - image).abs() / (1e-8 + 0.1 * spread) for k in range(len(offsets))],
-                         dim=2).mean(dim=1)  # (B, K, H, W)
+    scores = (-(window[:, :, 1:] - image[:, :, None]).abs() / (1e-8 + 0.1 * spread[:, :, None])).mean(dim=1)  # (B, K, H, W)
     weights = scores.softmax(dim=1)
     out = logits.float()
     for _ in range(steps):
