@@ -136,8 +136,9 @@ def test_lora_merged_output_encodes_like_the_adapter_model(tmp_path, tiny_clip, 
 
 
 def test_lora_run_resumes_and_checkpoint_loads_merged(tmp_path):
+    from un2clip.load import load_run_clip
     from un2clip.models.clip import ClipModel
-    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint, load_run_clip
+    from un2clip.runs import latest_checkpoint, load_checkpoint
 
     data = _images(tmp_path / "img", 8)
     args = ["finetune", "--preset", "tiny", "--data", str(data), "--batch-size", "2", "--lr", "1e-2",
@@ -174,8 +175,8 @@ def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch, capsys):
 
 def test_projector_and_decoder_ablations_record_and_evaluate_the_encoder_alone(tmp_path):
     from un2clip.eval import diffloss
+    from un2clip.load import load_clip, load_decoder
     from un2clip.models.clip import ClipModel
-    from un2clip.models.presets import load_clip, load_decoder
 
     data = _images(tmp_path / "img", 4)
     out = tmp_path / "run"

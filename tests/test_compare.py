@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from un2clip import compare
-from un2clip.compare import QUICK, mean_std, report_table, run_compare, select_variants, summarize
+from un2clip.world import compare
+from un2clip.world.compare import QUICK, mean_std, report_table, run_compare, select_variants, summarize
 
 
 def _metrics(mmvp, shape, color, loss=0.1):
@@ -134,9 +134,10 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
 def test_shipped_text_to_image_decoder_is_copied_not_trained(tmp_path):
     import torch
 
-    from un2clip.demo import DemoSettings
-    from un2clip.models.presets import PRESETS, build_tiny_clip, load_t2i_decoder
+    from un2clip.load import load_t2i_decoder
+    from un2clip.models.presets import PRESETS, build_tiny_clip
     from un2clip.models.t2i import clip_text_encoder
+    from un2clip.world.demo import DemoSettings
 
     clip = build_tiny_clip()
     t2i = PRESETS["diva-tiny"].build_decoder()

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from un2clip.data import open_source
 from un2clip.data import transforms as T
 from un2clip.data.loader import (
     ResumableSampler,
@@ -19,14 +20,8 @@ from un2clip.data.loader import (
     make_loader,
     sample_rng,
 )
-from un2clip.data.sources import (
-    ImageFolderSource,
-    Record,
-    TableSource,
-    WebDatasetSource,
-    expand_braces,
-    open_source,
-)
+from un2clip.data.shards import WebDatasetSource, expand_braces
+from un2clip.data.sources import ImageFolderSource, Record, TableSource
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -257,9 +252,9 @@ def test_webdataset_missing_shard_and_damaged_shard(shards, tmp_path):
 
 
 def test_shard_index_cache(shards, tmp_path, monkeypatch):
-    from un2clip.data import sources
+    from un2clip.data import shards as shard_io
 
-    monkeypatch.setattr(sources, "INDEX_CACHE_MIN_MEMBERS", 0)
+    monkeypatch.setattr(shard_io, "INDEX_CACHE_MIN_MEMBERS", 0)
     monkeypatch.setenv("UN2CLIP_CACHE_DIR", str(tmp_path / "cache"))
     first = open_source(shards)
     cached = sorted((tmp_path / "cache" / "tar-index").glob("*.npz"))
@@ -268,15 +263,15 @@ def test_shard_index_cache(shards, tmp_path, monkeypatch):
     def no_scan(*args, **kwargs):
         raise AssertionError("the cached index should have been used")
 
-    monkeypatch.setattr(sources, "_scan_tar", no_scan)
+    monkeypatch.setattr(shard_io, "_scan_tar", no_scan)
     second = open_source(shards)
     assert _keys(second) == _keys(first) == SHARD_KEYS
     assert second.load(7).text == "in a folder"
     cached[0].write_bytes(b"garbage")  # a damaged cache entry is rebuilt (here: by tarfile)
-    monkeypatch.setattr(sources, "_scan_tar", lambda path, size: sources._scan_tar_with_tarfile(path))
+    monkeypatch.setattr(shard_io, "_scan_tar", lambda path, size: shard_io._scan_tar_with_tarfile(path))
     assert _keys(open_source(shards)) == SHARD_KEYS
     monkeypatch.setenv("UN2CLIP_CACHE_DIR", "off")
-    assert sources.index_cache_dir() is None
+    assert shard_io.index_cache_dir() is None
 
 
 def test_tar_handles_reopen_after_fork_and_pickle(shards):

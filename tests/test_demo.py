@@ -2,7 +2,7 @@
 
 import json
 
-from un2clip.demo import QUICK, run_demo
+from un2clip.world.demo import QUICK, run_demo
 
 
 def test_quick_demo_runs_every_stage_and_caches(tmp_path):
@@ -26,7 +26,7 @@ def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downs
 
     import pytest
 
-    from un2clip.demo import ASSETS
+    from un2clip.world.demo import ASSETS
 
     out = tmp_path / "demo"
     with pytest.raises(ValueError, match="from-scratch"):

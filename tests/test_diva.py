@@ -182,7 +182,8 @@ def test_step_trains_encoder_and_projection_only(tiny_diva):
 
 
 def test_presets_keep_decoder_kinds_apart():
-    from un2clip.models.presets import PRESETS, load_decoder, load_t2i_decoder
+    from un2clip.load import load_decoder, load_t2i_decoder
+    from un2clip.models.presets import PRESETS
 
     assert PRESETS["diva-openai-l14"].decoder == "stabilityai/stable-diffusion-2-1-base"
     assert PRESETS["diva-tiny"].decoder_kind == "t2i" and PRESETS["tiny"].decoder_kind == "unclip"
@@ -280,8 +281,8 @@ def t2i_run(tmp_path_factory):
 
 
 def test_train_decoder_text_conditioned_writes_pipeline_folder(t2i_run):
+    from un2clip.load import load_t2i_decoder
     from un2clip.models.clip import ClipModel
-    from un2clip.models.presets import load_t2i_decoder
 
     root, run = t2i_run
     for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
@@ -311,7 +312,7 @@ def test_diva_runs_through_the_loop_and_evaluators_load_it(t2i_run, tmp_path):
     from safetensors.torch import load_file
 
     from un2clip.models.clip import ClipModel
-    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint
+    from un2clip.runs import latest_checkpoint, load_checkpoint
 
     root, t2i = t2i_run
     out = tmp_path / "diva"

@@ -49,7 +49,7 @@ def test_mismatched_keys_shapes_or_ids_are_errors():
 def _perturbed_run(tmp_path):
     """A fake finished fine-tune run: marker pointing at the tiny preset, clip/ = tiny with a shifted image tower."""
     from un2clip.models.presets import build_tiny_clip
-    from un2clip.train.checkpoint import write_run_marker
+    from un2clip.runs import write_run_marker
 
     run = tmp_path / "run"
     run.mkdir()
@@ -100,7 +100,7 @@ def test_export_alpha_errors_are_one_line(tmp_path, capsys):
 
 def test_alpha_from_a_run_whose_original_moved_asks_for_original(tmp_path):
     from un2clip.export import original_spec
-    from un2clip.train.checkpoint import write_run_marker
+    from un2clip.runs import write_run_marker
 
     run = tmp_path / "run"
     run.mkdir()
@@ -112,7 +112,7 @@ def test_alpha_from_a_run_whose_original_moved_asks_for_original(tmp_path):
 
 
 def test_a_missing_local_model_path_is_one_clear_error_not_a_hub_lookup(tmp_path):
-    from un2clip.models.presets import load_clip, load_decoder, load_t2i_decoder
+    from un2clip.load import load_clip, load_decoder, load_t2i_decoder
 
     for load in (load_clip, load_decoder, load_t2i_decoder):
         for spec in (str(tmp_path / "gone"), "runs/demo/decoder/decoder", "./gone"):

@@ -49,8 +49,8 @@ def _first_batch(source, objective, seed, batch_size=8):
 
 
 def test_cached_latents_give_the_on_the_fly_loss(tmp_path):
+    from un2clip.data import open_source
     from un2clip.data.latent_cache import LatentCacheSource, cache_latents
-    from un2clip.data.sources import open_source
     from un2clip.models.presets import build_tiny_clip
     from un2clip.objectives.un2clip import Un2ClipObjective
 

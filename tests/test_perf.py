@@ -217,10 +217,11 @@ def test_compile_falls_back_to_eager_with_a_warning(capsys):
 def test_training_with_a_failing_compiler_runs_eagerly_and_matches(tmp_path, monkeypatch, capsys):
     import json
 
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
     from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
     from un2clip.train import perf
+    from un2clip.train.config import RunConfig
     from un2clip.train.loop import train
 
     source = open_source(str(_images(tmp_path / "img", 16)))
@@ -230,8 +231,8 @@ def test_training_with_a_failing_compiler_runs_eagerly_and_matches(tmp_path, mon
     for compiled in (False, True):
         out = tmp_path / f"run{compiled}"
         objective = Un2ClipObjective(build_tiny_clip(), build_tiny_decoder())
-        train(objective, source, output=out, max_steps=2, batch_size=4, lr=1e-3, progress=False,
-              compile=compiled, channels_last=compiled)
+        train(objective, source, RunConfig(output=str(out), max_steps=2, batch_size=4, lr=1e-3, compile=compiled,
+                                           channels_last=compiled), progress=False)
         losses[compiled] = [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
         assert all(m._compiled_call_impl is None for m in objective.compile_targets())
     assert "torch.compile failed" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from un2clip.cli import main as cli
+from un2clip.train.config import RunConfig
 
 
 def _images(folder: Path, n: int, *, corrupt: int = 0) -> Path:
@@ -40,7 +41,7 @@ FT = ["finetune", "--preset", "tiny", "--batch-size", "8", "--lr", "1e-4", "--no
 def test_tiny_finetune_writes_checkpoint_and_keeps_decoder_frozen(tmp_path):
     from un2clip.models.clip import ClipModel
     from un2clip.models.presets import build_tiny_clip
-    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint
+    from un2clip.runs import latest_checkpoint, load_checkpoint
 
     data = _images(tmp_path / "img", 40)
     out = tmp_path / "run"
@@ -64,7 +65,7 @@ def test_tiny_finetune_writes_checkpoint_and_keeps_decoder_frozen(tmp_path):
 
 
 def test_decoder_weights_bit_identical_after_training(tmp_path, tiny_clip):
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
     from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
     from un2clip.train.loop import train
@@ -75,7 +76,7 @@ def test_decoder_weights_bit_identical_after_training(tmp_path, tiny_clip):
     clip = build_tiny_clip()
     enc_before = {k: v.clone() for k, v in clip.vision_state_dict().items()}
     objective = Un2ClipObjective(clip, decoder)
-    train(objective, open_source(str(data)), output=tmp_path / "r", max_steps=3, batch_size=8, lr=1e-3,
+    train(objective, open_source(str(data)), RunConfig(output=str(tmp_path / "r"), max_steps=3, batch_size=8, lr=1e-3),
           progress=False)
     for k, v in decoder.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -117,10 +118,10 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
     from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
-    from un2clip.train.checkpoint import latest_checkpoint, load_checkpoint
+    from un2clip.runs import latest_checkpoint, load_checkpoint
     from un2clip.train.loop import NonFiniteLossError, train
 
     class Exploding(Un2ClipObjective):
@@ -136,8 +137,8 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
     data = _images(tmp_path / "img", 24)
     objective = Exploding(build_tiny_clip(), build_tiny_decoder())
     with pytest.raises(NonFiniteLossError, match="step 3"):
-        train(objective, open_source(str(data)), output=tmp_path / "r", max_steps=5, batch_size=8, lr=1e-4,
-              save_every=1, progress=False)
+        train(objective, open_source(str(data)),
+              RunConfig(output=str(tmp_path / "r"), max_steps=5, batch_size=8, lr=1e-4, save_every=1), progress=False)
     ckpt = latest_checkpoint(tmp_path / "r")
     assert ckpt.name == "step_000002"
     assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["trainable"].values())

@@ -129,7 +129,7 @@ def test_diffusion_loss_target_follows_prediction_type(kind):
 
 
 def test_width_mismatch_is_refused(tiny_clip):
-    from un2clip.models.presets import check_pair
+    from un2clip.load import check_pair
 
     dec = build_tiny_decoder(embed_dim=64)
     with pytest.raises(ValueError, match="128.*64"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from un2clip.data import world as W
+from un2clip import world as W
 
 SMALL = dict(n_train=30, n_val=8, pairs_per_pattern=2, n_seg=12, n_zeroshot_per_class=2, progress=False)
 
@@ -272,9 +272,9 @@ def test_zeroshot_folders_match_classnames(world_dir):
 def test_zeroshot_images_show_their_class():
     rng = np.random.default_rng(0)
     for name in W.COLORS:
-        scene = W._zeroshot_scene(rng, "color", name)
+        scene = W.zeroshot_scene(rng, "color", name)
         assert scene.objects[0].color == name
-    scene = W._zeroshot_scene(rng, "orientation", "leftward")
+    scene = W.zeroshot_scene(rng, "orientation", "leftward")
     assert scene.objects[0].orientation == "left" and scene.objects[0].shape in W.ORIENTED_SHAPES
 
 

@@ -229,7 +229,7 @@ def measure_step(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from un2clip.models.presets import load_clip, load_decoder
+    from un2clip.load import load_clip, load_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
     from un2clip.train import perf
     from un2clip.train.loop import make_optimizer
@@ -380,7 +380,7 @@ def run_ladder(
               "device": str(dev), "decoder_size": decoder_size}
     models = None
     if not isolate:
-        from un2clip.models.presets import load_clip, load_decoder
+        from un2clip.load import load_clip, load_decoder
 
         models = (load_clip(preset, random_weights=random_weights), load_decoder(preset, random_weights=random_weights))
     rows = []

@@ -71,8 +71,8 @@ def interpolate_clip(original: ClipModel, finetuned: ClipModel, alpha: float) ->
 
 def original_spec(run_dir: str | Path) -> tuple[str, bool]:
     """(encoder spec, random_weights) a fine-tune run started from, read from its run marker."""
-    from un2clip.models.presets import RUN_MARKER, missing_local_path
-    from un2clip.train.checkpoint import read_run_marker
+    from un2clip.load import missing_local_path
+    from un2clip.runs import RUN_MARKER, read_run_marker
 
     if not (Path(run_dir) / RUN_MARKER).exists():
         raise ValueError(f"{run_dir} is not a run directory (no {RUN_MARKER}): pass --original SPEC, "
@@ -85,3 +85,21 @@ def original_spec(run_dir: str | Path) -> tuple[str, bool]:
         raise ValueError(f"{run_dir} started from {spec}, which is not there any more (moved or deleted?): "
                          "pass --original SPEC, the encoder to interpolate from")
     return spec, bool(info.get("random_weights"))
+
+
+def export_model(model: str, output: str | Path, *, alpha: float | None = None,
+                 original: str | None = None) -> tuple[Path, str]:
+    """Write ``model`` (any spec :func:`un2clip.load.load_clip` takes) as a HF folder; with ``alpha``, its image
+    tower interpolated from ``original`` (default: the encoder the run ``model`` started from).
+
+    Returns the folder and, with ``alpha``, what the image tower mixes ("" without).
+    """
+    from un2clip.load import load_clip
+
+    if alpha is None:
+        if original:
+            raise ValueError("--original goes with --alpha")
+        return export_hf(load_clip(model), output), ""
+    original, random_weights = (original, False) if original else original_spec(model)
+    mixed = interpolate_clip(load_clip(original, random_weights=random_weights), load_clip(model), alpha)
+    return export_hf(mixed, output), f"image tower = {1 - alpha:g} * {original} + {alpha:g} * {model}"

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from un2clip.data import transforms as T
-from un2clip.data.sources import Record, Source, _Strings
+from un2clip.data.sources import Record, Source, Strings
 
 CACHE_INDEX = "un2clip_latents.json"
 CACHE_FORMAT = "un2clip-latent-cache"
@@ -100,7 +100,7 @@ class LatentCacheSource(Source):
             self._shard[rows] = k
             self._row[rows] = np.arange(len(rows), dtype=np.int32)
         keys_file = self.root / KEYS_FILE
-        self._keys = _Strings(keys_file.read_text().split("\n")[:n]) if keys_file.is_file() else None
+        self._keys = Strings(keys_file.read_text().split("\n")[:n]) if keys_file.is_file() else None
         self._handles: dict[int, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # open shard handles stay in their process

@@ -1,7 +1,8 @@
 """Training images with optional captions: one map-style interface, three on-disk layouts.
 
-``open_source(spec)`` recognises (and a folder written by ``un2clip cache-latents``, which
-holds ``un2clip_latents.json``, opens as :class:`un2clip.data.latent_cache.LatentCacheSource`)
+``un2clip.data.open_source(spec)`` recognises (and a folder written by ``un2clip cache-latents``,
+which holds ``un2clip_latents.json``, opens as :class:`un2clip.data.latent_cache.LatentCacheSource`;
+the shards are read by :mod:`un2clip.data.shards`)
 
 1. an **image folder**, searched recursively (``.jpg .jpeg .png .webp .bmp .gif``, any
    case; hidden files and folders are skipped; symlinked folders are followed once).
@@ -29,17 +30,11 @@ of millions of small Python objects would).
 from __future__ import annotations
 
 import csv
-import glob
-import hashlib
 import io
 import logging
 import os
 import re
-import tarfile
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +49,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 TABLE_IMAGE_COLUMNS = ("image", "filepath", "path", "file", "image_path")
 TABLE_CAPTION_COLUMNS = ("caption", "text", "title")
-TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-TAR_CAPTION_EXTENSION = "txt"
 
 LAYOUTS = (
     "accepted layouts: an image folder (searched recursively for "
@@ -77,7 +70,7 @@ class Record:
 # ----------------------------------------------------------------------------- helpers
 
 
-class _Strings:
+class Strings:
     """An immutable list of strings stored as one UTF-8 buffer plus offsets (fork friendly)."""
 
     def __init__(self, items: Iterable[str]):
@@ -124,7 +117,7 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _check_index(i: int, n: int) -> int:
+def check_index(i: int, n: int) -> int:
     i = int(i)
     if not 0 <= i < n:
         raise IndexError(f"sample index {i} out of range for a source of {n} samples")
@@ -188,7 +181,7 @@ class ImageFolderSource(Source):
                 rel_paths.append(Path(rel).as_posix())
                 has_text.append(stem + ".txt" in names)
         order = sorted(range(len(rel_paths)), key=rel_paths.__getitem__)
-        self._paths = _Strings(rel_paths[k] for k in order)
+        self._paths = Strings(rel_paths[k] for k in order)
         self._has_text = np.array([has_text[k] for k in order], dtype=bool)
         if len(self._paths) == 0:
             raise ValueError(f"no images found under {self.root} (looked recursively for "
@@ -198,10 +191,10 @@ class ImageFolderSource(Source):
         return len(self._paths)
 
     def key(self, i: int) -> str:
-        return self._paths[_check_index(i, len(self))]
+        return self._paths[check_index(i, len(self))]
 
     def load(self, i: int) -> Record | None:
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         rel = self._paths[i]
         path = os.path.join(self.root, rel)
         image = decode_image(path)
@@ -278,8 +271,8 @@ class TableSource(Source):
                     texts.append(row[ci] if ci < len(row) else "")
         self.image_column, self.caption_column = img_col, cap_col
         self.n_skipped = skipped
-        self._paths = _Strings(paths)
-        self._texts = _Strings(texts) if ci is not None else None
+        self._paths = Strings(paths)
+        self._texts = Strings(texts) if ci is not None else None
         if not paths:
             raise ValueError(f"{self.path}: no rows with an image path in column {img_col!r}")
 
@@ -287,481 +280,13 @@ class TableSource(Source):
         return len(self._paths)
 
     def key(self, i: int) -> str:
-        return self._paths[_check_index(i, len(self))]
+        return self._paths[check_index(i, len(self))]
 
     def load(self, i: int) -> Record | None:
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         path = self._paths[i]
         image = decode_image(path)
         if image is None:
             return None
         text = self._texts[i] if self._texts is not None else None
         return Record(image=image, text=text, key=path)
-
-
-# ----------------------------------------------------------------------------- webdataset shards
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{a,b}`` lists and ``{000..012}`` ranges (zero padding kept), left to right, nested ok."""
-    depth, start = 0, -1
-    for pos, ch in enumerate(pattern):
-        if ch == "{":
-            if depth == 0:
-                start = pos
-            depth += 1
-        elif ch == "}" and depth > 0:
-            depth -= 1
-            if depth == 0:
-                head, body, tail = pattern[:start], pattern[start + 1:pos], pattern[pos + 1:]
-                return [head + a + b for a in _brace_alternatives(body) for b in expand_braces(tail)]
-    return [pattern]
-
-
-def _brace_alternatives(body: str) -> list[str]:
-    m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
-    if m:
-        a, b = m.group(1), m.group(2)
-        lo, hi = int(a), int(b)
-        step = 1 if hi >= lo else -1
-        padded = (len(a) > 1 and a.lstrip("-").startswith("0")) or (len(b) > 1 and b.lstrip("-").startswith("0"))
-        width = max(len(a), len(b)) if padded else 0
-        return [str(v).zfill(width) for v in range(lo, hi + step, step)]
-    parts, depth, cur = [], 0, ""
-    for ch in body:  # split on top-level commas only
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-            continue
-        depth += ch == "{"
-        depth -= ch == "}"
-        cur += ch
-    parts.append(cur)
-    if len(parts) == 1:  # "{x}" is not a brace expression in shells either
-        return ["{" + body + "}"]
-    return [s for p in parts for s in expand_braces(p)]
-
-
-def _split_tar_name(name: str) -> tuple[str, str]:
-    """webdataset's grouping: key = folder + basename up to its first dot; extension = the rest, lower case."""
-    folder, base = os.path.split(name)
-    stem, dot, ext = base.partition(".")
-    return (folder + "/" + stem if folder else stem), (ext.lower() if dot else "")
-
-
-class _NotPlainTar(Exception):
-    """The lean header scanner met something it leaves to ``tarfile``."""
-
-
-_ZERO_BLOCK = bytes(512)
-
-
-def _tar_number(field: bytes) -> int:
-    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256
-        value = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field) - 8)) - value) if field[:1] == b"\xff" else value
-    digits = field.replace(b"\0", b" ").strip()
-    return int(digits, 8) if digits else 0
-
-
-def _pax_records(data: bytes) -> dict[str, str]:
-    records, pos = {}, 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        if space < 0:
-            break
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            break
-        if length <= 0:
-            break
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return records
-
-
-def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]], str | None]:
-    """Regular members ``(name, data offset, size)`` of an uncompressed tar, reading headers only.
-
-    Handles ustar, GNU long names and pax headers (Python's tarfile writes one per member
-    whenever mtime is a float, as webdataset writers do). Returns the members read and a
-    message if the archive ended early or is damaged. Raises ``_NotPlainTar`` for
-    anything else (sparse files, a first header that does not check), to let ``tarfile``
-    decide.
-    """
-    members: list[tuple[str, int, int]] = []
-    pending: dict[str, str] = {}
-    long_name: str | None = None
-    pos = 0
-    with open(path, "rb", buffering=0) as f:
-        def read(n: int, at: int) -> bytes:
-            f.seek(at)
-            return f.read(n)
-
-        while True:
-            if pos + 512 > size_on_disk:
-                return members, (None if pos == size_on_disk and members else
-                                 f"ends without an end-of-archive marker at byte {pos}")
-            header = read(512, pos)
-            if header == _ZERO_BLOCK:
-                return members, None
-            try:
-                checksum = _tar_number(header[148:156])
-                size = _tar_number(header[124:136])
-            except ValueError:
-                checksum, size = -1, -1
-            unsigned = sum(header) - sum(header[148:156]) + 8 * 32
-            if checksum != unsigned and checksum != unsigned - 256 * sum(  # signed sums of old tars
-                    b > 127 for b in header[:148] + header[156:]):
-                checksum = -1
-            if checksum < 0 or size < 0:
-                if pos == 0:
-                    raise _NotPlainTar("first header does not check")
-                return members, f"damaged header at byte {pos}"
-            kind = header[156:157]
-            data_at = pos + 512
-            if kind == b"x":
-                pending.update(_pax_records(read(size, data_at)))
-            elif kind == b"g":
-                pass
-            elif kind == b"L":
-                long_name = read(size, data_at).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif kind == b"S":
-                raise _NotPlainTar("sparse member")
-            else:
-                if kind in (b"0", b"\0", b"7"):
-                    if pending.get("size", "").isdigit():
-                        size = int(pending["size"])
-                    name = pending.get("path") or long_name
-                    if name is None:
-                        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                        if header[257:262] == b"ustar":
-                            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                            if prefix:
-                                name = prefix + "/" + name
-                    members.append((name, data_at, size))
-                elif pending.get("size", "").isdigit():
-                    size = int(pending["size"])
-                pending, long_name = {}, None
-            pos = data_at + (size + 511) // 512 * 512
-
-
-def _scan_tar_with_tarfile(path: str) -> tuple[list[tuple[str, int, int]], str | None]:
-    members: list[tuple[str, int, int]] = []
-    problem = None
-    with tarfile.open(path, mode="r:") as tf:
-        while True:
-            try:
-                member = tf.next()
-            except (tarfile.TarError, OSError, EOFError) as err:
-                problem = str(err)
-                break
-            if member is None:
-                break
-            if member.isfile():
-                members.append((member.name, member.offset_data, member.size))
-    return members, problem
-
-
-#: shards with at least this many members get their header index cached on disk
-INDEX_CACHE_MIN_MEMBERS = 1024
-_INDEX_CACHE_VERSION = 1
-
-
-def index_cache_dir() -> Path | None:
-    """Where shard indexes are cached: ``$UN2CLIP_CACHE_DIR/tar-index`` (``0``/``off`` disables) or
-    ``$XDG_CACHE_HOME/un2clip/tar-index`` (default ``~/.cache/un2clip/tar-index``)."""
-    env = os.environ.get("UN2CLIP_CACHE_DIR")
-    if env is not None:
-        return None if env.strip().lower() in ("", "0", "off", "none", "false") else Path(env) / "tar-index"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "un2clip" / "tar-index"
-
-
-def _cache_file(path: str, stat: os.stat_result) -> Path | None:
-    folder = index_cache_dir()
-    if folder is None:
-        return None
-    ident = f"{_INDEX_CACHE_VERSION}|{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
-    return folder / f"{digest}.npz"
-
-
-def _load_cached_index(file: Path | None) -> tuple[list[tuple[str, int, int]], str | None] | None:
-    if file is None or not file.is_file():
-        return None
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            names = z["names"].tobytes().decode("utf-8", "surrogateescape").split("\0")
-            offsets, sizes = z["offsets"].tolist(), z["sizes"].tolist()
-            problem = z["problem"].tobytes().decode("utf-8") or None
-        if names == [""] and not offsets:
-            names = []
-        if len(names) != len(offsets):
-            return None
-        return list(zip(names, offsets, sizes)), problem
-    except Exception:  # a damaged cache file is rebuilt
-        return None
-
-
-def _save_cached_index(file: Path | None, members: list[tuple[str, int, int]], problem: str | None) -> None:
-    if file is None:
-        return
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        names = "\0".join(m[0] for m in members).encode("utf-8", "surrogateescape")
-        np.savez(tmp, names=np.frombuffer(names, np.uint8), offsets=np.asarray([m[1] for m in members], np.int64),
-                 sizes=np.asarray([m[2] for m in members], np.int64),
-                 problem=np.frombuffer((problem or "").encode("utf-8"), np.uint8))
-        os.replace(tmp, file)
-    except OSError as err:  # a read-only home is fine: the index is rebuilt next time
-        log.debug("cannot cache the index of a shard in %s (%s)", file, err)
-
-
-def _scan_shard(path: str) -> tuple[list[tuple[str, int, int]], str | None, int]:
-    """All regular members of a shard, from the on-disk cache when it is fresh."""
-    stat = os.stat(path)
-    cache = _cache_file(path, stat)
-    cached = _load_cached_index(cache)
-    if cached is not None:
-        return cached[0], cached[1], stat.st_size
-    try:
-        members, problem = _scan_tar(path, stat.st_size)
-    except _NotPlainTar:
-        members, problem = _scan_tar_with_tarfile(path)
-    if len(members) >= INDEX_CACHE_MIN_MEMBERS:
-        _save_cached_index(cache, members, problem)
-    return members, problem, stat.st_size
-
-
-def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[list, int]:
-    """Scan one tar's headers -> ([(key, img_off, img_size, txt_off, txt_size)], n_without_image)."""
-    try:
-        members, problem, size_on_disk = _scan_shard(path)
-    except (tarfile.TarError, OSError, ValueError) as err:
-        log.warning("cannot read shard %s (%s); skipping it", path, err)
-        return [], 0
-    if problem:
-        log.warning("shard %s is damaged after %d members (%s); using what was read", path, len(members), problem)
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    for name, offset, size in members:
-        name = name[2:] if name.startswith("./") else name
-        if os.path.basename(name).startswith((".", "__")):
-            continue
-        if offset + size > size_on_disk:  # truncated shard: the data is not there
-            continue
-        key, ext = _split_tar_name(name)
-        groups.setdefault(key, {})[ext] = (offset, size)
-    rows, no_image = [], 0
-    for key, found in groups.items():
-        img = next((found[e] for e in image_exts if e in found), None)
-        if img is None:
-            no_image += 1
-            continue
-        txt = found.get(text_ext, (0, -1))
-        rows.append((key, img[0], img[1], txt[0], txt[1]))
-    return rows, no_image
-
-
-def _shard_paths(spec: str) -> list[str] | None:
-    """The tar files named by ``spec``, or ``None`` if ``spec`` is not a shard spec."""
-    parts = [p for p in spec.split("::") if p]
-    patterned = len(parts) > 1 or any(("{" in p or "*" in p or "?" in p) for p in parts)
-    if not patterned:
-        return _shard_paths_literal(Path(spec).expanduser())
-    if Path(spec).expanduser().exists():  # a real path that happens to contain braces or stars
-        return _shard_paths_literal(Path(spec).expanduser())
-    paths: list[str] = []
-    missing: list[str] = []
-    for part in parts:
-        for expanded in expand_braces(os.path.expanduser(part)):
-            if any(c in expanded for c in "*?["):
-                found = sorted(glob.glob(expanded))
-                if not found:
-                    missing.append(expanded)
-                paths.extend(found)
-            elif os.path.isfile(expanded):
-                paths.append(expanded)
-            else:
-                missing.append(expanded)
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"shard pattern {spec!r}: {len(missing)} shard(s) not found: "
-                                f"{', '.join(missing[:3])}{more} (pass the folder instead to use the shards "
-                                f"that exist); {LAYOUTS}")
-    not_tar = [p for p in paths if not p.lower().endswith(".tar")]
-    if not_tar:
-        raise ValueError(f"shard pattern {spec!r} matches files that are not .tar: {not_tar[:3]}; {LAYOUTS}")
-    return paths
-
-
-def _shard_paths_literal(path: Path) -> list[str] | None:
-    if path.is_file() and path.suffix.lower() == ".tar":
-        return [str(path)]
-    if path.is_dir():
-        tars = sorted(str(p) for p in path.iterdir()
-                      if p.suffix.lower() == ".tar" and p.is_file() and not p.name.startswith("."))
-        return tars or None
-    return None
-
-
-class WebDatasetSource(Source):
-    """Samples of webdataset tar shards, indexed at open and read by random access.
-
-    ``image_extensions``: member extensions tried in order for the image (default jpg,
-    jpeg, png, webp); ``caption_extension``: member holding the caption (default txt).
-    File handles are opened lazily and per process (keyed by pid), so data-loader
-    workers that fork from the main process never share a file position.
-    """
-
-    kind = "webdataset"
-    max_open_files = 64
-
-    def __init__(self, shards: Sequence[str], *, spec: str | None = None,
-                 image_extensions: Sequence[str] = TAR_IMAGE_EXTENSIONS,
-                 caption_extension: str = TAR_CAPTION_EXTENSION, index_threads: int = 8):
-        self.shards = [str(s) for s in shards]
-        self.spec = spec if spec is not None else (self.shards[0] if len(self.shards) == 1 else f"{len(self.shards)} shards")
-        self.image_extensions = tuple(e.lower().lstrip(".") for e in image_extensions)
-        self.caption_extension = caption_extension.lower().lstrip(".")
-        if not self.shards:
-            raise ValueError(f"no .tar shards given; {LAYOUTS}")
-        threads = max(1, min(index_threads, len(self.shards)))
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(lambda p: _index_shard(p, self.image_extensions, self.caption_extension),
-                                    self.shards))
-        keys: list[str] = []
-        shard_ids, img_off, img_size, txt_off, txt_size = [], [], [], [], []
-        for sid, (rows, no_image) in enumerate(results):
-            self.n_skipped += no_image
-            for key, io_, is_, to_, ts_ in rows:
-                keys.append(key)
-                shard_ids.append(sid)
-                img_off.append(io_)
-                img_size.append(is_)
-                txt_off.append(to_)
-                txt_size.append(ts_)
-        self._keys = _Strings(keys)
-        self._shard = np.asarray(shard_ids, dtype=np.int32)
-        self._img = np.stack([np.asarray(img_off, np.int64), np.asarray(img_size, np.int64)], 1) if keys else None
-        self._txt = np.stack([np.asarray(txt_off, np.int64), np.asarray(txt_size, np.int64)], 1) if keys else None
-        if not keys:
-            raise ValueError(f"no samples with an image member ({', '.join(self.image_extensions)}) in "
-                             f"{len(self.shards)} shard(s) of {self.spec!r}; {LAYOUTS}")
-        self._pid = -1
-        self._handles: OrderedDict[int, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    # file handles: never carried across fork or pickling
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = OrderedDict()
-        state["_pid"] = -1
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _read(self, shard: int, offset: int, size: int) -> bytes:
-        pid = os.getpid()
-        if pid != self._pid:  # forked (or first use): the parent's handles and lock are not ours
-            self._handles = OrderedDict()
-            self._lock = threading.Lock()
-            self._pid = pid
-        with self._lock:
-            f = self._handles.get(shard)
-            if f is None:
-                f = open(self.shards[shard], "rb")  # kept open for later reads
-                self._handles[shard] = f
-                while len(self._handles) > self.max_open_files:
-                    self._handles.popitem(last=False)[1].close()
-            else:
-                self._handles.move_to_end(shard)
-            if hasattr(os, "pread"):
-                return os.pread(f.fileno(), size, offset)
-            f.seek(offset)
-            return f.read(size)
-
-    def close(self) -> None:
-        """Close this process's open shard files (they reopen on the next load)."""
-        if self._pid != os.getpid():
-            return
-        with self._lock:
-            for f in self._handles.values():
-                f.close()
-            self._handles = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def key(self, i: int) -> str:
-        return self._keys[_check_index(i, len(self))]
-
-    def load(self, i: int) -> Record | None:
-        i = _check_index(i, len(self))
-        shard = int(self._shard[i])
-        offset, size = (int(v) for v in self._img[i])
-        try:
-            data = self._read(shard, offset, size)
-        except OSError:
-            return None
-        if len(data) != size:
-            return None
-        image = decode_image(data)
-        if image is None:
-            return None
-        text = None
-        t_off, t_size = (int(v) for v in self._txt[i])
-        if t_size >= 0:
-            try:
-                raw = self._read(shard, t_off, t_size)
-                text = raw.decode("utf-8", "replace").strip()
-            except OSError:
-                text = None
-        return Record(image=image, text=text, key=self._keys[i])
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
-                caption_column: str | None = None) -> Source:
-    """Open training data; the layout is recognised from ``spec`` (see the module docstring).
-
-    ``image_column`` / ``caption_column`` name table columns for CSV/TSV files; for
-    webdataset shards they name member extensions (``"jpg;png"``, ``"txt"``); image
-    folders ignore them. Raises FileNotFoundError for a path that does not exist and
-    ValueError for a source without images.
-    """
-    spec = os.fspath(spec)
-    if not spec:
-        raise FileNotFoundError(f"no data path given; {LAYOUTS}")
-    shards = _shard_paths(spec)
-    if shards is not None:
-        kwargs: dict[str, Any] = {}
-        if image_column:
-            kwargs["image_extensions"] = [e for e in re.split(r"[;,]", image_column) if e]
-        if caption_column:
-            kwargs["caption_extension"] = caption_column
-        return WebDatasetSource(shards, spec=spec, **kwargs)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"data path not found: {path}; {LAYOUTS}")
-    if path.is_dir():
-        from un2clip.data.latent_cache import LatentCacheSource, is_latent_cache
-
-        if is_latent_cache(path):  # written by `un2clip cache-latents`
-            return LatentCacheSource(path)
-        return ImageFolderSource(path)
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return TableSource(path, image_column=image_column, caption_column=caption_column)
-    if suffix in (".gz", ".tgz", ".bz2", ".xz", ".zst") and ".tar" in path.name.lower():
-        raise ValueError(f"{path} is a compressed tar, which cannot be read by random access; "
-                         f"store shards uncompressed (img2dataset does by default); {LAYOUTS}")
-    raise ValueError(f"cannot read {path} as training data (unknown file type {suffix or 'none'!r}); {LAYOUTS}")

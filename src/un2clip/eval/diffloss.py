@@ -59,7 +59,8 @@ class TwoViews:
 
 def default_decoder_spec(model_spec: str) -> str | None:
     """The decoder that belongs to a model spec: a preset's own, or the one a run directory trained against."""
-    from un2clip.models.presets import PRESETS, RUN_MARKER
+    from un2clip.models.presets import PRESETS
+    from un2clip.runs import RUN_MARKER
 
     if model_spec in PRESETS:
         return model_spec if PRESETS[model_spec].decoder is not None else None
@@ -73,7 +74,7 @@ def default_decoder_spec(model_spec: str) -> str | None:
 
 def open_data(data: str | Path):
     """The images to measure: anything :func:`un2clip.data.sources.open_source` opens."""
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
 
     return open_source(data)
 
@@ -106,7 +107,7 @@ def diffusion_losses(model: ClipModel, decoder: UnclipDecoder, images: ImageList
     ``condition``: "own" (each image conditions its own loss) or "shuffled" (another image's embedding,
     see :func:`derangement`; the draws are the same as with "own").
     """
-    from un2clip.models.presets import check_pair
+    from un2clip.load import check_pair
 
     check_pair(model, decoder)
     if draws_per_image < 1:

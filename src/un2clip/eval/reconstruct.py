@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def first_images(data: str, n: int) -> list[Image.Image]:
     """The first ``n`` readable images of anything ``open_source`` opens (folder, CSV/TSV, shards)."""
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
 
     source = open_source(data)
     found: list[Image.Image] = []
@@ -45,7 +45,7 @@ def reconstructions(models: Sequence[ClipModel], decoder: UnclipDecoder, images:
                     noise_level: int = 0, batch_size: int = 8, precision: str = "auto",
                     progress: bool = True) -> list[torch.Tensor]:
     """[inputs, then one per model]: each (N, 3, H, W) in [-1, 1] on the CPU; batch b of every model uses seed + b."""
-    from un2clip.models.presets import check_pair
+    from un2clip.load import check_pair
 
     for model in models:
         check_pair(model, decoder)

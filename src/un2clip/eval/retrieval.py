@@ -108,7 +108,7 @@ def load_retrieval_set(data: str | Path, *, split: str = "test", image_column: s
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; {LAYOUT}")
     if path.is_dir():
-        from un2clip.data.sources import WebDatasetSource
+        from un2clip.data.shards import WebDatasetSource
         from un2clip.eval.zeroshot import webdataset_shards
 
         kind = (path / "dataset_type.txt").read_text().strip().lower() if (path / "dataset_type.txt").is_file() else ""

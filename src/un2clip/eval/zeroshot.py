@@ -161,7 +161,7 @@ def webdataset_shards(root: Path, split: str) -> list[str] | None:
 
 def _webdataset_set(root: Path, shards: list[str], classnames: list[str] | None,
                     templates: list[str] | None) -> ClassificationSet:
-    from un2clip.data.sources import WebDatasetSource
+    from un2clip.data.shards import WebDatasetSource
 
     if classnames is None:
         if not (root / "classnames.txt").is_file():

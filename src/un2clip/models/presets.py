@@ -22,6 +22,7 @@ from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
 
 TINY_SEED = 0
+TINY_VOCAB_FILE = "tiny_vocab.txt"
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,13 @@ def _init_seeded(make: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Mod
 
 
 def _default_words() -> list[str]:
-    """Vocabulary of the built-in tokenizer: the shapes world's words when available."""
-    try:
-        from un2clip.data.world import world_vocabulary
-    except ImportError:  # pragma: no cover - world module always ships; keep a fallback
-        return ["a", "photo", "of", "the"]
-    return list(world_vocabulary())
+    """Vocabulary of the built-in word tokenizer (``models/data/tiny_vocab.txt``: the shapes world's words).
+
+    Part of the tiny models' definition, like a real model's vocab file; a test checks that every word the
+    world writes is in it (after a change of the world's words, rewrite it from ``world_vocabulary()``).
+    """
+    text = (Path(__file__).parent / "data" / TINY_VOCAB_FILE).read_text(encoding="utf-8")
+    return [w for w in text.splitlines() if w]
 
 
 def build_decoder_from_config(
@@ -353,114 +355,6 @@ register(Preset(
     "DIVA baseline: OpenAI ViT-L/14 @224 through frozen text-to-image SD 2.1-base (512 px, epsilon)",
     decoder_kind="t2i",
 ))
-
-
-# -- loading by name or path -----------------------------------------------------------------------------
-
-RUN_MARKER = "un2clip_run.json"
-
-
-def missing_local_path(spec: str) -> bool:
-    """True when ``spec`` can only be a local path (absolute, ./, or more than one '/') and is not there."""
-    return (spec.startswith(("/", ".")) or spec.count("/") > 1) and not Path(spec).exists()
-
-
-def _pretrained_spec(spec: str) -> str:
-    """``spec`` for ``from_pretrained``: an existing folder or a Hub id, else a one-line error naming it."""
-    if missing_local_path(spec):
-        raise ValueError(f"{spec}: no such folder (moved or deleted?); a Hub id has at most one '/'")
-    if Path(spec).exists() or "/" in spec:
-        return spec
-    raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
-
-
-def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
-    """A preset name, a HF folder or Hub id, a training run directory, or an exported folder -> ClipModel."""
-    if spec in PRESETS:
-        preset = PRESETS[spec]
-        if random_weights or preset.clip.startswith("builtin:"):
-            return preset.build_clip()
-        return ClipModel.from_pretrained(preset.clip)
-    path = Path(spec)
-    if (path / RUN_MARKER).exists():
-        from un2clip.train.checkpoint import load_run_clip
-
-        return load_run_clip(path)
-    return ClipModel.from_pretrained(_pretrained_spec(spec))
-
-
-def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | None = None) -> UnclipDecoder:
-    """A preset name, a decoder folder (ours or the diffusers pipeline layout), a train-decoder run or a Hub id."""
-    if spec in PRESETS:
-        preset = PRESETS[spec]
-        if preset.decoder is None:
-            raise ValueError(f"preset {spec!r} has no public unCLIP decoder: pass --decoder DIR "
-                             "(a folder written by `un2clip train-decoder`)")
-        if preset.decoder_kind != "unclip":
-            raise ValueError(f"preset {spec!r} has a text-to-image decoder ({preset.decoder}), not an unCLIP one: "
-                             "it serves `un2clip diva`; pass an unCLIP --decoder")
-        if random_weights or preset.decoder.startswith("builtin:"):
-            assert preset.build_decoder is not None
-            return preset.build_decoder()
-        return UnclipDecoder.from_pretrained(preset.decoder)
-    path = Path(spec)
-    if (path / RUN_MARKER).exists():
-        from un2clip.train.checkpoint import load_run_decoder
-
-        return load_run_decoder(path)
-    return UnclipDecoder.from_pretrained(_pretrained_spec(spec))
-
-
-def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageDecoder:
-    """A preset name, a text-to-image folder (the StableDiffusionPipeline layout), a t2i-decoder run or a Hub id."""
-    if spec in PRESETS:
-        preset = PRESETS[spec]
-        if preset.decoder_kind != "t2i":
-            t2i = ", ".join(sorted(p.name for p in PRESETS.values() if p.decoder_kind == "t2i"))
-            raise ValueError(f"preset {spec!r} has no text-to-image decoder; presets that have one: {t2i}")
-        if random_weights or preset.decoder.startswith("builtin:"):
-            assert preset.build_decoder is not None
-            return preset.build_decoder()
-        return TextToImageDecoder.from_pretrained(preset.decoder)
-    path = Path(spec)
-    if (path / RUN_MARKER).exists():
-        if (path / "decoder" / "unet").is_dir():
-            return TextToImageDecoder.from_pretrained(path / "decoder")
-        return _t2i_from_checkpoint(path)
-    return TextToImageDecoder.from_pretrained(_pretrained_spec(spec))
-
-
-def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
-    """An unfinished t2i-decoder run: its starting decoder (and text encoder) + the latest checkpoint's UNet."""
-    from un2clip.models.t2i import clip_text_encoder
-    from un2clip.train.checkpoint import latest_checkpoint, read_run_marker
-
-    info = read_run_marker(run_dir)
-    if info.get("kind") != "t2i-decoder" or not info.get("t2i_decoder"):
-        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no text-to-image decoder")
-    random_weights = bool(info.get("random_weights"))
-    decoder = load_t2i_decoder(info["t2i_decoder"], random_weights=random_weights)
-    if info.get("text_clip"):
-        decoder.set_text_encoder(*clip_text_encoder(load_clip(info["text_clip"], random_weights=random_weights)))
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} has neither a final decoder/ nor a checkpoint")
-    from safetensors.torch import load_file
-
-    weights = load_file(str(ckpt / "trainable.safetensors"))
-    decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")},
-                            strict=False)
-    return decoder
-
-
-def check_pair(clip: ClipModel, decoder: UnclipDecoder) -> None:
-    """Refuse an encoder whose embedding width differs from what the decoder is conditioned on."""
-    if clip.embed_dim != decoder.embed_dim:
-        raise ValueError(
-            f"encoder and decoder do not fit: the CLIP image encoder gives {clip.embed_dim}-d embeddings, "
-            f"the unCLIP decoder is conditioned on {decoder.embed_dim}-d embeddings "
-            f"(its UNet takes class labels of width {2 * decoder.embed_dim})"
-        )
 
 
 def describe_presets() -> str:

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
 from un2clip.data.sources import Record, Source
+from un2clip.load import check_pair
 from un2clip.models.clip import ClipModel
-from un2clip.models.presets import check_pair
 from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.objectives.base import Objective

@@ -27,9 +27,9 @@ from torch import nn
 from un2clip.data import transforms as T
 from un2clip.data.latent_cache import CachedSample
 from un2clip.data.sources import Record
+from un2clip.load import check_pair
 from un2clip.models.clip import ClipModel
 from un2clip.models.lora import DEFAULT_TARGETS, add_lora, has_lora, merge_lora
-from un2clip.models.presets import check_pair
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.objectives.base import Objective
 

@@ -132,7 +132,7 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     """
     import torch
 
-    from un2clip.models.presets import load_clip
+    from un2clip.load import load_clip
     from un2clip.seg import evaluate
     from un2clip.seg.infer import text_classifier
 

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from un2clip import runs
 from un2clip.data.loader import make_loader
 from un2clip.data.sources import Source
 from un2clip.objectives.base import Objective
-from un2clip.train import checkpoint as ckpt
 from un2clip.train import perf
+from un2clip.train.config import RunConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,159 +82,187 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def train(
-    objective: Objective,
-    source: Source,
-    *,
-    output: str | Path,
-    max_steps: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    lr_schedule: str = "constant",
-    grad_accum: int = 1,
-    precision: str = "fp32",
-    max_grad_norm: float | None = 1.0,
-    save_every: int = 500,
-    keep_checkpoints: int = 2,
-    seed: int = 0,
-    num_workers: int = 0,
-    resume: bool = False,
-    grad_checkpointing: bool = False,
-    compile: bool = False,
-    channels_last: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Minimise ``objective`` on ``source`` for ``max_steps`` optimiser steps of ``batch_size`` images.
+class Trainer:
+    """One training run: any objective, any source, one process or many (accelerate).
 
-    ``batch_size`` is the global batch (all processes, all accumulation micro-steps).
-    Checkpoints go to ``output/checkpoints`` every ``save_every`` steps and at the end;
-    ``resume=True`` continues from the newest one. ``compile``: ``torch.compile`` the objective's
-    ``compile_targets()``, tried on the first batch, eager with a warning if compilation fails;
-    ``channels_last``: convolution weights in NHWC memory format.
+    ``setup()`` builds the accelerator, optimiser and scheduler, restores a checkpoint when resuming
+    and opens the data; ``fit()`` runs the optimiser steps, checkpoints and writes the trained models.
+    ``cfg.batch_size`` is the global batch (all processes, all accumulation micro-steps); checkpoints go
+    to ``cfg.output/checkpoints`` every ``cfg.save_every`` steps and at the end; ``resume`` continues from
+    the newest one. ``cfg.compile``: ``torch.compile`` the objective's ``compile_targets()``, tried on the
+    first batch, eager with a warning if compilation fails; ``cfg.channels_last``: NHWC convolution weights.
     """
-    from accelerate import Accelerator
 
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision),
-                              gradient_accumulation_steps=grad_accum)
-    world = accelerator.num_processes
-    if batch_size % (world * grad_accum):
-        raise ValueError(f"batch size {batch_size} is not divisible by processes ({world}) x grad-accum ({grad_accum})")
-    micro = batch_size // (world * grad_accum)
-    output = Path(output)
-    metrics_path = output / "metrics.jsonl"
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
+    def __init__(self, objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
+                 progress: bool = True):
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+        self.objective, self.source, self.cfg = objective, source, cfg
+        self.resume, self.progress = resume, progress
+        self.output = Path(cfg.output)
+        self.metrics_path = self.output / "metrics.jsonl"
+        self.step, self.n_bad, self.last_loss = 0, 0, float("nan")
 
-    if grad_checkpointing:
-        objective.enable_gradient_checkpointing()
-    objective.to(accelerator.device)
-    if precision != "fp32":
-        objective.cast_frozen(torch.bfloat16 if precision == "bf16" else torch.float16)
-    if channels_last:
-        perf.use_channels_last(objective)
-    opt = make_optimizer(objective.trainable_parameters(), name=optimizer, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warmup_steps=warmup_steps, max_steps=max_steps, schedule=lr_schedule))
+    def setup(self) -> Trainer:
+        self._setup_accelerator()
+        self._setup_objective()
+        self._setup_optimizer()
+        if self.resume:
+            self._restore()
+        self._setup_data()
+        return self
 
-    step, n_bad, last_loss = 0, 0, float("nan")
-    if resume:
-        found = ckpt.latest_checkpoint(output)
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision),
+                                       gradient_accumulation_steps=cfg.grad_accum)
+        world = self.accelerator.num_processes
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by processes ({world}) x "
+                             f"grad-accum ({cfg.grad_accum})")
+        self.micro = cfg.batch_size // (world * cfg.grad_accum)
+        if self.accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+
+    def _setup_objective(self) -> None:
+        cfg, objective = self.cfg, self.objective
+        if cfg.grad_checkpointing:
+            objective.enable_gradient_checkpointing()
+        objective.to(self.accelerator.device)
+        if cfg.precision != "fp32":
+            objective.cast_frozen(torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+        if cfg.channels_last:
+            perf.use_channels_last(objective)
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        self.opt = make_optimizer(self.objective.trainable_parameters(), name=cfg.optimizer, lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule))
+
+    def _restore(self) -> None:
+        found = runs.latest_checkpoint(self.output)
         if found is None:
-            raise FileNotFoundError(f"nothing to resume: {output / ckpt.CKPT_DIR} holds no complete checkpoint")
-        saved = ckpt.load_checkpoint(found)
-        objective.load_trainable_state_dict({k: v.to(accelerator.device) for k, v in saved["trainable"].items()})
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+            raise FileNotFoundError(f"nothing to resume: {self.output / runs.CKPT_DIR} holds no complete checkpoint")
+        saved = runs.load_checkpoint(found)
+        device = self.accelerator.device
+        self.objective.load_trainable_state_dict({k: v.to(device) for k, v in saved["trainable"].items()})
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])
-        step, n_bad = int(saved["state"]["step"]), int(saved["state"].get("n_bad", 0))
-        if accelerator.is_main_process:
-            _truncate_metrics(metrics_path, step)
-        accelerator.print(f"resuming from {found} (step {step})")
+        self.step, self.n_bad = int(saved["state"]["step"]), int(saved["state"].get("n_bad", 0))
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.metrics_path, self.step)
+        self.accelerator.print(f"resuming from {found} (step {self.step})")
 
-    loader = make_loader(source, objective.transform, batch_size=micro, seed=seed,
-                         start_sample=step * batch_size, num_workers=num_workers,
-                         num_replicas=world, rank=accelerator.process_index)
-    batches = iter(loader)
-    objective.set_train_mode()
-    if compile and objective.compile_targets():  # compiled on the first batch, before DDP wraps the model
-        first = next(batches)
-        batches = itertools.chain([first], batches)
-        if first is not None:
-            perf.compile_with_fallback(objective.compile_targets(),
-                                       perf.trial_step(objective, first, accelerator.autocast))
-    model, opt = accelerator.prepare(objective, opt)
+    def _setup_data(self) -> None:
+        cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
+        loader = make_loader(self.source, objective.transform, batch_size=self.micro, seed=cfg.seed,
+                             start_sample=self.step * cfg.batch_size, num_workers=cfg.num_workers,
+                             num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+        batches = iter(loader)
+        objective.set_train_mode()
+        if cfg.compile and objective.compile_targets():  # compiled on the first batch, before DDP wraps the model
+            first = next(batches)
+            batches = itertools.chain([first], batches)
+            if first is not None:
+                perf.compile_with_fallback(objective.compile_targets(),
+                                           perf.trial_step(objective, first, accelerator.autocast))
+        self.batches = batches
+        self.model, self.opt = accelerator.prepare(objective, self.opt)
 
-    def save(at: int) -> None:
+    def save(self, at: int) -> None:
+        """Checkpoint optimiser step ``at`` (main process writes; every process waits)."""
+        accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.save_checkpoint(output, at, trainable=accelerator.unwrap_model(model).trainable_state_dict(),
-                                 optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict(),
-                                 state={"n_bad": n_bad, "samples_seen": at * batch_size}, keep=keep_checkpoints)
+            runs.save_checkpoint(self.output, at, trainable=accelerator.unwrap_model(self.model).trainable_state_dict(),
+                                 optimizer_state=self.opt.state_dict(), scheduler_state=self.sched.state_dict(),
+                                 state={"n_bad": self.n_bad, "samples_seen": at * self.cfg.batch_size},
+                                 keep=self.cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    bar = tqdm(total=max_steps, initial=step, disable=not (progress and accelerator.is_main_process),
-               desc=f"{objective.kind}", unit="step", dynamic_ncols=True)
-    t_last, seen_since = time.perf_counter(), 0
-    while step < max_steps:
+    def _micro_step(self) -> tuple[float, dict[str, torch.Tensor]]:
+        """Forward and backward of one micro-batch (an optimiser step once gradients are accumulated)."""
+        accelerator, objective = self.accelerator, self.objective
+        batch = next(self.batches)
+        self.n_bad += int(accelerator.reduce(torch.tensor(batch.pop("n_bad", 0) if batch else self.micro,
+                                                          device=accelerator.device), "sum"))
+        with accelerator.accumulate(self.model):
+            if batch is None:  # every image of this micro-batch was unreadable: a zero step keeps ranks in sync
+                loss = sum(p.sum() * 0.0 for p in objective.trainable_parameters())
+                out = {"loss": loss}
+            else:
+                with accelerator.autocast():
+                    out = self.model(batch)
+                loss = out["loss"]
+            reduced = accelerator.reduce(loss.detach().float(), "mean")
+            if not torch.isfinite(reduced):
+                last = runs.latest_checkpoint(self.output)
+                raise NonFiniteLossError(
+                    f"loss became {float(reduced)} at step {self.step + 1}; stopped before the optimiser step. "
+                    f"Last good checkpoint: {last or 'none written yet'}. "
+                    "Try a lower --lr, --precision fp32 or bf16 instead of fp16.")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(objective.trainable_parameters(), self.cfg.max_grad_norm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return float(reduced), {k: v for k, v in out.items() if k != "loss"}
+
+    def _optimizer_step(self) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches: the mean loss and the objective's extra metrics."""
+        grad_accum = self.cfg.grad_accum
         losses, extras = [], {}
         for _ in range(grad_accum):
-            batch = next(batches)
-            n_bad += int(accelerator.reduce(torch.tensor(batch.pop("n_bad", 0) if batch else micro,
-                                                         device=accelerator.device), "sum"))
-            with accelerator.accumulate(model):
-                if batch is None:  # every image of this micro-batch was unreadable: a zero step keeps ranks in sync
-                    loss = sum(p.sum() * 0.0 for p in objective.trainable_parameters())
-                    out = {"loss": loss}
-                else:
-                    with accelerator.autocast():
-                        out = model(batch)
-                    loss = out["loss"]
-                reduced = accelerator.reduce(loss.detach().float(), "mean")
-                if not torch.isfinite(reduced):
-                    last = ckpt.latest_checkpoint(output)
-                    raise NonFiniteLossError(
-                        f"loss became {float(reduced)} at step {step + 1}; stopped before the optimiser step. "
-                        f"Last good checkpoint: {last or 'none written yet'}. "
-                        "Try a lower --lr, --precision fp32 or bf16 instead of fp16.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and max_grad_norm:
-                    accelerator.clip_grad_norm_(objective.trainable_parameters(), max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(float(reduced))
+            loss, out = self._micro_step()
+            losses.append(loss)
             for k, v in out.items():
-                if k != "loss":
-                    extras[k] = extras.get(k, 0.0) + float(accelerator.reduce(v.detach().float(), "mean")) / grad_accum
-        sched.step()
-        step += 1
-        seen_since += batch_size
-        last_loss = sum(losses) / len(losses)
-        now = time.perf_counter()
-        ips = seen_since / max(now - t_last, 1e-9)
+                reduced = float(self.accelerator.reduce(v.detach().float(), "mean"))
+                extras[k] = extras.get(k, 0.0) + reduced / grad_accum
+        self.sched.step()
+        self.step += 1
+        self.last_loss = sum(losses) / len(losses)
+        return extras
+
+    def fit(self) -> TrainResult:
+        """Run the remaining optimiser steps; checkpoints, metrics.jsonl and, at the end, the trained models."""
+        cfg, accelerator = self.cfg, self.accelerator
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.progress and accelerator.is_main_process),
+                   desc=f"{self.objective.kind}", unit="step", dynamic_ncols=True)
+        t_last = time.perf_counter()
+        while self.step < cfg.max_steps:
+            extras = self._optimizer_step()
+            now = time.perf_counter()
+            ips = cfg.batch_size / max(now - t_last, 1e-9)
+            if accelerator.is_main_process:
+                record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
+                          "images_per_s": ips, "n_bad": self.n_bad, **extras}
+                with self.metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
+            bar.update(1)
+            t_last = now
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self.save(self.step)
+        bar.close()
         if accelerator.is_main_process:
-            record = {"step": step, "loss": last_loss, "lr": sched.get_last_lr()[0], "images_per_s": ips,
-                      "n_bad": n_bad, **extras}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.1f}")
-        bar.update(1)
-        t_last, seen_since = now, 0
-        if step % save_every == 0 or step == max_steps:
-            save(step)
-    bar.close()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_outputs(output)
-    accelerator.wait_for_everyone()
-    if n_bad:
-        accelerator.print(f"skipped {n_bad} unreadable image(s) during training")
-    return TrainResult(step=step, samples_seen=step * batch_size, n_bad=n_bad, last_loss=last_loss, output=output)
+            accelerator.unwrap_model(self.model).save_outputs(self.output)
+        accelerator.wait_for_everyone()
+        if self.n_bad:
+            accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training")
+        return TrainResult(step=self.step, samples_seen=self.step * cfg.batch_size, n_bad=self.n_bad,
+                           last_loss=self.last_loss, output=self.output)
+
+
+def train(objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Minimise ``objective`` on ``source`` with the loop settings of ``cfg`` (see :class:`Trainer`)."""
+    return Trainer(objective, source, cfg, resume=resume, progress=progress).setup().fit()
 
 
 def dump_run_info(output: Path, info: dict[str, Any]) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    ckpt.write_run_marker(output, info)
+    runs.write_run_marker(output, info)

@@ -43,7 +43,7 @@ def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
 
 @register_objective("un2clip")
 def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
-    from un2clip.models.presets import check_pair, load_clip, load_decoder
+    from un2clip.load import check_pair, load_clip, load_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
 
     clip_spec = cfg.clip or cfg.preset
@@ -68,7 +68,7 @@ def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 
 @register_objective("contrastive")
 def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
-    from un2clip.models.presets import load_clip
+    from un2clip.load import load_clip
     from un2clip.objectives.contrastive import ContrastiveObjective
 
     _require_captions(cfg, source, "contrastive training needs")
@@ -81,7 +81,7 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("decoder")
 def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """Frozen CLIP + trainable decoder; the image normaliser gets the CLIP embeddings' statistics."""
-    from un2clip.models.presets import load_clip, load_decoder
+    from un2clip.load import load_clip, load_decoder
     from un2clip.objectives.decoder import DecoderObjective, embedding_statistics
 
     clip_spec = cfg.clip or cfg.preset
@@ -98,7 +98,7 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("t2i-decoder")
 def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """Trainable text-to-image UNet; prompts through the preset's text encoder, or ``--clip``'s text tower."""
-    from un2clip.models.presets import load_clip, load_t2i_decoder
+    from un2clip.load import load_clip, load_t2i_decoder
     from un2clip.models.t2i import clip_text_encoder
     from un2clip.objectives.decoder import TextToImageDecoderObjective
 
@@ -116,7 +116,7 @@ def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("diva")
 def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """DIVA: trainable CLIP image tower + token projection through a frozen text-to-image decoder."""
-    from un2clip.models.presets import load_clip, load_t2i_decoder
+    from un2clip.load import load_clip, load_t2i_decoder
     from un2clip.objectives.diva import DivaObjective
 
     clip_spec = cfg.clip or cfg.preset
@@ -131,7 +131,7 @@ def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Build and train. With ``resume`` the run folder's own config.yaml is used."""
-    from un2clip.data.sources import open_source
+    from un2clip.data import open_source
 
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.objective!r}; known: {sorted(OBJECTIVES)}")
@@ -149,11 +149,4 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
                              "or choose another --output")
         dump_run_info(output, info)
         cfg.save(output / "config.yaml")
-    return train(
-        objective, source, output=output, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        lr_schedule=cfg.lr_schedule, grad_accum=cfg.grad_accum, precision=cfg.precision,
-        max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints,
-        seed=cfg.seed, num_workers=cfg.num_workers, resume=resume, grad_checkpointing=cfg.grad_checkpointing,
-        compile=cfg.compile, channels_last=cfg.channels_last, progress=progress,
-    )
+    return train(objective, source, cfg, resume=resume, progress=progress)

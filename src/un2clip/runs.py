@@ -1,4 +1,6 @@
-"""Atomic checkpoints of a training run, and loading trained models back from a run folder.
+"""Run folders on disk: the run marker, atomic checkpoints, and the newest checkpoint's weights.
+
+Pure file I/O (no model is built here: :mod:`un2clip.load` turns a run folder into models).
 
 Layout of a run folder::
 
@@ -24,14 +26,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from un2clip.files import atomic_write_text
+
+RUN_MARKER = "un2clip_run.json"
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -62,7 +61,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(root / LATEST, name)
+    atomic_write_text(root / LATEST, name)
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -92,11 +91,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     }
 
 
-# -- models back from a run ------------------------------------------------------------------------
+# -- the run marker ----------------------------------------------------------------------------------
+
+def is_run(path: str | Path) -> bool:
+    """True when ``path`` is a run folder (it holds a run marker)."""
+    return (Path(path) / RUN_MARKER).exists()
+
 
 def read_run_marker(run_dir: Path) -> dict[str, Any]:
-    from un2clip.models.presets import RUN_MARKER
-
     path = Path(run_dir) / RUN_MARKER
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not an un2clip run directory")
@@ -104,61 +106,14 @@ def read_run_marker(run_dir: Path) -> dict[str, Any]:
 
 
 def write_run_marker(run_dir: Path, info: dict[str, Any]) -> None:
-    from un2clip.models.presets import RUN_MARKER
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps(info, indent=2))
 
-    _atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps(info, indent=2))
 
-
-def _trained_weights(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+def checkpoint_weights(run_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The trainable weights under ``prefix`` (e.g. "clip.") in a run's newest checkpoint, prefix removed."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has neither final models nor a checkpoint")
     weights = load_file(str(ckpt / "trainable.safetensors"))
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-
-
-def load_run_clip(run_dir: Path):
-    """The CLIP model a run trained: its final ``clip/`` folder, else base model + latest checkpoint."""
-    from un2clip.models.clip import ClipModel
-    from un2clip.models.presets import load_clip
-
-    run_dir = Path(run_dir)
-    if (run_dir / "clip" / "config.json").exists():
-        return ClipModel.from_pretrained(run_dir / "clip")
-    info = read_run_marker(run_dir)
-    if not info.get("clip"):
-        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no CLIP model")
-    clip = load_clip(info["clip"], random_weights=bool(info.get("random_weights")))
-    weights = _trained_weights(run_dir, "clip.")
-    if info.get("lora") and weights:  # a LoRA run's checkpoint holds adapters: rebuild, load, merge
-        from un2clip.models.lora import add_lora, merge_lora
-
-        lora = info["lora"]
-        add_lora(clip.vision_model, rank=int(lora["rank"]), alpha=lora.get("alpha"),
-                 **({"targets": lora["targets"]} if lora.get("targets") else {}))
-        unexpected = clip.load_state_dict(weights, strict=False).unexpected_keys
-        if unexpected:
-            raise ValueError(f"{run_dir}: checkpoint weights do not fit the LoRA adapters: {unexpected[:3]}")
-        merge_lora(clip.vision_model)
-        return clip.requires_grad_(False)
-    if weights:
-        clip.load_state_dict(weights, strict=False)
-    return clip
-
-
-def load_run_decoder(run_dir: Path):
-    """The decoder a run trained (train-decoder or un²CLIP with ``train_decoder``)."""
-    from un2clip.models.presets import load_decoder
-    from un2clip.models.unclip import UnclipDecoder
-
-    run_dir = Path(run_dir)
-    if (run_dir / "decoder" / "unet").is_dir():
-        return UnclipDecoder.from_pretrained(run_dir / "decoder")
-    info = read_run_marker(run_dir)
-    if not info.get("decoder"):
-        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no decoder")
-    decoder = load_decoder(info["decoder"], random_weights=bool(info.get("random_weights")))
-    weights = _trained_weights(run_dir, "decoder.")
-    if weights:
-        decoder.load_state_dict(weights, strict=False)
-    return decoder

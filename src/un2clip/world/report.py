@@ -18,7 +18,7 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
     """{model name: metrics}: world-MMVP, zero-shot, held-out diffusion loss, probes; cached as JSON."""
     from un2clip import seg
     from un2clip.eval import diffloss, mmvp, probe, retrieval, zeroshot
-    from un2clip.models.presets import load_clip, load_decoder
+    from un2clip.load import load_clip, load_decoder
 
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(str(decoder))
@@ -66,7 +66,7 @@ def reconstruct_grid(path: Path, world: Path, models: dict[str, str], decoder, *
                      steps: int = 50) -> Path:
     """Rows: a validation image, then the decoder's image from each model's embedding (same seed)."""
     from un2clip.eval.reconstruct import first_images, reconstruction_grid
-    from un2clip.models.presets import load_clip
+    from un2clip.load import load_clip
 
     images = first_images(str(world / "val" / "images"), n)
     grid = reconstruction_grid([load_clip(s) for s in models.values()], decoder, images, seed=seed,

@@ -29,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from un2clip.demo import QUICK as DEMO_QUICK
-from un2clip.demo import DemoSettings, _cli, finish_stage, recorded_stage, run_demo, shipped_weights
+from un2clip.world.demo import QUICK as DEMO_QUICK
+from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, shipped_weights
+from un2clip.world.stages import finish_stage, recorded_stage, train_run
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Variant:
     name: str
     kind: str  # "original" | "un2clip" (the demo's runs) | "finetune" | "export" | "diva"
     description: str
-    flags: tuple[str, ...] = ()  # extra `un2clip finetune` flags
+    options: dict = field(default_factory=dict)  # objective options of `un2clip finetune` (its flags)
     lr_factor: float = 1.0
     alpha: float | None = None
 
@@ -68,20 +69,20 @@ def variants_for(settings: CompareSettings) -> list[Variant]:
         Variant("original", "original", "the tiny CLIP before fine-tuning"),
         Variant("un2clip", "un2clip", "un²CLIP: encoder trained through the frozen unCLIP decoder (the demo's run)"),
         Variant("projector-random", "finetune", "paper ablation: trainable random linear layer before the decoder",
-                ("--projector", "random")),
+                {"projector": "random"}),
         Variant("projector-identity", "finetune",
                 "paper ablation: trainable identity-initialised linear layer before the decoder",
-                ("--projector", "identity")),
+                {"projector": "identity"}),
         Variant("update-decoder", "finetune", "paper ablation: decoder updated together with the encoder",
-                ("--train-decoder",)),
+                {"train_decoder": True}),
     ]
     out += [Variant(f"alpha{a:g}", "export", f"WiSE-FT: image tower = {1 - a:g} · original + {a:g} · un2clip",
                     alpha=a) for a in settings.alphas]
     out += [Variant(f"anchor{w:g}", "finetune", f"un²CLIP + {w:g} · mean(1 - cos) to the original encoder",
-                    ("--anchor-weight", f"{w:g}")) for w in settings.anchor_weights]
+                    {"anchor_weight": w}) for w in settings.anchor_weights]
     out.append(Variant("lora", "finetune", f"un²CLIP through rank-{settings.lora_rank} LoRA adapters (merged), "
                        f"learning rate x{settings.lora_lr_factor:g}",
-                       ("--lora-rank", str(settings.lora_rank)), lr_factor=settings.lora_lr_factor))
+                       {"lora_rank": settings.lora_rank}, lr_factor=settings.lora_lr_factor))
     out.append(Variant("diva", "diva", "DIVA baseline: encoder trained through a frozen text-to-image decoder "
                        "trained on the world's captions"))
     return out
@@ -135,28 +136,29 @@ def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
             (seed_dir / "eval" / stale).unlink(missing_ok=True)
 
 
-def _train_args(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> list[str]:
-    return ["--max-steps", str(s.finetune_steps), "--batch-size", str(s.finetune_batch),
-            "--lr", f"{s.finetune_lr * lr_factor:g}", "--save-every", "100", "--seed", str(seed)]
+def _finetune_fields(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> dict:
+    """The demo's fine-tune settings; the learning rate times ``lr_factor`` (as printed with %g)."""
+    return {**finetune_settings(s, seed), "lr": float(f"{s.finetune_lr * lr_factor:g}")}
 
 
-def t2i_command(world: Path, clip: Path, seed: int, s: DemoSettings) -> list[str]:
-    """The `un2clip train-decoder` command of DIVA's text-to-image decoder (same budget as the unCLIP one)."""
-    return ["train-decoder", "--text-conditioned", "--preset", "diva-tiny", "--clip", str(clip),
-            "--data", str(world / "train" / "captions.csv"), "--max-steps", str(s.decoder_steps),
-            "--batch-size", str(s.decoder_batch), "--lr", str(s.decoder_lr), "--warmup-steps", "50",
-            "--lr-schedule", "cosine", "--save-every", "250", "--seed", str(seed)]
+def t2i_fields(world: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
+    """DIVA's text-to-image decoder (`un2clip train-decoder --text-conditioned`; the unCLIP decoder's budget)."""
+    return {"objective": "t2i-decoder", "preset": "diva-tiny", "clip": str(clip),
+            "data": str(world / "train" / "captions.csv"), "max_steps": s.decoder_steps,
+            "batch_size": s.decoder_batch, "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine",
+            "save_every": 250, "seed": seed}
 
 
-def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, flags: list[str], *,
+def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool, *,
                shipped: Path | None = None) -> Path:
     """A text-to-image decoder on the world's captions through the CLIP's text tower (what DIVA needs).
 
     Copied from ``shipped/t2i-decoder`` when given and present, else trained (``OUT/t2i-decoder/run``).
     """
     use_shipped = shipped is not None and (shipped / "t2i-decoder" / "unet").is_dir()
-    command = ["copy", f"shipped {shipped.name}"] if use_shipped else t2i_command(seed_dir / "world", clip, seed, s)
-    recipe = {"command": command, "clip": _made(seed_dir / "clip")}
+    fields = t2i_fields(seed_dir / "world", clip, seed, s)
+    made = {"command": ["copy", f"shipped {shipped.name}"]} if use_shipped else {"run": fields}
+    recipe = {**made, "clip": _made(seed_dir / "clip")}
     folder, done = recorded_stage(seed_dir, "t2i-decoder", recipe, fresh)
     if not done:
         t = time.perf_counter()
@@ -164,51 +166,56 @@ def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bo
         if use_shipped:
             shutil.copytree(shipped / "t2i-decoder", folder / "run" / "decoder")
         else:
-            _cli(command + ["--output", str(folder / "run"), *flags])
+            train_run(**fields, output=str(folder / "run"), progress=progress)
         finish_stage(folder, recipe, t)
     return folder / "run" / "decoder" if use_shipped else folder / "run"
+
+
+def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSettings, fresh: bool, progress: bool,
+                    shipped: Path | None) -> tuple[dict, str]:
+    """(recipe, output name) of a made variant: how it is made, and when the stages it starts from finished."""
+    clip, decoder = seed_dir / "clip" / "clip", seed_dir / "decoder" / "decoder"
+    images = str(seed_dir / "world" / "train" / "images")
+    upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
+    if variant.kind == "export":
+        export = {"model": str(seed_dir / "finetune"), "alpha": variant.alpha, "original": str(clip)}
+        return {"export": export, "un2clip": _made(seed_dir / "finetune")}, "clip"
+    if variant.kind == "finetune":
+        run = {"objective": "un2clip", "clip": str(clip), "decoder": str(decoder), "data": images,
+               **_finetune_fields(s, seed, variant.lr_factor), "objective_options": dict(variant.options)}
+        return {"run": run, **upstream}, "run"
+    if variant.kind == "diva":
+        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, progress, shipped=shipped)
+        run = {"objective": "diva", "preset": "diva-tiny", "clip": str(clip), "decoder": str(t2i), "data": images,
+               **_finetune_fields(s, seed, variant.lr_factor)}
+        return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"
+    raise ValueError(f"unknown variant kind {variant.kind!r}")
 
 
 def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: CompareSettings, fresh: bool,
                 progress: bool, shipped: Path | None = None) -> str:
     """Make (or reuse) one variant of one seed; returns the model spec to evaluate.
 
-    A variant made again loses its cached evaluation. Its recipe records the command and when the
-    stages it starts from finished, so a re-made CLIP, decoder or un²CLIP run re-makes it too.
+    A variant made again loses its cached evaluation. Its recipe records the training run (or export) and
+    when the stages it starts from finished, so a re-made CLIP, decoder or un²CLIP run re-makes it too.
     """
-    s = settings.demo
-    clip, decoder = seed_dir / "clip" / "clip", seed_dir / "decoder" / "decoder"
-    un2clip_run = seed_dir / "finetune"
     if variant.kind == "original":
-        return str(clip)
+        return str(seed_dir / "clip" / "clip")
     if variant.kind == "un2clip":
-        return str(un2clip_run)
-    flags = [] if progress else ["--no-progress"]
-    images = str(seed_dir / "world" / "train" / "images")
-    upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
-    if variant.kind == "export":
-        command = ["export", str(un2clip_run), "--alpha", f"{variant.alpha:g}", "--original", str(clip)]
-        upstream = {"un2clip": _made(un2clip_run)}
-        output = "clip"
-    elif variant.kind == "finetune":
-        command = ["finetune", "--clip", str(clip), "--decoder", str(decoder), "--data", images,
-                   *_train_args(s, seed, variant.lr_factor), *variant.flags]
-        output = "run"
-    elif variant.kind == "diva":
-        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, flags, shipped=shipped)
-        command = ["diva", "--preset", "diva-tiny", "--clip", str(clip), "--decoder", str(t2i),
-                   "--data", images, *_train_args(s, seed, variant.lr_factor)]
-        upstream = {"clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}
-        output = "run"
-    else:
-        raise ValueError(f"unknown variant kind {variant.kind!r}")
-    recipe = {"command": command, **upstream}
+        return str(seed_dir / "finetune")
+    from un2clip.export import export_model
+
+    recipe, output = _variant_recipe(seed_dir, variant, seed=seed, s=settings.demo, fresh=fresh, progress=progress,
+                                     shipped=shipped)
     folder, done = recorded_stage(seed_dir / "variants", variant.name, recipe, fresh)
     if not done:
         t = time.perf_counter()
         (seed_dir / "eval" / f"{variant.name}.json").unlink(missing_ok=True)
         folder.mkdir(parents=True)
-        _cli(command + ["--output", str(folder / output)] + (flags if output == "run" else []))
+        if "export" in recipe:
+            export_model(**recipe["export"], output=folder / output)
+        else:
+            train_run(**recipe["run"], output=str(folder / output), progress=progress)
         finish_stage(folder, recipe, t)
     return str(folder / output)
 
@@ -217,7 +224,7 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
              fresh: bool = False, from_scratch: bool = False, progress: bool = True,
              weights_seed: int | None = None) -> dict[str, dict[str, float]]:
     """The demo's stages, then every variant of one world seed: {variant: metrics}."""
-    from un2clip.demo_report import evaluate_models
+    from un2clip.world.report import evaluate_models
 
     _forget_stale_demo_finetune(seed_dir, settings.demo)
     run_demo(seed_dir, seed=seed, fresh=fresh, from_scratch=from_scratch, settings=settings.demo, progress=progress,

@@ -1,0 +1,238 @@
+"""`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every training command; each overrides the recipe's value when given."""
+    p.add_argument("config", nargs="?", help="YAML recipe (see configs/); flags below override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", help="named encoder + decoder pair (see `un2clip presets`); default tiny")
+    g.add_argument("--clip", help="encoder: preset, HF folder, Hub id or run directory (overrides the preset's)")
+    g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or train-decoder run (overrides the preset's)")
+    g.add_argument("--random-weights", action="store_true", default=None,
+                   help="build the preset's real architecture with random weights (no download)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="image folder, CSV/TSV file with an image column, webdataset shards, or "
+                                  "(finetune) a folder written by `un2clip cache-latents`")
+    g.add_argument("--image-column", help="CSV/TSV column holding image paths")
+    g.add_argument("--caption-column", help="CSV/TSV column holding captions")
+    g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, help="learning rate (paper: 3e-7 for ViT-L/14)")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (default adamw)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after warm-up (default constant)")
+    g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (default 1.0)")
+    g = p.add_argument_group("loop")
+    g.add_argument("--max-steps", type=int, help="optimiser steps to run (default 200)")
+    g.add_argument("--batch-size", type=int, help="global batch: all processes and accumulation steps (default 32)")
+    g.add_argument("--grad-accum", type=int, help="gradient accumulation micro-steps per optimiser step")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    g.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute encoder activations in the backward pass (less memory)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the encoder and the UNet (first step slower; eager with a warning "
+                        "if compilation fails)")
+    g.add_argument("--channels-last", action="store_true", default=None,
+                   help="convolution weights (UNet, VAE) in channels-last memory format")
+    g.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500, and at the end)")
+    g.add_argument("--seed", type=int, help="seed of data order, augmentations and diffusion draws")
+    g.add_argument("--output", help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
+              "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
+              "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
+              "save_every", "seed", "output")
+
+def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
+    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
+    from pathlib import Path
+
+    from un2clip.train.config import RunConfig, apply_overrides, load_config
+
+    overrides = {k: getattr(args, k, None) for k in TRAIN_KEYS}
+    if args.resume:
+        run_cfg = Path(args.resume) / "config.yaml"
+        if not run_cfg.exists():
+            raise FileNotFoundError(f"{run_cfg} not found: --resume takes the run directory of an earlier run")
+        # a resumed run keeps its recipe; only the step budget may be extended
+        return apply_overrides(load_config(run_cfg), {"output": args.resume, "max_steps": args.max_steps})
+    cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
+    if cfg.objective != objective:
+        raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
+    options = {k: v for k, v in objective_options.items() if v is not None}
+    merged = {**cfg.objective_options, **options}
+    return apply_overrides(cfg, {**overrides, "objective_options": merged})
+
+def _run_training(args: argparse.Namespace, objective: str, objective_options: dict) -> int:
+    from un2clip.train.recipes import run
+
+    cfg = _resolve_run_config(args, objective, objective_options)
+    result = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"run directory: {result.output}")
+    print(f"  steps: {result.step}, last loss: {result.last_loss:.6f}, skipped images: {result.n_bad}")
+    print(f"  metrics: {result.output / 'metrics.jsonl'}  config: {result.output / 'config.yaml'}")
+    print(f"  checkpoints: {result.output / 'checkpoints'}")
+    return 0
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="contrastive CLIP training (symmetric InfoNCE, learnable temperature) on image-text pairs",
+        description="Train both towers of a CLIP model on captioned images: a preset's random init "
+                    "(e.g. tiny) or any loadable model to continue from.")
+    _add_train_flags(p)
+    g = p.add_argument_group("contrastive options")
+    g.add_argument("--max-logit-scale", type=float, help="clamp of the learnable temperature's scale (default 100)")
+
+    def run(args: argparse.Namespace) -> int:
+        return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale})
+
+    p.set_defaults(func=run)
+
+def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-decoder", help="train an unCLIP decoder on a frozen CLIP's image embeddings (or, with "
+                              "--text-conditioned, a text-to-image decoder on captions)",
+        description="Stable unCLIP's recipe: the decoder denoises images given the CLIP image embedding, "
+                    "noise-augmented at a random level per sample. Also how to build a decoder for an encoder "
+                    "with no public unCLIP (ViT-L/14@336, SigLIP). With --text-conditioned: a text-to-image "
+                    "decoder (e.g. --preset diva-tiny) learns to denoise images given their captions through a "
+                    "frozen text encoder (--clip: that CLIP's text tower), the generator `un2clip diva` needs.")
+    _add_train_flags(p)
+    g = p.add_argument_group("decoder options")
+    g.add_argument("--text-conditioned", action="store_true",
+                   help="train a text-to-image decoder on image-caption pairs (objective t2i-decoder)")
+    g.add_argument("--max-noise-level", type=int, help="embedding noise levels drawn from [0, N) (default 1000)")
+    g.add_argument("--p-uncond", type=float,
+                   help="probability of zeroed class labels (or, text-conditioned, of the empty caption), "
+                        "for guidance (default 0.1)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.text_conditioned:
+            return _run_training(args, "t2i-decoder", {"p_uncond": args.p_uncond,
+                                                       "max_noise_level": args.max_noise_level})
+        return _run_training(args, "decoder", {"max_noise_level": args.max_noise_level, "p_uncond": args.p_uncond})
+
+    p.set_defaults(func=run)
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="un²CLIP: fine-tune a CLIP image encoder through a frozen unCLIP decoder",
+        description="Minimise a frozen unCLIP decoder's diffusion loss with respect to the CLIP image "
+                    "encoder that conditions it. Images only; the text tower is untouched.")
+    _add_train_flags(p)
+    g = p.add_argument_group("un²CLIP options")
+    g.add_argument("--projector", choices=["none", "random", "identity"],
+                   help="ablation: trainable linear layer between encoder and decoder (default none); the run "
+                        "records it (projector.safetensors, un2clip_run.json) but its clip/ is the encoder "
+                        "alone, which is what `un2clip eval` loads")
+    g.add_argument("--train-decoder", action="store_true", default=None,
+                   help="ablation: update the decoder together with the encoder (written to decoder/)")
+    g.add_argument("--anchor-weight", type=float, metavar="L",
+                   help="keep alignment: add L * batch mean of (1 - cosine similarity) between the encoder's "
+                        "embedding and a frozen copy of the original encoder's, same view (default 0: off)")
+    g.add_argument("--lora-rank", type=int, metavar="R",
+                   help="train rank-R LoRA adapters on the image tower instead of all its weights; the run's "
+                        "clip/ is the merged model (needs: pip install 'un2clip[lora]')")
+    g.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA scale is A / R (default A = R)")
+    g.add_argument("--lora-targets", metavar="NAMES",
+                   help="comma-separated linear layers that get adapters "
+                        "(default q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
+    g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
+    g.add_argument("--timesteps-per-image", type=int,
+                   help="K noised copies per encoder pass (default 1)")
+    g.add_argument("--max-timestep", type=int,
+                   help="draw diffusion timesteps in [0, N) only (default: all; not in the paper)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"projector": args.projector, "train_decoder": args.train_decoder,
+                "noise_level": args.noise_level, "timesteps_per_image": args.timesteps_per_image,
+                "max_timestep": args.max_timestep, "anchor_weight": args.anchor_weight,
+                "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+                "lora_targets": [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+                if args.lora_targets else None}
+        return _run_training(args, "un2clip", opts)
+
+    p.set_defaults(func=run)
+
+def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache-latents", help="run the frozen VAE once over the data; finetune then reads the cache (--data DIR)",
+        description="One pass over the data: each image gets the crop un²CLIP would draw for it in epoch 0 with "
+                    "--seed; its decoder view is encoded by the decoder's VAE (float16 latents; the pixels for a "
+                    "pixel-space decoder) and its CLIP view stored as uint8 pixels, in safetensors shards with an "
+                    "index (un2clip_latents.json). `un2clip finetune --data DIR` recognises the folder and skips the "
+                    "VAE; with the same --seed its first epoch equals the on-the-fly one (latents rounded to "
+                    "float16), later epochs reuse the same crops.")
+    p.add_argument("--decoder", required=True, help="unCLIP decoder: preset, folder or Hub id (its VAE encodes)")
+    p.add_argument("--clip", required=True, help="encoder whose input size and resize mode the CLIP view follows")
+    p.add_argument("--data", required=True, help="image folder, CSV/TSV file or webdataset shards")
+    p.add_argument("--output", required=True, help="cache folder to write (new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops: use the training run's (default 0)")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard (default 1024)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per VAE call (default 16)")
+    p.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (default 0)")
+    p.add_argument("--center-crop", action="store_true", help="centre crops (for runs with random_crop: false)")
+    p.add_argument("--image-column", help="CSV/TSV column holding image paths")
+    p.add_argument("--random-weights", action="store_true", help="presets' architectures with random weights")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        import torch
+
+        from un2clip.data import open_source
+        from un2clip.data.latent_cache import cache_latents
+        from un2clip.load import load_clip, load_decoder
+
+        source = open_source(args.data, image_column=args.image_column)
+        processing = load_clip(args.clip, random_weights=args.random_weights).processing
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        decoder = load_decoder(args.decoder, random_weights=args.random_weights).freeze().to(device)
+        index = cache_latents(source, processing, decoder, args.output, seed=args.seed,
+                              random_crop=not args.center_crop, shard_size=args.shard_size,
+                              batch_size=args.batch_size, num_workers=args.num_workers,
+                              info={"source": args.data, "clip": args.clip, "decoder": args.decoder,
+                                    "random_weights": args.random_weights},
+                              progress=not args.no_progress)
+        print(f"cached {index['n_cached']} of {index['n_samples']} images ({index['n_bad']} unreadable) in "
+              f"{len(index['shards'])} shard(s) at {args.output}: latents {tuple(index['latents']['shape'])} "
+              f"float16, CLIP view {index['clip_view']['size']} px uint8")
+        return 0
+
+    p.set_defaults(func=run)
+
+def _add_diva(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diva", help="the DIVA baseline: fine-tune a CLIP image encoder through a frozen text-to-image model",
+        description="DIVA (arXiv 2407.20171): the frozen UNet's cross-attention context is the text encoder's "
+                    "hidden states of 'a photo of a .' followed by a trainable linear projection of the class "
+                    "token and N randomly drawn patch tokens (after the final norm and visual projection); the "
+                    "noise-prediction loss trains the encoder and the projection. Images only. Recipe: "
+                    "configs/diva_openai_l14.yaml; tiny: --preset diva-tiny.")
+    _add_train_flags(p)
+    g = p.add_argument_group("DIVA options")
+    g.add_argument("--n-patch-tokens", type=int, help="patch tokens drawn with replacement per image (default 76)")
+    g.add_argument("--prompt", help="template whose text hidden states come first (default 'a photo of a .')")
+    g.add_argument("--combine", choices=["concat", "add"],
+                   help="concat: text states then visual tokens (default); add: summed position by position, "
+                        "as DIVA's released code does (needs n-patch-tokens + 1 = text length)")
+    g.add_argument("--draws-per-image", type=int,
+                   help="timestep, noise and token draws per encoder pass, losses averaged (default 1)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"n_patch_tokens": args.n_patch_tokens, "prompt": args.prompt, "combine": args.combine,
+                "draws_per_image": args.draws_per_image}
+        return _run_training(args, "diva", opts)
+
+    p.set_defaults(func=run)
+
+
+# sub-commands of this group, in the order `un2clip --help` lists them
+COMMANDS = [_add_pretrain, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]

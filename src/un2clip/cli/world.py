@@ -1,0 +1,111 @@
+"""`un2clip` the shapes world's commands: world generate, demo, compare."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_world(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="the shapes world: a small, seeded world of coloured shapes with captions")
+    wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
+    g = wsub.add_parser("generate", help="write training data, MMVP-layout pairs, zero-shot and segmentation sets")
+    g.add_argument("output", help="folder to write")
+    g.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    g.add_argument("--n-train", type=int, default=20000, help="training images (default 20000)")
+    g.add_argument("--n-val", type=int, default=1000, help="validation images (default 1000)")
+    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    g.add_argument("--rare-rate", type=float, default=0.03,
+                   help="probability that a caption names each rare attribute (default 0.03)")
+    g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
+    g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.world_command != "generate":
+            p.print_help()
+            return 2
+        import json
+
+        from un2clip.world import generate_world
+
+        info = generate_world(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                              image_size=args.image_size, rare_rate=args.rare_rate,
+                              pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite)
+        print(json.dumps({k: info[k] for k in ("seed", "n_train", "n_val", "image_size", "rare_rate") if k in info}))
+        print(f"wrote the world to {args.output}")
+        return 0
+
+    p.set_defaults(func=run)
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="un²CLIP, its ablations and alignment keepers over world seeds: one table",
+        description="Per world seed: the demo's stages (world, tiny CLIP, decoder, un²CLIP), then each variant as a "
+                    "cached stage (original, un2clip, projector-random, projector-identity, update-decoder, "
+                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, diva when registered), each "
+                    "evaluated like the demo (world-MMVP, zero-shot, held-out diffusion loss, probes). Writes "
+                    "OUT/report.md (mean ± std over seeds), OUT/results.json, OUT/mmvp_vs_zeroshot.png.")
+    p.add_argument("--output", default="runs/compare", help="where every seed and the report go (default runs/compare)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="world seeds (default 0 1 2)")
+    p.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all; original is "
+                   "always evaluated, the un2clip run always made)")
+    p.add_argument("--steps", type=int, help="fine-tune steps of every trained variant (default: the demo's)")
+    p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
+    p.add_argument("--weights-seed", type=int, metavar="S",
+                   help="start every seed from the shipped CLIP and decoders of seed S (the worlds, pairs and "
+                        "fine-tune draws still follow --seeds)")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from un2clip.world.compare import QUICK, CompareSettings, run_compare
+
+        report = run_compare(Path(args.output), seeds=args.seeds, variants=args.variants,
+                             settings=QUICK if args.quick else CompareSettings(), steps=args.steps,
+                             fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress,
+                             weights_seed=args.weights_seed)
+        print(report.read_text())
+        print(f"report: {report}")
+        return 0
+
+    p.set_defaults(func=run)
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole method in the shapes world on a CPU (what `make demo` runs)",
+        description="Stages, each cached in OUTPUT/<stage>/ and skipped when done: generate the shapes world; the "
+                    "tiny CLIP (shipped in assets/tiny-world/ or pre-trained); its unCLIP decoder (shipped or "
+                    "trained); the un²CLIP fine-tune; world-MMVP, zero-shot, retrieval, segmentation, held-out "
+                    "diffusion loss, probes and reconstructions before and after, in OUTPUT/report.md.")
+    p.add_argument("--output", default="runs/demo", help="where every stage writes (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
+    p.add_argument("--weights-seed", type=int, metavar="S",
+                   help="start from the shipped CLIP and decoder of seed S whatever --seed is (the world, pairs "
+                        "and fine-tune draws still follow --seed)")
+    p.add_argument("--quick", action="store_true", help="a few steps of each stage (a smoke test, no result)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from un2clip.world.demo import QUICK, DemoSettings, run_demo
+
+        report = run_demo(Path(args.output), seed=args.seed, fresh=args.fresh, from_scratch=args.from_scratch,
+                          settings=QUICK if args.quick else DemoSettings(), progress=not args.no_progress,
+                          weights_seed=args.weights_seed)
+        print(report.read_text())
+        print(f"report: {report}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# sub-commands of this group, in the order `un2clip --help` lists them
+COMMANDS = [_add_demo, _add_compare, _add_world]

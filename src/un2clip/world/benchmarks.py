@@ -1,0 +1,468 @@
+"""Benchmarks and data sets written from the shapes world.
+
+:func:`generate_world` writes a complete world to disk: image-caption splits, an
+MMVP-VLM-layout paired benchmark, zero-shot ImageFolder sets and a segmentation set.
+Pure PIL + numpy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from un2clip.world.render import SUPERSAMPLE, render, render_with_mask
+from un2clip.world.scenes import (
+    COLORS,
+    GLYPHS,
+    JITTER_X,
+    JITTER_Y,
+    ORIENTATION_WORDS,
+    ORIENTATIONS,
+    ORIENTED_SHAPES,
+    POSITIONS,
+    RARE_ATTRIBUTES,
+    SHAPES,
+    SIZES,
+    STATES,
+    VIEWS,
+    WORLD_VERSION,
+    Scene,
+    choice,
+    modify,
+    place,
+    sample_scene,
+    split_rng,
+    uniform,
+)
+from un2clip.world.words import (
+    ZEROSHOT_TEMPLATES,
+    caption,
+    phrase,
+    seg_classes,
+    world_vocabulary,
+    zeroshot_tasks,
+)
+
+
+# ----------------------------------------------------------------------------- MMVP pairs
+def _other(rng: np.random.Generator, items: Sequence, value) -> object:
+    return choice(rng, [i for i in items if i != value])
+
+
+Pair = tuple[Scene, Scene, set[str], str]  # two scenes, the attributes their statements name, the attribute
+
+
+def _orientation_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1, shapes=ORIENTED_SHAPES)
+    o = a.objects[0]
+    b = replace(a, objects=(replace(o, orientation=_other(rng, ORIENTATIONS, o.orientation)),))
+    return a, b, {"orientation"}, "orientation"
+
+
+def _dot_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1)
+    a = replace(a, objects=(replace(a.objects[0], dot=index % 2 == 0),))  # with first, then without first
+    b = replace(a, objects=(replace(a.objects[0], dot=not a.objects[0].dot),))
+    return a, b, {"dot"}, "dot"
+
+
+def _state_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1)
+    o = a.objects[0]
+    b = replace(a, objects=(replace(o, state=_other(rng, STATES, o.state)),))
+    return a, b, {"state"}, "state"
+
+
+def _count_pair(rng: np.random.Generator, index: int) -> Pair:
+    n1 = 1 + index % 2  # 1 vs 2, then 2 vs 3
+    a = sample_scene(rng, n_objects=1, count=n1)
+    taken = {o.position for o in a.objects}
+    free = [p for p in POSITIONS if p not in taken]
+    extra = place(a.objects[0], choice(rng, free), uniform(rng, -JITTER_X, JITTER_X),
+                  uniform(rng, -JITTER_Y, JITTER_Y))
+    objs = sorted(a.objects + (extra,), key=lambda o: o.x)
+    b = replace(a, objects=tuple(objs), count=n1 + 1)
+    if index % 4 >= 2:  # sometimes the larger count comes first
+        a, b = b, a
+    return a, b, {"count"}, "count"
+
+
+def _position_pair(rng: np.random.Generator, index: int) -> Pair:
+    if index % 2 == 0:  # one object, left side vs right side
+        a = sample_scene(rng, n_objects=1, count=1)
+        o = a.objects[0]
+        side = choice(rng, ("left", "right"))
+        a = replace(a, objects=(modify(o, position=side),))
+        other = "right" if side == "left" else "left"
+        b = replace(a, objects=(modify(a.objects[0], position=other),))
+        return a, b, {"position"}, "position"
+    a = sample_scene(rng, n_objects=2, count=1)  # A left of B vs A right of B
+    o1, o2 = a.objects
+    b = replace(a, objects=(modify(o1, position=o2.position), modify(o2, position=o1.position)))
+    return a, b, {"relation"}, "relation"
+
+
+def _color_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=2, count=1)
+    o1, o2 = a.objects
+    taken = {(o1.shape, o1.color)}
+    colors = [c for c in COLORS if c != o2.color and (o2.shape, c) not in taken]
+    b = replace(a, objects=(o1, replace(o2, color=choice(rng, colors))))
+    return a, b, set(), "color"
+
+
+def _size_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1)
+    o = a.objects[0]
+    b = replace(a, objects=(replace(o, size=_other(rng, SIZES, o.size)),))
+    return a, b, {"size"}, "size"
+
+
+def _glyph_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1)
+    o = a.objects[0]
+    g1 = choice(rng, GLYPHS)
+    a = replace(a, objects=(modify(o, glyph=g1),))
+    b = replace(a, objects=(modify(a.objects[0], glyph=_other(rng, GLYPHS, g1)),))
+    return a, b, {"glyph"}, "glyph"
+
+
+def _view_pair(rng: np.random.Generator, index: int) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1)
+    b = replace(a, view=_other(rng, VIEWS, a.view))
+    return a, b, {"view"}, "view"
+
+
+# MMVP-VLM pattern -> maker of two scenes that differ in exactly the attribute of the pattern,
+# in the order the official script reports the patterns (eval.mmvp.PATTERNS; a test keeps them equal)
+PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int], Pair]] = {
+    "Orientation and Direction": _orientation_pair,
+    "Presence of Specific Features": _dot_pair,
+    "State and Condition": _state_pair,
+    "Quantity and Count": _count_pair,
+    "Positional and Relational Context": _position_pair,
+    "Color and Appearance": _color_pair,
+    "Structural Characteristics": _size_pair,
+    "Texts": _glyph_pair,
+    "Viewpoint and Perspective": _view_pair,
+}
+MMVP_TYPES: tuple[str, ...] = tuple(PAIR_MAKERS)
+
+
+def _mmvp_pair(rng: np.random.Generator, pattern: str, index: int) -> Pair:
+    """Two scenes that differ in exactly the attribute of ``pattern``; the attribute named."""
+    if pattern not in PAIR_MAKERS:
+        raise ValueError(f"unknown MMVP pattern {pattern!r}; known: {MMVP_TYPES}")
+    return PAIR_MAKERS[pattern](rng, index)
+
+
+def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15) -> list[dict]:
+    """The paired benchmark as records: type, attribute, the two scenes, the two statements.
+
+    Each pattern draws from its own stream, so more pairs per pattern extend the same
+    benchmark (the first 15 pairs stay the first 15).
+    """
+    records = []
+    for k, pattern in enumerate(MMVP_TYPES):
+        rng = split_rng(seed, "mmvp", k)
+        for index in range(pairs_per_pattern):
+            a, b, named, attribute = _mmvp_pair(rng, pattern, index)
+            s1, s2 = phrase(a, named), phrase(b, named)
+            if s1 == s2 or a == b:  # cannot happen by construction; refuse rather than write it
+                raise AssertionError(f"degenerate {pattern} pair: {s1!r}")
+            records.append(
+                {"type": pattern, "attribute": attribute, "scenes": (a, b), "statements": (s1, s2)}
+            )
+    return records
+
+
+def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene:
+    if task == "shape":
+        scene = sample_scene(rng, n_objects=1, count=1, shapes=(classname,))
+    elif task == "color":
+        scene = sample_scene(rng, n_objects=1, count=1)
+        scene = replace(scene, objects=(replace(scene.objects[0], color=classname),))
+    elif task == "orientation":
+        scene = sample_scene(rng, n_objects=1, count=1, shapes=ORIENTED_SHAPES)
+        key = {v: k for k, v in ORIENTATION_WORDS.items()}[classname]
+        scene = replace(scene, objects=(replace(scene.objects[0], orientation=key),))
+    else:
+        raise ValueError(task)
+    return scene
+
+
+# ----------------------------------------------------------------------------- writing
+OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json")
+_CHUNK = 256  # images per job sent to a worker process
+
+
+def _save_images(jobs: list[tuple[Scene, str, str | None]], size: int) -> int:
+    """Render and write ``(scene, image path, mask path or None)`` jobs; JPEG for ``.jpg``."""
+    for scene, path, mask_path in jobs:
+        if mask_path is None:
+            image = render(scene, size)
+        else:
+            image, mask = render_with_mask(scene, size)
+            Image.fromarray(mask, "L").save(mask_path, format="PNG")
+        if path.endswith(".jpg"):
+            image.save(path, format="JPEG", quality=95)
+        else:
+            image.save(path, format="PNG")
+    return len(jobs)
+
+
+class _ImageWriter:
+    """Collects image jobs and runs them inline or on a pool of processes.
+
+    Pixels depend only on the scene, so the files are the same whatever ``workers`` is.
+    """
+
+    def __init__(self, size: int, workers: int, total: int, progress: bool):
+        self.size, self.workers = size, workers
+        self.pending: list[tuple[Scene, str, str | None]] = []
+        self.futures: list = []
+        self.pool = None
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="shapes world", unit="img")
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: safe next to threaded libraries (torch) in the parent process
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def add(self, scene: Scene, path: Path, mask_path: Path | None = None) -> None:
+        self.pending.append((scene, str(path), None if mask_path is None else str(mask_path)))
+        if len(self.pending) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        jobs, self.pending = self.pending, []
+        if not jobs:
+            return
+        if self.pool is None:
+            self._done(_save_images(jobs, self.size))
+            return
+        self.futures.append(self.pool.submit(_save_images, jobs, self.size))
+        while len(self.futures) > 4 * self.workers:  # bound the memory held by queued jobs
+            self._done(self.futures.pop(0).result())
+
+    def _done(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self, *, finish: bool = True) -> None:
+        """Wait for every job (``finish``) or drop the queued ones (after an error)."""
+        try:
+            if finish:
+                self._flush()
+                for fut in self.futures:
+                    self._done(fut.result())
+        finally:
+            self.futures, self.pending = [], []
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+            if self.bar is not None:
+                self.bar.close()
+
+
+def _write_caption_split(
+    root: Path, split: str, n: int, seed: int, rare_rate: float, out: _ImageWriter
+) -> None:
+    folder = root / split
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    scene_rng, caption_rng = split_rng(seed, split, 0), split_rng(seed, split, 1)
+    with (
+        open(folder / "captions.csv", "w", newline="", encoding="utf-8") as fcsv,
+        open(folder / "attributes.jsonl", "w", encoding="utf-8") as fjson,
+    ):
+        writer = csv.writer(fcsv, lineterminator="\n")
+        writer.writerow(["image", "caption"])
+        for i in range(n):
+            scene = sample_scene(scene_rng)
+            name = f"images/{i:06d}.png"
+            out.add(scene, folder / name)
+            writer.writerow([name, caption(scene, caption_rng, rare_rate)])
+            fjson.write(json.dumps({"index": i, "image": name, **scene.to_record()}, sort_keys=True) + "\n")
+
+
+def _write_mmvp(root: Path, seed: int, pairs_per_pattern: int, out: _ImageWriter) -> None:
+    folder = root / "mmvp"
+    for t in MMVP_TYPES:
+        (folder / "MLLM_VLM Images" / t).mkdir(parents=True, exist_ok=True)
+    records = mmvp_pairs(seed, pairs_per_pattern)
+    with (
+        open(folder / "Questions.csv", "w", newline="", encoding="utf-8") as fcsv,
+        open(folder / "pairs.jsonl", "w", encoding="utf-8") as fjson,
+    ):
+        writer = csv.writer(fcsv, lineterminator="\n")
+        writer.writerow(["Question ID", "Type", "Statement"])
+        for k, rec in enumerate(records):
+            qids = (2 * k + 1, 2 * k + 2)
+            for q, scene, statement in zip(qids, rec["scenes"], rec["statements"]):
+                out.add(scene, folder / "MLLM_VLM Images" / rec["type"] / f"{q}.jpg")
+                writer.writerow([q, rec["type"], statement])
+            record = {
+                "question_ids": list(qids),
+                "type": rec["type"],
+                "attribute": rec["attribute"],
+                "statements": list(rec["statements"]),
+                "scenes": [s.to_record() for s in rec["scenes"]],
+            }
+            fjson.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _write_zeroshot(root: Path, seed: int, per_class: int, out: _ImageWriter) -> None:
+    for t, (task, spec) in enumerate(zeroshot_tasks().items()):
+        folder = root / "zeroshot" / task
+        rng = split_rng(seed, "zeroshot", t)
+        for name in spec["classnames"]:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                out.add(zeroshot_scene(rng, task, name), folder / name / f"{j:04d}.png")
+        (folder / "classnames.txt").write_text("\n".join(spec["classnames"]) + "\n", encoding="utf-8")
+        (folder / "templates.txt").write_text("\n".join(spec["templates"]) + "\n", encoding="utf-8")
+
+
+def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter) -> None:
+    folder = root / "seg"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = split_rng(seed, "seg")
+    with open(folder / "attributes.jsonl", "w", encoding="utf-8") as fjson:
+        for i in range(n):
+            scene = sample_scene(rng, filled_only=True, allow_glyph=False)
+            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png")
+            record = {
+                "index": i,
+                "image": f"images/{i:06d}.png",
+                "mask": f"masks/{i:06d}.png",
+                **scene.to_record(),
+            }
+            fjson.write(json.dumps(record, sort_keys=True) + "\n")
+    (folder / "classes.txt").write_text("\n".join(seg_classes()) + "\n", encoding="utf-8")
+    (folder / "templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n", encoding="utf-8")
+
+
+def _auto_workers(n_images: int) -> int:
+    if n_images < 4000:  # starting processes costs more than it saves
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def generate_world(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int = 20000,
+    n_val: int = 1000,
+    image_size: int = 32,
+    rare_rate: float = 0.03,
+    pairs_per_pattern: int = 15,
+    n_seg: int = 200,
+    n_zeroshot_per_class: int = 50,
+    progress: bool = True,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> dict:
+    """Write a shapes world under ``out_dir`` and return its parameters (also ``world.json``).
+
+    Layout::
+
+        train/ val/       images/000000.png, captions.csv (image,caption), attributes.jsonl
+        mmvp/             Questions.csv, MLLM_VLM Images/<Type>/<qid>.jpg, pairs.jsonl
+        zeroshot/<task>/  <classname>/0000.png, classnames.txt, templates.txt
+                          (tasks: shape, color, orientation)
+        seg/              images/<id>.png, masks/<id>.png, classes.txt, templates.txt,
+                          attributes.jsonl
+        world.json
+
+    Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
+    validation split nor the benchmark, and a smaller train split is a prefix of a larger
+    one.  Refuses to write into a folder that already holds a world unless ``overwrite``
+    (then the world's own folders are deleted first; other files are left alone).
+    ``workers`` processes render the images (None: one per core, at most 8, for large
+    worlds); the output is byte-identical whatever their number.  Processes are started
+    with "spawn", so a script calling this at import time needs the usual
+    ``if __name__ == "__main__":`` guard when ``workers > 1``.
+    """
+    if not 0.0 <= rare_rate <= 1.0:
+        raise ValueError(f"rare_rate must be in [0, 1], got {rare_rate}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    counts = {
+        "n_train": n_train,
+        "n_val": n_val,
+        "pairs_per_pattern": pairs_per_pattern,
+        "n_seg": n_seg,
+        "n_zeroshot_per_class": n_zeroshot_per_class,
+    }
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    root = Path(out_dir)
+    existing = [n for n in OUTPUT_NAMES if (root / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{root} already holds a world ({', '.join(existing)}); pass overwrite=True to rewrite it"
+        )
+    for n in existing:
+        if (root / n).is_dir():
+            shutil.rmtree(root / n)
+        else:
+            (root / n).unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    tasks = zeroshot_tasks()
+    n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
+    total = n_train + n_val + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg
+    n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
+    out = _ImageWriter(image_size, n_workers, total, progress)
+    try:
+        _write_caption_split(root, "train", n_train, seed, rare_rate, out)
+        _write_caption_split(root, "val", n_val, seed, rare_rate, out)
+        _write_mmvp(root, seed, pairs_per_pattern, out)
+        _write_zeroshot(root, seed, n_zeroshot_per_class, out)
+        _write_seg(root, seed, n_seg, out)
+    except BaseException:
+        out.close(finish=False)
+        raise
+    out.close()
+    params = {
+        "version": WORLD_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "n_train": n_train,
+        "n_val": n_val,
+        "rare_rate": rare_rate,
+        "pairs_per_pattern": pairs_per_pattern,
+        "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES),
+        "n_seg": n_seg,
+        "n_zeroshot_per_class": n_zeroshot_per_class,
+        "supersample": SUPERSAMPLE,
+        "shapes": list(SHAPES),
+        "colors": list(COLORS),
+        "glyphs": list(GLYPHS),
+        "rare_attributes": list(RARE_ATTRIBUTES),
+        "mmvp_types": list(MMVP_TYPES),
+        "zeroshot_tasks": list(tasks),
+        "seg_classes": seg_classes(),
+        "vocabulary_size": len(world_vocabulary()),
+    }
+    (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+    return params
+

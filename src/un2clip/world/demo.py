@@ -1,0 +1,177 @@
+"""`make demo` / `un2clip demo`: the whole un²CLIP method in the shapes world, on a CPU.
+
+Stages (each cached in ``OUT/<stage>/`` and skipped when done; ``--fresh`` recomputes):
+
+1. ``world``    generate the shapes world (training images with captions, MMVP-layout pairs,
+                zero-shot sets, segmentation masks)
+2. ``clip``     contrastive pre-training of the tiny CLIP on the world's captions
+3. ``decoder``  an unCLIP decoder trained on that CLIP's image embeddings
+4. ``finetune`` un²CLIP: the CLIP image encoder trained through the frozen decoder (images only)
+5. ``eval``     world-MMVP, zero-shot, held-out diffusion loss, reconstructions: before and after
+
+Stages 2 and 3 start from the weights shipped in ``assets/tiny-world/`` when they exist for the
+chosen seed (their README gives the exact commands that reproduce them); ``--from-scratch``
+retrains them. ``--weights-seed S`` starts from the shipped weights of seed S in another seed's
+world (same world distribution, fresh images, pairs and training draws): the cheap way to
+repeat the fine-tune and its evaluation over seeds when only one seed's weights are shipped.
+Every stage is a general ``un2clip`` command that also works on real data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from un2clip.world.stages import finish_stage, mark_done, recorded_stage, stage, train_run
+
+ASSETS = Path(__file__).resolve().parents[3] / "assets" / "tiny-world"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and learning rates of each stage (the shipped assets were made with these)."""
+
+    n_train: int = 20000
+    n_val: int = 1000
+    pairs_per_pattern: int = 60
+    n_zeroshot_per_class: int = 50
+    n_seg: int = 200
+    rare_rate: float = 0.03
+    pretrain_steps: int = 1000
+    pretrain_batch: int = 256
+    pretrain_lr: float = 1e-3
+    decoder_steps: int = 1500
+    decoder_batch: int = 64
+    decoder_lr: float = 5e-4
+    finetune_steps: int = 300
+    finetune_batch: int = 32
+    finetune_lr: float = 1e-5
+    sampling_steps: int = 50
+
+
+QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, n_zeroshot_per_class=6, n_seg=8, pretrain_steps=4, pretrain_batch=32,
+                     decoder_steps=4, decoder_batch=16, finetune_steps=3, finetune_batch=8, sampling_steps=4)
+
+
+def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:
+    """A model stage (clip, decoder) recorded with where its weights came from; when it is (re)made,
+    the stages downstream of it (fine-tune, evaluation) are dropped too."""
+    folder, done = recorded_stage(out, name, {"source": source}, fresh, keep_unrecorded=True)
+    if not done:
+        for stale in (out / "finetune", out / "eval"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return folder, done
+
+
+def shipped_weights(seed: int, weights_seed: int | None = None) -> Path:
+    """The folder of shipped weights a demo of world ``seed`` starts from (``weights_seed`` overrides)."""
+    return ASSETS / f"seed{seed if weights_seed is None else weights_seed}"
+
+
+def _check_shipped(shipped: Path, weights_seed: int | None, from_scratch: bool) -> None:
+    if weights_seed is None:
+        return
+    if from_scratch:
+        raise ValueError("--weights-seed starts from shipped weights; it cannot go with --from-scratch")
+    if not (shipped / "clip" / "config.json").exists() or not (shipped / "decoder" / "unet").is_dir():
+        raise FileNotFoundError(f"no shipped CLIP and decoder for --weights-seed {weights_seed} in {shipped}")
+
+
+def _world_stage(out: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool) -> Path:
+    from un2clip.world.benchmarks import generate_world
+
+    world, done = stage(out, "world", fresh)
+    if not done:
+        t = time.perf_counter()
+        generate_world(world, seed=seed, n_train=s.n_train, n_val=s.n_val, rare_rate=s.rare_rate,
+                       pairs_per_pattern=s.pairs_per_pattern, n_zeroshot_per_class=s.n_zeroshot_per_class,
+                       n_seg=s.n_seg, progress=progress, overwrite=True)
+        mark_done(world, time.perf_counter() - t)
+    return world
+
+
+def _clip_stage(out: Path, world: Path, shipped: Path, seed: int, s: DemoSettings, *, fresh: bool,
+                from_scratch: bool, progress: bool) -> Path:
+    """The tiny CLIP: copied from the shipped weights, or contrastive pre-training (`un2clip pretrain`)."""
+    use_shipped = (shipped / "clip" / "config.json").exists() and not from_scratch
+    source = f"shipped {shipped.name}" if use_shipped else "pretrain"
+    folder, done = _model_stage(out, "clip", fresh, source)
+    if not done:
+        t = time.perf_counter()
+        if use_shipped:
+            shutil.copytree(shipped / "clip", folder / "clip", dirs_exist_ok=True)
+        else:
+            train_run(objective="contrastive", preset="tiny", data=str(world / "train" / "captions.csv"),
+                      max_steps=s.pretrain_steps, batch_size=s.pretrain_batch, lr=s.pretrain_lr, weight_decay=0.1,
+                      warmup_steps=50, lr_schedule="cosine", save_every=250, seed=seed,
+                      output=str(folder / "run"), progress=progress)
+            shutil.copytree(folder / "run" / "clip", folder / "clip", dirs_exist_ok=True)
+        finish_stage(folder, {"source": source}, t)
+    return folder / "clip"
+
+
+def _decoder_stage(out: Path, world: Path, clip: Path, shipped: Path, seed: int, s: DemoSettings, *, fresh: bool,
+                   from_scratch: bool, progress: bool) -> Path:
+    """The tiny unCLIP decoder of ``clip``: copied from the shipped weights, or trained (`un2clip train-decoder`)."""
+    use_shipped = (shipped / "decoder" / "unet").is_dir() and not from_scratch
+    source = f"shipped {shipped.name}" if use_shipped else "train-decoder"
+    folder, done = _model_stage(out, "decoder", fresh, source)
+    if not done:
+        t = time.perf_counter()
+        if use_shipped:
+            shutil.copytree(shipped / "decoder", folder / "decoder", dirs_exist_ok=True)
+        else:
+            train_run(objective="decoder", clip=str(clip), preset="tiny", data=str(world / "train" / "images"),
+                      max_steps=s.decoder_steps, batch_size=s.decoder_batch, lr=s.decoder_lr, warmup_steps=50,
+                      lr_schedule="cosine", save_every=250, seed=seed, output=str(folder / "run"),
+                      progress=progress)
+            shutil.copytree(folder / "run" / "decoder", folder / "decoder", dirs_exist_ok=True)
+        finish_stage(folder, {"source": source}, t)
+    return folder / "decoder"
+
+
+def finetune_settings(s: DemoSettings, seed: int) -> dict:
+    """Steps, batch, learning rate, checkpoints and seed of every fine-tune of the world (un²CLIP and variants)."""
+    return {"max_steps": s.finetune_steps, "batch_size": s.finetune_batch, "lr": s.finetune_lr, "save_every": 100,
+            "seed": seed}
+
+
+def _finetune_stage(out: Path, world: Path, clip: Path, decoder: Path, seed: int, s: DemoSettings, *, fresh: bool,
+                    progress: bool) -> Path:
+    """un²CLIP (`un2clip finetune`): the CLIP image encoder trained through the frozen decoder."""
+    folder, done = stage(out, "finetune", fresh)
+    if not done:
+        t = time.perf_counter()
+        if folder.exists():
+            shutil.rmtree(folder)
+        train_run(objective="un2clip", clip=str(clip), decoder=str(decoder), data=str(world / "train" / "images"),
+                  output=str(folder), progress=progress, **finetune_settings(s, seed))
+        mark_done(folder, time.perf_counter() - t)
+    return folder
+
+
+def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: bool = False,
+             settings: DemoSettings = DemoSettings(), progress: bool = True,
+             weights_seed: int | None = None) -> Path:
+    """Run (or reuse) every stage and write ``out/report.md``; returns its path.
+
+    ``weights_seed``: start stages 2 and 3 from the shipped weights of that seed (which must exist)
+    instead of the world seed's; ``None`` uses the world seed's when shipped, else trains them.
+    """
+    from un2clip.world.report import evaluate_models, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    s = settings
+    shipped = shipped_weights(seed, weights_seed)
+    _check_shipped(shipped, weights_seed, from_scratch)
+    world = _world_stage(out, seed, s, fresh, progress)
+    opts = {"fresh": fresh, "from_scratch": from_scratch, "progress": progress}
+    clip = _clip_stage(out, world, shipped, seed, s, **opts)
+    decoder = _decoder_stage(out, world, clip, shipped, seed, s, **opts)
+    finetune = _finetune_stage(out, world, clip, decoder, seed, s, fresh=fresh, progress=progress)
+    models = {"original": str(clip), "un2clip": str(finetune)}
+    results = evaluate_models(out / "eval", world, models, decoder, seed=seed, fresh=fresh, progress=progress,
+                              sampling_steps=s.sampling_steps)
+    return write_report(out, results)
