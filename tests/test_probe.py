@@ -19,6 +19,17 @@ def test_labels_independent_of_features_give_chance():
     assert 44.0 < acc < 56.0
 
 
+def test_probe_does_not_depend_on_the_global_rng():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 16, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(400, generator=g) > 0).long()  # noisy labels: not every start agrees
+    results = set()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        results.add(linear_probe(x[:200], y[:200], x[200:], y[200:], max_iter=5))
+    assert len(results) == 1
+
+
 def test_object_attributes_are_labelled_on_single_object_scenes_only():
     from un2clip.eval.probe import _labels
 

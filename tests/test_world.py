@@ -376,3 +376,20 @@ def test_sample_scene_respects_its_arguments():
     assert all(o.state == "filled" and o.glyph is None for o in s.objects)
     with pytest.raises(ValueError):
         W.sample_scene(rng, n_objects=2, count=2)
+
+
+def test_world_patterns_are_the_benchmark_patterns():
+    from un2clip.eval.mmvp import PATTERNS
+
+    assert W.MMVP_TYPES == PATTERNS  # same names, same order: one list for the world writer and the scorer
+
+
+def test_tiny_tokenizer_knows_every_world_word():
+    from un2clip.models.presets import _default_words, build_tiny_clip
+
+    vocab = _default_words()
+    missing = sorted(set(W.world_vocabulary()) - set(vocab))
+    assert missing == [], f"rewrite src/un2clip/models/data/tiny_vocab.txt from world_vocabulary(): {missing}"
+    tok = build_tiny_clip().tokenizer
+    ids = tok(W.describe(W.sample_scene(np.random.default_rng(0))))["input_ids"]
+    assert tok.unk_token_id not in ids

@@ -207,6 +207,83 @@ def _dtype(name: str | None) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[name]
 
 
+def _step_objective(preset: str, cfg: StepConfig, *, random_weights: bool, decoder_size: int | None,
+                    models: tuple[Any, Any] | None, dev: torch.device):
+    """The un²CLIP objective of ``cfg`` on ``dev``: frozen dtype, attention kind, memory format, train mode."""
+    from un2clip.load import load_clip, load_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+    from un2clip.train import perf
+
+    if models is not None:
+        clip, decoder = copy.deepcopy(models[0]), copy.deepcopy(models[1])
+    else:
+        clip = load_clip(preset, random_weights=random_weights)
+        decoder = load_decoder(preset, random_weights=random_weights)
+    if decoder_size:
+        if decoder_size % (8 * decoder.vae_factor):
+            raise ValueError(f"decoder size {decoder_size} is not a multiple of {8 * decoder.vae_factor}")
+        decoder.image_size = int(decoder_size)
+    objective = Un2ClipObjective(clip, decoder, timesteps_per_image=cfg.timesteps_per_image).to(dev)
+    if cfg.frozen_dtype:
+        objective.cast_frozen(_dtype(cfg.frozen_dtype))
+    perf.set_attention(objective, cfg.attention)
+    if cfg.channels_last:
+        perf.use_channels_last(objective)
+    objective.set_train_mode()
+    return objective
+
+
+def _synthetic_batch(objective, n_images: int, cached_latents: bool, dev: torch.device) -> dict[str, torch.Tensor]:
+    """Seeded random pixels at both views' sizes; the decoder view as float16 latents when ``cached_latents``."""
+    s_clip, s_dec = objective.clip.image_size, objective.decoder.image_size
+    gen = torch.Generator().manual_seed(0)
+    batch: dict[str, torch.Tensor] = {
+        "clip_pixels": torch.randn(n_images, 3, s_clip, s_clip, generator=gen).to(dev),
+        "draw_seed": torch.arange(n_images, dtype=torch.int64),
+    }
+    decoder_pixels = torch.rand(n_images, 3, s_dec, s_dec, generator=gen).mul(2).sub(1).to(dev)
+    if cached_latents:  # what a cache holds: the VAE's latents in float16, computed once
+        with torch.no_grad():
+            batch["latents"] = objective.decoder.encode_pixels(decoder_pixels).to(torch.float16)
+    else:
+        batch["decoder_pixels"] = decoder_pixels
+    return batch
+
+
+def _count_flops(objective, batch: dict[str, torch.Tensor], autocast) -> int:
+    """Model FLOPs of one forward + backward: eager, no recomputation (gradients are left to the caller)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast():
+            loss = objective(batch)["loss"]
+        loss.backward()
+    return int(counter.get_total_flops())
+
+
+def _timed_steps(step, dev: torch.device, *, warmup: int, steps: int) -> dict[str, Any]:
+    """Run ``warmup + steps`` calls of ``step``; wall and CPU times of the last ``steps``, peak memory."""
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        mem_before = torch.cuda.memory_allocated(dev)
+    else:
+        _release_free_memory()  # the FLOP-counting and compile steps' activations
+        mem_before = _rss_bytes()
+        _reset_peak_rss()
+    times, cpu_times = [], []
+    for i in range(warmup + steps):
+        _sync(dev)
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
+    return {"times": times, "cpu_times": cpu_times, "peak": peak, "mem_before": mem_before}
+
+
 def measure_step(
     preset: str,
     cfg: StepConfig,
@@ -227,34 +304,15 @@ def measure_step(
     pixels instead of the preset's (the UNet and VAE are convolutional: e.g. 512 for SD 2.1 at 768).
     ``models``: (clip, decoder) to copy instead of building the preset again.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from un2clip.load import load_clip, load_decoder
-    from un2clip.objectives.un2clip import Un2ClipObjective
     from un2clip.train import perf
     from un2clip.train.loop import make_optimizer
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    k = cfg.timesteps_per_image
-    if batch_size % k:
-        raise ValueError(f"batch size {batch_size} is not a multiple of {k} timesteps per image")
-    n_images = batch_size // k
-    if models is not None:
-        clip, decoder = copy.deepcopy(models[0]), copy.deepcopy(models[1])
-    else:
-        clip = load_clip(preset, random_weights=random_weights)
-        decoder = load_decoder(preset, random_weights=random_weights)
-    if decoder_size:
-        if decoder_size % (8 * decoder.vae_factor):
-            raise ValueError(f"decoder size {decoder_size} is not a multiple of {8 * decoder.vae_factor}")
-        decoder.image_size = int(decoder_size)
-    objective = Un2ClipObjective(clip, decoder, timesteps_per_image=k).to(dev)
-    if cfg.frozen_dtype:
-        objective.cast_frozen(_dtype(cfg.frozen_dtype))
-    perf.set_attention(objective, cfg.attention)
-    if cfg.channels_last:
-        perf.use_channels_last(objective)
-    objective.set_train_mode()
+    if batch_size % cfg.timesteps_per_image:
+        raise ValueError(f"batch size {batch_size} is not a multiple of {cfg.timesteps_per_image} timesteps per image")
+    n_images = batch_size // cfg.timesteps_per_image
+    objective = _step_objective(preset, cfg, random_weights=random_weights, decoder_size=decoder_size, models=models,
+                                dev=dev)
     opt = make_optimizer(objective.trainable_parameters(), name="adamw", lr=lr, weight_decay=0.0,
                          implementation=cfg.optimizer)
     dtype = _dtype(cfg.autocast)
@@ -262,18 +320,7 @@ def measure_step(
     def autocast():
         return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-    s_clip, s_dec = clip.image_size, decoder.image_size
-    gen = torch.Generator().manual_seed(0)
-    batch: dict[str, torch.Tensor] = {
-        "clip_pixels": torch.randn(n_images, 3, s_clip, s_clip, generator=gen).to(dev),
-        "draw_seed": torch.arange(n_images, dtype=torch.int64),
-    }
-    decoder_pixels = torch.rand(n_images, 3, s_dec, s_dec, generator=gen).mul(2).sub(1).to(dev)
-    if cfg.cached_latents:  # what a cache holds: the VAE's latents in float16, computed once
-        with torch.no_grad():
-            batch["latents"] = decoder.encode_pixels(decoder_pixels).to(torch.float16)
-    else:
-        batch["decoder_pixels"] = decoder_pixels
+    batch = _synthetic_batch(objective, n_images, cfg.cached_latents, dev)
 
     def step() -> None:
         with autocast():
@@ -282,12 +329,7 @@ def measure_step(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    # model FLOPs of one forward + backward: eager, no recomputation
-    with FlopCounterMode(display=False) as counter:
-        with autocast():
-            loss = objective(batch)["loss"]
-        loss.backward()
-    flops = int(counter.get_total_flops())
+    flops = _count_flops(objective, batch, autocast)
     opt.zero_grad(set_to_none=True)
 
     if cfg.grad_checkpointing:
@@ -300,35 +342,19 @@ def measure_step(
         _sync(dev)
         compile_s = time.perf_counter() - t0
 
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        mem_before = torch.cuda.memory_allocated(dev)
-    else:
-        _release_free_memory()  # the FLOP-counting and compile steps' activations
-        mem_before = _rss_bytes()
-        _reset_peak_rss()
-    times, cpu_times = [], []
-    for i in range(warmup + steps):
-        _sync(dev)
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
-    med = statistics.median(times)
+    run = _timed_steps(step, dev, warmup=warmup, steps=steps)
+    times, med = run["times"], statistics.median(run["times"])
     return {
         "key": cfg.key, "label": cfg.label, "config": dataclasses.asdict(cfg),
         "preset": preset, "random_weights": random_weights, "device": device_name(dev),
-        "images_per_step": n_images, "samples_per_step": batch_size, "clip_size": s_clip, "decoder_size": s_dec,
+        "images_per_step": n_images, "samples_per_step": batch_size, "clip_size": objective.clip.image_size,
+        "decoder_size": objective.decoder.image_size,
         "steps": steps, "warmup": warmup, "median_step_s": med, "images_per_s": n_images / med,
         "samples_per_s": batch_size / med, "step_times_s": times,
         # CPU time of this process (all threads) per step: on a shared CPU, less sensitive to other jobs than wall time
-        "median_step_cpu_s": statistics.median(cpu_times), "step_cpu_times_s": cpu_times,
+        "median_step_cpu_s": statistics.median(run["cpu_times"]), "step_cpu_times_s": run["cpu_times"],
         "memory_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS (VmHWM)",
-        "peak_memory_gib": peak / 2**30, "memory_rise_gib": (peak - mem_before) / 2**30,
+        "peak_memory_gib": run["peak"] / 2**30, "memory_rise_gib": (run["peak"] - run["mem_before"]) / 2**30,
         "flops_per_step": flops, "achieved_tflops": flops / med / 1e12,
         "compiled": compiled, "compile_s": compile_s, "load_avg": _load(),
     }

@@ -110,16 +110,21 @@ def check_pair(clip: ClipModel, decoder: UnclipDecoder) -> None:
 
 # -- models back from a run ---------------------------------------------------------------------------
 
-def load_run_clip(run_dir: Path):
+def _run_start(run_dir: Path, role: str, load) -> tuple[dict, object, dict]:
+    """(run marker, the ``role`` model the run started from, that model's weights in the newest checkpoint)."""
+    info = read_run_marker(run_dir)
+    if not info.get(role):
+        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no {'CLIP model' if role == 'clip' else role}")
+    model = load(info[role], random_weights=bool(info.get("random_weights")))
+    return info, model, checkpoint_weights(run_dir, f"{role}.")
+
+
+def load_run_clip(run_dir: Path) -> ClipModel:
     """The CLIP model a run trained: its final ``clip/`` folder, else base model + latest checkpoint."""
     run_dir = Path(run_dir)
     if (run_dir / "clip" / "config.json").exists():
         return ClipModel.from_pretrained(run_dir / "clip")
-    info = read_run_marker(run_dir)
-    if not info.get("clip"):
-        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no CLIP model")
-    clip = load_clip(info["clip"], random_weights=bool(info.get("random_weights")))
-    weights = checkpoint_weights(run_dir, "clip.")
+    info, clip, weights = _run_start(run_dir, "clip", load_clip)
     if info.get("lora") and weights:  # a LoRA run's checkpoint holds adapters: rebuild, load, merge
         from un2clip.models.lora import add_lora, merge_lora
 
@@ -136,16 +141,12 @@ def load_run_clip(run_dir: Path):
     return clip
 
 
-def load_run_decoder(run_dir: Path):
+def load_run_decoder(run_dir: Path) -> UnclipDecoder:
     """The decoder a run trained (train-decoder or un²CLIP with ``train_decoder``)."""
     run_dir = Path(run_dir)
     if (run_dir / "decoder" / "unet").is_dir():
         return UnclipDecoder.from_pretrained(run_dir / "decoder")
-    info = read_run_marker(run_dir)
-    if not info.get("decoder"):
-        raise ValueError(f"{run_dir} is a {info.get('kind')} run with no decoder")
-    decoder = load_decoder(info["decoder"], random_weights=bool(info.get("random_weights")))
-    weights = checkpoint_weights(run_dir, "decoder.")
+    _, decoder, weights = _run_start(run_dir, "decoder", load_decoder)
     if weights:
         decoder.load_state_dict(weights, strict=False)
     return decoder

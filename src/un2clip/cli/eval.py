@@ -11,6 +11,7 @@ _EVAL_HELP = {
     "diffloss": "the un²CLIP diffusion loss on held-out images, identical draws for every encoder",
 }
 
+
 def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
     """Flags of one evaluation; each ``dest`` is the name of a keyword of that task's ``evaluate``."""
     g = p.add_argument_group(f"{task} options")
@@ -38,6 +39,7 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
                        help="own: each image conditioned on its own embedding (default); shuffled: on another "
                             "image's (a fixed derangement), same draws: how much the decoder uses its condition; "
                             "its result is the task diffloss-shuffled")
+
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -73,11 +75,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=usage)
 
+
 def _data_name(data: str) -> str:
     from pathlib import Path
 
     path = Path(data.rstrip("/"))
     return path.name if path.is_dir() or not path.suffix else f"{path.parent.name}-{path.stem}".lstrip("-")
+
 
 def _model_name(spec: str) -> str:
     """A model's name in results: the spec as given; a local path relative to the working folder when inside it."""
@@ -88,6 +92,7 @@ def _model_name(spec: str) -> str:
         rel = os.path.relpath(spec)
         return spec if rel.startswith("..") else rel
     return spec
+
 
 def _run_eval(args: argparse.Namespace) -> int:
     import inspect
@@ -150,6 +155,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         del model
     return 0
 
+
 def _add_seg(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "seg", help="training-free open-vocabulary segmentation: vanilla | maskclip | sclip | clearclip | naclip",
@@ -159,6 +165,7 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
                     "then one table. Settings default to each method's preset for the dataset.")
     _seg_flags(p)
     p.set_defaults(func=_run_seg)
+
 
 def _seg_flags(p: argparse.ArgumentParser) -> None:
     """Flags of `un2clip seg` (also usable under `un2clip eval seg`)."""
@@ -201,6 +208,7 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=2, help="image-reading processes (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
 def _run_seg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -226,6 +234,7 @@ def _run_seg(args: argparse.Namespace) -> int:
                       settings=settings)
     print(format_table(records))
     return 0
+
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -280,6 +289,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="merge `un2clip eval` results into a Markdown table, a CSV and a chart")

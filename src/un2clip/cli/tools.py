@@ -29,6 +29,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=run)
 
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="images/s, memory and MFU of the un²CLIP training step: one configuration or a ladder",
@@ -97,6 +98,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=run)
 
+
 def _add_presets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the registered encoder + decoder presets")
 
@@ -107,6 +109,7 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
 
 def _add_version(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("version", help="print the package version")

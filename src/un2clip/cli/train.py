@@ -45,10 +45,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
 TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
               "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
               "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
               "save_every", "seed", "output")
+
 
 def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
     """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
@@ -70,6 +72,7 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
     merged = {**cfg.objective_options, **options}
     return apply_overrides(cfg, {**overrides, "objective_options": merged})
 
+
 def _run_training(args: argparse.Namespace, objective: str, objective_options: dict) -> int:
     from un2clip.train.recipes import run
 
@@ -80,6 +83,7 @@ def _run_training(args: argparse.Namespace, objective: str, objective_options: d
     print(f"  metrics: {result.output / 'metrics.jsonl'}  config: {result.output / 'config.yaml'}")
     print(f"  checkpoints: {result.output / 'checkpoints'}")
     return 0
+
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -94,6 +98,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale})
 
     p.set_defaults(func=run)
+
 
 def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -120,6 +125,7 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
         return _run_training(args, "decoder", {"max_noise_level": args.max_noise_level, "p_uncond": args.p_uncond})
 
     p.set_defaults(func=run)
+
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -160,6 +166,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         return _run_training(args, "un2clip", opts)
 
     p.set_defaults(func=run)
+
 
 def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -207,6 +214,7 @@ def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
 
 def _add_diva(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

@@ -37,6 +37,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=run)
 
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="un²CLIP, its ablations and alignment keepers over world seeds: one table",
@@ -73,6 +74,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

@@ -43,6 +43,7 @@ import torch
 
 from un2clip.data import transforms as T
 from un2clip.data.sources import Record, Source, Strings
+from un2clip.files import atomic_path, atomic_write_text
 
 CACHE_INDEX = "un2clip_latents.json"
 CACHE_FORMAT = "un2clip-latent-cache"
@@ -175,6 +176,41 @@ def vae_fingerprint(decoder) -> str | None:
     return h.hexdigest()
 
 
+class _ShardWriter:
+    """Rows of the cache gathered in memory and written ``shard_size`` at a time as safetensors shards."""
+
+    KEYS = ("latents", "clip_pixels", "index", "box", "image_size")
+
+    def __init__(self, out: Path, shard_size: int):
+        self.out, self.shard_size = out, shard_size
+        self.shards: list[dict[str, Any]] = []
+        self.buffer: dict[str, list[torch.Tensor]] = {k: [] for k in self.KEYS}
+
+    def add(self, **rows: torch.Tensor) -> None:
+        for k in self.KEYS:
+            self.buffer[k].append(rows[k])
+        if sum(t.shape[0] for t in self.buffer["index"]) >= self.shard_size:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Write every full shard held in the buffer (and, when ``final``, the rest)."""
+        from safetensors.torch import save_file
+
+        if not self.buffer["index"]:
+            return
+        rows = {k: torch.cat(v) for k, v in self.buffer.items()}
+        n, start = rows["index"].shape[0], 0
+        while n - start >= self.shard_size or (final and start < n):
+            stop = min(start + self.shard_size, n)
+            name = f"shard-{len(self.shards):05d}.safetensors"
+            with atomic_path(self.out / name) as tmp:
+                save_file({k: v[start:stop].contiguous() for k, v in rows.items()}, str(tmp))
+            self.shards.append({"file": name, "n": stop - start})
+            start = stop
+        for k, v in self.buffer.items():
+            v[:] = [rows[k][start:]] if start < n else []
+
+
 def cache_latents(
     source: Source,
     clip_processing,
@@ -194,7 +230,6 @@ def cache_latents(
     ``clip_processing`` is the encoder's ``ImageProcessing``; ``decoder`` a ``DiffusionDecoder``
     on the device it should run on. Returns the index (also written to ``output``).
     """
-    from safetensors.torch import save_file
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -210,26 +245,7 @@ def cache_latents(
     dataset = TransformedDataset(source, transform, seed=seed)  # bare index i -> sample_rng(seed, 0, i)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip_bad)
-    shards: list[dict[str, Any]] = []
-    buffer: dict[str, list[torch.Tensor]] = {k: [] for k in ("latents", "clip_pixels", "index", "box", "image_size")}
-
-    def flush(final: bool = False) -> None:
-        """Write every full shard held in ``buffer`` (and, when ``final``, the rest)."""
-        if not buffer["index"]:
-            return
-        rows = {k: torch.cat(v) for k, v in buffer.items()}
-        n, start = rows["index"].shape[0], 0
-        while n - start >= shard_size or (final and start < n):
-            stop = min(start + shard_size, n)
-            name = f"shard-{len(shards):05d}.safetensors"
-            tmp = out / f".{name}.tmp"
-            save_file({k: v[start:stop].contiguous() for k, v in rows.items()}, str(tmp))
-            os.replace(tmp, out / name)
-            shards.append({"file": name, "n": stop - start})
-            start = stop
-        for k, v in buffer.items():
-            v[:] = [rows[k][start:]] if start < n else []
-
+    writer = _ShardWriter(out, shard_size)
     n_cached = 0
     bar = tqdm(total=len(source), disable=not progress, desc="cache-latents", unit="img", dynamic_ncols=True)
     with torch.no_grad():
@@ -237,16 +253,11 @@ def cache_latents(
             if batch is None:  # every image of the batch unreadable
                 continue
             latents = decoder.encode_pixels(batch["decoder_pixels"])  # (B, C, h, w) fp32
-            buffer["latents"].append(latents.to(torch.float16).cpu())
-            buffer["clip_pixels"].append(batch["clip_pixels"])
-            buffer["index"].append(batch["index"].to(torch.int64))
-            buffer["box"].append(batch["box"])
-            buffer["image_size"].append(batch["image_size"])
+            writer.add(latents=latents.to(torch.float16).cpu(), clip_pixels=batch["clip_pixels"],
+                       index=batch["index"].to(torch.int64), box=batch["box"], image_size=batch["image_size"])
             n_cached += int(batch["index"].numel())
             bar.update(int(batch["index"].numel()) + int(batch["n_bad"]))
-            if sum(t.shape[0] for t in buffer["index"]) >= shard_size:
-                flush()
-    flush(final=True)
+    writer.flush(final=True)
     bar.close()
     (out / KEYS_FILE).write_text("\n".join(source.key(i).replace("\n", " ") for i in range(len(source))) + "\n")
     index = {
@@ -259,12 +270,10 @@ def cache_latents(
         "decoder_image_size": int(decoder.image_size),
         "clip_view": {"dtype": "uint8", "size": int(clip_processing.size),
                       "resize_mode": clip_processing.resize_mode},
-        "shards": shards,
+        "shards": writer.shards,
         **(info or {}),
     }
-    tmp = out / f".{CACHE_INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / CACHE_INDEX)
+    atomic_write_text(out / CACHE_INDEX, json.dumps(index, indent=2))
     return index
 
 

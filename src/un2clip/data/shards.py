@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from un2clip.data.sources import LAYOUTS, Record, Source, Strings, check_index, decode_image
+from un2clip.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,11 @@ def _save_cached_index(file: Path | None, members: list[tuple[str, int, int]], p
         return
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         names = "\0".join(m[0] for m in members).encode("utf-8", "surrogateescape")
-        np.savez(tmp, names=np.frombuffer(names, np.uint8), offsets=np.asarray([m[1] for m in members], np.int64),
-                 sizes=np.asarray([m[2] for m in members], np.int64),
-                 problem=np.frombuffer((problem or "").encode("utf-8"), np.uint8))
-        os.replace(tmp, file)
+        with atomic_path(file) as tmp:  # keeps the .npz suffix, so numpy adds none
+            np.savez(tmp, names=np.frombuffer(names, np.uint8), offsets=np.asarray([m[1] for m in members], np.int64),
+                     sizes=np.asarray([m[2] for m in members], np.int64),
+                     problem=np.frombuffer((problem or "").encode("utf-8"), np.uint8))
     except OSError as err:  # a read-only home is fine: the index is rebuilt next time
         log.debug("cannot cache the index of a shard in %s (%s)", file, err)
 

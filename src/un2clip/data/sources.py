@@ -150,10 +150,22 @@ class Source:
         return f"{type(self).__name__}({self.spec!r}, {len(self)} samples{skipped})"
 
 
+class _PathSource(Source):
+    """A source indexed by a list of image paths (``_paths``); the path is the key."""
+
+    _paths: Strings
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def key(self, i: int) -> str:
+        return self._paths[check_index(i, len(self))]
+
+
 # ----------------------------------------------------------------------------- image folder
 
 
-class ImageFolderSource(Source):
+class ImageFolderSource(_PathSource):
     """Images under a folder (recursive, sorted by relative path); captions from sidecar .txt files."""
 
     kind = "folder"
@@ -187,12 +199,6 @@ class ImageFolderSource(Source):
             raise ValueError(f"no images found under {self.root} (looked recursively for "
                              f"{', '.join(IMAGE_EXTENSIONS)}, any case); {LAYOUTS}")
 
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def key(self, i: int) -> str:
-        return self._paths[check_index(i, len(self))]
-
     def load(self, i: int) -> Record | None:
         i = check_index(i, len(self))
         rel = self._paths[i]
@@ -220,7 +226,7 @@ def _pick_column(found: Sequence[str], wanted: str | None, defaults: Sequence[st
     return None
 
 
-class TableSource(Source):
+class TableSource(_PathSource):
     """Rows of a CSV/TSV file: an image path per row and an optional caption."""
 
     kind = "table"
@@ -275,12 +281,6 @@ class TableSource(Source):
         self._texts = Strings(texts) if ci is not None else None
         if not paths:
             raise ValueError(f"{self.path}: no rows with an image path in column {img_col!r}")
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def key(self, i: int) -> str:
-        return self._paths[check_index(i, len(self))]
 
     def load(self, i: int) -> Record | None:
         i = check_index(i, len(self))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+from un2clip.registry import Registry
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
@@ -34,22 +35,16 @@ class EvalTask:
     check_data: Callable[..., object] | None = None
 
 
-TASKS: dict[str, EvalTask] = {}
+TASKS: Registry[EvalTask] = Registry("evaluation")
 
 
 def register_task(task: EvalTask) -> EvalTask:
     """Add an evaluation to the registry (names are unique)."""
-    if task.name in TASKS:
-        raise ValueError(f"evaluation {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+    return TASKS.add(task.name, task)
 
 
 def get_task(name: str) -> EvalTask:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown evaluation {name!r}; known: {', '.join(TASKS)}") from None
+    return TASKS.lookup(name)
 
 
 def evaluate(task: str, model: ClipModel, data: str | Path, **options: Any) -> dict[str, float]:

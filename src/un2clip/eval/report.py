@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import textwrap
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from un2clip.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ def write_result(out_dir: str | Path, *, model: str, task: str, dataset: str, me
               "metrics": {k: _number(v) for k, v in metrics.items()}, "options": _jsonable(options),
               "un2clip_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
               **_jsonable(extra or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def _number(v: Any) -> float | int | None:

@@ -20,6 +20,7 @@ from un2clip.models.clip import ClipMeta, ClipModel, ImageProcessing
 from un2clip.models.diffusion import DiffusionDecoder
 from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
+from un2clip.registry import Registry
 
 TINY_SEED = 0
 TINY_VOCAB_FILE = "tiny_vocab.txt"
@@ -38,21 +39,15 @@ class Preset:
     decoder_kind: str = "unclip"  # "unclip" (UnclipDecoder) | "t2i" (TextToImageDecoder)
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset")
 
 
 def register(preset: Preset) -> Preset:
-    if preset.name in PRESETS:
-        raise ValueError(f"preset {preset.name!r} is already registered")
-    PRESETS[preset.name] = preset
-    return preset
+    return PRESETS.add(preset.name, preset)
 
 
 def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+    return PRESETS.lookup(name)
 
 
 # -- builders ---------------------------------------------------------------------------------------

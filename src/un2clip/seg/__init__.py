@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, DATASETS, SegDataset, SegPairs, load_dataset
-from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias
+from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
 from un2clip.seg.infer import (
     TextClassifier,
     class_probabilities,
@@ -75,8 +75,7 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     else the dataset's own (a generic folder's templates.txt), else CLIP's 80 ImageNet ones.
     ``classifier`` reuses text queries already computed for this model and these classes.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
+    get_head(method)  # an unknown method fails before any data is read
     ds = data if isinstance(data, SegDataset) else load_dataset(data, dataset, classes=classes, split=split,
                                                                 max_images=max_images)
     cfg = resolve_settings(method, ds.name, **settings)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from un2clip.registry import Registry
+
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
 
@@ -51,13 +53,12 @@ class HeadSpec:
             raise ValueError("an FFN without the attention residual is not a block any method uses")
 
 
-HEADS: dict[str, HeadSpec] = {
-    "vanilla": HeadSpec("qk", residual=True, ffn=True),
-    "maskclip": HeadSpec("self", residual=True, ffn=True),
-    "sclip": HeadSpec("qq+kk", residual=True, ffn=True),
-    "clearclip": HeadSpec("qq", residual=False, ffn=False),
-    "naclip": HeadSpec("kk+gauss", residual=False, ffn=False),
-}
+HEADS: Registry[HeadSpec] = Registry("segmentation method")
+HEADS.add("vanilla", HeadSpec("qk", residual=True, ffn=True))
+HEADS.add("maskclip", HeadSpec("self", residual=True, ffn=True))
+HEADS.add("sclip", HeadSpec("qq+kk", residual=True, ffn=True))
+HEADS.add("clearclip", HeadSpec("qq", residual=False, ffn=False))
+HEADS.add("naclip", HeadSpec("kk+gauss", residual=False, ffn=False))
 METHODS = tuple(HEADS)
 
 
@@ -65,10 +66,7 @@ def get_head(method: str | HeadSpec) -> HeadSpec:
     """A method name (see ``METHODS``) or a HeadSpec -> HeadSpec."""
     if isinstance(method, HeadSpec):
         return method
-    try:
-        return HEADS[method]
-    except KeyError:
-        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}") from None
+    return HEADS.lookup(method)
 
 
 def gaussian_bias(grid_h: int, grid_w: int, std: float = 5.0) -> torch.Tensor:

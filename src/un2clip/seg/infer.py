@@ -23,25 +23,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
+from un2clip.eval.zeroshot import fill_template, imagenet_templates  # the prompts CLIP and the eval suite use
 from un2clip.seg.heads import HeadSpec, dense_features
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
 
 MAX_LONG_SIDE = 2048
-
-
-def imagenet_templates() -> list[str]:
-    """CLIP's 80 ImageNet prompt templates (shared with the evaluation suite), ``{c}`` for the name."""
-    text = resources.files("un2clip.eval").joinpath("data/imagenet_templates.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_templates(path: str | Path) -> list[str]:
@@ -53,16 +47,8 @@ def read_templates(path: str | Path) -> list[str]:
     if not lines:
         raise ValueError(f"{path} holds no templates")
     for line in lines:
-        fill(line, "x")  # every line must have a place for the name
+        fill_template(line, "x")  # every line must have a place for the name
     return lines
-
-
-def fill(template: str, name: str) -> str:
-    """Put ``name`` where ``{c}`` or ``{}`` stands in ``template``."""
-    for mark in ("{c}", "{}"):
-        if mark in template:
-            return template.replace(mark, name)
-    raise ValueError(f"template {template!r} has no {{c}} or {{}} where the class name goes")
 
 
 @contextlib.contextmanager
@@ -101,7 +87,7 @@ def text_classifier(model: ClipModel, classes: Sequence[Sequence[str]], template
     owner = [c for c, names in enumerate(classes) for _ in names]
     if not names or len(set(owner)) != len(classes):
         raise ValueError("every class needs at least one name")
-    prompts = [fill(t, n) for n in names for t in templates]
+    prompts = [fill_template(t, n) for n in names for t in templates]
     chunks = []
     with inference_context(model.device, precision):
         for start in range(0, len(prompts), batch_size):

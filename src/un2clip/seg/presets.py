@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from un2clip.seg.heads import METHODS
+from un2clip.seg.heads import METHODS, get_head
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ OPTION_NAMES = tuple(f.name for f in fields(SegSettings))
 
 def resolve_settings(method: str, dataset: str = "generic", **overrides) -> SegSettings:
     """The preset of ``method`` on ``dataset``, with every non-None override applied."""
-    if method not in PRESETS:
-        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
+    get_head(method)  # an unknown method: one error, listing the known ones
     unknown = set(overrides) - set(OPTION_NAMES)
     if unknown:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(OPTION_NAMES)}")

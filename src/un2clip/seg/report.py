@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from un2clip.files import atomic_write_text
 from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, load_dataset
 from un2clip.seg.presets import resolve_settings
 
@@ -83,10 +83,7 @@ def write_record(output: str | Path, record: dict[str, Any]) -> Path:
     """Write ``record`` atomically into ``output``; return its path."""
     path = result_path(output, record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:

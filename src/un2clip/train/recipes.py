@@ -5,22 +5,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from un2clip.data.sources import Source
+from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder
+from un2clip.models.clip import ClipModel
 from un2clip.objectives.base import Objective
+from un2clip.registry import Registry
 from un2clip.train.config import RunConfig
 from un2clip.train.loop import TrainResult, dump_run_info, train
 
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
-OBJECTIVES: dict[str, Callable[[RunConfig, Source], tuple[Objective, dict]]] = {}
-
-
-def register_objective(name: str):
-    def wrap(fn):
-        OBJECTIVES[name] = fn
-        return fn
-
-    return wrap
+OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
+register_objective = OBJECTIVES.register
 
 
 def _construct(cls, *args, options: dict, **kwargs):
@@ -41,15 +38,24 @@ def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
                          "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
 
 
+def _clip(cfg: RunConfig) -> tuple[str, ClipModel]:
+    """(spec, model) of the run's encoder: ``--clip``, else the preset's."""
+    spec = cfg.clip or cfg.preset
+    return spec, load_clip(spec, random_weights=cfg.random_weights)
+
+
+def _decoder(cfg: RunConfig, load: Callable) -> tuple[str, Any]:
+    """(spec, model) of the run's decoder, loaded by ``load``: ``--decoder``, else the preset's."""
+    spec = cfg.decoder or cfg.preset
+    return spec, load(spec, random_weights=cfg.random_weights)
+
+
 @register_objective("un2clip")
 def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
-    from un2clip.load import check_pair, load_clip, load_decoder
     from un2clip.objectives.un2clip import Un2ClipObjective
 
-    clip_spec = cfg.clip or cfg.preset
-    decoder_spec = cfg.decoder or cfg.preset
-    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
-    decoder = load_decoder(decoder_spec, random_weights=cfg.random_weights)
+    clip_spec, clip = _clip(cfg)
+    decoder_spec, decoder = _decoder(cfg, load_decoder)
     check_pair(clip, decoder)  # before any step, naming both widths
     objective = _construct(Un2ClipObjective, clip, decoder, options=cfg.objective_options)
     if source.kind == "latent-cache":  # written by `un2clip cache-latents`: same encoder input, decoder, crops?
@@ -68,12 +74,10 @@ def build_un2clip(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 
 @register_objective("contrastive")
 def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
-    from un2clip.load import load_clip
     from un2clip.objectives.contrastive import ContrastiveObjective
 
     _require_captions(cfg, source, "contrastive training needs")
-    clip_spec = cfg.clip or cfg.preset
-    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
+    clip_spec, clip = _clip(cfg)
     objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
     return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
 
@@ -81,13 +85,10 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("decoder")
 def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """Frozen CLIP + trainable decoder; the image normaliser gets the CLIP embeddings' statistics."""
-    from un2clip.load import load_clip, load_decoder
     from un2clip.objectives.decoder import DecoderObjective, embedding_statistics
 
-    clip_spec = cfg.clip or cfg.preset
-    decoder_spec = cfg.decoder or cfg.preset
-    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
-    decoder = load_decoder(decoder_spec, random_weights=cfg.random_weights)
+    clip_spec, clip = _clip(cfg)
+    decoder_spec, decoder = _decoder(cfg, load_decoder)
     mean, std = embedding_statistics(clip, source, seed=cfg.seed)
     decoder.set_embedding_statistics(mean, std)
     objective = _construct(DecoderObjective, clip, decoder, options=cfg.objective_options)
@@ -98,13 +99,11 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("t2i-decoder")
 def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """Trainable text-to-image UNet; prompts through the preset's text encoder, or ``--clip``'s text tower."""
-    from un2clip.load import load_clip, load_t2i_decoder
     from un2clip.models.t2i import clip_text_encoder
     from un2clip.objectives.decoder import TextToImageDecoderObjective
 
     _require_captions(cfg, source, "a text-to-image decoder trains on")
-    decoder_spec = cfg.decoder or cfg.preset
-    decoder = load_t2i_decoder(decoder_spec, random_weights=cfg.random_weights)
+    decoder_spec, decoder = _decoder(cfg, load_t2i_decoder)
     if cfg.clip:  # e.g. the world's pre-trained tiny CLIP: the generator reads its text tower
         decoder.set_text_encoder(*clip_text_encoder(load_clip(cfg.clip, random_weights=cfg.random_weights)))
     objective = _construct(TextToImageDecoderObjective, decoder, options=cfg.objective_options)
@@ -116,13 +115,10 @@ def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 @register_objective("diva")
 def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """DIVA: trainable CLIP image tower + token projection through a frozen text-to-image decoder."""
-    from un2clip.load import load_clip, load_t2i_decoder
     from un2clip.objectives.diva import DivaObjective
 
-    clip_spec = cfg.clip or cfg.preset
-    decoder_spec = cfg.decoder or cfg.preset
-    clip = load_clip(clip_spec, random_weights=cfg.random_weights)
-    decoder = load_t2i_decoder(decoder_spec, random_weights=cfg.random_weights)
+    clip_spec, clip = _clip(cfg)
+    decoder_spec, decoder = _decoder(cfg, load_t2i_decoder)
     objective = _construct(DivaObjective, clip, decoder, options=cfg.objective_options)
     # "t2i_decoder", not "decoder": evaluators that need an unCLIP decoder must not pick this one
     info = {"kind": "diva", "clip": clip_spec, "t2i_decoder": decoder_spec, "random_weights": cfg.random_weights}
@@ -133,15 +129,14 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     """Build and train. With ``resume`` the run folder's own config.yaml is used."""
     from un2clip.data import open_source
 
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}; known: {sorted(OBJECTIVES)}")
+    build = OBJECTIVES.lookup(cfg.objective)
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
     source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")
-    objective, info = OBJECTIVES[cfg.objective](cfg, source)
+    objective, info = build(cfg, source)
     output = Path(cfg.output)
     if not resume:
         if (output / "checkpoints").exists():

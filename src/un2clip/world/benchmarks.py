@@ -365,6 +365,45 @@ def _auto_workers(n_images: int) -> int:
     return max(1, min(cores, 8))
 
 
+def _check_sizes(rare_rate: float, image_size: int, counts: dict[str, int]) -> None:
+    if not 0.0 <= rare_rate <= 1.0:
+        raise ValueError(f"rare_rate must be in [0, 1], got {rare_rate}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _clear_world(root: Path, overwrite: bool) -> None:
+    """Delete the world's own folders in ``root`` (refused unless ``overwrite``); other files stay."""
+    existing = [n for n in OUTPUT_NAMES if (root / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{root} already holds a world ({', '.join(existing)}); pass overwrite=True to rewrite it"
+        )
+    for n in existing:
+        if (root / n).is_dir():
+            shutil.rmtree(root / n)
+        else:
+            (root / n).unlink()
+
+
+def _world_tables() -> dict:
+    """The world's definition as written into world.json."""
+    return {
+        "supersample": SUPERSAMPLE,
+        "shapes": list(SHAPES),
+        "colors": list(COLORS),
+        "glyphs": list(GLYPHS),
+        "rare_attributes": list(RARE_ATTRIBUTES),
+        "mmvp_types": list(MMVP_TYPES),
+        "zeroshot_tasks": list(zeroshot_tasks()),
+        "seg_classes": seg_classes(),
+        "vocabulary_size": len(world_vocabulary()),
+    }
+
+
 def generate_world(
     out_dir: str | Path,
     *,
@@ -401,31 +440,10 @@ def generate_world(
     with "spawn", so a script calling this at import time needs the usual
     ``if __name__ == "__main__":`` guard when ``workers > 1``.
     """
-    if not 0.0 <= rare_rate <= 1.0:
-        raise ValueError(f"rare_rate must be in [0, 1], got {rare_rate}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-    counts = {
-        "n_train": n_train,
-        "n_val": n_val,
-        "pairs_per_pattern": pairs_per_pattern,
-        "n_seg": n_seg,
-        "n_zeroshot_per_class": n_zeroshot_per_class,
-    }
-    for name, value in counts.items():
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
+                                          "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class})
     root = Path(out_dir)
-    existing = [n for n in OUTPUT_NAMES if (root / n).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{root} already holds a world ({', '.join(existing)}); pass overwrite=True to rewrite it"
-        )
-    for n in existing:
-        if (root / n).is_dir():
-            shutil.rmtree(root / n)
-        else:
-            (root / n).unlink()
+    _clear_world(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     tasks = zeroshot_tasks()
     n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
@@ -442,27 +460,10 @@ def generate_world(
         out.close(finish=False)
         raise
     out.close()
-    params = {
-        "version": WORLD_VERSION,
-        "seed": seed,
-        "image_size": image_size,
-        "n_train": n_train,
-        "n_val": n_val,
-        "rare_rate": rare_rate,
-        "pairs_per_pattern": pairs_per_pattern,
-        "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES),
-        "n_seg": n_seg,
-        "n_zeroshot_per_class": n_zeroshot_per_class,
-        "supersample": SUPERSAMPLE,
-        "shapes": list(SHAPES),
-        "colors": list(COLORS),
-        "glyphs": list(GLYPHS),
-        "rare_attributes": list(RARE_ATTRIBUTES),
-        "mmvp_types": list(MMVP_TYPES),
-        "zeroshot_tasks": list(tasks),
-        "seg_classes": seg_classes(),
-        "vocabulary_size": len(world_vocabulary()),
-    }
+    params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
+              "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
+              "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
+              "n_zeroshot_per_class": n_zeroshot_per_class, **_world_tables()}
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params
 

@@ -92,44 +92,38 @@ def _world_stage(out: Path, seed: int, s: DemoSettings, fresh: bool, progress: b
     return world
 
 
-def _clip_stage(out: Path, world: Path, shipped: Path, seed: int, s: DemoSettings, *, fresh: bool,
-                from_scratch: bool, progress: bool) -> Path:
+def _shipped_or_trained(out: Path, name: str, shipped: Path, *, check: str, command: str, fields: dict,
+                        fresh: bool, from_scratch: bool, progress: bool) -> Path:
+    """Model stage ``name`` (``clip`` or ``decoder``): ``shipped/<name>`` copied when it holds ``check`` (and not
+    ``from_scratch``), else trained with ``fields`` (what `un2clip <command>` would run) into ``OUT/<name>/run``."""
+    use_shipped = (shipped / name / check).exists() and not from_scratch
+    source = f"shipped {shipped.name}" if use_shipped else command
+    folder, done = _model_stage(out, name, fresh, source)
+    if not done:
+        t = time.perf_counter()
+        if use_shipped:
+            shutil.copytree(shipped / name, folder / name, dirs_exist_ok=True)
+        else:
+            train_run(**fields, output=str(folder / "run"), progress=progress)
+            shutil.copytree(folder / "run" / name, folder / name, dirs_exist_ok=True)
+        finish_stage(folder, {"source": source}, t)
+    return folder / name
+
+
+def _clip_stage(out: Path, world: Path, shipped: Path, seed: int, s: DemoSettings, **opts) -> Path:
     """The tiny CLIP: copied from the shipped weights, or contrastive pre-training (`un2clip pretrain`)."""
-    use_shipped = (shipped / "clip" / "config.json").exists() and not from_scratch
-    source = f"shipped {shipped.name}" if use_shipped else "pretrain"
-    folder, done = _model_stage(out, "clip", fresh, source)
-    if not done:
-        t = time.perf_counter()
-        if use_shipped:
-            shutil.copytree(shipped / "clip", folder / "clip", dirs_exist_ok=True)
-        else:
-            train_run(objective="contrastive", preset="tiny", data=str(world / "train" / "captions.csv"),
-                      max_steps=s.pretrain_steps, batch_size=s.pretrain_batch, lr=s.pretrain_lr, weight_decay=0.1,
-                      warmup_steps=50, lr_schedule="cosine", save_every=250, seed=seed,
-                      output=str(folder / "run"), progress=progress)
-            shutil.copytree(folder / "run" / "clip", folder / "clip", dirs_exist_ok=True)
-        finish_stage(folder, {"source": source}, t)
-    return folder / "clip"
+    fields = {"objective": "contrastive", "preset": "tiny", "data": str(world / "train" / "captions.csv"),
+              "max_steps": s.pretrain_steps, "batch_size": s.pretrain_batch, "lr": s.pretrain_lr,
+              "weight_decay": 0.1, "warmup_steps": 50, "lr_schedule": "cosine", "save_every": 250, "seed": seed}
+    return _shipped_or_trained(out, "clip", shipped, check="config.json", command="pretrain", fields=fields, **opts)
 
 
-def _decoder_stage(out: Path, world: Path, clip: Path, shipped: Path, seed: int, s: DemoSettings, *, fresh: bool,
-                   from_scratch: bool, progress: bool) -> Path:
+def _decoder_stage(out: Path, world: Path, clip: Path, shipped: Path, seed: int, s: DemoSettings, **opts) -> Path:
     """The tiny unCLIP decoder of ``clip``: copied from the shipped weights, or trained (`un2clip train-decoder`)."""
-    use_shipped = (shipped / "decoder" / "unet").is_dir() and not from_scratch
-    source = f"shipped {shipped.name}" if use_shipped else "train-decoder"
-    folder, done = _model_stage(out, "decoder", fresh, source)
-    if not done:
-        t = time.perf_counter()
-        if use_shipped:
-            shutil.copytree(shipped / "decoder", folder / "decoder", dirs_exist_ok=True)
-        else:
-            train_run(objective="decoder", clip=str(clip), preset="tiny", data=str(world / "train" / "images"),
-                      max_steps=s.decoder_steps, batch_size=s.decoder_batch, lr=s.decoder_lr, warmup_steps=50,
-                      lr_schedule="cosine", save_every=250, seed=seed, output=str(folder / "run"),
-                      progress=progress)
-            shutil.copytree(folder / "run" / "decoder", folder / "decoder", dirs_exist_ok=True)
-        finish_stage(folder, {"source": source}, t)
-    return folder / "decoder"
+    fields = {"objective": "decoder", "clip": str(clip), "preset": "tiny", "data": str(world / "train" / "images"),
+              "max_steps": s.decoder_steps, "batch_size": s.decoder_batch, "lr": s.decoder_lr, "warmup_steps": 50,
+              "lr_schedule": "cosine", "save_every": 250, "seed": seed}
+    return _shipped_or_trained(out, "decoder", shipped, check="unet", command="train-decoder", fields=fields, **opts)
 
 
 def finetune_settings(s: DemoSettings, seed: int) -> dict:
