@@ -93,9 +93,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     g = p.add_argument_group("contrastive options")
     g.add_argument("--max-logit-scale", type=float, help="clamp of the learnable temperature's scale (default 100)")
+    g.add_argument("--hard-negatives", metavar="FILE",
+                   help="NegCLIP-style hard negatives: FILE holds groups of interchangeable words, one group per "
+                        "line (`un2clip world generate` writes swap_groups.txt); each caption also gives a copy with "
+                        "one word swapped within its group, scored as an extra negative (default: none)")
 
     def run(args: argparse.Namespace) -> int:
-        return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale})
+        return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale,
+                                                   "hard_negatives": args.hard_negatives})
 
     p.set_defaults(func=run)
 

@@ -47,6 +47,7 @@ from un2clip.world.words import (
     caption,
     phrase,
     seg_classes,
+    swap_groups,
     world_vocabulary,
     zeroshot_tasks,
 )
@@ -200,7 +201,7 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json")
+OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json", "swap_groups.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
 
@@ -429,7 +430,7 @@ def generate_world(
                           (tasks: shape, color, orientation)
         seg/              images/<id>.png, masks/<id>.png, classes.txt, templates.txt,
                           attributes.jsonl
-        world.json
+        world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
 
     Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
     validation split nor the benchmark, and a smaller train split is a prefix of a larger
@@ -464,6 +465,7 @@ def generate_world(
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
               "n_zeroshot_per_class": n_zeroshot_per_class, **_world_tables()}
+    (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params
 

@@ -13,16 +13,67 @@ ZEROSHOT_SETS = ("shape", "color")
 SEG_SETTINGS = {"short_side": 64, "crop": 32, "stride": 16, "prob_threshold": 0.7}
 
 
+RECON_IMAGES = 100  # held-out single-object images decoded and judged per model
+
+
+def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps: int) -> dict[str, tuple]:
+    """Metric groups added after the first evaluations were cached: name -> (a key it writes, function of a
+    model). A cached evaluation without that key gets the group computed and added."""
+    from un2clip.eval import diffloss
+    from un2clip.eval.text import text_separation
+    from un2clip.world.judge import reconstruction_match
+    from un2clip.world.words import separation_pairs
+
+    def shuffled(model) -> dict[str, float]:  # the same draws as diffloss/loss_mean, another image's embedding
+        other = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress,
+                                  condition="shuffled")
+        return {"diffloss_shuffled/loss_mean": other["loss_mean"]}
+
+    return {
+        "text": ("text_cos/shape", lambda model: text_separation(model, separation_pairs())),
+        "shuffled": ("diffloss_shuffled/loss_mean", shuffled),
+        "recon": ("recon/both", lambda model: reconstruction_match(
+            model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps)),
+    }
+
+
+def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Path, name: str) -> dict[str, float]:
+    """World-MMVP, zero-shot, held-out diffusion loss, retrieval, ClearCLIP segmentation of one model."""
+    from un2clip import seg
+    from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+
+    m: dict[str, float] = {}
+    scores = mmvp.evaluate(model, world / "mmvp", progress=progress, pairs_csv=out / f"{name}_mmvp_pairs.csv")
+    m.update({f"mmvp/{k}": v for k, v in scores.items()})
+    for task in ZEROSHOT_SETS:
+        z = zeroshot.evaluate(model, world / "zeroshot" / task, progress=progress)
+        m[f"zeroshot_{task}/acc1"] = 100 * z["acc1"]  # every metric of the report in %
+    d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
+    m["diffloss/loss_mean"] = d["loss_mean"]
+    m["diffloss/loss_sem"] = d["loss_sem"]
+    r = retrieval.evaluate(model, world / "val" / "captions.csv", progress=progress)
+    m["retrieval/t2i_r1"] = 100 * r["text_to_image_recall@1"]
+    m["retrieval/i2t_r1"] = 100 * r["image_to_text_recall@1"]
+    s = seg.evaluate(model, world / "seg", method="clearclip", progress=progress, num_workers=0, **SEG_SETTINGS)
+    m["seg_clearclip/mIoU"] = s["mIoU"]
+    return m
+
+
 def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Path, *, seed: int,
                     fresh: bool, progress: bool, sampling_steps: int = 50) -> dict[str, dict[str, float]]:
-    """{model name: metrics}: world-MMVP, zero-shot, held-out diffusion loss, probes; cached as JSON."""
-    from un2clip import seg
-    from un2clip.eval import diffloss, mmvp, probe, retrieval, zeroshot
+    """{model name: metrics}: world-MMVP, zero-shot, held-out diffusion loss (own and shuffled condition),
+    retrieval, segmentation, probes, text-tower separation, reconstruction match; cached as JSON per model.
+
+    A cached evaluation made with an older probe protocol has its probes redone; one that lacks a later metric
+    group gets that group added; the rest is reused."""
+    from un2clip.eval import probe
     from un2clip.load import load_clip, load_decoder
 
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(str(decoder))
+    later = _later_groups(world, dec, seed=seed, progress=progress, sampling_steps=sampling_steps)
     results: dict[str, dict[str, float]] = {}
+
     def probes(model) -> dict[str, float]:
         return {f"probe/{k[6:]}": v for k, v in probe.world_probe(model, world, progress=progress).items()}
 
@@ -30,32 +81,26 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
         cached = out / f"{name}.json"
         if cached.exists() and not fresh:
             record = json.loads(cached.read_text())
-            if record.get("probe_protocol") != probe.PROTOCOL:  # made with an older probe: redo the probes only
-                print(f"{cached}: linear probes made with an older protocol, recomputing them")
-                record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("probe/")}
-                record["metrics"].update(probes(load_clip(spec)))
-                record["probe_protocol"] = probe.PROTOCOL
-                cached.write_text(json.dumps(record, indent=2))
-            results[name] = record["metrics"]
-            continue
-        model = load_clip(spec)
-        m: dict[str, float] = {}
-        scores = mmvp.evaluate(model, world / "mmvp", progress=progress, pairs_csv=out / f"{name}_mmvp_pairs.csv")
-        m.update({f"mmvp/{k}": v for k, v in scores.items()})
-        for task in ZEROSHOT_SETS:
-            z = zeroshot.evaluate(model, world / "zeroshot" / task, progress=progress)
-            m[f"zeroshot_{task}/acc1"] = 100 * z["acc1"]  # every metric of the report in %
-        d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
-        m["diffloss/loss_mean"] = d["loss_mean"]
-        m["diffloss/loss_sem"] = d["loss_sem"]
-        r = retrieval.evaluate(model, world / "val" / "captions.csv", progress=progress)
-        m["retrieval/t2i_r1"] = 100 * r["text_to_image_recall@1"]
-        m["retrieval/i2t_r1"] = 100 * r["image_to_text_recall@1"]
-        s = seg.evaluate(model, world / "seg", method="clearclip", progress=progress, num_workers=0, **SEG_SETTINGS)
-        m["seg_clearclip/mIoU"] = s["mIoU"]
-        m.update(probes(model))
-        cached.write_text(json.dumps({"model": spec, "metrics": m, "probe_protocol": probe.PROTOCOL}, indent=2))
-        results[name] = m
+        else:
+            model = load_clip(spec)
+            metrics = {**_first_groups(model, world, dec, seed=seed, progress=progress, out=out, name=name),
+                       **probes(model)}
+            record = {"model": spec, "metrics": metrics, "probe_protocol": probe.PROTOCOL}
+        model, changed = None, not cached.exists() or fresh
+        if record.get("probe_protocol") != probe.PROTOCOL:  # made with an older probe: redo the probes only
+            print(f"{cached}: linear probes made with an older protocol, recomputing them")
+            model = load_clip(spec)
+            record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("probe/")}
+            record["metrics"].update(probes(model))
+            record["probe_protocol"], changed = probe.PROTOCOL, True
+        for key, compute in later.values():
+            if key not in record["metrics"]:
+                model = model or load_clip(spec)
+                record["metrics"].update(compute(model))
+                changed = True
+        if changed:
+            cached.write_text(json.dumps(record, indent=2))
+        results[name] = record["metrics"]
     grid = out / "reconstructions.png"
     if fresh or not grid.exists():
         reconstruct_grid(grid, world, models, dec, seed=seed, steps=sampling_steps)
@@ -78,28 +123,57 @@ def reconstruct_grid(path: Path, world: Path, models: dict[str, str], decoder, *
 SUMMARY_TITLES = {"mmvp/average": "world-MMVP avg", **{f"zeroshot_{t}/acc1": f"zero-shot {t}" for t in ZEROSHOT_SETS},
                   "retrieval/t2i_r1": "R@1 text→image", "retrieval/i2t_r1": "R@1 image→text",
                   "seg_clearclip/mIoU": "ClearCLIP mIoU", "diffloss/loss_mean": "diffusion loss",
+                  "shuffled_ratio": "shuffled/own loss", "recon/both": "recon colour+shape",
                   "probe/mean": "probe mean"}
 
 
+def _derived(m: dict[str, float]) -> dict[str, float]:
+    """Metrics with what the report derives: the shuffled/own diffusion-loss ratio (same draws)."""
+    if "diffloss_shuffled/loss_mean" in m and "diffloss/loss_mean" in m:
+        return {**m, "shuffled_ratio": m["diffloss_shuffled/loss_mean"] / m["diffloss/loss_mean"]}
+    return m
+
+
+def _cell(column: str, m: dict[str, float]) -> str:
+    if column not in m:
+        return "–"
+    value = m[column]
+    if column.startswith("diffloss"):
+        return f"{value:.5f}"
+    if column.startswith("text_cos") or column == "shuffled_ratio":
+        return f"{value:.3f}"
+    return f"{value:.1f}"
+
+
 def _row(name: str, m: dict[str, float], columns: list[str]) -> str:
-    cells = [f"{m[c]:.5f}" if c.startswith("diffloss") else f"{m[c]:.1f}" if c in m else "–" for c in columns]
-    return f"| {name} | " + " | ".join(cells) + " |"
+    return f"| {name} | " + " | ".join(_cell(c, m) for c in columns) + " |"
 
 
 def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     """Markdown table of every model's metrics (models as rows) and the reconstruction grid."""
+    results = {name: _derived(m) for name, m in results.items()}
     first = next(iter(results.values()))
     patterns = [k for k in first if k.startswith("mmvp/") and k not in ("mmvp/average", "mmvp/n_pairs")]
     head = (["mmvp/average"] + [f"zeroshot_{t}/acc1" for t in ZEROSHOT_SETS]
-            + ["retrieval/t2i_r1", "retrieval/i2t_r1", "seg_clearclip/mIoU", "diffloss/loss_mean", "probe/mean"])
+            + ["retrieval/t2i_r1", "retrieval/i2t_r1", "seg_clearclip/mIoU", "diffloss/loss_mean", "shuffled_ratio",
+               "recon/both", "probe/mean"])
     probes = [k for k in first if k.startswith("probe/") and k != "probe/mean"]
+    separation = [k for k in first if k.startswith("text_cos/")]
     lines = ["# un²CLIP in the shapes world", ""]
-    for title, cols in (("Summary", head), ("World-MMVP per pattern (pair accuracy, %)", patterns),
-                        ("Linear probe per attribute (accuracy, %)", probes)):
-        short = [SUMMARY_TITLES.get(c, c.split("/", 1)[1]) for c in cols]
+    tables = [("Summary", head), ("World-MMVP per pattern (pair accuracy, %)", patterns),
+              ("Linear probe per attribute (accuracy, %)", probes)]
+    if separation:
+        tables.append(("Text-tower separation (mean cosine of two captions that differ in one attribute; "
+                       "1 = the words are not told apart)", separation))
+    for title, cols in tables:
+        short = [SUMMARY_TITLES[c] if c in SUMMARY_TITLES else c.split("/", 1)[-1] for c in cols]
         lines += [f"## {title}", "", "| model | " + " | ".join(short) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [_row(name, m, cols) for name, m in results.items()] + [""]
-    lines += ["![reconstructions](eval/reconstructions.png)", "",
+    lines += ["Shuffled/own loss: the held-out diffusion loss with each image conditioned on another image's "
+              "embedding over the loss with its own (same draws); near 1, the decoder ignores its condition. "
+              f"Recon colour+shape: % of {RECON_IMAGES} held-out single-object images whose decoded sample shows "
+              "their colour and shape (judged against the world's own renders).", "",
+              "![reconstructions](eval/reconstructions.png)", "",
               "Rows: a held-out image, then the decoder's sample from each model's embedding "
               f"({', '.join(results)}), same seed.", ""]
     report = out / "report.md"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -185,6 +186,52 @@ def zeroshot_tasks() -> dict[str, dict]:
             "templates": [f"a photo of a {c} {s} pointing {{}}." for s in ORIENTED_SHAPES for c in COLORS],
         },
     }
+
+
+def swap_groups() -> list[list[str]]:
+    """Groups of words that name different values of one attribute, for hard-negative captions: a caption
+    with one word swapped within its group describes another scene of the world."""
+    return [list(SHAPES), list(PLURALS.values()), list(COLORS), list(SIZES), list(STATE_WORDS.values()),
+            list(ORIENTATION_WORDS.values()), list(COUNT_WORDS.values()), list(VIEWS), list(GLYPHS),
+            ["left", "right"], ["with", "without"]]
+
+
+def separation_pairs() -> dict[str, list[tuple[str, str]]]:
+    """For each attribute, pairs of captions of one single-object scene (two for "relation") that differ in that
+    attribute alone, as :func:`phrase` names it: how well a text tower tells the attribute's words apart.
+
+    Every pair of values, on three (colour, shape) objects (an oriented shape where orientation needs one).
+    """
+    from itertools import combinations
+
+    bases = [WorldObject("circle", "red"), WorldObject("triangle", "blue", orientation="up"),
+             WorldObject("square", "green")]
+    values = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "state": tuple(STATE_WORDS),
+              "orientation": tuple(ORIENTATION_WORDS), "dot": (True, False), "glyph": GLYPHS,
+              "position": tuple(POSITION_WORDS), "count": tuple(COUNT_WORDS), "view": VIEWS}
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for attribute, options in values.items():
+        named = {attribute} if attribute not in ("shape", "color") else set()
+        texts = []
+        for base in bases:
+            if attribute == "orientation" and base.orientation is None:
+                continue
+            for value in options:
+                if attribute == "count":
+                    scene = Scene(objects=(base,) * int(value), count=int(value))
+                elif attribute == "view":
+                    scene = Scene(objects=(base,), view=value)
+                else:
+                    obj = replace(base, **{attribute: value})
+                    if attribute == "shape":
+                        obj = replace(obj, orientation="up" if value in ORIENTED_SHAPES else None)
+                    scene = Scene(objects=(obj,))
+                texts.append((base, phrase(scene, named)))
+        pairs[attribute] = [(a, b) for (ba, a), (bb, b) in combinations(texts, 2) if ba == bb and a != b]
+    left, right = WorldObject("circle", "red", x=0.2), WorldObject("square", "blue", x=0.8)
+    pairs["relation"] = [(phrase(Scene(objects=(left, right)), {"relation"}),
+                          phrase(Scene(objects=(replace(left, x=0.8), replace(right, x=0.2))), {"relation"}))]
+    return pairs
 
 
 WORLD_VOCABULARY: list[str] = world_vocabulary()
