@@ -62,7 +62,7 @@ def test_report_without_matplotlib_notes_it(tmp_path, monkeypatch):
 def test_variant_names_and_unknown_variant():
     names = [v.name for v in compare.variants_for(compare.CompareSettings())]
     assert names == ["original", "un2clip", "projector-random", "projector-identity", "update-decoder",
-                     "alpha0.25", "alpha0.5", "alpha0.75", "anchor0.1", "anchor1", "lora", "diva"]
+                     "alpha0.25", "alpha0.5", "alpha0.75", "anchor0.1", "anchor1", "lora", "genhancer", "diva"]
     with pytest.raises(ValueError, match="unknown variant.*known: original"):
         select_variants(QUICK, ["un2clip", "nope"])
 
@@ -98,10 +98,10 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})
     out = tmp_path / "cmp"
     _untrained_demo_models(out / "seed0")
-    report = run_compare(out, seeds=[0], variants=["un2clip", "alpha0.5", "projector-random", "diva"],
+    report = run_compare(out, seeds=[0], variants=["un2clip", "alpha0.5", "projector-random", "genhancer", "diva"],
                          settings=QUICK, progress=False)
     text = report.read_text()
-    for name in ("original", "un2clip", "alpha0.5", "projector-random"):
+    for name in ("original", "un2clip", "alpha0.5", "projector-random", "genhancer"):
         assert f"| {name} |" in text, name
     assert "| diva |" not in text and "diva skipped: not registered (test)" in text
     assert (out / "mmvp_vs_zeroshot.png").exists()
@@ -109,6 +109,10 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     for name in ("original", "un2clip", "alpha0.5", "projector-random"):
         metrics = json.loads((seed / "eval" / f"{name}.json").read_text())["metrics"]
         assert 0.0 <= metrics["mmvp/average"] <= 100.0 and metrics["diffloss/loss_mean"] > 0, name
+    # GenHancer's encoder went through the light decoder it trained first, not the demo's decoder
+    light = json.loads((seed / "variants" / "genhancer" / "run" / "un2clip_run.json").read_text())
+    assert light["decoder"] == str(seed / "light-decoder" / "run")
+    assert json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())["decoder"] == "genhancer-tiny"
     # the projector ablation records its projector; its evaluated encoder is clip/ alone
     run = seed / "variants" / "projector-random" / "run"
     assert json.loads((run / "un2clip_run.json").read_text())["projector"] == "random"
@@ -147,13 +151,13 @@ def test_shipped_text_to_image_decoder_is_copied_not_trained(tmp_path):
     seed_dir = tmp_path / "seed7"
     clip.save_pretrained(seed_dir / "clip" / "clip")
     # no world and no training: a trained stage would fail for want of captions
-    path = compare._t2i_stage(seed_dir, seed_dir / "clip" / "clip", 7, DemoSettings(), False, [], shipped=shipped)
+    path = compare._decoder_stage(seed_dir, "t2i-decoder", seed_dir / "clip" / "clip", 7, DemoSettings(), False, [], shipped=shipped)
     assert json.loads((seed_dir / "t2i-decoder" / "recipe.json").read_text())["command"] == ["copy", "shipped seed7"]
     loaded = load_t2i_decoder(str(path))
     for k, v in t2i.unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[k], v), k
     stamp = (seed_dir / "t2i-decoder" / "DONE").stat().st_mtime_ns
-    assert compare._t2i_stage(seed_dir, seed_dir / "clip" / "clip", 7, DemoSettings(), False, [],
+    assert compare._decoder_stage(seed_dir, "t2i-decoder", seed_dir / "clip" / "clip", 7, DemoSettings(), False, [],
                               shipped=shipped) == path
     assert (seed_dir / "t2i-decoder" / "DONE").stat().st_mtime_ns == stamp
 

@@ -8,6 +8,7 @@ import argparse
 def _add_world(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("world", help="the shapes world: a small, seeded world of coloured shapes with captions")
     wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
+    _add_world_evaluate(wsub)
     g = wsub.add_parser("generate", help="write training data, MMVP-layout pairs, zero-shot and segmentation sets")
     g.add_argument("output", help="folder to write")
     g.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
@@ -38,12 +39,46 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_world_evaluate(wsub) -> None:
+    e = wsub.add_parser(
+        "evaluate", help="the demo's report for any models on a written world (competence of the world's models)",
+        description="World-MMVP per pattern, zero-shot shape and colour, retrieval, ClearCLIP segmentation, linear "
+                    "probes per attribute, text-tower separation, and through --decoder the held-out diffusion loss, "
+                    "its shuffled/own ratio and the reconstruction match rate; one cached JSON per model in "
+                    "OUTPUT/eval/, the table in OUTPUT/report.md.")
+    e.add_argument("--model", nargs="+", required=True, metavar="NAME=SPEC",
+                   help="models to evaluate: preset, folder, run directory or export, each optionally named NAME=")
+    e.add_argument("--decoder", help="unCLIP decoder the diffusion metrics go through (without: no diffusion metrics)")
+    e.add_argument("--world", required=True, help="a folder written by `un2clip world generate`")
+    e.add_argument("--output", required=True, help="folder of the report and the cached evaluations")
+    e.add_argument("--seed", type=int, default=0, help="seed of the diffusion draws and samples (default 0)")
+    e.add_argument("--fresh", action="store_true", help="recompute cached evaluations")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from un2clip.world.report import evaluate_models, write_report
+
+        models = dict(m.split("=", 1) if "=" in m else (Path(m).name or m, m) for m in args.model)
+        out = Path(args.output)
+        decoder = Path(args.decoder) if args.decoder else None
+        results = evaluate_models(out / "eval", Path(args.world), models, decoder, seed=args.seed,
+                                  fresh=args.fresh, progress=not args.no_progress)
+        report = write_report(out, results)
+        print(report.read_text())
+        print(f"report: {report}")
+        return 0
+
+    e.set_defaults(func=run)
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="un²CLIP, its ablations and alignment keepers over world seeds: one table",
         description="Per world seed: the demo's stages (world, tiny CLIP, decoder, un²CLIP), then each variant as a "
                     "cached stage (original, un2clip, projector-random, projector-identity, update-decoder, "
-                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, diva when registered), each "
+                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, genhancer, diva when registered), each "
                     "evaluated like the demo (world-MMVP, zero-shot, held-out diffusion loss, probes). Writes "
                     "OUT/report.md (mean ± std over seeds), OUT/results.json, OUT/mmvp_vs_zeroshot.png.")
     p.add_argument("--output", default="runs/compare", help="where every seed and the report go (default runs/compare)")

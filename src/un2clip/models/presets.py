@@ -148,11 +148,12 @@ def build_tiny_clip(seed: int = TINY_SEED) -> ClipModel:
     return build_clip_from_config(vision, text, TINY_EMBED, processing=processing, seed=seed)
 
 
-def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image_size: int = TINY_IMAGE) -> UnclipDecoder:
+def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image_size: int = TINY_IMAGE,
+                       channels: tuple[int, int, int] = (32, 64, 128)) -> UnclipDecoder:
     """Pixel-space UNet (32, 64, 128 channels) conditioned like Stable unCLIP; v-prediction, cosine betas."""
     unet = {
         "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
-        "block_out_channels": (32, 64, 128),
+        "block_out_channels": channels,
         "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8,
@@ -161,6 +162,12 @@ def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image
                  "prediction_type": "v_prediction", "clip_sample": False, "set_alpha_to_one": False}
     return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=scheduler,
                                      context_shape=(1, 32), image_size=image_size, seed=seed)
+
+
+def build_light_decoder(seed: int = TINY_SEED) -> UnclipDecoder:
+    """GenHancer's "lightweight denoiser" at the tiny scale: the tiny decoder at half width (16, 32, 64
+    channels, about a quarter of its parameters), conditioned on the pooled class-token embedding only."""
+    return build_tiny_decoder(seed, channels=(16, 32, 64))
 
 
 def build_t2i_decoder_from_config(
@@ -338,6 +345,10 @@ register(Preset(
 register(Preset(
     "openai-l14-336", "openai/clip-vit-large-patch14-336", None, lambda: _openai_l14_clip(336), None,
     "OpenAI ViT-L/14 @336; no public unCLIP: train one with `un2clip train-decoder`",
+))
+register(Preset(
+    "genhancer-tiny", "builtin:tiny", "builtin:genhancer-tiny", build_tiny_clip, build_light_decoder,
+    "GenHancer-style baseline, tiny: the tiny CLIP + a half-width decoder (trained on the CLIP first, then frozen)",
 ))
 register(Preset(
     "diva-tiny", "builtin:tiny", "builtin:diva-tiny", build_tiny_clip, build_tiny_t2i_decoder,

@@ -83,6 +83,8 @@ def variants_for(settings: CompareSettings) -> list[Variant]:
     out.append(Variant("lora", "finetune", f"un²CLIP through rank-{settings.lora_rank} LoRA adapters (merged), "
                        f"learning rate x{settings.lora_lr_factor:g}",
                        {"lora_rank": settings.lora_rank}, lr_factor=settings.lora_lr_factor))
+    out.append(Variant("genhancer", "genhancer", "GenHancer-style: a half-width denoiser trained on the CLIP's "
+                       "class-token embedding first (no noise augmentation), then frozen while the encoder is tuned"))
     out.append(Variant("diva", "diva", "DIVA baseline: encoder trained through a frozen text-to-image decoder "
                        "trained on the world's captions"))
     return out
@@ -149,22 +151,35 @@ def t2i_fields(world: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
             "save_every": 250, "seed": seed}
 
 
-def _t2i_stage(seed_dir: Path, clip: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool, *,
-               shipped: Path | None = None) -> Path:
-    """A text-to-image decoder on the world's captions through the CLIP's text tower (what DIVA needs).
+def light_decoder_fields(world: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
+    """GenHancer's stage 1 (`un2clip train-decoder --preset genhancer-tiny`): a lightweight denoiser trained on the
+    frozen CLIP's class-token embedding, the unCLIP decoder's budget, no noise augmentation, no dropped condition."""
+    return {"objective": "decoder", "preset": "genhancer-tiny", "clip": str(clip),
+            "data": str(world / "train" / "images"), "max_steps": s.decoder_steps, "batch_size": s.decoder_batch,
+            "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine", "save_every": 250, "seed": seed,
+            "objective_options": {"max_noise_level": 0, "p_uncond": 0.0}}
 
-    Copied from ``shipped/t2i-decoder`` when given and present, else trained (``OUT/t2i-decoder/run``).
+
+# decoders some variants train on the seed's CLIP first: stage name -> fields of its training run
+DECODER_STAGES = {"t2i-decoder": t2i_fields, "light-decoder": light_decoder_fields}
+
+
+def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool,
+                   *, shipped: Path | None = None) -> Path:
+    """A decoder a variant trains on the seed's CLIP first (DIVA's text-to-image one, GenHancer's light one).
+
+    Copied from ``shipped/<name>`` when given and present, else trained (``OUT/<name>/run``).
     """
-    use_shipped = shipped is not None and (shipped / "t2i-decoder" / "unet").is_dir()
-    fields = t2i_fields(seed_dir / "world", clip, seed, s)
+    use_shipped = shipped is not None and (shipped / name / "unet").is_dir()
+    fields = DECODER_STAGES[name](seed_dir / "world", clip, seed, s)
     made = {"command": ["copy", f"shipped {shipped.name}"]} if use_shipped else {"run": fields}
     recipe = {**made, "clip": _made(seed_dir / "clip")}
-    folder, done = recorded_stage(seed_dir, "t2i-decoder", recipe, fresh)
+    folder, done = recorded_stage(seed_dir, name, recipe, fresh)
     if not done:
         t = time.perf_counter()
         folder.mkdir(parents=True)
         if use_shipped:
-            shutil.copytree(shipped / "t2i-decoder", folder / "run" / "decoder")
+            shutil.copytree(shipped / name, folder / "run" / "decoder")
         else:
             train_run(**fields, output=str(folder / "run"), progress=progress)
         finish_stage(folder, recipe, t)
@@ -184,8 +199,13 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(decoder), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor), "objective_options": dict(variant.options)}
         return {"run": run, **upstream}, "run"
+    if variant.kind == "genhancer":  # stage 2: the encoder through its own frozen light decoder
+        light = _decoder_stage(seed_dir, "light-decoder", clip, seed, s, fresh, progress, shipped=shipped)
+        run = {"objective": "un2clip", "clip": str(clip), "decoder": str(light), "data": images,
+               **_finetune_fields(s, seed, variant.lr_factor)}
+        return {"run": run, "clip": upstream["clip"], "light-decoder": _made(seed_dir / "light-decoder")}, "run"
     if variant.kind == "diva":
-        t2i = _t2i_stage(seed_dir, clip, seed, s, fresh, progress, shipped=shipped)
+        t2i = _decoder_stage(seed_dir, "t2i-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "diva", "preset": "diva-tiny", "clip": str(clip), "decoder": str(t2i), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor)}
         return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"

@@ -29,12 +29,12 @@ def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps
                                   condition="shuffled")
         return {"diffloss_shuffled/loss_mean": other["loss_mean"]}
 
-    return {
-        "text": ("text_cos/shape", lambda model: text_separation(model, separation_pairs())),
-        "shuffled": ("diffloss_shuffled/loss_mean", shuffled),
-        "recon": ("recon/both", lambda model: reconstruction_match(
-            model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps)),
-    }
+    groups = {"text": ("text_cos/shape", lambda model: text_separation(model, separation_pairs()))}
+    if dec is not None:
+        groups["shuffled"] = ("diffloss_shuffled/loss_mean", shuffled)
+        groups["recon"] = ("recon/both", lambda model: reconstruction_match(
+            model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps))
+    return groups
 
 
 def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Path, name: str) -> dict[str, float]:
@@ -48,9 +48,10 @@ def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Pa
     for task in ZEROSHOT_SETS:
         z = zeroshot.evaluate(model, world / "zeroshot" / task, progress=progress)
         m[f"zeroshot_{task}/acc1"] = 100 * z["acc1"]  # every metric of the report in %
-    d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
-    m["diffloss/loss_mean"] = d["loss_mean"]
-    m["diffloss/loss_sem"] = d["loss_sem"]
+    if dec is not None:
+        d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
+        m["diffloss/loss_mean"] = d["loss_mean"]
+        m["diffloss/loss_sem"] = d["loss_sem"]
     r = retrieval.evaluate(model, world / "val" / "captions.csv", progress=progress)
     m["retrieval/t2i_r1"] = 100 * r["text_to_image_recall@1"]
     m["retrieval/i2t_r1"] = 100 * r["image_to_text_recall@1"]
@@ -59,18 +60,18 @@ def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Pa
     return m
 
 
-def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Path, *, seed: int,
+def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Path | None, *, seed: int,
                     fresh: bool, progress: bool, sampling_steps: int = 50) -> dict[str, dict[str, float]]:
     """{model name: metrics}: world-MMVP, zero-shot, held-out diffusion loss (own and shuffled condition),
     retrieval, segmentation, probes, text-tower separation, reconstruction match; cached as JSON per model.
 
     A cached evaluation made with an older probe protocol has its probes redone; one that lacks a later metric
-    group gets that group added; the rest is reused."""
+    group gets that group added; the rest is reused. Without a ``decoder`` the diffusion metrics are left out."""
     from un2clip.eval import probe
     from un2clip.load import load_clip, load_decoder
 
     out.mkdir(parents=True, exist_ok=True)
-    dec = load_decoder(str(decoder))
+    dec = load_decoder(str(decoder)) if decoder is not None else None
     later = _later_groups(world, dec, seed=seed, progress=progress, sampling_steps=sampling_steps)
     results: dict[str, dict[str, float]] = {}
 
@@ -102,7 +103,7 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
             cached.write_text(json.dumps(record, indent=2))
         results[name] = record["metrics"]
     grid = out / "reconstructions.png"
-    if fresh or not grid.exists():
+    if dec is not None and (fresh or not grid.exists()):
         reconstruct_grid(grid, world, models, dec, seed=seed, steps=sampling_steps)
     return results
 
@@ -172,10 +173,11 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     lines += ["Shuffled/own loss: the held-out diffusion loss with each image conditioned on another image's "
               "embedding over the loss with its own (same draws); near 1, the decoder ignores its condition. "
               f"Recon colour+shape: % of {RECON_IMAGES} held-out single-object images whose decoded sample shows "
-              "their colour and shape (judged against the world's own renders).", "",
-              "![reconstructions](eval/reconstructions.png)", "",
-              "Rows: a held-out image, then the decoder's sample from each model's embedding "
-              f"({', '.join(results)}), same seed.", ""]
+              "their colour and shape (judged against the world's own renders).", ""]
+    if (out / "eval" / "reconstructions.png").exists():
+        lines += ["![reconstructions](eval/reconstructions.png)", "",
+                  "Rows: a held-out image, then the decoder's sample from each model's embedding "
+                  f"({', '.join(results)}), same seed.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
