@@ -42,19 +42,38 @@ def embedding_statistics(clip: ClipModel, source: Source, *, n: int = 2048, batc
     return e.mean(0, keepdim=True), e.std(0, keepdim=True).clamp_min(1e-6)
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023) per sample: min(SNR(t), γ) divided by what the prediction's
+    MSE already carries (SNR for epsilon, SNR + 1 for v, 1 for the sample), so no timestep dominates training.
+
+    SNR(t) = ᾱ_t / (1 - ᾱ_t); ``timesteps`` (B,) index ``alphas_cumprod`` (T,).
+    """
+    abar = alphas_cumprod.to(torch.float64)[timesteps.cpu().long()]
+    snr = abar / (1.0 - abar)
+    clipped = snr.clamp(max=gamma)
+    divisor = {"epsilon": snr, "v_prediction": snr + 1.0, "sample": torch.ones_like(snr)}.get(prediction_type)
+    if divisor is None:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return (clipped / divisor).float()
+
+
 class DecoderObjective(Objective):
     kind = "decoder"
 
     def __init__(self, clip: ClipModel, decoder: UnclipDecoder, *, max_noise_level: int = 1000,
-                 p_uncond: float = 0.1, random_crop: bool = True):
+                 p_uncond: float = 0.1, random_crop: bool = True, snr_gamma: float | None = None):
         super().__init__()
         check_pair(clip, decoder)
         if not 0 <= max_noise_level <= decoder.image_noising_scheduler.config.num_train_timesteps:
             raise ValueError(f"max_noise_level must be in [0, {decoder.image_noising_scheduler.config.num_train_timesteps}]")
         self.clip = clip
         self.decoder = decoder
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
         self.max_noise_level = max_noise_level
         self.p_uncond = p_uncond
+        self.snr_gamma = snr_gamma
         self.random_crop = random_crop
         clip.requires_grad_(False)
         decoder.requires_grad_(False)
@@ -80,11 +99,13 @@ class DecoderObjective(Objective):
         drop = torch.tensor([float(torch.rand((), generator=gi)) < self.p_uncond for gi in g])
         labels = self.decoder.condition(embeds, levels.to(embeds.device), noise=embed_noise)
         labels = torch.where(drop.to(labels.device)[:, None], torch.zeros_like(labels), labels)
-        sched = self.decoder.train_scheduler
-        noisy = sched.add_noise(latents, noise, t)
-        pred = self.decoder.predict(noisy, t, labels).float()
-        target = self.decoder.loss_target(latents, noise, t).float()
-        loss = (pred - target).pow(2).mean()
+        per_sample = self.decoder.denoising_loss(latents, noise, t, lambda noisy: self.decoder.predict(noisy, t, labels),
+                                                 reduction="none")  # (B,)
+        if self.snr_gamma is not None:
+            weights = min_snr_weights(self.decoder.train_scheduler.alphas_cumprod, t, self.snr_gamma,
+                                      self.decoder.prediction_type)
+            per_sample = per_sample * weights.to(per_sample.device)
+        loss = per_sample.mean()
         return {"loss": loss}
 
     def save_outputs(self, folder: Path) -> None:
