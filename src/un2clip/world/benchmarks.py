@@ -61,11 +61,16 @@ def _other(rng: np.random.Generator, items: Sequence, value) -> object:
 Pair = tuple[Scene, Scene, set[str], str]  # two scenes, the attributes their statements name, the attribute
 
 
-def _orientation_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1, shapes=ORIENTED_SHAPES)
-    o = a.objects[0]
-    b = replace(a, objects=(replace(o, orientation=_other(rng, ORIENTATIONS, o.orientation)),))
-    return a, b, {"orientation"}, "orientation"
+def _one_attribute_pair(attribute: str, values: Sequence[str],
+                         shapes: Sequence[str] = SHAPES) -> Callable[[np.random.Generator, int], Pair]:
+    """Pairs of one-object scenes where ``attribute`` takes another of ``values`` (orientation, state, size)."""
+    def make(rng: np.random.Generator, index: int) -> Pair:
+        a = sample_scene(rng, n_objects=1, count=1, shapes=shapes)
+        o = a.objects[0]
+        b = replace(a, objects=(replace(o, **{attribute: _other(rng, values, getattr(o, attribute))}),))
+        return a, b, {attribute}, attribute
+
+    return make
 
 
 def _dot_pair(rng: np.random.Generator, index: int) -> Pair:
@@ -73,13 +78,6 @@ def _dot_pair(rng: np.random.Generator, index: int) -> Pair:
     a = replace(a, objects=(replace(a.objects[0], dot=index % 2 == 0),))  # with first, then without first
     b = replace(a, objects=(replace(a.objects[0], dot=not a.objects[0].dot),))
     return a, b, {"dot"}, "dot"
-
-
-def _state_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1)
-    o = a.objects[0]
-    b = replace(a, objects=(replace(o, state=_other(rng, STATES, o.state)),))
-    return a, b, {"state"}, "state"
 
 
 def _count_pair(rng: np.random.Generator, index: int) -> Pair:
@@ -120,13 +118,6 @@ def _color_pair(rng: np.random.Generator, index: int) -> Pair:
     return a, b, set(), "color"
 
 
-def _size_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1)
-    o = a.objects[0]
-    b = replace(a, objects=(replace(o, size=_other(rng, SIZES, o.size)),))
-    return a, b, {"size"}, "size"
-
-
 def _glyph_pair(rng: np.random.Generator, index: int) -> Pair:
     a = sample_scene(rng, n_objects=1, count=1)
     o = a.objects[0]
@@ -145,13 +136,13 @@ def _view_pair(rng: np.random.Generator, index: int) -> Pair:
 # MMVP-VLM pattern -> maker of two scenes that differ in exactly the attribute of the pattern,
 # in the order the official script reports the patterns (eval.mmvp.PATTERNS; a test keeps them equal)
 PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int], Pair]] = {
-    "Orientation and Direction": _orientation_pair,
+    "Orientation and Direction": _one_attribute_pair("orientation", ORIENTATIONS, ORIENTED_SHAPES),
     "Presence of Specific Features": _dot_pair,
-    "State and Condition": _state_pair,
+    "State and Condition": _one_attribute_pair("state", STATES),
     "Quantity and Count": _count_pair,
     "Positional and Relational Context": _position_pair,
     "Color and Appearance": _color_pair,
-    "Structural Characteristics": _size_pair,
+    "Structural Characteristics": _one_attribute_pair("size", SIZES),
     "Texts": _glyph_pair,
     "Viewpoint and Perspective": _view_pair,
 }
