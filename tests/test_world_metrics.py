@@ -92,3 +92,20 @@ def test_scenes_come_back_from_the_attributes_file(tmp_path):
         scene = scene_from_record(row)
         written = np.asarray(Image.open(tmp_path / "w" / "val" / row["image"]).convert("RGB"))
         assert np.array_equal(np.asarray(W.render(scene)), written)
+
+
+def test_world_evaluate_command_without_a_decoder(tmp_path, capsys):
+    from un2clip.cli import main
+    from un2clip.models.presets import build_tiny_clip
+
+    W.generate_world(tmp_path / "w", seed=2, n_train=64, n_val=16, pairs_per_pattern=1, n_seg=2,
+                     n_zeroshot_per_class=2, progress=False, workers=1)
+    build_tiny_clip().save_pretrained(tmp_path / "clip")
+    out = tmp_path / "out"
+    assert main(["world", "evaluate", "--model", f"mine={tmp_path / 'clip'}", "--world", str(tmp_path / "w"),
+                 "--output", str(out), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| mine |" in report and "Text-tower separation" in report
+    assert "reconstructions.png" not in report  # no decoder: no diffusion metrics, no grid
+    metrics = __import__("json").loads((out / "eval" / "mine.json").read_text())["metrics"]
+    assert "text_cos/shape" in metrics and "diffloss/loss_mean" not in metrics and "recon/both" not in metrics
