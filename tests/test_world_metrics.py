@@ -109,3 +109,8 @@ def test_world_evaluate_command_without_a_decoder(tmp_path, capsys):
     assert "reconstructions.png" not in report  # no decoder: no diffusion metrics, no grid
     metrics = __import__("json").loads((out / "eval" / "mine.json").read_text())["metrics"]
     assert "text_cos/shape" in metrics and "diffloss/loss_mean" not in metrics and "recon/both" not in metrics
+    W.generate_world(tmp_path / "empty", seed=2, n_train=0, n_val=4, pairs_per_pattern=1, n_seg=1,
+                     n_zeroshot_per_class=1, progress=False, workers=1)
+    assert main(["world", "evaluate", "--model", str(tmp_path / "clip"), "--world", str(tmp_path / "empty"),
+                 "--output", str(tmp_path / "out2"), "--no-progress"]) == 2
+    assert "lists no images" in capsys.readouterr().err

@@ -81,6 +81,9 @@ def world_probe(model, world: str | Path, *, n_train: int = 5000, progress: bool
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: expected a shapes world written by `un2clip world generate`")
         rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()][:limit]
+        if not rows:
+            raise ValueError(f"{path} lists no images: the linear probes need a world with training and "
+                             "validation images (`un2clip world generate --n-train N --n-val M`)")
         splits[split] = (rows, embed_files(model, [world / split / r["image"] for r in rows], progress=progress))
     (tr_rows, tr_x), (te_rows, te_x) = splits["train"], splits["val"]
     results = {}
