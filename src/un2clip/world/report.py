@@ -17,8 +17,8 @@ RECON_IMAGES = 100  # held-out single-object images decoded and judged per model
 
 
 def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps: int) -> dict[str, tuple]:
-    """Metric groups added after the first evaluations were cached: name -> (a key it writes, function of a
-    model). A cached evaluation without that key gets the group computed and added."""
+    """Metric groups computed when a cached evaluation lacks them: name -> (a key it writes, function of a
+    model); the decoder's groups only when there is a decoder."""
     from un2clip.eval import diffloss
     from un2clip.eval.text import text_separation
     from un2clip.world.judge import reconstruction_match
@@ -29,18 +29,23 @@ def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps
                                   condition="shuffled")
         return {"diffloss_shuffled/loss_mean": other["loss_mean"]}
 
+    def own(model) -> dict[str, float]:  # the label-free diagnostic: held-out loss through the decoder
+        d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
+        return {"diffloss/loss_mean": d["loss_mean"], "diffloss/loss_sem": d["loss_sem"]}
+
     groups = {"text": ("text_cos/shape", lambda model: text_separation(model, separation_pairs()))}
-    if dec is not None:
+    if dec is not None:  # a cache made without a decoder gains these once one is given
+        groups["own"] = ("diffloss/loss_mean", own)
         groups["shuffled"] = ("diffloss_shuffled/loss_mean", shuffled)
         groups["recon"] = ("recon/both", lambda model: reconstruction_match(
             model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps))
     return groups
 
 
-def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Path, name: str) -> dict[str, float]:
-    """World-MMVP, zero-shot, held-out diffusion loss, retrieval, ClearCLIP segmentation of one model."""
+def _first_groups(model, world: Path, *, progress: bool, out: Path, name: str) -> dict[str, float]:
+    """World-MMVP, zero-shot, retrieval, ClearCLIP segmentation of one model."""
     from un2clip import seg
-    from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+    from un2clip.eval import mmvp, retrieval, zeroshot
 
     m: dict[str, float] = {}
     scores = mmvp.evaluate(model, world / "mmvp", progress=progress, pairs_csv=out / f"{name}_mmvp_pairs.csv")
@@ -48,10 +53,6 @@ def _first_groups(model, world: Path, dec, *, seed: int, progress: bool, out: Pa
     for task in ZEROSHOT_SETS:
         z = zeroshot.evaluate(model, world / "zeroshot" / task, progress=progress)
         m[f"zeroshot_{task}/acc1"] = 100 * z["acc1"]  # every metric of the report in %
-    if dec is not None:
-        d = diffloss.evaluate(model, world / "val" / "images", decoder=dec, seed=seed, progress=progress)
-        m["diffloss/loss_mean"] = d["loss_mean"]
-        m["diffloss/loss_sem"] = d["loss_sem"]
     r = retrieval.evaluate(model, world / "val" / "captions.csv", progress=progress)
     m["retrieval/t2i_r1"] = 100 * r["text_to_image_recall@1"]
     m["retrieval/i2t_r1"] = 100 * r["image_to_text_recall@1"]
@@ -80,14 +81,14 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
 
     for name, spec in models.items():
         cached = out / f"{name}.json"
-        if cached.exists() and not fresh:
+        model, changed = None, fresh or not cached.exists()
+        if not changed:
             record = json.loads(cached.read_text())
         else:
             model = load_clip(spec)
-            metrics = {**_first_groups(model, world, dec, seed=seed, progress=progress, out=out, name=name),
+            metrics = {**_first_groups(model, world, progress=progress, out=out, name=name),
                        **probes(model)}
             record = {"model": spec, "metrics": metrics, "probe_protocol": probe.PROTOCOL}
-        model, changed = None, not cached.exists() or fresh
         if record.get("probe_protocol") != probe.PROTOCOL:  # made with an older probe: redo the probes only
             print(f"{cached}: linear probes made with an older protocol, recomputing them")
             model = load_clip(spec)

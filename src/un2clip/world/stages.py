@@ -49,13 +49,11 @@ def finish_stage(folder: Path, recipe: dict, started: float) -> None:
     mark_done(folder, time.perf_counter() - started)
 
 
-
-
 def train_run(*, progress: bool = True, **fields) -> RunConfig:
     """Train with the one training loop, as the `un2clip` training command with these settings would.
 
     ``fields``: :class:`RunConfig` fields (``objective``, ``data``, ``output``, ...); the others keep their
-    defaults, as flags left out do. Returns the config (its dict, less ``output``, is a stage's recipe).
+    defaults, as flags left out do. Returns the validated config.
     """
     from un2clip.train.recipes import run
 
