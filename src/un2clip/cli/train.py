@@ -138,6 +138,23 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-autoencoder", help="train the VAE of a latent unCLIP decoder (its first stage, before train-decoder)",
+        description="Latent diffusion's first stage: the decoder's AutoencoderKL learns to reconstruct the images "
+                    "(L1 + a small KL term); its scaling factor is set to 1 / std of the latents. The run's "
+                    "decoder/ is the whole decoder with the trained VAE: pass the run to `un2clip train-decoder "
+                    "--decoder RUN`, which trains the UNet on the frozen VAE's latents.")
+    _add_train_flags(p)
+    g = p.add_argument_group("autoencoder options")
+    g.add_argument("--kl-weight", type=float, help="weight of the KL term, per latent element (default 1e-4)")
+
+    def run(args: argparse.Namespace) -> int:
+        return _run_training(args, "autoencoder", {"kl_weight": args.kl_weight})
+
+    p.set_defaults(func=run)
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune", help="un²CLIP: fine-tune a CLIP image encoder through a frozen unCLIP decoder",
@@ -254,4 +271,4 @@ def _add_diva(sub: argparse._SubParsersAction) -> None:
 
 
 # sub-commands of this group, in the order `un2clip --help` lists them
-COMMANDS = [_add_pretrain, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]
+COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]

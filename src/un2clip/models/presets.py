@@ -148,6 +148,10 @@ def build_tiny_clip(seed: int = TINY_SEED) -> ClipModel:
     return build_clip_from_config(vision, text, TINY_EMBED, processing=processing, seed=seed)
 
 
+TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+                  "prediction_type": "v_prediction", "clip_sample": False, "set_alpha_to_one": False}
+
+
 def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image_size: int = TINY_IMAGE,
                        channels: tuple[int, int, int] = (32, 64, 128)) -> UnclipDecoder:
     """Pixel-space UNet (32, 64, 128 channels) conditioned like Stable unCLIP; v-prediction, cosine betas."""
@@ -158,10 +162,30 @@ def build_tiny_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED, image
         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8,
     }
-    scheduler = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
-                 "prediction_type": "v_prediction", "clip_sample": False, "set_alpha_to_one": False}
-    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=scheduler,
+    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=TINY_SCHEDULER,
                                      context_shape=(1, 32), image_size=image_size, seed=seed)
+
+
+TINY_VAE = {  # diffusers AutoencoderKL: 32 px -> 4 x 8 x 8 latents (factor 4), ~1 M parameters
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+    "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "block_out_channels": (32, 64, 64), "norm_num_groups": 16, "sample_size": TINY_IMAGE, "scaling_factor": 1.0,
+}
+
+
+def build_tiny_latent_decoder(seed: int = TINY_SEED, embed_dim: int = TINY_EMBED) -> UnclipDecoder:
+    """Stable unCLIP's layout at the tiny scale: a VAE (``TINY_VAE``; train it first with `un2clip
+    train-autoencoder`) and a UNet on its 4 x 8 x 8 latents (64, 128 channels, attention at 4 px), v-prediction,
+    cosine betas. About 6x cheaper a training step than the pixel-space ``tiny`` decoder on a CPU."""
+    unet = {
+        "sample_size": TINY_IMAGE // 4, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+        "block_out_channels": (64, 128),
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8,
+    }
+    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=TINY_SCHEDULER, vae=TINY_VAE,
+                                     context_shape=(1, 32), image_size=TINY_IMAGE, seed=seed)
 
 
 def build_light_decoder(seed: int = TINY_SEED) -> UnclipDecoder:
@@ -326,6 +350,10 @@ def build_small_decoder(seed: int = TINY_SEED) -> UnclipDecoder:
 register(Preset(
     "tiny", "builtin:tiny", "builtin:tiny", build_tiny_clip, build_tiny_decoder,
     "tiny CLIP (ViT patch 8, 32 px, 128-d) + pixel-space unCLIP decoder; tests and the demo",
+))
+register(Preset(
+    "tiny-latent", "builtin:tiny", "builtin:tiny-latent", build_tiny_clip, build_tiny_latent_decoder,
+    "tiny CLIP + latent unCLIP decoder (tiny AutoencoderKL, 4 x 8 x 8 latents); the shapes world's decoder",
 ))
 register(Preset(
     "small", "builtin:small", "builtin:small", build_small_clip, build_small_decoder,

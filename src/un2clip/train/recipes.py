@@ -96,6 +96,16 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+@register_objective("autoencoder")
+def build_autoencoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """The VAE of a latent decoder (its first stage); the run's decoder/ is the whole decoder, VAE trained."""
+    from un2clip.objectives.autoencoder import AutoencoderObjective
+
+    decoder_spec, decoder = _decoder(cfg, load_decoder)
+    objective = _construct(AutoencoderObjective, decoder, options=cfg.objective_options)
+    return objective, {"kind": "autoencoder", "decoder": decoder_spec, "random_weights": cfg.random_weights}
+
+
 @register_objective("t2i-decoder")
 def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """Trainable text-to-image UNet; prompts through the preset's text encoder, or ``--clip``'s text tower."""
