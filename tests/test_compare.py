@@ -82,10 +82,10 @@ def test_stage_with_another_recipe_is_redone(tmp_path):
 
 def _untrained_demo_models(seed_dir):
     """The demo's finished CLIP and decoder stages, with the untrained tiny models (test_demo trains them)."""
-    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.models.presets import PRESETS, build_tiny_clip
 
     build_tiny_clip().save_pretrained(seed_dir / "clip" / "clip")
-    build_tiny_decoder().save_pretrained(seed_dir / "decoder" / "decoder")
+    PRESETS[QUICK.demo.decoder_preset].build_decoder().save_pretrained(seed_dir / "decoder" / "decoder")
     for stage in ("clip", "decoder"):
         (seed_dir / stage / "DONE").write_text("{}")
 
@@ -112,7 +112,9 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     # GenHancer's encoder went through the light decoder it trained first, not the demo's decoder
     light = json.loads((seed / "variants" / "genhancer" / "run" / "un2clip_run.json").read_text())
     assert light["decoder"] == str(seed / "light-decoder" / "run")
-    assert json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())["decoder"] == "genhancer-tiny"
+    marker = json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())
+    # its own half-width UNet on the demo decoder's VAE (one first stage for every generator)
+    assert (marker["decoder"], marker["vae"]) == ("genhancer-tiny-latent", str(seed / "decoder" / "decoder"))
     # the projector ablation records its projector; its evaluated encoder is clip/ alone
     run = seed / "variants" / "projector-random" / "run"
     assert json.loads((run / "un2clip_run.json").read_text())["projector"] == "random"

@@ -328,9 +328,15 @@ def test_mask_ids_follow_the_drawn_shape():
         assert mask.dtype == np.uint8 and mask.shape == (32, 32)
         assert mask[16, 16] == classes.index(shape)
         assert mask[1, 1] == 0 and set(np.unique(mask)) == {0, classes.index(shape)}
-        # labelled pixels are where the colour is
+        # labelled pixels are where the colour is; ink left unlabelled is only the anti-aliased rim
         ink = np.abs(np.asarray(image, dtype=int) - np.array(W.BACKGROUND)).sum(-1) > 60
-        assert ink[mask == 0].mean() < 0.03 and ink[mask > 0].mean() > 0.9
+        assert ink[mask > 0].mean() > 0.9
+        labelled = np.pad(mask > 0, 1)
+        near = np.zeros_like(mask, dtype=bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                near |= labelled[1 + dy:33 + dy, 1 + dx:33 + dx]
+        assert not (ink & (mask == 0) & ~near).any()
 
 
 def test_seg_output(world_dir):
@@ -371,11 +377,14 @@ def test_sample_scene_respects_its_arguments():
             assert len({(o.shape, o.color) for o in s.objects}) == len(s.objects)
         for o in s.objects:
             assert (o.orientation is not None) == (o.shape in W.ORIENTED_SHAPES)
-    s = W.sample_scene(rng, n_objects=3, filled_only=True, allow_glyph=False, view="tilted")
-    assert len(s.objects) == 3 and s.view == "tilted"
+        if len(s.objects) == 2:  # two objects stand in the outer columns: large ones would overlap otherwise
+            assert {o.position for o in s.objects} == set(W.scenes.TWO_COLUMNS)
+    s = W.sample_scene(rng, n_objects=2, filled_only=True, allow_glyph=False, view="tilted")
+    assert len(s.objects) == 2 and s.view == "tilted"
     assert all(o.state == "filled" and o.glyph is None for o in s.objects)
-    with pytest.raises(ValueError):
-        W.sample_scene(rng, n_objects=2, count=2)
+    for bad in ({"n_objects": 2, "count": 2}, {"n_objects": 3}, {"count": 3}):
+        with pytest.raises(ValueError):
+            W.sample_scene(rng, **bad)
 
 
 def test_world_patterns_are_the_benchmark_patterns():

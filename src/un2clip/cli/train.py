@@ -46,7 +46,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
+TRAIN_KEYS = ("preset", "clip", "decoder", "vae", "random_weights", "data", "image_column", "caption_column",
               "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
               "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
               "save_every", "seed", "output")
@@ -116,6 +116,8 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
                     "frozen text encoder (--clip: that CLIP's text tower), the generator `un2clip diva` needs.")
     _add_train_flags(p)
     g = p.add_argument_group("decoder options")
+    g.add_argument("--vae", help="replace a latent decoder's VAE: a `un2clip train-autoencoder` run, a decoder or "
+                                 "pipeline folder, or a Hub id (default: the decoder's own)")
     g.add_argument("--text-conditioned", action="store_true",
                    help="train a text-to-image decoder on image-caption pairs (objective t2i-decoder)")
     g.add_argument("--max-noise-level", type=int, help="embedding noise levels drawn from [0, N) (default 1000)")
@@ -148,6 +150,7 @@ def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     g = p.add_argument_group("autoencoder options")
     g.add_argument("--kl-weight", type=float, help="weight of the KL term, per latent element (default 1e-4)")
+    g.add_argument("--vae", help="start from this VAE instead of the decoder's own (a run, folder or Hub id)")
 
     def run(args: argparse.Namespace) -> int:
         return _run_training(args, "autoencoder", {"kl_weight": args.kl_weight})

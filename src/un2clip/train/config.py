@@ -18,11 +18,12 @@ import yaml
 class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | decoder | t2i-decoder | diva
+    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva
     # models
     preset: str = "tiny"
     clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)
     decoder: str | None = None  # overrides the preset's decoder
+    vae: str | None = None  # replaces the decoder's VAE (a train-autoencoder run, a folder, a Hub id)
     random_weights: bool = False
     # data
     data: str | None = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from un2clip.data.sources import Source
-from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder
+from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder, load_vae
 from un2clip.models.clip import ClipModel
 from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
@@ -45,9 +45,13 @@ def _clip(cfg: RunConfig) -> tuple[str, ClipModel]:
 
 
 def _decoder(cfg: RunConfig, load: Callable) -> tuple[str, Any]:
-    """(spec, model) of the run's decoder, loaded by ``load``: ``--decoder``, else the preset's."""
+    """(spec, model) of the run's decoder, loaded by ``load``: ``--decoder``, else the preset's; ``--vae``
+    replaces its VAE."""
     spec = cfg.decoder or cfg.preset
-    return spec, load(spec, random_weights=cfg.random_weights)
+    decoder = load(spec, random_weights=cfg.random_weights)
+    if cfg.vae:
+        decoder.set_vae(load_vae(cfg.vae))
+    return spec, decoder
 
 
 @register_objective("un2clip")
@@ -92,7 +96,8 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     mean, std = embedding_statistics(clip, source, seed=cfg.seed)
     decoder.set_embedding_statistics(mean, std)
     objective = _construct(DecoderObjective, clip, decoder, options=cfg.objective_options)
-    info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "vae": cfg.vae,
+            "random_weights": cfg.random_weights}
     return objective, info
 
 
@@ -103,7 +108,8 @@ def build_autoencoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
 
     decoder_spec, decoder = _decoder(cfg, load_decoder)
     objective = _construct(AutoencoderObjective, decoder, options=cfg.objective_options)
-    return objective, {"kind": "autoencoder", "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    return objective, {"kind": "autoencoder", "decoder": decoder_spec, "vae": cfg.vae,
+                       "random_weights": cfg.random_weights}
 
 
 @register_objective("t2i-decoder")
@@ -117,7 +123,7 @@ def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     if cfg.clip:  # e.g. the world's pre-trained tiny CLIP: the generator reads its text tower
         decoder.set_text_encoder(*clip_text_encoder(load_clip(cfg.clip, random_weights=cfg.random_weights)))
     objective = _construct(TextToImageDecoderObjective, decoder, options=cfg.objective_options)
-    info = {"kind": "t2i-decoder", "t2i_decoder": decoder_spec, "text_clip": cfg.clip,
+    info = {"kind": "t2i-decoder", "t2i_decoder": decoder_spec, "text_clip": cfg.clip, "vae": cfg.vae,
             "random_weights": cfg.random_weights}
     return objective, info
 
