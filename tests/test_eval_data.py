@@ -165,6 +165,29 @@ def test_mmvp_warns_when_135_pairs_disagree_with_the_official_categories(tmp_pat
         mmvp.read_mmvp(make_mmvp(tmp_path / "short", shuffled[:-1]))
 
 
+def test_mmvp_library_default_is_fp32_even_on_cuda(tmp_path, monkeypatch):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
+    dtypes = spy_autocast_as_on_cuda(monkeypatch)
+    mmvp.evaluate(ColourClip(), root, progress=False)
+    assert dtypes == [None, None]  # images and texts, no autocast
+    mmvp.evaluate(ColourClip(), root, progress=False, precision="auto")
+    assert dtypes[2:] == [torch.bfloat16, torch.bfloat16]  # auto on CUDA would be bf16
+
+
+def spy_autocast_as_on_cuda(monkeypatch) -> list:
+    """Make every embedding step resolve its autocast as it would on a CUDA device; return the dtypes it got."""
+    from un2clip.eval import embed
+
+    real, dtypes = embed.autocast_dtype, []
+
+    def on_cuda(device, precision="auto"):
+        dtypes.append(real(torch.device("cuda"), precision))
+        return dtypes[-1]
+
+    monkeypatch.setattr(embed, "autocast_dtype", on_cuda)
+    return dtypes
+
+
 def test_published_anchor_only_for_the_original_hub_model():
     assert mmvp.published_anchor("openai/clip-vit-large-patch14") == {"original": 19.3, "un2clip": 32.6}
     assert mmvp.published_anchor("openai-l14") == {"original": 19.3, "un2clip": 32.6}  # the preset's Hub id
