@@ -111,7 +111,7 @@ def test_eval_reconstruct_report_end_to_end(bench, tmp_path, capsys):
         assert list(r["metrics"])[:9] == list(PATTERNS) and r["metrics"]["n_pairs"] == 18
         assert all(s in (0.0, 50.0, 100.0) for s in list(r["metrics"].values())[:9])
         assert r["options"]["batch_size"] == 8 and r["model_spec"].endswith(model)
-        assert r["options"]["precision"] == "fp32"
+        assert r["options"]["precision"] == "fp32" and r["average_definition"].startswith("the mean of the 9 pattern")
         pairs = list(csv.DictReader(open(out / f"{model}__mmvp__mmvp.pairs.csv")))
         assert len(pairs) == 18 and pairs[0]["qid1"] == "1" and set(pairs[0]) >= {"pred1", "pred2", "gt1", "gt2", "score"}
         assert 100 * sum(int(p["score"]) for p in pairs) / 18 == pytest.approx(r["metrics"]["average"])

@@ -77,6 +77,7 @@ def test_mmvp_known_scores_tie_and_one_sided_pairs(tmp_path):
     # keys follow the official pattern order, whatever the file's order
     assert list(scores) == ["Color and Appearance", "Texts", "average", "n_pairs"]
     assert scores["Color and Appearance"] == 50.0 and scores["Texts"] == 50.0 and scores["average"] == 50.0
+    assert mmvp.average_definition(scores).startswith("the mean of the 2 pattern scores, each pattern weighted equally")
     rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
     assert [(r["qid1"], r["pred1"], r["pred2"], r["score"]) for r in rows] == [
         ("1", "img2", "img2", "0"), ("3", "img1", "img2", "1"), ("5", "img1", "img2", "1"), ("7", "img1", "img1", "0")]

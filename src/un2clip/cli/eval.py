@@ -107,7 +107,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from un2clip.eval import get_task
     from un2clip.eval.diffloss import default_decoder_spec
     from un2clip.eval.embed import pick_device
-    from un2clip.eval.mmvp import published_anchor
+    from un2clip.eval.mmvp import average_definition, published_anchor
     from un2clip.eval.report import format_value, result_path, write_result
     from un2clip.load import load_clip, load_decoder
 
@@ -148,6 +148,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         anchor = published_anchor(spec, random_weights=args.random_weights) if task.name == "mmvp" else None
         if anchor:
             extra["published"] = anchor
+        if task.name == "mmvp":
+            extra["average_definition"] = average_definition(metrics)
         write_result(args.output, model=name, task=task_label, dataset=dataset, metrics=metrics,
                      options=recorded, extra=extra)
         shown = [k for k in metrics if not k.startswith("n_")]

@@ -201,6 +201,13 @@ def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_
     return scores
 
 
+def average_definition(scores: dict[str, float]) -> str:
+    """What ``scores["average"]`` of :func:`evaluate` is, in words, for the result file."""
+    n = sum(k != "average" and not k.startswith("n_") for k in scores)
+    return (f"the mean of the {n} pattern scores, each pattern weighted equally (not the share of all pairs); "
+            f"the official MMVP-VLM script prints the pattern scores and no average")
+
+
 def write_pairs_csv(path: str | Path, pairs: list[MmvpPair], picks: torch.Tensor, correct: torch.Tensor,
                     p_first: torch.Tensor) -> Path:
     """One row per pair, in the official script's vocabulary (``img1`` / ``img2``)."""
