@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from un2clip import world as W
+from un2clip.eval.mmvp import read_mmvp
 
 SMALL = dict(n_train=30, n_val=8, pairs_per_pattern=2, n_seg=12, n_zeroshot_per_class=2, progress=False)
 
@@ -215,6 +217,9 @@ def test_mmvp_layout_and_pairs(tmp_path):
     for t in W.MMVP_TYPES:
         assert sum(r[1] == t for r in rows) == 30
     assert [rows[30 * k][1] for k in range(9)] == list(W.MMVP_TYPES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scorer's checks: odd-then-even IDs, the official categories of 135 pairs
+        assert [p.pattern for p in read_mmvp(root)] == [t for t in W.MMVP_TYPES for _ in range(15)]
     pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 135
     for k, pair in enumerate(pairs):
