@@ -21,6 +21,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-column", help="CSV/TSV column holding image paths")
     g.add_argument("--caption-column", help="CSV/TSV column holding captions")
     g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
+    g.add_argument("--max-skip-rate", type=float, metavar="F",
+                   help="stop when more than this fraction of the last --skip-window images drawn could not be "
+                        "read (default 0.5; 1: never, unless no image at all is readable)")
+    g.add_argument("--skip-window", type=int, metavar="N", help="images drawn over which --max-skip-rate is "
+                                                                "judged (default 100)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="learning rate (paper: 3e-7 for ViT-L/14)")
     g.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (default adamw)")
@@ -47,7 +52,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
-              "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
+              "num_workers", "max_skip_rate", "skip_window", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
               "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
               "save_every", "seed", "output")
 

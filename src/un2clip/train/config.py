@@ -29,6 +29,9 @@ class RunConfig:
     image_column: str | None = None
     caption_column: str | None = None
     num_workers: int = 0
+    # stop when more than this fraction of the last ``skip_window`` images drawn could not be read
+    max_skip_rate: float = 0.5
+    skip_window: int = 100
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-5
@@ -60,6 +63,10 @@ class RunConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.max_skip_rate <= 1:
+            raise ValueError(f"max_skip_rate must be in (0, 1], got {self.max_skip_rate}")
+        if self.skip_window < 1:
+            raise ValueError(f"skip_window must be >= 1, got {self.skip_window}")
         return self
 
     def to_yaml(self) -> str:

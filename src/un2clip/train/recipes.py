@@ -32,8 +32,12 @@ def _construct(cls, *args, options: dict, **kwargs):
 
 def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
     """Refuse data without captions (the first readable of its first 16 records decides), before any model loads."""
-    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
-    if first is None or first.text is None:
+    n = min(len(source), 16)
+    first = next((r for r in (source.load(i) for i in range(n)) if r is not None), None)
+    if first is None:
+        raise ValueError(f"none of the first {n} images of {cfg.data} can be read (e.g. {source.key(0)}): "
+                         "missing, empty or corrupt files")
+    if first.text is None:
         raise ValueError(f"{cfg.data} has no captions: {who} image-text pairs "
                          "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
 
