@@ -246,3 +246,64 @@ def test_captioned_training_on_unreadable_images_says_so(tmp_path, capsys):
     assert cli(["pretrain", "--preset", "tiny", "--data", str(data), "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "none of the first 4 images" in err and "gone/0.jpg" in err and "no captions" not in err
+
+
+# -- resume with new settings (issue 19) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def forget_precision():
+    """Accelerate keeps one mixed-precision setting per process (a resume runs in a new one): a call forgets it."""
+    from accelerate.state import AcceleratorState
+
+    yield AcceleratorState._reset_state
+    AcceleratorState._reset_state()
+
+
+def test_resume_honours_lr_steps_interval_and_precision_and_records_them(tmp_path, forget_precision):
+    import yaml
+
+    from un2clip.runs import latest_checkpoint, load_checkpoint
+    from un2clip.train.loop import lr_factor
+
+    data = _images(tmp_path / "img", 24)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "4", "--save-every", "2", "--lr-schedule", "cosine",
+                     "--output", str(out)]) == 0
+    forget_precision()
+    assert cli(["finetune", "--resume", str(out), "--lr", "1e-5", "--max-steps", "7", "--save-every", "1",
+                "--precision", "bf16", "--no-progress"]) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    for r in rows:  # the logged lr is the next step's: base x cosine factor over the (new) step budget
+        base, budget = (1e-4, 4) if r["step"] <= 4 else (1e-5, 7)
+        assert r["lr"] == pytest.approx(base * lr_factor(r["step"], warmup_steps=0, max_steps=budget,
+                                                         schedule="cosine"), abs=1e-12), r
+    assert rows[4]["resumed_at"] == 4 and rows[4]["changed"] == {
+        "lr": [1e-4, 1e-5], "max_steps": [4, 7], "precision": ["fp32", "bf16"], "save_every": [2, 1]}
+    assert all("changed" not in r for r in rows[:4] + rows[5:])
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# resumed at step 4: lr 0.0001 -> 1e-05, max_steps 4 -> 7, precision fp32 -> bf16, "
+                           "save_every 2 -> 1\n")
+    cfg = yaml.safe_load(text)
+    assert (cfg["lr"], cfg["max_steps"], cfg["save_every"], cfg["precision"]) == (1e-5, 7, 1, "bf16")
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000006", "step_000007"]
+    saved = load_checkpoint(latest_checkpoint(out))
+    assert saved["optimizer"]["param_groups"][0]["initial_lr"] == 1e-5
+    assert saved["scheduler"]["base_lrs"] == [1e-5]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--batch-size", "16"], "--batch-size"),
+    (["--anchor-weight", "0.1"], "--anchor-weight"),
+    (["--data", "elsewhere"], "--data"),
+])
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, flags, named):
+    data = _images(tmp_path / "img", 16)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(["finetune", "--resume", str(out), *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"not {named}" in err and "accepts only --lr, --max-steps, --save-every, --precision" in err

@@ -94,7 +94,8 @@ class Trainer:
     and opens the data; ``fit()`` runs the optimiser steps, checkpoints and writes the trained models.
     ``cfg.batch_size`` is the global batch (all processes, all accumulation micro-steps); checkpoints go
     to ``cfg.output/checkpoints`` every ``cfg.save_every`` steps and at the end; ``resume`` continues from
-    the newest one.
+    the newest one, with ``cfg``'s learning rate, step budget, precision and checkpoint interval
+    (``resume_changes``, ``{field: [old, new]}``, is written into the first metrics line after the resume).
 
     Unreadable images are skipped and counted. A draw of a global batch none of whose images could be
     read is not an optimiser step: nothing is updated and the next batch is drawn. When more than
@@ -107,11 +108,12 @@ class Trainer:
     """
 
     def __init__(self, objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, resume_changes: dict[str, list[Any]] | None = None):
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         self.objective, self.source, self.cfg = objective, source, cfg
         self.resume, self.progress = resume, progress
+        self.resume_changes = dict(resume_changes or {})
         self.output = Path(cfg.output)
         self.metrics_path = self.output / "metrics.jsonl"
         self.step, self.n_bad, self.last_loss = 0, 0, float("nan")
@@ -121,6 +123,7 @@ class Trainer:
         self._all_bad_run = 0  # images drawn since the last readable one
         self._bad_keys: deque[str] = deque(maxlen=5)  # this process's most recent unreadable images
         self._micro_batches = 0  # micro-batches this process took from its loader
+        self._pending_note: dict[str, Any] | None = None
 
     def setup(self) -> Trainer:
         self._setup_accelerator()
@@ -176,9 +179,27 @@ class Trainer:
         self.step, self.n_bad = int(state["step"]), int(state.get("n_bad", 0))
         self.samples = int(state.get("samples_seen", self.step * self.cfg.batch_size))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._override_lr(self.cfg.lr)
         if self.accelerator.is_main_process:
             _truncate_metrics(self.metrics_path, self.step)
-        self.accelerator.print(f"resuming from {found} (step {self.step})")
+        if self.resume_changes:
+            self._pending_note = {"resumed_at": self.step, "changed": self.resume_changes}
+        changed = "".join(f", {k} {a} -> {b}" for k, (a, b) in self.resume_changes.items())
+        self.accelerator.print(f"resuming from {found} (step {self.step}{changed})")
+
+    def _override_lr(self, lr: float) -> None:
+        """Make ``lr`` the base learning rate of the restored optimiser and scheduler, and the next step's rate
+        ``lr`` x the schedule's factor under this run's settings (a resume may change --lr and --max-steps).
+
+        Unchanged settings give back exactly the restored rates (the same product LambdaLR computes).
+        """
+        sched = self.sched
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        factor = lr_factor(sched.last_epoch, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps,
+                           schedule=self.cfg.lr_schedule)
+        for group in self.opt.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        sched._last_lr = [group["lr"] for group in self.opt.param_groups]
 
     def _setup_data(self) -> None:
         cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
@@ -280,7 +301,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"loss became {loss_sum / max(with_images, 1.0)} at step {self.step + 1}; stopped before the "
                     f"optimiser step. Last good checkpoint: {last or 'none written yet'}. "
-                    "Try a lower --lr, --precision fp32 or bf16 instead of fp16.")
+                    "Try a lower --lr (`--resume RUN --lr ...`), --precision fp32 or bf16 instead of fp16.")
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if self._step_images:  # a draw without one readable image updates nothing
@@ -328,8 +349,11 @@ class Trainer:
             if accelerator.is_main_process:
                 record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
                           "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
+                if self._pending_note:
+                    record.update(self._pending_note)
                 with self.metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+            self._pending_note = None
             bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
             bar.update(1)
             t_last = now
@@ -350,9 +374,10 @@ class Trainer:
 
 
 def train(objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, resume_changes: dict[str, list[Any]] | None = None) -> TrainResult:
     """Minimise ``objective`` on ``source`` with the loop settings of ``cfg`` (see :class:`Trainer`)."""
-    return Trainer(objective, source, cfg, resume=resume, progress=progress).setup().fit()
+    return Trainer(objective, source, cfg, resume=resume, progress=progress,
+                   resume_changes=resume_changes).setup().fit()
 
 
 def dump_run_info(output: Path, info: dict[str, Any]) -> None:
