@@ -454,3 +454,22 @@ def test_sources_survive_a_fork_with_workers_on_folders(folder):
     serial, _ = _run(source, steps=4, global_batch=4)
     parallel, _ = _run(source, steps=4, global_batch=4, num_workers=2)
     assert serial == parallel
+
+
+def test_sixteen_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    from un2clip.data.sources import decode_image
+
+    ramp = np.linspace(0, 65535, 256).round().astype(np.uint16)  # a known gradient, black to white
+    wide = np.tile(ramp, (4, 1))  # (4, 256)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")  # PIL reads it as 16-bit grey
+    rgb = np.asarray(decode_image(path))  # (4, 256, 3)
+    expected = np.round(wide / 257.0).astype(np.uint8)
+    for channel in range(3):
+        assert np.array_equal(rgb[..., channel], expected)
+    assert rgb[0, 0, 0] == 0 and rgb[0, 128, 0] == 128 and rgb[0, -1, 0] == 255
+    # the same gradient in 8 bits decodes to the same picture
+    Image.fromarray(expected).save(tmp_path / "grey8.png")
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "grey8.png")), rgb)
+
