@@ -189,6 +189,24 @@ def spy_autocast_as_on_cuda(monkeypatch) -> list:
     return dtypes
 
 
+@pytest.mark.parametrize("breakage, words", [
+    ("duplicate", "rows 2 and 5 share the Question ID '1'"),
+    ("empty", "row 4 (Question ID '3') has an empty Statement"),
+])
+def test_mmvp_duplicate_question_id_or_empty_statement_names_the_row(tmp_path, breakage, words):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red"), ("Texts", "red", "blue", "a", "b")])
+    table = root / "Questions.csv"
+    lines = table.read_text().splitlines()
+    if breakage == "duplicate":  # the second pair's second row reuses the first row's ID (and image)
+        lines[4] = lines[4].replace("4,", "1,", 1)
+    else:
+        lines[3] = "3,Texts,  "
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as info:
+        mmvp.read_mmvp(root)
+    assert words in str(info.value) and str(table) in str(info.value)
+
+
 def test_published_anchor_only_for_the_original_hub_model():
     assert mmvp.published_anchor("openai/clip-vit-large-patch14") == {"original": 19.3, "un2clip": 32.6}
     assert mmvp.published_anchor("openai-l14") == {"original": 19.3, "un2clip": 32.6}  # the preset's Hub id
@@ -242,6 +260,24 @@ def test_class_folder_without_images_is_an_error(tmp_path):
     (root / "dog" / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=r"class folder .*dog has no images"):
         zeroshot.load_classification_set(root)
+
+
+def test_fewer_than_two_classes_is_an_error_not_100_percent(tmp_path):
+    root = make_image_folder(tmp_path / "one", {"cat": ["red", "blue"]})
+    with pytest.raises(ValueError, match=r"has 1 class \(cat\): zero-shot classification needs at least two"):
+        zeroshot.load_classification_set(root)
+    with pytest.raises(ValueError, match="at least two classes"):
+        zeroshot.evaluate(ColourClip(), root, progress=False)
+    from un2clip.cli import main
+
+    assert main(["eval", "zeroshot", "--model", "tiny", "--data", str(root), "--output", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    (wds / "classnames.txt").write_text("red\n")
+    write_wds(wds, [("s0", "red", "0"), ("s1", "blue", "0")])
+    with pytest.raises(ValueError, match=r"has 1 class \(red\)"):
+        zeroshot.load_classification_set(wds)
 
 
 def write_wds(root, samples: list[tuple[str, str | None, str | None]], split: str = "test") -> None:

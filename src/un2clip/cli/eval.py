@@ -197,6 +197,9 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="resize each mask to its image's size, nearest neighbour (default: a mask of another size "
+                        "is an error)")
     g = p.add_argument_group("settings (default: the method's preset for the dataset)")
     g.add_argument("--short-side", type=int, help="resize the short side to this (0: keep; SCLIP 336, ClearCLIP 448)")
     g.add_argument("--crop", type=int, help="sliding-window side (0: whole image; 224, ClearCLIP 448)")
@@ -239,7 +242,7 @@ def _run_seg(args: argparse.Namespace) -> int:
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
                       num_workers=args.num_workers, precision=args.precision, progress=not args.no_progress,
-                      settings=settings)
+                      settings=settings, resize_masks=args.resize_masks)
     print(format_table(records))
     return 0
 

@@ -123,12 +123,19 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
     pending: dict[str, str] = {}
     long_name: str | None = None
     pos = 0
+    last = ("the start", 0, 0)  # (what, data offset, data size) of the last entry read
     with open(path, "rb", buffering=0) as f:
         def read(n: int, at: int) -> bytes:
             f.seek(at)
             return f.read(n)
 
         while True:
+            if pos > size_on_disk:  # the last entry's data or padding runs past the end of the file
+                name, data_at, size = last
+                if data_at + size > size_on_disk:
+                    return members, (f"truncated at byte {size_on_disk}, the end of the file, inside the data of "
+                                     f"{name} (bytes {data_at} to {data_at + size})")
+                return members, f"ends at byte {size_on_disk} after {name}, without an end-of-archive marker"
             if pos + 512 > size_on_disk:
                 return members, (None if pos == size_on_disk and members else
                                  f"ends without an end-of-archive marker at byte {pos}")
@@ -150,6 +157,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                 return members, f"damaged header at byte {pos}"
             kind = header[156:157]
             data_at = pos + 512
+            last = (f"the {kind.decode('latin-1')!r} header at byte {pos}", data_at, size)
             if kind == b"x":
                 pending.update(_pax_records(read(size, data_at)))
             elif kind == b"g":
@@ -170,6 +178,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                             if prefix:
                                 name = prefix + "/" + name
                     members.append((name, data_at, size))
+                    last = (f"member {name!r}", data_at, size)
                 elif pending.get("size", "").isdigit():
                     size = int(pending["size"])
                 pending, long_name = {}, None
@@ -195,7 +204,7 @@ def _scan_tar_with_tarfile(path: str) -> tuple[list[tuple[str, int, int]], str |
 
 #: shards with at least this many members get their header index cached on disk
 INDEX_CACHE_MIN_MEMBERS = 1024
-_INDEX_CACHE_VERSION = 1
+_INDEX_CACHE_VERSION = 2  # 2: damage messages give offsets inside the file
 
 
 def index_cache_dir() -> Path | None:
@@ -271,14 +280,13 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
     except (tarfile.TarError, OSError, ValueError) as err:
         log.warning("cannot read shard %s (%s); skipping it", path, err)
         return [], 0
+    whole = [m for m in members if m[1] + m[2] <= size_on_disk]  # a truncated shard lacks the others' data
     if problem:
-        log.warning("shard %s is damaged after %d members (%s); using what was read", path, len(members), problem)
+        log.warning("shard %s is damaged (%s); using the %d whole member(s) before it", path, problem, len(whole))
     groups: dict[str, dict[str, tuple[int, int]]] = {}
-    for name, offset, size in members:
+    for name, offset, size in whole:
         name = name[2:] if name.startswith("./") else name
         if os.path.basename(name).startswith((".", "__")):
-            continue
-        if offset + size > size_on_disk:  # truncated shard: the data is not there
             continue
         key, ext = _split_tar_name(name)
         groups.setdefault(key, {})[ext] = (offset, size)

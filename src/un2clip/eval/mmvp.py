@@ -95,6 +95,15 @@ def read_mmvp(root: str | Path) -> list[MmvpPair]:
         raise ValueError(f"{table} row {bad + 2} has {len(body[bad])} fields instead of {len(COLUMNS)}; {LAYOUT}")
     if not body or len(body) % 2:
         raise ValueError(f"{table} has {len(body)} question rows, not a positive even number; {LAYOUT}")
+    first_row: dict[str, int] = {}
+    for k, (qid, _, statement) in enumerate(body):
+        row = k + 2  # the header is row 1
+        if not statement.strip():
+            raise ValueError(f"{table} row {row} (Question ID {qid.strip()!r}) has an empty Statement; {LAYOUT}")
+        if qid.strip() in first_row:
+            raise ValueError(f"{table} rows {first_row[qid.strip()]} and {row} share the Question ID "
+                             f"{qid.strip()!r}: each image needs its own; {LAYOUT}")
+        first_row[qid.strip()] = row
     pairs, missing = [], []
     for k in range(0, len(body), 2):
         (q1, t1, s1), (q2, t2, s2) = ([c.strip() for c in r] for r in body[k:k + 2])

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from un2clip import runs
 from un2clip.data.sources import Source
 from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder, load_vae
 from un2clip.models.clip import ClipModel
 from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
-from un2clip.train.config import RunConfig
+from un2clip.train.config import RESUMABLE, RunConfig, changed_fields, config_notes, load_config
 from un2clip.train.loop import TrainResult, dump_run_info, train
 
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
@@ -32,8 +33,12 @@ def _construct(cls, *args, options: dict, **kwargs):
 
 def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
     """Refuse data without captions (the first readable of its first 16 records decides), before any model loads."""
-    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
-    if first is None or first.text is None:
+    n = min(len(source), 16)
+    first = next((r for r in (source.load(i) for i in range(n)) if r is not None), None)
+    if first is None:
+        raise ValueError(f"none of the first {n} images of {cfg.data} can be read (e.g. {source.key(0)}): "
+                         "missing, empty or corrupt files")
+    if first.text is None:
         raise ValueError(f"{cfg.data} has no captions: {who} image-text pairs "
                          "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
 
@@ -154,10 +159,34 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
                          f"only, not the {cfg.objective} objective; pass the images instead")
     objective, info = build(cfg, source)
     output = Path(cfg.output)
-    if not resume:
+    changes = None
+    if resume:
+        changes = _record_resume_changes(output, cfg)
+    else:
         if (output / "checkpoints").exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
                              "or choose another --output")
         dump_run_info(output, info)
         cfg.save(output / "config.yaml")
-    return train(objective, source, cfg, resume=resume, progress=progress)
+    return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
+
+
+def _record_resume_changes(output: Path, cfg: RunConfig) -> dict[str, list[Any]]:
+    """Compare ``cfg`` with the run's config.yaml; refuse changes a resume cannot make; save and return the rest.
+
+    config.yaml then holds the new values under one comment line per resume that changed something.
+    """
+    saved_path = output / "config.yaml"
+    changes = changed_fields(load_config(saved_path), cfg)
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise ValueError(f"a resumed run keeps its recipe; {refused} differ from {saved_path} "
+                         f"(a resume may change only {', '.join(RESUMABLE)})")
+    if changes:
+        found = runs.latest_checkpoint(output)
+        if found is None:
+            raise FileNotFoundError(f"nothing to resume: {output / runs.CKPT_DIR} holds no complete checkpoint")
+        step = runs.checkpoint_step(found)
+        note = f"resumed at step {step}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+        cfg.save(saved_path, notes=[*config_notes(saved_path), note])
+    return changes
