@@ -1,25 +1,12 @@
 """The latent decoder's first stage: `un2clip train-autoencoder` and the latent-variance scaling factor."""
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.test_train import _images
 from un2clip.cli import main as cli
-
-
-def _images(folder: Path, n: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        arr = np.full((32, 32, 3), 230, np.uint8)
-        x, y = rng.integers(2, 20, 2)
-        arr[y:y + 10, x:x + 10] = rng.integers(0, 255, 3)
-        Image.fromarray(arr).save(folder / f"{i:03d}.png")
-    return folder
 
 
 def test_latent_variance_estimate_and_scaling_factor():

@@ -161,8 +161,8 @@ def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
         "train-autoencoder", help="train the VAE of a latent unCLIP decoder (its first stage, before train-decoder)",
         description="Latent diffusion's first stage: the decoder's AutoencoderKL learns to reconstruct the images "
                     "(L1 + a small KL term); its scaling factor is set to 1 / std of the latents. The run's "
-                    "decoder/ is the whole decoder with the trained VAE: pass the run to `un2clip train-decoder "
-                    "--decoder RUN`, which trains the UNet on the frozen VAE's latents.")
+                    "decoder/ is the whole decoder with the trained VAE: pass the run as `--vae RUN` (or `--decoder "
+                    "RUN`) to `un2clip train-decoder`, which trains a UNet on the frozen VAE's latents.")
     _add_train_flags(p)
     g = p.add_argument_group("autoencoder options")
     g.add_argument("--kl-weight", type=float, help="weight of the KL term, per latent element (default 1e-4)")
