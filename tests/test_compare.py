@@ -93,7 +93,7 @@ def _untrained_demo_models(seed_dir):
 def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     from un2clip.eval import probe
 
-    monkeypatch.setattr(compare, "diva_available", lambda: "not registered (test)")
+    monkeypatch.setattr(compare, "diva_available", lambda preset: "not registered (test)")
     # no shipped generators: GenHancer's light decoder is trained here (the shipped one would be copied)
     monkeypatch.setattr(compare, "shipped_weights", lambda seed, weights_seed=None: tmp_path / "nothing-shipped")
     # the linear probes (L-BFGS per attribute) are most of the evaluation's time and have their own tests
@@ -177,3 +177,8 @@ def test_detail_tables_give_per_pattern_means_and_paired_deltas():
     assert mmvp[4] == "| Δ un2clip | +5.0 ± 1.4 |"  # paired: 4 and 6
     assert "| Δ un2clip | +0.0 ± 0.0 |" in lines  # the probe did not move
     assert compare.detail_tables({0: {"original": {"mmvp/Texts": 1.0}}}) == []
+
+
+def test_diva_availability_checks_the_settings_preset():
+    assert compare.diva_available(QUICK.demo.t2i_preset) is None
+    assert "no 'nope' preset" in compare.diva_available("nope")

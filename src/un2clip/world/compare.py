@@ -102,7 +102,7 @@ def select_variants(settings: CompareSettings, names: Sequence[str] | None) -> l
     return [v for v in known if v.name in set(names)]
 
 
-def diva_available(preset: str = DemoSettings.t2i_preset) -> str | None:
+def diva_available(preset: str) -> str | None:
     """None when the DIVA objective and the world's text-to-image preset are registered, else why not."""
     from un2clip.models.presets import PRESETS
     from un2clip.train.recipes import OBJECTIVES
@@ -431,7 +431,7 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     if "original" not in {v.name for v in chosen}:  # the Δ columns need it, and it costs an evaluation only
         chosen = [select_variants(settings, ["original"])[0], *chosen]
     notes = []
-    if any(v.kind == "diva" for v in chosen) and (why := diva_available()):
+    if any(v.kind == "diva" for v in chosen) and (why := diva_available(settings.demo.t2i_preset)):
         chosen = [v for v in chosen if v.kind != "diva"]
         notes.append(f"diva skipped: {why}")
         print(f"note: diva skipped: {why}")
