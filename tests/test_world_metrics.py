@@ -114,3 +114,28 @@ def test_world_evaluate_command_without_a_decoder(tmp_path, capsys):
     assert main(["world", "evaluate", "--model", str(tmp_path / "clip"), "--world", str(tmp_path / "empty"),
                  "--output", str(tmp_path / "out2"), "--no-progress"]) == 2
     assert "lists no images" in capsys.readouterr().err
+
+
+def test_reconstruction_match_samples_with_the_guidance_it_is_given(tmp_path, monkeypatch):
+    """The guided reconstruction count must reach the decoder's sampler: without the pass-through both counts
+    of the report would be the unguided one."""
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.models.unclip import UnclipDecoder
+    from un2clip.world.judge import reconstruction_match
+
+    W.generate_world(tmp_path / "w", seed=3, n_train=0, n_val=24, pairs_per_pattern=0, n_seg=0,
+                     n_zeroshot_per_class=0, progress=False, workers=1)
+    seen = []
+    real = UnclipDecoder.generate
+
+    def spy(self, embeds, **kw):
+        seen.append(kw["guidance_scale"])
+        return real(self, embeds, **kw)
+
+    monkeypatch.setattr(UnclipDecoder, "generate", spy)
+    clip, decoder = build_tiny_clip(), build_tiny_decoder()
+    plain = reconstruction_match(clip, decoder, tmp_path / "w" / "val", n=3, num_inference_steps=2)
+    guided = reconstruction_match(clip, decoder, tmp_path / "w" / "val", n=3, num_inference_steps=2,
+                                  guidance_scale=3.0)
+    assert seen == [1.0, 3.0]
+    assert set(plain) == set(guided) == {"recon/color", "recon/shape", "recon/both"}

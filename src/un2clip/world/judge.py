@@ -83,9 +83,11 @@ def single_object_scenes(split: str | Path, n: int) -> list[tuple[Path, Scene]]:
 
 
 def reconstruction_match(model, decoder, split: str | Path, *, n: int = 100, seed: int = 0,
-                         num_inference_steps: int = 50, progress: bool = False) -> dict[str, float]:
+                         num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                         progress: bool = False) -> dict[str, float]:
     """Decode the first ``n`` single-object images of ``split`` from ``model``'s embeddings through ``decoder``
-    and judge the samples: ``recon/color``, ``recon/shape``, ``recon/both`` (%)."""
+    (classifier-free guidance at ``guidance_scale``; 1: none) and judge the samples: ``recon/color``,
+    ``recon/shape``, ``recon/both`` (%)."""
     import torch
 
     from un2clip.eval.reconstruct import reconstructions
@@ -93,7 +95,7 @@ def reconstruction_match(model, decoder, split: str | Path, *, n: int = 100, see
     pairs = single_object_scenes(split, n)
     images = [Image.open(path).convert("RGB") for path, _ in pairs]
     decoded = reconstructions([model], decoder, images, seed=seed, num_inference_steps=num_inference_steps,
-                              batch_size=len(images), progress=progress)[1]  # (N, 3, H, W) in [-1, 1]
+                              guidance_scale=guidance_scale, batch_size=len(images), progress=progress)[1]  # (N, 3, H, W) in [-1, 1]
     side = images[0].size[0]
     as_uint8 = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     samples = [Image.fromarray(a).resize((side, side), Image.Resampling.BILINEAR) for a in as_uint8]
