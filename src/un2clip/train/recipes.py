@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from un2clip import runs
 from un2clip.data.sources import Source
 from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder
 from un2clip.models.clip import ClipModel
@@ -14,6 +18,8 @@ from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
 from un2clip.train.config import RunConfig
 from un2clip.train.loop import TrainResult, dump_run_info, train
+
+log = logging.getLogger(__name__)
 
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
@@ -77,6 +83,11 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.objectives.contrastive import ContrastiveObjective
 
     _require_captions(cfg, source, "contrastive training needs")
+    blank = getattr(source, "empty_caption_rows", [])
+    if blank:
+        log.warning("%s: %d row(s) have an empty caption (row %s%s); contrastive training skips them and counts "
+                    "them with the unreadable images", cfg.data, len(blank), ", ".join(map(str, blank[:5])),
+                    ", ..." if len(blank) > 5 else "")
     clip_spec, clip = _clip(cfg)
     objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
     return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
@@ -125,8 +136,18 @@ def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+def _output_lock(output: Path):
+    """The run folder's lock, taken by the process of global rank 0 only (``RANK``, as torchrun and
+    ``accelerate launch`` set it; unset: a single process)."""
+    return runs.RunLock(output) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Build and train. With ``resume`` the run folder's own config.yaml is used."""
+    """Build and train. With ``resume`` the run folder's own config.yaml is used.
+
+    The output folder is locked first (:class:`un2clip.runs.RunLock`): a second process given the
+    same folder is refused before any model loads.
+    """
     from un2clip.data import open_source
 
     build = OBJECTIVES.lookup(cfg.objective)
@@ -136,12 +157,13 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")
-    objective, info = build(cfg, source)
     output = Path(cfg.output)
-    if not resume:
-        if (output / "checkpoints").exists():
+    with _output_lock(output):
+        if not resume and (output / runs.CKPT_DIR).exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
                              "or choose another --output")
-        dump_run_info(output, info)
-        cfg.save(output / "config.yaml")
-    return train(objective, source, cfg, resume=resume, progress=progress)
+        objective, info = build(cfg, source)
+        if not resume:
+            dump_run_info(output, info)
+            cfg.save(output / "config.yaml")
+        return train(objective, source, cfg, resume=resume, progress=progress)
