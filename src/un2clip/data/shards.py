@@ -274,13 +274,15 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
     if problem:
         log.warning("shard %s is damaged after %d members (%s); using what was read", path, len(members), problem)
     groups: dict[str, dict[str, tuple[int, int]]] = {}
+    cut: set[str] = set()  # samples with a member whose data the file does not hold (a truncated shard)
     for name, offset, size in members:
         name = name[2:] if name.startswith("./") else name
         if os.path.basename(name).startswith((".", "__")):
             continue
-        if offset + size > size_on_disk:  # truncated shard: the data is not there
-            continue
         key, ext = _split_tar_name(name)
+        if offset + size > size_on_disk:  # truncated shard: the data is not there
+            cut.add(key)
+            continue
         groups.setdefault(key, {})[ext] = (offset, size)
     rows, no_image = [], 0
     for key, found in groups.items():
@@ -290,7 +292,12 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
             continue
         txt = found.get(text_ext, (0, -1))
         rows.append((key, img[0], img[1], txt[0], txt[1]))
-    return rows, no_image
+    if cut:  # a sample cut short is left out when its image is gone (its caption alone does not make a sample)
+        used = {row[0] for row in rows}
+        log.warning("shard %s is cut short: %d sample(s) lost their image data and are left out (counted as "
+                    "skipped); the rest of the shard is used", path, sum(key not in used for key in cut))
+    lost = [key for key in cut if key not in groups]  # the others are in no_image already
+    return rows, no_image + len(lost)
 
 
 def shard_paths(spec: str) -> list[str] | None:
@@ -439,7 +446,7 @@ class WebDatasetSource(Source):
             return None
         if len(data) != size:
             return None
-        image = decode_image(data)
+        image = decode_image(data, f"{self.shards[shard]}:{self._keys[i]}")
         if image is None:
             return None
         text = None
