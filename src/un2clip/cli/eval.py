@@ -189,6 +189,10 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="resize a mask whose size differs from its image's to the image's, nearest neighbour "
+                        "(default: such a pair is an error naming both files). Mask labels outside the class list "
+                        "are always ignored like 255 and counted (n_out_of_range in the results), with a warning")
     g = p.add_argument_group("settings (default: the method's preset for the dataset)")
     g.add_argument("--short-side", type=int, help="resize the short side to this (0: keep; SCLIP 336, ClearCLIP 448)")
     g.add_argument("--crop", type=int, help="sliding-window side (0: whole image; 224, ClearCLIP 448)")
@@ -231,7 +235,7 @@ def _run_seg(args: argparse.Namespace) -> int:
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
                       num_workers=args.num_workers, precision=args.precision, progress=not args.no_progress,
-                      settings=settings)
+                      settings=settings, resize_masks=args.resize_masks)
     print(format_table(records))
     return 0
 

@@ -8,6 +8,7 @@ method x dataset settings come from ``presets``; every one can be overridden by 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,15 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, DATASETS, SegDataset, SegPairs, load_dataset
+from un2clip.seg.datasets import (
+    BENCHMARK_DIRS,
+    BENCHMARKS,
+    DATASETS,
+    SegDataset,
+    SegPairs,
+    fit_label,
+    load_dataset,
+)
 from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
 from un2clip.seg.infer import (
     TextClassifier,
@@ -33,6 +42,8 @@ from un2clip.seg.presets import SegSettings, resolve_settings
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BENCHMARKS", "BENCHMARK_DIRS", "DATASETS", "HEADS", "METHODS", "HeadSpec", "SegDataset", "SegHistogram",
@@ -67,8 +78,12 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
              classes: str | Path | list[list[str]] | None = None, templates: list[str] | None = None,
              split: str = "val", max_images: int | None = None, classifier: TextClassifier | None = None,
              batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
-             **settings) -> dict[str, float]:
-    """mIoU, aAcc, mAcc (percent), n_images, n_skipped and ``IoU.<class>`` of ``method`` on a dataset.
+             resize_masks: bool = False, **settings) -> dict[str, float]:
+    """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method``.
+
+    A mask of another size than its image is an error naming the pair, or with ``resize_masks`` is
+    resized to the image with nearest neighbour. Mask labels outside the class list are ignored like
+    255; ``n_out_of_range`` counts those pixels (with a warning naming the first mask).
 
     ``settings`` override the method x dataset preset by name: short_side, crop, stride,
     logit_scale, prob_threshold, area_threshold, gaussian_std, pamr_steps. Prompt templates: ``templates``,
@@ -89,19 +104,28 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
         raise ValueError(f"the text classifier has {classifier.num_classes} classes, the dataset {ds.num_classes}")
     hist = SegHistogram(ds.num_classes)
     loader = torch.utils.data.DataLoader(SegPairs(ds), batch_size=None, shuffle=False, num_workers=num_workers)
-    skipped = 0
+    skipped, outside, outside_masks = 0, 0, []
     with inference_context(model.device, precision):
-        for pixels, label, _ in tqdm(loader, total=len(ds), desc=f"{method} on {ds.name}", disable=not progress,
+        for pixels, label, i in tqdm(loader, total=len(ds), desc=f"{method} on {ds.name}", disable=not progress,
                                      leave=False):
             if pixels is None:
                 skipped += 1
                 continue
+            label, n = fit_label(label, tuple(pixels.shape[-2:]), ds.num_classes, image=ds.images[i],
+                                 mask=ds.labels[i], resize=resize_masks)
+            if n:
+                outside += n
+                outside_masks.append(ds.labels[i])
             label = label.to(model.device)
             pred = segment_image(model, pixels, classifier, method=method, settings=cfg,
                                  out_size=tuple(label.shape), background=ds.background, batch_size=batch_size)
             hist.update(pred, label)
     if hist.n_images == 0:
         raise ValueError(f"none of the {len(ds)} images of {ds.root} could be read")
+    if outside:
+        log.warning("%d pixel(s) in %d mask(s) of %s have labels outside its %d classes (first: %s); ignored like 255",
+                    outside, len(outside_masks), ds.root, ds.num_classes, outside_masks[0])
     out = hist.summary(ds.display)
     out["n_skipped"] = float(skipped)
+    out["n_out_of_range"] = float(outside)
     return out

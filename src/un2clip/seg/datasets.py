@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
 
@@ -122,6 +123,26 @@ def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
         label[(label == -1) | (label == 254)] = 255  # 0 -> 255 (ignored), 255 stays ignored
         label = label.astype(np.uint8)
     return label
+
+
+def fit_label(label: torch.Tensor, image_size: tuple[int, int], num_classes: int, *, image: str | Path,
+              mask: str | Path, resize: bool = False) -> tuple[torch.Tensor, int]:
+    """A label map checked against its image: ``(labels, n)``, ``n`` the pixels set to 255 (ignored)
+    because their label lies outside the ``num_classes`` classes.
+
+    A mask whose size differs from the image's (``image_size`` = (H, W)) is an error naming both
+    files, or with ``resize`` is resized to it with nearest neighbour.
+    """
+    if tuple(label.shape) != tuple(image_size):
+        if not resize:
+            (h, w), (ih, iw) = label.shape, image_size
+            raise ValueError(f"mask {mask} is {w}x{h} but its image {image} is {iw}x{ih}: pass --resize-masks to "
+                             "resize such masks to their image (nearest neighbour), or fix the pair")
+        label = F.interpolate(label[None, None].float(), size=tuple(image_size), mode="nearest-exact")[0, 0]
+        label = label.to(torch.uint8)
+    outside = (label >= num_classes) & (label != IGNORE_INDEX)
+    n = int(outside.sum())
+    return (label.masked_fill(outside, IGNORE_INDEX) if n else label), n
 
 
 # -- layouts ------------------------------------------------------------------------------------------------

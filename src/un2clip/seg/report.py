@@ -24,7 +24,7 @@ from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, load_dataset
 from un2clip.seg.presets import resolve_settings
 
 RESULT_FORMAT = "un2clip-eval-result/1"
-HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped")
+HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "n_out_of_range")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
             classes: str | Path | None = None, templates: Sequence[str] | None = None, split: str = "val",
             max_images: int | None = None, random_weights: bool = False, device: str | None = None,
             batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
-            settings: dict[str, Any] | None = None, log=print) -> list[dict[str, Any]]:
+            settings: dict[str, Any] | None = None, resize_masks: bool = False, log=print) -> list[dict[str, Any]]:
     """Evaluate every model x method x dataset; write one JSON each into ``output``; return the records.
 
     Methods, settings and every dataset folder are checked before any model is loaded; the
@@ -154,8 +154,10 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
             for method in methods:
                 cfg = resolve_settings(method, ds.name, **settings)
                 metrics = evaluate(model, ds, method=method, classifier=classifier, batch_size=batch_size,
-                                   num_workers=num_workers, precision=precision, progress=progress, **cfg.to_dict())
+                                   num_workers=num_workers, precision=precision, progress=progress,
+                                   resize_masks=resize_masks, **cfg.to_dict())
                 options = {**cfg.to_dict(), "split": split, "max_images": max_images, "precision": precision,
+                           "resize_masks": resize_masks,
                            "templates": "imagenet-80" if used is None else used,
                            "classes": ds.classes}
                 extra = {"model_spec": spec, "data": str(ds.root.resolve()), "device": str(dev),
