@@ -82,10 +82,10 @@ def test_stage_with_another_recipe_is_redone(tmp_path):
 
 def _untrained_demo_models(seed_dir):
     """The demo's finished CLIP and decoder stages, with the untrained tiny models (test_demo trains them)."""
-    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.models.presets import PRESETS, build_tiny_clip
 
     build_tiny_clip().save_pretrained(seed_dir / "clip" / "clip")
-    build_tiny_decoder().save_pretrained(seed_dir / "decoder" / "decoder")
+    PRESETS[QUICK.demo.decoder_preset].build_decoder().save_pretrained(seed_dir / "decoder" / "decoder")
     for stage in ("clip", "decoder"):
         (seed_dir / stage / "DONE").write_text("{}")
 
@@ -93,7 +93,9 @@ def _untrained_demo_models(seed_dir):
 def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     from un2clip.eval import probe
 
-    monkeypatch.setattr(compare, "diva_available", lambda: "not registered (test)")
+    monkeypatch.setattr(compare, "diva_available", lambda preset: "not registered (test)")
+    # no shipped generators: GenHancer's light decoder is trained here (the shipped one would be copied)
+    monkeypatch.setattr(compare, "shipped_weights", lambda seed, weights_seed=None: tmp_path / "nothing-shipped")
     # the linear probes (L-BFGS per attribute) are most of the evaluation's time and have their own tests
     monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})
     out = tmp_path / "cmp"
@@ -112,7 +114,9 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     # GenHancer's encoder went through the light decoder it trained first, not the demo's decoder
     light = json.loads((seed / "variants" / "genhancer" / "run" / "un2clip_run.json").read_text())
     assert light["decoder"] == str(seed / "light-decoder" / "run")
-    assert json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())["decoder"] == "genhancer-tiny"
+    marker = json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())
+    # its own half-width UNet on the demo decoder's VAE (one first stage for every generator)
+    assert (marker["decoder"], marker["vae"]) == ("genhancer-tiny-latent", str(seed / "decoder" / "decoder"))
     # the projector ablation records its projector; its evaluated encoder is clip/ alone
     run = seed / "variants" / "projector-random" / "run"
     assert json.loads((run / "un2clip_run.json").read_text())["projector"] == "random"
@@ -173,3 +177,8 @@ def test_detail_tables_give_per_pattern_means_and_paired_deltas():
     assert mmvp[4] == "| Δ un2clip | +5.0 ± 1.4 |"  # paired: 4 and 6
     assert "| Δ un2clip | +0.0 ± 0.0 |" in lines  # the probe did not move
     assert compare.detail_tables({0: {"original": {"mmvp/Texts": 1.0}}}) == []
+
+
+def test_diva_availability_checks_the_settings_preset():
+    assert compare.diva_available(QUICK.demo.t2i_preset) is None
+    assert "no 'nope' preset" in compare.diva_available("nope")

@@ -454,3 +454,51 @@ def test_sources_survive_a_fork_with_workers_on_folders(folder):
     serial, _ = _run(source, steps=4, global_batch=4)
     parallel, _ = _run(source, steps=4, global_batch=4, num_workers=2)
     assert serial == parallel
+
+
+def test_sixteen_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    from un2clip.data.sources import decode_image
+
+    ramp = np.linspace(0, 65535, 256).round().astype(np.uint16)  # a known gradient, black to white
+    wide = np.tile(ramp, (4, 1))  # (4, 256)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")  # PIL reads it as 16-bit grey
+    rgb = np.asarray(decode_image(path))  # (4, 256, 3)
+    expected = np.round(wide / 257.0).astype(np.uint8)
+    for channel in range(3):
+        assert np.array_equal(rgb[..., channel], expected)
+    assert rgb[0, 0, 0] == 0 and rgb[0, 128, 0] == 128 and rgb[0, -1, 0] == 255
+    # the same gradient in 8 bits decodes to the same picture
+    Image.fromarray(expected).save(tmp_path / "grey8.png")
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "grey8.png")), rgb)
+
+
+def test_truncated_shard_warning_reports_where_the_file_really_ends(tmp_path, caplog):
+    import logging
+    import re
+
+    shard = tmp_path / "full.tar"
+    _write_shard(shard, [(f"{k:04d}", {"png": _encoded(_image(k, (32, 32)), "PNG")}) for k in range(3)])
+    with tarfile.open(shard) as tf:
+        last = tf.getmembers()[-1]
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: last.offset_data + last.size // 2])  # the file ends inside the last image
+    size = cut.stat().st_size
+    with caplog.at_level(logging.WARNING, logger="un2clip.data.shards"):
+        source = WebDatasetSource([str(cut)])
+    assert len(source) == 2 and all(source.load(i) is not None for i in range(2))
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"truncated at byte {size}, the end of the file, inside the data of member '0002.png'" in message
+    assert f"(bytes {last.offset_data} to {last.offset_data + last.size})" in message
+    assert "using the 2 whole member(s)" in message
+    offsets = [int(v) for v in re.findall(r"byte (\d+)", message)]
+    assert offsets and max(offsets) <= size
+    # the file ends after the last image's data, inside its padding: nothing is lost, and that is what it says
+    cut.write_bytes(data[: last.offset_data + last.size])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="un2clip.data.shards"):
+        assert len(WebDatasetSource([str(cut)])) == 3
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"ends at byte {last.offset_data + last.size} after member '0002.png'" in message

@@ -111,6 +111,7 @@ def test_eval_reconstruct_report_end_to_end(bench, tmp_path, capsys):
         assert list(r["metrics"])[:9] == list(PATTERNS) and r["metrics"]["n_pairs"] == 18
         assert all(s in (0.0, 50.0, 100.0) for s in list(r["metrics"].values())[:9])
         assert r["options"]["batch_size"] == 8 and r["model_spec"].endswith(model)
+        assert r["options"]["precision"] == "fp32" and r["average_definition"].startswith("the mean of the 9 pattern")
         pairs = list(csv.DictReader(open(out / f"{model}__mmvp__mmvp.pairs.csv")))
         assert len(pairs) == 18 and pairs[0]["qid1"] == "1" and set(pairs[0]) >= {"pred1", "pred2", "gt1", "gt2", "score"}
         assert 100 * sum(int(p["score"]) for p in pairs) / 18 == pytest.approx(r["metrics"]["average"])
@@ -173,6 +174,35 @@ def test_diffloss_is_repeatable_and_tells_encoders_apart(bench, tmp_path):
     assert [d["timestep"] for d in other_draws] == [d["timestep"] for d in draws]  # identical draws ...
     assert other["loss_mean"] != first["loss_mean"]  # ... a different encoder, a different loss
     assert first["n_draws"] == 4 and first["n_images"] == 2
+
+
+def test_eval_mmvp_runs_fp32_on_a_cuda_device_unless_asked(bench, tmp_path, monkeypatch):
+    """The device check says CUDA; the model stays on this CPU, and each embedding step resolves its autocast as on
+    the CUDA device the command picked."""
+    from un2clip.eval import embed, mmvp
+    from un2clip.models.clip import ClipModel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ClipModel, "to", lambda self, *args, **kwargs: self)
+    real, seen = embed.autocast_dtype, []
+
+    def as_on_cuda(device, precision="auto"):
+        seen.append(real(torch.device("cuda"), precision))
+        return seen[-1]
+
+    monkeypatch.setattr(embed, "autocast_dtype", as_on_cuda)
+    for flags, dtype in (([], None), (["--precision", "auto"], torch.bfloat16), (["--precision", "bf16"], torch.bfloat16)):
+        seen.clear()
+        out = tmp_path / (flags[-1] if flags else "default")
+        assert run("eval", "mmvp", "--model", bench / "original", "--model-name", "original", "--data", bench / "mmvp",
+                   "--output", out, "--no-progress", *flags) == 0
+        r = read(out / "original__mmvp__mmvp.json")
+        assert r["device"] == "cuda" and seen == [dtype, dtype], flags  # images, texts
+        assert r["options"]["precision"] == (flags[-1] if flags else mmvp.DEFAULT_PRECISION)
+    seen.clear()  # the other tasks keep auto: bf16 on CUDA
+    assert run("eval", "zeroshot", "--model", bench / "original", "--data", bench / "shapes",
+               "--output", tmp_path / "zs", "--no-progress") == 0
+    assert set(seen) == {torch.bfloat16}
 
 
 def test_user_errors_are_one_line_not_tracebacks(bench, tmp_path, capsys):

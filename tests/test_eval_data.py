@@ -7,7 +7,9 @@ embedding of the colour its last word names makes every answer known in advance.
 import csv
 import io
 import json
+import random
 import tarfile
+import warnings
 
 import pytest
 import torch
@@ -45,11 +47,14 @@ def solid(path, colour: str, size: int = 16) -> None:
     Image.new("RGB", (size, size), COLOURS[colour]).save(path, quality=95)
 
 
-def make_mmvp(root, pairs: list[tuple[str, str, str, str, str]]):
-    """pairs: (type, colour of image 1, colour of image 2, statement 1, statement 2) -> an MMVP-VLM folder."""
+def make_mmvp(root, pairs: list[tuple[str, str, str, str, str]], ids: list[tuple[object, object]] | None = None):
+    """pairs: (type, colour of image 1, colour of image 2, statement 1, statement 2) -> an MMVP-VLM folder.
+
+    ``ids``: the Question IDs of each pair (default 1, 2, 3, ... as MMVP-VLM numbers them).
+    """
     rows = [["Question ID", "Type", "Statement"]]
     for k, (kind, c1, c2, s1, s2) in enumerate(pairs):
-        q1, q2 = 2 * k + 1, 2 * k + 2
+        q1, q2 = ids[k] if ids is not None else (2 * k + 1, 2 * k + 2)
         solid(root / "MLLM_VLM Images" / kind / f"{q1}.jpg", c1)
         solid(root / "MLLM_VLM Images" / kind / f"{q2}.jpg", c2)
         rows += [[q1, kind, s1], [q2, kind, s2]]
@@ -72,6 +77,7 @@ def test_mmvp_known_scores_tie_and_one_sided_pairs(tmp_path):
     # keys follow the official pattern order, whatever the file's order
     assert list(scores) == ["Color and Appearance", "Texts", "average", "n_pairs"]
     assert scores["Color and Appearance"] == 50.0 and scores["Texts"] == 50.0 and scores["average"] == 50.0
+    assert mmvp.average_definition(scores).startswith("the mean of the 2 pattern scores, each pattern weighted equally")
     rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
     assert [(r["qid1"], r["pred1"], r["pred2"], r["score"]) for r in rows] == [
         ("1", "img2", "img2", "0"), ("3", "img1", "img2", "1"), ("5", "img1", "img2", "1"), ("7", "img1", "img1", "0")]
@@ -114,6 +120,91 @@ def test_malformed_mmvp_folder_names_path_and_layout(tmp_path, breakage, error, 
     message = str(info.value)
     assert words in message and "MLLM_VLM Images/<Type>/<Question ID>.jpg" in message
     assert str(root) in message
+
+
+@pytest.mark.parametrize("ids, row, words", [
+    ([(1, 2), (4, 3)], 4, "the Question IDs 4 and 3"),  # the second pair starts on an even ID
+    ([(2, 1), (3, 4)], 2, "the Question IDs 2 and 1"),
+    ([(1, 2), (3, 5)], 5, "the Question IDs 3 and 5"),  # odd then odd: the official script has no image 2
+    ([(1, 2), ("3a", 4)], 4, "Question ID '3a' is not a whole number"),
+])
+def test_mmvp_pair_must_be_an_odd_then_an_even_question_id(tmp_path, ids, row, words):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red"), ("Texts", "red", "blue", "red", "blue")],
+                     ids=ids)
+    with pytest.raises(ValueError) as info:
+        mmvp.read_mmvp(root)
+    message = str(info.value)
+    assert f"{root / 'Questions.csv'} row {row}:" in message and words in message
+
+
+def test_official_category_is_pair_index_over_15():
+    official = [t for t in mmvp.PATTERNS for _ in range(15)]
+    assert mmvp.official_category_mismatches(official) == []
+    swapped = official.copy()
+    swapped[0], swapped[134] = swapped[134], swapped[0]
+    assert mmvp.official_category_mismatches(swapped) == [0, 134]
+    assert mmvp.official_category_mismatches(official[:-1]) is None  # 134 pairs: no official category
+    assert mmvp.official_category_mismatches(["Texts"] * 135) == list(range(105)) + list(range(120, 135))
+
+
+def test_mmvp_warns_when_135_pairs_disagree_with_the_official_categories(tmp_path):
+    pairs = [(t, "blue", "red", "blue", "red" if k % 3 else "blue") for t in mmvp.PATTERNS for k in range(15)]
+    in_order = make_mmvp(tmp_path / "in_order", pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the official order: silent
+        scores = mmvp.evaluate(ColourClip(), in_order, progress=False)
+    shuffled = pairs.copy()
+    random.Random(0).shuffle(shuffled)
+    moved = sum(a[0] != b[0] for a, b in zip(pairs, shuffled))
+    root = make_mmvp(tmp_path / "shuffled", shuffled)
+    with pytest.warns(UserWarning, match=rf"{moved} of its 135 pairs have a Type other than the category") as caught:
+        shuffled_scores = mmvp.evaluate(ColourClip(), root, progress=False)
+    assert str(root / "Questions.csv") in str(caught[0].message) and moved > 100
+    assert shuffled_scores == scores  # the Type column still decides the pattern
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 134 pairs: the official rule names no category
+        mmvp.read_mmvp(make_mmvp(tmp_path / "short", shuffled[:-1]))
+
+
+def test_mmvp_library_default_is_fp32_even_on_cuda(tmp_path, monkeypatch):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
+    dtypes = spy_autocast_as_on_cuda(monkeypatch)
+    mmvp.evaluate(ColourClip(), root, progress=False)
+    assert dtypes == [None, None]  # images and texts, no autocast
+    mmvp.evaluate(ColourClip(), root, progress=False, precision="auto")
+    assert dtypes[2:] == [torch.bfloat16, torch.bfloat16]  # auto on CUDA would be bf16
+
+
+def spy_autocast_as_on_cuda(monkeypatch) -> list:
+    """Make every embedding step resolve its autocast as it would on a CUDA device; return the dtypes it got."""
+    from un2clip.eval import embed
+
+    real, dtypes = embed.autocast_dtype, []
+
+    def on_cuda(device, precision="auto"):
+        dtypes.append(real(torch.device("cuda"), precision))
+        return dtypes[-1]
+
+    monkeypatch.setattr(embed, "autocast_dtype", on_cuda)
+    return dtypes
+
+
+@pytest.mark.parametrize("breakage, words", [
+    ("duplicate", "rows 2 and 5 share the Question ID '1'"),
+    ("empty", "row 4 (Question ID '3') has an empty Statement"),
+])
+def test_mmvp_duplicate_question_id_or_empty_statement_names_the_row(tmp_path, breakage, words):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red"), ("Texts", "red", "blue", "a", "b")])
+    table = root / "Questions.csv"
+    lines = table.read_text().splitlines()
+    if breakage == "duplicate":  # the second pair's second row reuses the first row's ID (and image)
+        lines[4] = lines[4].replace("4,", "1,", 1)
+    else:
+        lines[3] = "3,Texts,  "
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as info:
+        mmvp.read_mmvp(root)
+    assert words in str(info.value) and str(table) in str(info.value)
 
 
 def test_published_anchor_only_for_the_original_hub_model():
@@ -169,6 +260,24 @@ def test_class_folder_without_images_is_an_error(tmp_path):
     (root / "dog" / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=r"class folder .*dog has no images"):
         zeroshot.load_classification_set(root)
+
+
+def test_fewer_than_two_classes_is_an_error_not_100_percent(tmp_path):
+    root = make_image_folder(tmp_path / "one", {"cat": ["red", "blue"]})
+    with pytest.raises(ValueError, match=r"has 1 class \(cat\): zero-shot classification needs at least two"):
+        zeroshot.load_classification_set(root)
+    with pytest.raises(ValueError, match="at least two classes"):
+        zeroshot.evaluate(ColourClip(), root, progress=False)
+    from un2clip.cli import main
+
+    assert main(["eval", "zeroshot", "--model", "tiny", "--data", str(root), "--output", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    (wds / "classnames.txt").write_text("red\n")
+    write_wds(wds, [("s0", "red", "0"), ("s1", "blue", "0")])
+    with pytest.raises(ValueError, match=r"has 1 class \(red\)"):
+        zeroshot.load_classification_set(wds)
 
 
 def write_wds(root, samples: list[tuple[str, str | None, str | None]], split: str = "test") -> None:

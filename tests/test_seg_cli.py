@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.test_seg_data import make_ade, make_generic, make_voc
@@ -99,3 +100,61 @@ def test_eval_seg_is_the_same_command(tmp_path):
     a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
     assert a.keys() == b.keys() == {("clearclip", "generic")}
     assert a[("clearclip", "generic")]["metrics"] == b[("clearclip", "generic")]["metrics"]
+
+
+# -- masks that cannot be scored as they are (issue 19) --------------------------------------------------------
+
+
+def _seg(data, out, *extra):
+    return main(["seg", "--method", "clearclip", "--model", "tiny", "--data", str(data), "--output", str(out),
+                 *FAST, *extra])
+
+
+def test_a_mask_of_another_size_is_an_error_naming_the_pair_or_resized(tmp_path, capsys, tiny_clip):
+    from tests.test_seg_data import save_label
+
+    data = make_generic(tmp_path / "g", n=2, h=24, w=32)
+    save_label(data / "masks" / "001.png", np.ones((12, 16)))  # half the image's size
+    assert _seg(data, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "001.png is 16x12 but its image" in err and "images/001.png is 32x24" in err and "--resize-masks" in err
+    assert not list((tmp_path / "out").glob("*.json"))
+    from un2clip.seg import evaluate
+
+    with pytest.raises(ValueError, match="001.png is 16x12 but its image"):  # the library checks each pair too
+        evaluate(tiny_clip, data, method="clearclip", short_side=32, crop=32, stride=16, num_workers=0,
+                 progress=False)
+    assert _seg(data, tmp_path / "out", "--resize-masks") == 0
+    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert record["options"]["resize_masks"] is True and record["metrics"]["n_images"] == 2
+
+
+def test_labels_outside_the_classes_are_ignored_with_a_counted_warning(tmp_path, caplog):
+    import logging
+
+    from tests.test_seg_data import save_label
+
+    data = make_generic(tmp_path / "g", n=2, h=24, w=32)
+    label = np.zeros((24, 32))
+    label[:5, :4] = 9  # 20 pixels of a class the three-class list does not have
+    save_label(data / "masks" / "000.png", label)
+    with caplog.at_level(logging.WARNING, logger="un2clip.seg"):
+        assert _seg(data, tmp_path / "out") == 0
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "un2clip.seg"]
+    assert "20 pixel(s) in 1 of 2 mask(s)" in message and "outside the 3 classes (0..2)" in message
+    assert "masks/000.png" in message
+    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert record["metrics"]["n_out_of_range"] == 20
+
+
+@pytest.mark.parametrize("value", [255, 7])
+def test_masks_with_nothing_to_evaluate_are_an_error_not_nan(tmp_path, capsys, value):
+    from tests.test_seg_data import save_label
+
+    data = make_generic(tmp_path / "g", n=2, h=24, w=32)
+    for i in range(2):
+        save_label(data / "masks" / f"{i:03d}.png", np.full((24, 32), value))
+    assert _seg(data, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "no pixel of the 2 mask(s)" in err and "can be evaluated" in err
+    assert ("outside the 3 classes" in err) == (value == 7)

@@ -10,6 +10,7 @@ from un2clip.seg.datasets import (
     BENCHMARKS,
     SegPairs,
     builtin_classes,
+    check_mask_sizes,
     load_dataset,
     parse_class_lines,
     read_label,
@@ -151,6 +152,19 @@ def test_unreadable_image_is_skipped_not_fatal(tmp_path):
     root = make_generic(tmp_path / "g")
     (root / "images" / "002.png").write_bytes(b"not a png")
     assert SegPairs(load_dataset(root))[2][:2] == (None, None)
+
+
+def test_mask_sizes_are_checked_or_resized_nearest_neighbour(tmp_path):
+    root = make_generic(tmp_path / "g", n=2, h=20, w=30)
+    small = np.arange(10 * 15).reshape(10, 15) % 3
+    save_label(root / "masks" / "001.png", small)
+    ds = load_dataset(root)
+    with pytest.raises(ValueError, match=r"masks/001.png is 15x10 but its image .*images/001.png is 30x20"):
+        check_mask_sizes(ds)
+    assert SegPairs(ds)[1][1].shape == (10, 15)  # as it is on disk: the evaluation refuses it
+    label = SegPairs(ds, resize_masks=True)[1][1].numpy()
+    assert label.shape == (20, 30) and np.array_equal(label[::2, ::2], small) and set(np.unique(label)) <= {0, 1, 2}
+    check_mask_sizes(load_dataset(make_generic(tmp_path / "fine")))
 
 
 def test_shipped_class_files():

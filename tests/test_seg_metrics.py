@@ -55,8 +55,23 @@ def test_ignore_label_changes_nothing_whatever_is_predicted_there():
 
 
 def test_out_of_range_values_fall_out_of_the_histograms():
+    # the label 7 is no class of 2: its pixel is left out, prediction included; the prediction 9 counts nowhere
     inter, union, area_pred, area_label = intersect_and_union(torch.tensor([[0, 9]]), torch.tensor([[7, 0]]), 2)
-    assert area_label.tolist() == [1, 0] and area_pred.tolist() == [1, 0] and inter.tolist() == [0, 0]
+    assert area_label.tolist() == [1, 0] and area_pred.tolist() == [0, 0] and inter.tolist() == [0, 0]
+
+
+def test_labels_outside_the_classes_are_left_out_like_ignored_and_counted():
+    a, b = SegHistogram(4), SegHistogram(4)
+    assert a.update(PRED, LABEL) == 0
+    strange = LABEL.clone()
+    strange[0, 0] = 200  # a label the class list does not know
+    assert b.update(PRED, strange) == 1
+    ignored = LABEL.clone()
+    ignored[0, 0] = 255
+    c = SegHistogram(4)
+    c.update(PRED, ignored)
+    assert torch.equal(b.totals, c.totals) and not torch.equal(a.totals, b.totals)
+    assert (b.n_out_of_range, c.n_out_of_range, b.n_evaluated, a.n_evaluated) == (1, 0, 4, 5)
 
 
 def test_everything_ignored_gives_nan_not_an_error():
@@ -64,6 +79,7 @@ def test_everything_ignored_gives_nan_not_an_error():
     h.update(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 255))
     s = h.summary()
     assert math.isnan(s["mIoU"]) and math.isnan(s["aAcc"])
+    assert h.n_evaluated == 0  # evaluate() turns this into an error
 
 
 def test_shape_mismatch_is_an_error():

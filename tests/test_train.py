@@ -91,9 +91,11 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
     assert cli(args + ["--output", str(ref)]) == 0
 
     killed = tmp_path / "killed"
+    # the child computes with as many threads as this process (float sums depend on the thread count)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "un2clip.cli", *args, "--output", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 900  # generous: a loaded machine is slow, not wrong
     while not (killed / "checkpoints" / "step_000010" / "state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its step-10 checkpoint"
         time.sleep(0.05)
@@ -175,3 +177,135 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
+
+
+# -- unreadable data (issue 19) ------------------------------------------------------------------------------
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("layout", ["csv", "folder"])
+def test_data_that_cannot_be_read_stops_the_run_naming_the_files(tmp_path, capsys, layout):
+    if layout == "csv":  # every path of the table is missing
+        data = tmp_path / "train.csv"
+        data.write_text("image\n" + "".join(f"photos/{i}.jpg\n" for i in range(12)))
+    else:  # every file of the folder is unreadable
+        data = _images(tmp_path / "img", 0, corrupt=12)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "3", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "none of the last" in err and "could be read" in err
+    assert ("photos/" if layout == "csv" else "bad_") in err
+    assert not (out / "clip").exists() and not (out / "checkpoints").exists()
+    assert not (out / "metrics.jsonl").exists(), "a draw without one readable image is not a training step"
+
+
+def test_skip_rate_over_the_window_stops_the_run(tmp_path, capsys):
+    data = _images(tmp_path / "img", 6, corrupt=10)  # 62 % unreadable
+    out = tmp_path / "run"
+    args = FT + ["--data", str(data), "--max-steps", "40", "--skip-window", "40", "--output", str(out)]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "could not be read, more than --max-skip-rate 0.5" in err and "bad_" in err
+    assert "of the last 40 images drawn" in err
+    assert not (out / "clip").exists()
+    # a run too short to fill the window is judged on everything it drew
+    assert cli(FT + ["--data", str(data), "--max-steps", "2", "--output", str(tmp_path / "short")]) == 2
+    assert "more than --max-skip-rate" in capsys.readouterr().err
+    # the user may accept the loss of images
+    assert cli(FT + ["--data", str(data), "--max-steps", "2", "--max-skip-rate", "0.9",
+                     "--output", str(tmp_path / "accepted")]) == 0
+
+
+def test_a_draw_without_readable_images_is_not_a_step_and_resume_keeps_the_data_position(tmp_path):
+    from un2clip.runs import latest_checkpoint, load_checkpoint
+
+    data = _images(tmp_path / "img", 4, corrupt=12)  # a batch of 4 is often entirely unreadable
+    args = ["finetune", "--preset", "tiny", "--batch-size", "4", "--lr", "1e-4", "--no-progress", "--data", str(data),
+            "--max-skip-rate", "1"]
+    ref = tmp_path / "ref"
+    assert cli(args + ["--max-steps", "8", "--output", str(ref)]) == 0
+    rows = _metrics(ref)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(r["loss"] > 0 for r in rows)
+    assert rows[-1]["skipped_steps"] > 0
+    saved = load_checkpoint(latest_checkpoint(ref))
+    # the optimiser stepped once per counted step; the data position counts every draw
+    assert {int(s["step"]) for s in saved["optimizer"]["state"].values()} == {8}
+    assert saved["state"]["samples_seen"] == 4 * (8 + rows[-1]["skipped_steps"])
+    # stopped at step 4 and resumed: the same draws, the same losses
+    part = tmp_path / "part"
+    assert cli(args + ["--max-steps", "4", "--output", str(part)]) == 0
+    assert cli(["finetune", "--resume", str(part), "--max-steps", "8", "--no-progress"]) == 0
+    assert _losses(part) == _losses(ref)
+
+
+def test_captioned_training_on_unreadable_images_says_so(tmp_path, capsys):
+    data = tmp_path / "pairs.csv"
+    data.write_text("image,caption\n" + "".join(f"gone/{i}.jpg,a red circle\n" for i in range(4)))
+    assert cli(["pretrain", "--preset", "tiny", "--data", str(data), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "none of the first 4 images" in err and "gone/0.jpg" in err and "no captions" not in err
+
+
+# -- resume with new settings (issue 19) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def forget_precision():
+    """Accelerate keeps one mixed-precision setting per process (a resume runs in a new one): a call forgets it."""
+    from accelerate.state import AcceleratorState
+
+    yield AcceleratorState._reset_state
+    AcceleratorState._reset_state()
+
+
+def test_resume_honours_lr_steps_interval_and_precision_and_records_them(tmp_path, forget_precision):
+    import yaml
+
+    from un2clip.runs import latest_checkpoint, load_checkpoint
+    from un2clip.train.loop import lr_factor
+
+    data = _images(tmp_path / "img", 24)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "4", "--save-every", "2", "--lr-schedule", "cosine",
+                     "--output", str(out)]) == 0
+    forget_precision()
+    assert cli(["finetune", "--resume", str(out), "--lr", "1e-5", "--max-steps", "7", "--save-every", "1",
+                "--precision", "bf16", "--no-progress"]) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    for r in rows:  # the logged lr is the next step's: base x cosine factor over the (new) step budget
+        base, budget = (1e-4, 4) if r["step"] <= 4 else (1e-5, 7)
+        assert r["lr"] == pytest.approx(base * lr_factor(r["step"], warmup_steps=0, max_steps=budget,
+                                                         schedule="cosine"), abs=1e-12), r
+    assert rows[4]["resumed_at"] == 4 and rows[4]["changed"] == {
+        "lr": [1e-4, 1e-5], "max_steps": [4, 7], "precision": ["fp32", "bf16"], "save_every": [2, 1]}
+    assert all("changed" not in r for r in rows[:4] + rows[5:])
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# resumed at step 4: lr 0.0001 -> 1e-05, max_steps 4 -> 7, precision fp32 -> bf16, "
+                           "save_every 2 -> 1\n")
+    cfg = yaml.safe_load(text)
+    assert (cfg["lr"], cfg["max_steps"], cfg["save_every"], cfg["precision"]) == (1e-5, 7, 1, "bf16")
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000006", "step_000007"]
+    saved = load_checkpoint(latest_checkpoint(out))
+    assert saved["optimizer"]["param_groups"][0]["initial_lr"] == 1e-5
+    assert saved["scheduler"]["base_lrs"] == [1e-5]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--batch-size", "16"], "--batch-size"),
+    (["--anchor-weight", "0.1"], "--anchor-weight"),
+    (["--data", "elsewhere"], "--data"),
+])
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, flags, named):
+    data = _images(tmp_path / "img", 16)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(["finetune", "--resume", str(out), *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"not {named}" in err and "accepts only --lr, --max-steps, --save-every, --precision" in err

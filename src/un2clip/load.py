@@ -18,7 +18,7 @@ from un2clip.models.unclip import UnclipDecoder
 from un2clip.runs import RUN_MARKER, checkpoint_weights, is_run, read_run_marker
 
 __all__ = ["RUN_MARKER", "check_pair", "hub_error", "load_clip", "load_decoder", "load_run_clip", "load_run_decoder",
-           "load_t2i_decoder", "missing_local_path"]
+           "load_t2i_decoder", "load_vae", "missing_local_path"]
 
 
 def missing_local_path(spec: str) -> bool:
@@ -133,6 +133,29 @@ def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageD
     return _fetch(TextToImageDecoder.from_pretrained, _pretrained_spec(spec))
 
 
+def load_vae(spec: str):
+    """A diffusers AutoencoderKL: a `un2clip train-autoencoder` run, a decoder or pipeline folder (its vae/), a
+    folder that is the VAE itself, or a Hub id (its vae/ subfolder when it has one)."""
+    from diffusers import AutoencoderKL
+
+    from un2clip.models.diffusion import has_subfolder
+
+    path = Path(spec)
+    if is_run(path):
+        if not (path / "decoder" / "vae").is_dir():
+            raise ValueError(f"{spec} is a run without decoder/vae/: a finished `un2clip train-autoencoder` run has one")
+        return AutoencoderKL.from_pretrained(path / "decoder" / "vae")
+    src = _pretrained_spec(spec)
+    if (path / "decoder" / "vae").is_dir():
+        return AutoencoderKL.from_pretrained(path / "decoder" / "vae")
+
+    def from_source(s: str):
+        return AutoencoderKL.from_pretrained(s, subfolder="vae") if has_subfolder(s, "vae") else \
+            AutoencoderKL.from_pretrained(s)
+
+    return _fetch(from_source, src)
+
+
 def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
     """An unfinished t2i-decoder run: its starting decoder (and text encoder) + the latest checkpoint's UNet."""
     info = read_run_marker(run_dir)
@@ -140,6 +163,8 @@ def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
         raise ValueError(f"{run_dir} is a {info.get('kind')} run with no text-to-image decoder")
     random_weights = bool(info.get("random_weights"))
     decoder = load_t2i_decoder(info["t2i_decoder"], random_weights=random_weights)
+    if info.get("vae"):
+        decoder.set_vae(load_vae(info["vae"]))
     if info.get("text_clip"):
         decoder.set_text_encoder(*clip_text_encoder(load_clip(info["text_clip"], random_weights=random_weights)))
     decoder.load_state_dict(checkpoint_weights(run_dir, "decoder."), strict=False)
@@ -195,7 +220,9 @@ def load_run_decoder(run_dir: Path) -> UnclipDecoder:
     run_dir = Path(run_dir)
     if (run_dir / "decoder" / "unet").is_dir():
         return UnclipDecoder.from_pretrained(run_dir / "decoder")
-    _, decoder, weights = _run_start(run_dir, "decoder", load_decoder)
+    info, decoder, weights = _run_start(run_dir, "decoder", load_decoder)
+    if info.get("vae"):  # the run replaced its decoder's VAE (train-decoder --vae)
+        decoder.set_vae(load_vae(info["vae"]))
     if weights:
         decoder.load_state_dict(weights, strict=False)
     return decoder

@@ -161,6 +161,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimiser step a complete checkpoint was written at."""
+    return int(json.loads((Path(path) / "state.json").read_text())["step"])
+
+
 def load_checkpoint(path: Path, *, verify: bool = True) -> dict[str, Any]:
     """Trainable weights, optimiser and scheduler states, loop state (weights_only loading).
 

@@ -8,7 +8,10 @@ import argparse
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every training command; each overrides the recipe's value when given."""
     p.add_argument("config", nargs="?", help="YAML recipe (see configs/); flags below override it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint, with its own recipe; only "
+                        "--lr, --max-steps, --save-every, --precision, --num-workers, --max-skip-rate and "
+                        "--skip-window may be given (recorded in config.yaml and metrics.jsonl)")
     g = p.add_argument_group("models")
     g.add_argument("--preset", help="named encoder + decoder pair (see `un2clip presets`); default tiny")
     g.add_argument("--clip", help="encoder: preset, HF folder, Hub id or run directory (overrides the preset's)")
@@ -21,6 +24,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-column", help="CSV/TSV column holding image paths")
     g.add_argument("--caption-column", help="CSV/TSV column holding captions")
     g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
+    g.add_argument("--max-skip-rate", type=float, metavar="F",
+                   help="stop when more than this fraction of the last --skip-window images drawn could not be "
+                        "read (default 0.5; 1: never, unless no image at all is readable)")
+    g.add_argument("--skip-window", type=int, metavar="N", help="images drawn over which --max-skip-rate is "
+                                                                "judged (default 100)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="learning rate (paper: 3e-7 for ViT-L/14)")
     g.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (default adamw)")
@@ -46,8 +54,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-TRAIN_KEYS = ("preset", "clip", "decoder", "random_weights", "data", "image_column", "caption_column",
-              "num_workers", "lr", "optimizer", "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm",
+TRAIN_KEYS = ("preset", "clip", "decoder", "vae", "random_weights", "data", "image_column", "caption_column",
+              "num_workers", "max_skip_rate", "skip_window", "lr", "optimizer", "weight_decay", "warmup_steps",
+              "lr_schedule", "max_grad_norm",
               "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
               "save_every", "seed", "output")
 
@@ -56,15 +65,22 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
     """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
     from pathlib import Path
 
-    from un2clip.train.config import RunConfig, apply_overrides, load_config
+    from un2clip.train.config import RESUMABLE, RunConfig, apply_overrides, load_config
 
     overrides = {k: getattr(args, k, None) for k in TRAIN_KEYS}
     if args.resume:
         run_cfg = Path(args.resume) / "config.yaml"
         if not run_cfg.exists():
             raise FileNotFoundError(f"{run_cfg} not found: --resume takes the run directory of an earlier run")
-        # a resumed run keeps its recipe; only the step budget may be extended
-        return apply_overrides(load_config(run_cfg), {"output": args.resume, "max_steps": args.max_steps})
+        # a resumed run keeps its recipe: only settings that leave the model, objective and data order alone
+        given = [k for k, v in {**overrides, **objective_options}.items() if v is not None and k not in RESUMABLE]
+        given = (["a recipe file"] if args.config else []) + ["--" + k.replace("_", "-") for k in given]
+        if given:
+            accepted = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
+            raise ValueError(f"--resume continues {args.resume} with its own recipe and accepts only {accepted} "
+                             f"(and --no-progress); not {', '.join(given)}")
+        return apply_overrides(load_config(run_cfg), {"output": args.resume,
+                                                      **{k: overrides[k] for k in RESUMABLE}})
     cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
     if cfg.objective != objective:
         raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
@@ -116,6 +132,8 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
                     "frozen text encoder (--clip: that CLIP's text tower), the generator `un2clip diva` needs.")
     _add_train_flags(p)
     g = p.add_argument_group("decoder options")
+    g.add_argument("--vae", help="replace a latent decoder's VAE: a `un2clip train-autoencoder` run, a decoder or "
+                                 "pipeline folder, or a Hub id (default: the decoder's own)")
     g.add_argument("--text-conditioned", action="store_true",
                    help="train a text-to-image decoder on image-caption pairs (objective t2i-decoder)")
     g.add_argument("--max-noise-level", type=int, help="embedding noise levels drawn from [0, N) (default 1000)")
@@ -134,6 +152,24 @@ def _add_train_decoder(sub: argparse._SubParsersAction) -> None:
                                                        "max_noise_level": args.max_noise_level})
         return _run_training(args, "decoder", {"max_noise_level": args.max_noise_level, "p_uncond": args.p_uncond,
                                                "snr_gamma": args.snr_gamma})
+
+    p.set_defaults(func=run)
+
+
+def _add_train_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-autoencoder", help="train the VAE of a latent unCLIP decoder (its first stage, before train-decoder)",
+        description="Latent diffusion's first stage: the decoder's AutoencoderKL learns to reconstruct the images "
+                    "(L1 + a small KL term); its scaling factor is set to 1 / std of the latents. The run's "
+                    "decoder/ is the whole decoder with the trained VAE: pass the run as `--vae RUN` (or `--decoder "
+                    "RUN`) to `un2clip train-decoder`, which trains a UNet on the frozen VAE's latents.")
+    _add_train_flags(p)
+    g = p.add_argument_group("autoencoder options")
+    g.add_argument("--kl-weight", type=float, help="weight of the KL term, per latent element (default 1e-4)")
+    g.add_argument("--vae", help="start from this VAE instead of the decoder's own (a run, folder or Hub id)")
+
+    def run(args: argparse.Namespace) -> int:
+        return _run_training(args, "autoencoder", {"kl_weight": args.kl_weight})
 
     p.set_defaults(func=run)
 
@@ -254,4 +290,4 @@ def _add_diva(sub: argparse._SubParsersAction) -> None:
 
 
 # sub-commands of this group, in the order `un2clip --help` lists them
-COMMANDS = [_add_pretrain, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]
+COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]

@@ -156,6 +156,16 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         """Global samples yielded so far (over all ranks, assuming they move in lock-step)."""
         return self._position
 
+    def batch_indices(self, start_sample: int, batch: int, batch_size: int) -> list[int]:
+        """Source indices of this rank's ``batch``-th batch (0-based) of ``batch_size`` drawn from ``start_sample``.
+
+        What a loader of :func:`make_loader` made with ``start_sample`` put into that batch, unreadable images
+        included (it drops incomplete batches, so batch ``b`` holds this rank's items ``b * batch_size`` on).
+        """
+        first = int(batch) * int(batch_size)
+        return [self.at(int(start_sample) + self.rank + (first + t) * self.num_replicas)[1]
+                for t in range(int(batch_size))]
+
     def state_at(self, samples: int) -> dict[str, int]:
         """The state dict of a run that has consumed ``samples`` global samples."""
         epoch, offset = divmod(int(samples), self.n)

@@ -123,12 +123,19 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
     pending: dict[str, str] = {}
     long_name: str | None = None
     pos = 0
+    last = ("the start", 0, 0)  # (what, data offset, data size) of the last entry read
     with open(path, "rb", buffering=0) as f:
         def read(n: int, at: int) -> bytes:
             f.seek(at)
             return f.read(n)
 
         while True:
+            if pos > size_on_disk:  # the last entry's data or padding runs past the end of the file
+                name, data_at, size = last
+                if data_at + size > size_on_disk:
+                    return members, (f"truncated at byte {size_on_disk}, the end of the file, inside the data of "
+                                     f"{name} (bytes {data_at} to {data_at + size})")
+                return members, f"ends at byte {size_on_disk} after {name}, without an end-of-archive marker"
             if pos + 512 > size_on_disk:
                 return members, (None if pos == size_on_disk and members else
                                  f"ends without an end-of-archive marker at byte {pos}")
@@ -150,6 +157,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                 return members, f"damaged header at byte {pos}"
             kind = header[156:157]
             data_at = pos + 512
+            last = (f"the {kind.decode('latin-1')!r} header at byte {pos}", data_at, size)
             if kind == b"x":
                 pending.update(_pax_records(read(size, data_at)))
             elif kind == b"g":
@@ -170,6 +178,7 @@ def _scan_tar(path: str, size_on_disk: int) -> tuple[list[tuple[str, int, int]],
                             if prefix:
                                 name = prefix + "/" + name
                     members.append((name, data_at, size))
+                    last = (f"member {name!r}", data_at, size)
                 elif pending.get("size", "").isdigit():
                     size = int(pending["size"])
                 pending, long_name = {}, None
@@ -195,7 +204,7 @@ def _scan_tar_with_tarfile(path: str) -> tuple[list[tuple[str, int, int]], str |
 
 #: shards with at least this many members get their header index cached on disk
 INDEX_CACHE_MIN_MEMBERS = 1024
-_INDEX_CACHE_VERSION = 1
+_INDEX_CACHE_VERSION = 2  # 2: damage messages give offsets inside the file
 
 
 def index_cache_dir() -> Path | None:
@@ -271,8 +280,6 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
     except (tarfile.TarError, OSError, ValueError) as err:
         log.warning("cannot read shard %s (%s); skipping it", path, err)
         return [], 0
-    if problem:
-        log.warning("shard %s is damaged after %d members (%s); using what was read", path, len(members), problem)
     groups: dict[str, dict[str, tuple[int, int]]] = {}
     cut: set[str] = set()  # samples with a member whose data the file does not hold (a truncated shard)
     for name, offset, size in members:
@@ -292,10 +299,16 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
             continue
         txt = found.get(text_ext, (0, -1))
         rows.append((key, img[0], img[1], txt[0], txt[1]))
-    if cut:  # a sample cut short is left out when its image is gone (its caption alone does not make a sample)
-        used = {row[0] for row in rows}
-        log.warning("shard %s is cut short: %d sample(s) lost their image data and are left out (counted as "
-                    "skipped); the rest of the shard is used", path, sum(key not in used for key in cut))
+    used = {row[0] for row in rows}
+    # a sample cut short is left out when its image is gone (its caption alone does not make a sample)
+    lost_note = (f"; {sum(key not in used for key in cut)} sample(s) lost their image data and are left out "
+                 "(counted as skipped)") if cut else ""
+    if problem:
+        whole = sum(1 for _, offset, size in members if offset + size <= size_on_disk)
+        log.warning("shard %s is damaged (%s); using the %d whole member(s) before it%s", path, problem, whole,
+                    lost_note)
+    elif cut:
+        log.warning("shard %s is cut short%s; the rest of the shard is used", path, lost_note)
     lost = [key for key in cut if key not in groups]  # the others are in no_image already
     return rows, no_image + len(lost)
 

@@ -17,10 +17,22 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+#: single-channel modes whose samples are 16-bit (PIL keeps 16-bit grey in "I;16*", or widened in "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Return an RGB image; transparent pixels are composited on white."""
+    """Return an RGB image; transparent pixels are composited on white; 16-bit grey is scaled to 8 bits.
+
+    PIL's own ``convert("RGB")`` clips 16-bit values at 255, which turns a 16-bit greyscale PNG
+    almost white; here 0..65535 maps linearly onto 0..255 (v / 257, rounded).
+    """
     if image.mode == "RGB":
         return image
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.int64).clip(0, 65535)  # (H, W)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -3,16 +3,29 @@
 The official protocol (tsb0601/MMVP, ``scripts/evaluate_vlm.py``): ``DIR/Questions.csv``
 with the columns Question ID, Type, Statement; the images of a pair at
 ``DIR/MLLM_VLM Images/<Type of the pair's first row>/<Question ID>.jpg``. Two consecutive
-rows form a pair; the first statement belongs to the first image, the second to the
-second. The prompt is "a photo of " + statement. For each text, softmax over the two
-images' logits; the text picks image 1 if its probability is > 0.5, else image 2. A pair
-counts only if both texts pick their own image. Scores are percentages per pattern
-(the Type column) and their mean (``average``).
+rows form a pair. The prompt is "a photo of " + statement. For each text, softmax over the
+two images' logits; the text picks image 1 if its probability is > 0.5, else image 2. A pair
+counts only if both texts pick their own image. Scores are percentages per pattern and
+their mean (``average``), which the official script does not print.
+
+Where the official script and this module could part, this module makes them agree or says so:
+
+- Ground truth: the official script makes a statement with an odd Question ID belong to
+  image 1 and one with an even ID to image 2; here the first row of a pair belongs to
+  image 1. A pair whose IDs are not odd then even is refused (with its row number), so
+  both rules give the same answer on every file this module scores.
+- Category: the official script gives pair ``k`` (counted from 0) the pattern
+  ``PATTERNS[k // 15]``; here the Type column decides. On a file of exactly 135 pairs a
+  warning names the pairs where the two disagree (other sizes have no official category).
+- Precision: the official script runs in fp32, and so does :func:`evaluate` by default:
+  under bf16 autocast close pairs flip, and one pair of 135 is 0.74 points.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +53,9 @@ PATTERNS = (
     "Texts",
     "Viewpoint and Perspective",
 )
+PAIRS_PER_PATTERN = 15  # the official script's category of pair k is PATTERNS[k // PAIRS_PER_PATTERN]
+OFFICIAL_PAIRS = PAIRS_PER_PATTERN * len(PATTERNS)  # 135
+DEFAULT_PRECISION = "fp32"  # the official script's; bf16 autocast flips close pairs
 LAYOUT = (f"expected MMVP-VLM's layout: DIR/Questions.csv with the columns {', '.join(COLUMNS)} "
           f"(two consecutive rows per pair) and the images at DIR/{IMAGE_FOLDER}/<Type>/<Question ID>.jpg")
 
@@ -79,12 +95,22 @@ def read_mmvp(root: str | Path) -> list[MmvpPair]:
         raise ValueError(f"{table} row {bad + 2} has {len(body[bad])} fields instead of {len(COLUMNS)}; {LAYOUT}")
     if not body or len(body) % 2:
         raise ValueError(f"{table} has {len(body)} question rows, not a positive even number; {LAYOUT}")
+    first_row: dict[str, int] = {}
+    for k, (qid, _, statement) in enumerate(body):
+        row = k + 2  # the header is row 1
+        if not statement.strip():
+            raise ValueError(f"{table} row {row} (Question ID {qid.strip()!r}) has an empty Statement; {LAYOUT}")
+        if qid.strip() in first_row:
+            raise ValueError(f"{table} rows {first_row[qid.strip()]} and {row} share the Question ID "
+                             f"{qid.strip()!r}: each image needs its own; {LAYOUT}")
+        first_row[qid.strip()] = row
     pairs, missing = [], []
     for k in range(0, len(body), 2):
         (q1, t1, s1), (q2, t2, s2) = ([c.strip() for c in r] for r in body[k:k + 2])
         if t1 != t2:
             raise ValueError(f"{table} rows {k + 2} and {k + 3} form a pair but have the types {t1!r} and {t2!r}; "
                              f"{LAYOUT}")
+        _check_id_parity(table, k + 2, q1, q2)
         folder = root / IMAGE_FOLDER / t1
         images = (folder / f"{q1}.jpg", folder / f"{q2}.jpg")
         missing += [str(p) for p in images if not p.is_file()]
@@ -92,11 +118,53 @@ def read_mmvp(root: str | Path) -> list[MmvpPair]:
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
+    _warn_official_category_mismatch(table, [p.pattern for p in pairs])
     return pairs
 
 
+def _check_id_parity(table: Path, row: int, q1: str, q2: str) -> None:
+    """Refuse a pair (first row ``row``) whose Question IDs are not odd then even, the official script's image 1 and 2."""
+    ids = []
+    for r, q in ((row, q1), (row + 1, q2)):
+        try:
+            ids.append(int(q))
+        except ValueError:
+            raise ValueError(f"{table} row {r}: Question ID {q!r} is not a whole number; the official script reads "
+                             f"IDs as integers and scores an odd ID against image 1, an even one against image 2; "
+                             f"{LAYOUT}") from None
+    if ids[0] % 2 != 1 or ids[1] % 2 != 0:
+        first = row if ids[0] % 2 != 1 else row + 1
+        raise ValueError(f"{table} row {first}: the pair of rows {row} and {row + 1} has the Question IDs {q1} and "
+                         f"{q2}, not an odd then an even one; the official script scores an odd ID's statement "
+                         f"against image 1 and an even ID's against image 2, this reader the first row's against "
+                         f"image 1, and only odd-then-even pairs give both the same answer; {LAYOUT}")
+
+
+def official_category_mismatches(pair_types: Sequence[str]) -> list[int] | None:
+    """Indices of the pairs whose type is not the official script's category for them, ``PATTERNS[k // 15]``.
+
+    None when there are not exactly 135 pairs: the official rule then names no category.
+    """
+    if len(pair_types) != OFFICIAL_PAIRS:
+        return None
+    return [k for k, t in enumerate(pair_types) if t != PATTERNS[k // PAIRS_PER_PATTERN]]
+
+
+def _warn_official_category_mismatch(table: Path, pair_types: Sequence[str]) -> None:
+    bad = official_category_mismatches(pair_types)
+    if not bad:
+        return
+    shown = "; ".join(f"rows {2 * k + 2}-{2 * k + 3} {pair_types[k]!r} vs {PATTERNS[k // PAIRS_PER_PATTERN]!r}"
+                      for k in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    warnings.warn(f"{table}: {len(bad)} of its {OFFICIAL_PAIRS} pairs have a Type other than the category the official "
+                  f"MMVP-VLM script gives them (pair k, from 0, is in pattern k // {PAIRS_PER_PATTERN} of the official "
+                  f"order): {shown}{more}. Scores here follow the Type column, so the per-pattern scores differ from "
+                  f"the official script's", UserWarning, stacklevel=2)
+
+
 def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str = PROMPT_PREFIX,
-                batch_size: int = 32, num_workers: int = 0, precision: str = "auto",
+                batch_size: int = 32, num_workers: int = 0, precision: str = DEFAULT_PRECISION,
                 progress: bool = True) -> torch.Tensor:
     """(P, 2, 2) logits: ``[p, j, i]`` = logit scale x cos(text j, image i) of pair p."""
     paths = [im for p in pairs for im in p.images]
@@ -116,9 +184,12 @@ def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str =
 
 
 def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_PREFIX, batch_size: int = 32,
-             num_workers: int = 0, precision: str = "auto", progress: bool = True,
+             num_workers: int = 0, precision: str = DEFAULT_PRECISION, progress: bool = True,
              pairs_csv: str | Path | None = None) -> dict[str, float]:
     """MMVP-VLM scores in percent: one per pattern and their mean, ``average``.
+
+    ``precision`` defaults to fp32 on every device, as the official script runs ("auto":
+    bf16 autocast on CUDA).
 
     With ``pairs_csv`` also write one row per pair: qid1, qid2, pred1, pred2, gt1, gt2,
     score, type and the two texts' probabilities of image 1.
@@ -137,6 +208,13 @@ def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_
         write_pairs_csv(pairs_csv, pairs, picks, correct, p_first)
     scores["n_pairs"] = len(pairs)
     return scores
+
+
+def average_definition(scores: dict[str, float]) -> str:
+    """What ``scores["average"]`` of :func:`evaluate` is, in words, for the result file."""
+    n = sum(k != "average" and not k.startswith("n_") for k in scores)
+    return (f"the mean of the {n} pattern scores, each pattern weighted equally (not the share of all pairs); "
+            f"the official MMVP-VLM script prints the pattern scores and no average")
 
 
 def write_pairs_csv(path: str | Path, pairs: list[MmvpPair], picks: torch.Tensor, correct: torch.Tensor,

@@ -187,8 +187,14 @@ def load_classification_set(data: str | Path, *, split: str = "test",
             fill_template(t, "x")  # refuse a template without a placeholder before any work
     shards = webdataset_shards(root, split)
     if shards is not None:
-        return _webdataset_set(root, shards, names, temps)
-    return _image_folder_set(root, names, temps)
+        dataset = _webdataset_set(root, shards, names, temps)
+    else:
+        dataset = _image_folder_set(root, names, temps)
+    if len(dataset.classnames) < 2:  # one class is always "right": acc1 would read 100 %
+        named = f" ({dataset.classnames[0]})" if dataset.classnames else ""
+        raise ValueError(f"{root} has {len(dataset.classnames)} class{named}: zero-shot classification needs at "
+                         f"least two classes to choose between; {FOLDER_LAYOUT}")
+    return dataset
 
 
 # -- classifier and scores -----------------------------------------------------------------------------------

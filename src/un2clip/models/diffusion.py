@@ -62,6 +62,18 @@ class DiffusionDecoder(nn.Module):
         self.requires_grad_(False)
         return self.eval()
 
+    def set_vae(self, vae: nn.Module) -> None:
+        """Use ``vae`` (e.g. one `un2clip train-autoencoder` trained) in place of the decoder's own VAE."""
+        if self.vae is None:
+            raise ValueError("this decoder works in pixel space: its UNet denoises pixels and takes no VAE")
+        old, new = self.vae.config, vae.config
+        if (new.latent_channels, len(new.block_out_channels)) != (old.latent_channels, len(old.block_out_channels)):
+            raise ValueError(f"the VAE gives {new.latent_channels}-channel latents at 1/{2 ** (len(new.block_out_channels) - 1)} "
+                             f"of the image side; the UNet denoises {old.latent_channels}-channel latents at "
+                             f"1/{self.vae_factor}")
+        self.vae = vae.to(self.device, next(self.vae.parameters()).dtype)
+        self.vae_scale = float(new.scaling_factor)
+
     # -- latents -------------------------------------------------------------------------------
     def encode_pixels(self, pixels: torch.Tensor, *, sample: bool = False,
                       generator: torch.Generator | None = None) -> torch.Tensor:

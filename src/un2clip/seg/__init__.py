@@ -22,8 +22,8 @@ from un2clip.seg.datasets import (
     DATASETS,
     SegDataset,
     SegPairs,
-    fit_label,
     load_dataset,
+    size_mismatch,
 )
 from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
 from un2clip.seg.infer import (
@@ -79,11 +79,12 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
              split: str = "val", max_images: int | None = None, classifier: TextClassifier | None = None,
              batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
              resize_masks: bool = False, **settings) -> dict[str, float]:
-    """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method``.
+    """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method`` on a dataset.
 
-    A mask of another size than its image is an error naming the pair, or with ``resize_masks`` is
-    resized to the image with nearest neighbour. Mask labels outside the class list are ignored like
-    255; ``n_out_of_range`` counts those pixels (with a warning naming the first mask).
+    A label map must have its image's size (ValueError naming the pair), unless ``resize_masks``
+    (nearest neighbour). Label values outside the classes are left out like the ignore index, with a
+    warning that counts them (``n_out_of_range`` pixels); a dataset with no pixel left to evaluate is
+    a ValueError.
 
     ``settings`` override the method x dataset preset by name: short_side, crop, stride,
     logit_scale, prob_threshold, area_threshold, gaussian_std, pamr_steps. Prompt templates: ``templates``,
@@ -103,29 +104,45 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     if classifier.num_classes != ds.num_classes:
         raise ValueError(f"the text classifier has {classifier.num_classes} classes, the dataset {ds.num_classes}")
     hist = SegHistogram(ds.num_classes)
-    loader = torch.utils.data.DataLoader(SegPairs(ds), batch_size=None, shuffle=False, num_workers=num_workers)
-    skipped, outside, outside_masks = 0, 0, []
+    loader = torch.utils.data.DataLoader(SegPairs(ds, resize_masks=resize_masks), batch_size=None, shuffle=False,
+                                         num_workers=num_workers)
+    skipped, outside_masks = 0, []
     with inference_context(model.device, precision):
         for pixels, label, i in tqdm(loader, total=len(ds), desc=f"{method} on {ds.name}", disable=not progress,
                                      leave=False):
             if pixels is None:
                 skipped += 1
                 continue
-            label, n = fit_label(label, tuple(pixels.shape[-2:]), ds.num_classes, image=ds.images[i],
-                                 mask=ds.labels[i], resize=resize_masks)
-            if n:
-                outside += n
-                outside_masks.append(ds.labels[i])
+            if tuple(label.shape) != tuple(pixels.shape[-2:]):
+                raise ValueError(size_mismatch(ds.images[i], ds.labels[i], (pixels.shape[-1], pixels.shape[-2]),
+                                               (label.shape[1], label.shape[0])))
             label = label.to(model.device)
             pred = segment_image(model, pixels, classifier, method=method, settings=cfg,
                                  out_size=tuple(label.shape), background=ds.background, batch_size=batch_size)
-            hist.update(pred, label)
+            if hist.update(pred, label):
+                outside_masks.append(i)
     if hist.n_images == 0:
         raise ValueError(f"none of the {len(ds)} images of {ds.root} could be read")
-    if outside:
-        log.warning("%d pixel(s) in %d mask(s) of %s have labels outside its %d classes (first: %s); ignored like 255",
-                    outside, len(outside_masks), ds.root, ds.num_classes, outside_masks[0])
+    _check_labels(ds, hist, outside_masks)
     out = hist.summary(ds.display)
     out["n_skipped"] = float(skipped)
-    out["n_out_of_range"] = float(outside)
+    out["n_out_of_range"] = float(hist.n_out_of_range)
     return out
+
+
+def _check_labels(ds: SegDataset, hist: SegHistogram, outside_masks: list[int]) -> None:
+    """Warn about label values outside the classes; refuse a dataset whose masks leave no pixel to evaluate."""
+    n = ds.num_classes
+    known = f"the {n} classes (0..{n - 1})"
+    if hist.n_evaluated == 0:
+        ignored = f"the ignore index {hist.ignore_index}"
+        if ds.reduce_zero_label:
+            ignored += f" (the {ds.name} layout ignores 0 too and shifts the other labels down by one)"
+        outside = f" or outside {known}" if hist.n_out_of_range else ""
+        raise ValueError(f"no pixel of the {hist.n_images} mask(s) of {ds.root} can be evaluated: every label is "
+                         f"{ignored}{outside}; check --dataset and --classes")
+    if outside_masks:
+        example = ", ".join(str(ds.labels[i]) for i in outside_masks[:3])
+        log.warning("%d pixel(s) in %d of %d mask(s) of %s have labels outside %s and were ignored like %d "
+                    "(e.g. %s); check --classes and --dataset", hist.n_out_of_range, len(outside_masks),
+                    hist.n_images, ds.root, known, hist.ignore_index, example)

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
 
@@ -123,26 +122,6 @@ def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
         label[(label == -1) | (label == 254)] = 255  # 0 -> 255 (ignored), 255 stays ignored
         label = label.astype(np.uint8)
     return label
-
-
-def fit_label(label: torch.Tensor, image_size: tuple[int, int], num_classes: int, *, image: str | Path,
-              mask: str | Path, resize: bool = False) -> tuple[torch.Tensor, int]:
-    """A label map checked against its image: ``(labels, n)``, ``n`` the pixels set to 255 (ignored)
-    because their label lies outside the ``num_classes`` classes.
-
-    A mask whose size differs from the image's (``image_size`` = (H, W)) is an error naming both
-    files, or with ``resize`` is resized to it with nearest neighbour.
-    """
-    if tuple(label.shape) != tuple(image_size):
-        if not resize:
-            (h, w), (ih, iw) = label.shape, image_size
-            raise ValueError(f"mask {mask} is {w}x{h} but its image {image} is {iw}x{ih}: pass --resize-masks to "
-                             "resize such masks to their image (nearest neighbour), or fix the pair")
-        label = F.interpolate(label[None, None].float(), size=tuple(image_size), mode="nearest-exact")[0, 0]
-        label = label.to(torch.uint8)
-    outside = (label >= num_classes) & (label != IGNORE_INDEX)
-    n = int(outside.sum())
-    return (label.masked_fill(outside, IGNORE_INDEX) if n else label), n
 
 
 # -- layouts ------------------------------------------------------------------------------------------------
@@ -306,13 +285,40 @@ def load_dataset(data: str | Path, dataset: str = "generic", *, classes: str | P
                       templates=templates)
 
 
-class SegPairs(torch.utils.data.Dataset):
-    """Index -> (image (3, H, W) uint8 or None, labels (H, W) uint8 or None, index); None for unreadable files."""
+def size_mismatch(image: str | Path, label: str | Path, image_size: tuple[int, int],
+                  label_size: tuple[int, int]) -> str:
+    """The error of a label map whose (width, height) differs from its image's."""
+    return (f"{label} is {label_size[0]}x{label_size[1]} but its image {image} is {image_size[0]}x{image_size[1]}: "
+            "a mask must have its image's size (--resize-masks resizes masks to their images, nearest neighbour)")
 
-    def __init__(self, dataset: SegDataset):
+
+def check_mask_sizes(dataset: SegDataset) -> None:
+    """Refuse the first label map whose size differs from its image's; reads file headers only.
+
+    Files that cannot be opened are left to the evaluation, which skips and counts them.
+    """
+    for image, label in zip(dataset.images, dataset.labels):
+        try:
+            with Image.open(image) as a, Image.open(label) as b:
+                sizes = a.size, b.size
+        except (OSError, ValueError):
+            continue
+        if sizes[0] != sizes[1]:
+            raise ValueError(size_mismatch(image, label, *sizes))
+
+
+class SegPairs(torch.utils.data.Dataset):
+    """Index -> (image (3, H, W) uint8 or None, labels (h, w) uint8 or None, index); None for unreadable files.
+
+    A label map keeps its own size (the caller refuses one that differs from its image's), unless
+    ``resize_masks``: then it is resized to its image's size, nearest neighbour.
+    """
+
+    def __init__(self, dataset: SegDataset, *, resize_masks: bool = False):
         self.images = [str(p) for p in dataset.images]
         self.labels = [str(p) for p in dataset.labels]
         self.reduce = dataset.reduce_zero_label
+        self.resize_masks = resize_masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -325,5 +331,8 @@ class SegPairs(torch.utils.data.Dataset):
             label = None
         if image is None or label is None:
             return None, None, i
+        if self.resize_masks and tuple(label.shape) != (image.height, image.width):
+            resized = Image.fromarray(label.numpy()).resize(image.size, Image.NEAREST)
+            label = torch.from_numpy(np.asarray(resized).copy())
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
         return pixels, label, i

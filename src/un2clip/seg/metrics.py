@@ -1,9 +1,11 @@
 """mIoU, aAcc and per-class IoU as mmsegmentation's ``IoUMetric`` computes them.
 
-Per image: drop pixels whose label is the ignore index, then histogram over the classes
-0..C-1 the intersection (pixels where prediction == label), the prediction and the label
-(values outside 0..C-1 fall out of the histograms, as with ``torch.histc``); union =
-prediction + label - intersection. The histograms are summed over the whole dataset and
+Per image: drop pixels whose label is the ignore index or lies outside the classes 0..C-1
+(mmsegmentation would count the prediction there; a label the class list does not know is
+treated as unknown ground truth, and :class:`SegHistogram` counts such pixels so that the
+caller can warn), then histogram over the classes the intersection (pixels where
+prediction == label), the prediction and the label (predictions outside 0..C-1 fall out of
+the histograms, as with ``torch.histc``); union = prediction + label - intersection. The histograms are summed over the whole dataset and
 only then divided: IoU_c = ΣI_c / ΣU_c, mIoU = mean over classes with a non-zero union
 (the others are NaN), aAcc = ΣI / Σlabel, mAcc = mean over classes with labelled pixels of
 ΣI_c / Σlabel_c. Numbers are in percent, as mmsegmentation and the papers report them.
@@ -22,7 +24,7 @@ def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: in
     """(H, W) predicted and true labels -> (4, C) int64: intersection, union, prediction, label areas."""
     if pred.shape != label.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
-    keep = label != ignore_index
+    keep = (label != ignore_index) & (label >= 0) & (label < num_classes)
     pred, label = pred[keep].long(), label[keep].long()
 
     def hist(values: torch.Tensor) -> torch.Tensor:
@@ -42,10 +44,20 @@ class SegHistogram:
         self.ignore_index = ignore_index
         self.totals = torch.zeros(4, num_classes, dtype=torch.int64)
         self.n_images = 0
+        self.n_out_of_range = 0  # pixels whose label is neither a class nor the ignore index (left out)
 
-    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> int:
+        """Add one image; returns its number of pixels with a label outside the classes (left out)."""
         self.totals += intersect_and_union(pred, label, self.num_classes, self.ignore_index)
         self.n_images += 1
+        outside = int(((label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))).sum())
+        self.n_out_of_range += outside
+        return outside
+
+    @property
+    def n_evaluated(self) -> int:
+        """Labelled pixels that took part (neither ignored nor outside the classes)."""
+        return int(self.totals[3].sum())
 
     def per_class_iou(self) -> torch.Tensor:
         """(C,) float64 IoU in percent; NaN where the union is empty."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from un2clip.files import atomic_write_text
-from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, load_dataset
+from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, check_mask_sizes, load_dataset
 from un2clip.seg.presets import resolve_settings
 
 RESULT_FORMAT = "un2clip-eval-result/1"
@@ -139,6 +139,9 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     datasets = [load_dataset(s.root, s.dataset, classes=classes, split=split, max_images=max_images)
                 for s in data]
+    if not resize_masks:  # a mask of another size than its image fails before any model loads
+        for ds in datasets:
+            check_mask_sizes(ds)
     for method in methods:  # fail on a bad method, setting or threshold before loading anything
         for ds in datasets:
             cfg = resolve_settings(method, ds.name, **settings)

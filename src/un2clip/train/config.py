@@ -7,28 +7,35 @@ arguments. Every key of a YAML recipe must be a field here, so a typo fails befo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from un2clip.files import atomic_write_text
+
 
 @dataclass
 class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | decoder | t2i-decoder | diva
+    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva
     # models
     preset: str = "tiny"
     clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)
     decoder: str | None = None  # overrides the preset's decoder
+    vae: str | None = None  # replaces the decoder's VAE (a train-autoencoder run, a folder, a Hub id)
     random_weights: bool = False
     # data
     data: str | None = None
     image_column: str | None = None
     caption_column: str | None = None
     num_workers: int = 0
+    # stop when more than this fraction of the last ``skip_window`` images drawn could not be read
+    max_skip_rate: float = 0.5
+    skip_window: int = 100
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-5
@@ -60,13 +67,39 @@ class RunConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.max_skip_rate <= 1:
+            raise ValueError(f"max_skip_rate must be in (0, 1], got {self.max_skip_rate}")
+        if self.skip_window < 1:
+            raise ValueError(f"skip_window must be >= 1, got {self.skip_window}")
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+    def save(self, path: str | Path, *, notes: Sequence[str] = ()) -> None:
+        """Write the config as YAML, after ``notes`` as comment lines (a resumed run's history of changes)."""
+        head = "".join(f"# {note}\n" for note in notes)
+        atomic_write_text(Path(path), head + self.to_yaml())
+
+
+#: settings a resumed run may change: none of them alters the model, the objective or the data order
+RESUMABLE = ("lr", "max_steps", "save_every", "precision", "num_workers", "max_skip_rate", "skip_window")
+
+
+def changed_fields(old: RunConfig, new: RunConfig) -> dict[str, list[Any]]:
+    """``{field: [old value, new value]}`` for every field that differs, the run folder (``output``) aside."""
+    a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+    return {k: [a[k], b[k]] for k in a if k != "output" and a[k] != b[k]}
+
+
+def config_notes(path: str | Path) -> list[str]:
+    """The comment lines at the top of a saved config (without their ``# ``)."""
+    notes = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        notes.append(line[1:].strip())
+    return notes
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> RunConfig:

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
+
+
+class UnreadableDataError(ValueError):
+    """Too many of the images drawn could not be read; the run stopped before writing its models. Bad input
+    (exit status 2 at the command line), not a :class:`RunStopped`: the data must change before a resume."""
 
 
 @dataclass
@@ -132,19 +138,36 @@ class Trainer:
     and opens the data; ``fit()`` runs the optimiser steps, checkpoints and writes the trained models.
     ``cfg.batch_size`` is the global batch (all processes, all accumulation micro-steps); checkpoints go
     to ``cfg.output/checkpoints`` every ``cfg.save_every`` steps and at the end; ``resume`` continues from
-    the newest one. ``cfg.compile``: ``torch.compile`` the objective's ``compile_targets()``, tried on the
-    first batch, eager with a warning if compilation fails; ``cfg.channels_last``: NHWC convolution weights.
+    the newest one, with ``cfg``'s learning rate, step budget, precision and checkpoint interval
+    (``resume_changes``, ``{field: [old, new]}``, is written into the first metrics line after the resume).
+
+    Unreadable images are skipped and counted. A draw of a global batch none of whose images could be
+    read is not an optimiser step: nothing is updated and the next batch is drawn. When more than
+    ``cfg.max_skip_rate`` of the last ``cfg.skip_window`` images drawn (of all images drawn, for a run
+    that draws fewer) were unreadable, or none was readable over a whole pass, the run stops with
+    :class:`UnreadableDataError` naming some of them.
+
+    ``cfg.compile``: ``torch.compile`` the objective's ``compile_targets()``, tried on the first batch,
+    eager with a warning if compilation fails; ``cfg.channels_last``: NHWC convolution weights.
     """
 
     def __init__(self, objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, resume_changes: dict[str, list[Any]] | None = None):
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         self.objective, self.source, self.cfg = objective, source, cfg
         self.resume, self.progress = resume, progress
+        self.resume_changes = dict(resume_changes or {})
         self.output = Path(cfg.output)
         self.metrics_path = self.output / "metrics.jsonl"
         self.step, self.n_bad, self.last_loss = 0, 0, float("nan")
+        self.samples = 0  # global samples drawn, skipped draws included: the data position
+        self.skipped_steps = 0  # draws of a global batch without one readable image
+        self._draws: deque[tuple[int, int]] = deque()  # (drawn, unreadable) per micro-step, the recent window
+        self._all_bad_run = 0  # images drawn since the last readable one
+        self._bad_keys: deque[str] = deque(maxlen=5)  # this process's most recent unreadable images
+        self._micro_batches = 0  # micro-batches this process took from its loader
+        self._pending_note: dict[str, Any] | None = None
 
     def setup(self) -> Trainer:
         self._setup_accelerator()
@@ -196,16 +219,38 @@ class Trainer:
         self.opt.load_state_dict(saved["optimizer"])
         self.sched.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])
-        self.step, self.n_bad = int(saved["state"]["step"]), int(saved["state"].get("n_bad", 0))
+        state = saved["state"]
+        self.step, self.n_bad = int(state["step"]), int(state.get("n_bad", 0))
+        self.samples = int(state.get("samples_seen", self.step * self.cfg.batch_size))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._override_lr(self.cfg.lr)
         if self.accelerator.is_main_process:
             _truncate_metrics(self.metrics_path, self.step)
-        self.accelerator.print(f"resuming from {found} (step {self.step})")
+        if self.resume_changes:
+            self._pending_note = {"resumed_at": self.step, "changed": self.resume_changes}
+        changed = "".join(f", {k} {a} -> {b}" for k, (a, b) in self.resume_changes.items())
+        self.accelerator.print(f"resuming from {found} (step {self.step}{changed})")
+
+    def _override_lr(self, lr: float) -> None:
+        """Make ``lr`` the base learning rate of the restored optimiser and scheduler, and the next step's rate
+        ``lr`` x the schedule's factor under this run's settings (a resume may change --lr and --max-steps).
+
+        Unchanged settings give back exactly the restored rates (the same product LambdaLR computes).
+        """
+        sched = self.sched
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        factor = lr_factor(sched.last_epoch, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps,
+                           schedule=self.cfg.lr_schedule)
+        for group in self.opt.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
+        sched._last_lr = [group["lr"] for group in self.opt.param_groups]
 
     def _setup_data(self) -> None:
         cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
         loader = make_loader(self.source, objective.transform, batch_size=self.micro, seed=cfg.seed,
-                             start_sample=self.step * cfg.batch_size, num_workers=cfg.num_workers,
+                             start_sample=self.samples, num_workers=cfg.num_workers,
                              num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+        self.sampler, self._loader_start = loader.sampler, self.samples
         batches = iter(loader)
         objective.set_train_mode()
         if cfg.compile and objective.compile_targets():  # compiled on the first batch, before DDP wraps the model
@@ -244,7 +289,8 @@ class Trainer:
                 runs.save_checkpoint(self.output, at,
                                      trainable=accelerator.unwrap_model(self.model).trainable_state_dict(),
                                      optimizer_state=self.opt.state_dict(), scheduler_state=self.sched.state_dict(),
-                                     state={"n_bad": self.n_bad, "samples_seen": at * self.cfg.batch_size},
+                                     state={"n_bad": self.n_bad, "samples_seen": self.samples,
+                                            "skipped_steps": self.skipped_steps},
                                      keep=self.cfg.keep_checkpoints)
             except OSError as err:
                 failure = err
@@ -278,12 +324,58 @@ class Trainer:
                                 "once the cause is fixed)", failure) from failure
         accelerator.wait_for_everyone()
 
-    def _micro_step(self) -> tuple[float, dict[str, torch.Tensor]]:
-        """Forward and backward of one micro-batch (an optimiser step once gradients are accumulated)."""
+    def _note_unreadable(self, batch: dict[str, Any] | None) -> None:
+        """Remember the keys of the unreadable images of the micro-batch just drawn (for the error message)."""
+        drawn = self.sampler.batch_indices(self._loader_start, self._micro_batches - 1, self.micro)
+        readable = [] if batch is None else batch["index"].tolist()
+        for index in readable:
+            if index in drawn:
+                drawn.remove(index)
+        self._bad_keys.extend(self.source.key(i) for i in drawn)
+
+    def _count_draws(self, drawn: int, bad: int) -> None:
+        """Add one micro-step's global counts to the skip window; stop the run when too many were unreadable."""
+        cfg = self.cfg
+        self.samples += drawn
+        self.n_bad += bad
+        self._all_bad_run = self._all_bad_run + drawn if bad == drawn else 0
+        self._draws.append((drawn, bad))
+        while len(self._draws) > 1 and sum(d for d, _ in self._draws) - self._draws[0][0] >= cfg.skip_window:
+            self._draws.popleft()
+        if self._all_bad_run >= max(len(self.source), cfg.skip_window):
+            self._stop_unreadable(f"none of the last {self._all_bad_run} images drawn could be read")
+        n = sum(d for d, _ in self._draws)
+        if n >= cfg.skip_window:
+            self._check_skip_rate()
+
+    def _check_skip_rate(self) -> None:
+        n, bad = sum(d for d, _ in self._draws), sum(b for _, b in self._draws)
+        if n and bad / n > self.cfg.max_skip_rate:
+            self._stop_unreadable(f"{bad} of the last {n} images drawn ({bad / n:.0%}) could not be read, "
+                                  f"more than --max-skip-rate {self.cfg.max_skip_rate:g}")
+
+    def _stop_unreadable(self, what: str) -> None:
+        last = runs.latest_checkpoint(self.output)
+        examples = ", ".join(dict.fromkeys(reversed(self._bad_keys)))
+        where = f" under {self.source.spec}" if self.source.kind == "folder" else ""
+        raise UnreadableDataError(
+            f"{what} (missing, empty or corrupt files{where}, e.g. {examples or 'on other processes'}); "
+            f"the run stopped at step {self.step}, last checkpoint: {last or 'none written yet'}. "
+            f"Check the paths in {self.cfg.data}, or raise --max-skip-rate / --skip-window to train on what "
+            "is readable.")
+
+    def _micro_step(self) -> tuple[float, float, dict[str, torch.Tensor]]:
+        """Forward and backward of one micro-batch; the optimiser steps after the last of an optimiser step's.
+
+        Returns the summed loss and the number of processes whose micro-batch had images (both over
+        all processes), and the objective's extra metrics (empty unless every process had images).
+        """
         accelerator, objective = self.accelerator, self.objective
         batch = next(self.batches)
-        self.n_bad += int(accelerator.reduce(torch.tensor(batch.pop("n_bad", 0) if batch else self.micro,
-                                                          device=accelerator.device), "sum"))
+        self._micro_batches += 1
+        n_bad = int(batch.pop("n_bad", 0)) if batch is not None else self.micro
+        if n_bad:
+            self._note_unreadable(batch)
         with accelerator.accumulate(self.model):
             if batch is None:  # every image of this micro-batch was unreadable: a zero step keeps ranks in sync
                 loss = sum(p.sum() * 0.0 for p in objective.trainable_parameters())
@@ -292,34 +384,51 @@ class Trainer:
                 with accelerator.autocast():
                     out = self.model(batch)
                 loss = out["loss"]
-            reduced = accelerator.reduce(loss.detach().float(), "mean")
-            if not torch.isfinite(reduced):
+            local = loss.detach().float() if batch is not None else torch.zeros((), device=accelerator.device)
+            counts = torch.tensor([float(batch is not None), float(n_bad)], device=accelerator.device)
+            totals = accelerator.reduce(torch.cat([local.reshape(1), counts]), "sum")
+            loss_sum, with_images, bad = (float(v) for v in totals)
+            self._count_draws(self.micro * accelerator.num_processes, int(bad))
+            self._step_images += self.micro * accelerator.num_processes - int(bad)
+            if not math.isfinite(loss_sum):
                 last = runs.latest_checkpoint(self.output)
                 raise NonFiniteLossError(
-                    f"loss became {float(reduced)} at step {self.step + 1}; stopped before the optimiser step. "
-                    f"Last good checkpoint: {last or 'none written yet'}. "
-                    "Try a lower --lr, --precision fp32 or bf16 instead of fp16.")
+                    f"loss became {loss_sum / max(with_images, 1.0)} at step {self.step + 1}; stopped before the "
+                    f"optimiser step. Last good checkpoint: {last or 'none written yet'}. "
+                    "Try a lower --lr (`--resume RUN --lr ...`), --precision fp32 or bf16 instead of fp16.")
             accelerator.backward(loss)
-            if accelerator.sync_gradients and self.cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(objective.trainable_parameters(), self.cfg.max_grad_norm)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-        return float(reduced), {k: v for k, v in out.items() if k != "loss"}
+            if accelerator.sync_gradients:
+                if self._step_images:  # a draw without one readable image updates nothing
+                    if self.cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(objective.trainable_parameters(), self.cfg.max_grad_norm)
+                    self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        extras = {k: v for k, v in out.items() if k != "loss"}
+        if with_images < accelerator.num_processes:  # some process has no metrics to reduce for this micro-batch
+            extras = {}
+        return loss_sum, with_images, extras
 
     def _optimizer_step(self) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches: the mean loss and the objective's extra metrics."""
-        grad_accum = self.cfg.grad_accum
-        losses, extras = [], {}
-        for _ in range(grad_accum):
-            loss, out = self._micro_step()
-            losses.append(loss)
-            for k, v in out.items():
-                reduced = float(self.accelerator.reduce(v.detach().float(), "mean"))
-                extras[k] = extras.get(k, 0.0) + reduced / grad_accum
+        """One optimiser step over ``grad_accum`` micro-batches: the mean loss and the objective's extra metrics.
+
+        A draw whose global batch holds no readable image is not a step: it is counted and drawn again.
+        """
+        while True:
+            self._step_images = 0
+            loss_sum, with_images, sums, counts = 0.0, 0.0, {}, {}
+            for _ in range(self.cfg.grad_accum):
+                micro_loss, micro_with, out = self._micro_step()
+                loss_sum, with_images = loss_sum + micro_loss, with_images + micro_with
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(self.accelerator.reduce(v.detach().float(), "mean"))
+                    counts[k] = counts.get(k, 0) + 1
+            if self._step_images:
+                break
+            self.skipped_steps += 1
         self.sched.step()
         self.step += 1
-        self.last_loss = sum(losses) / len(losses)
-        return extras
+        self.last_loss = loss_sum / with_images
+        return {k: sums[k] / counts[k] for k in sums}
 
     def fit(self) -> TrainResult:
         """Run the remaining optimiser steps; checkpoints, metrics.jsonl and, at the end, the trained models.
@@ -338,7 +447,10 @@ class Trainer:
                     now = time.perf_counter()
                     ips = cfg.batch_size / max(now - t_last, 1e-9)
                     record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
-                              "images_per_s": ips, "n_bad": self.n_bad, **extras}
+                              "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
+                    if self._pending_note:
+                        record.update(self._pending_note)
+                    self._pending_note = None
                     metrics_error = self._append_metrics(record)
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
                     bar.update(1)
@@ -350,10 +462,14 @@ class Trainer:
                         self._stop_now(saved, signals.received, metrics_error)
             finally:
                 bar.close()
+        if sum(d for d, _ in self._draws) < cfg.skip_window:  # a run shorter than the window: judge all it drew
+            self._check_skip_rate()
         self._write_models()
         if self.n_bad:
-            accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training")
-        return TrainResult(step=self.step, samples_seen=self.step * cfg.batch_size, n_bad=self.n_bad,
+            skipped = f" ({self.skipped_steps} draw(s) without a readable image, not counted as steps)" \
+                if self.skipped_steps else ""
+            accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training{skipped}")
+        return TrainResult(step=self.step, samples_seen=self.samples, n_bad=self.n_bad,
                            last_loss=self.last_loss, output=self.output)
 
     def _stop_now(self, saved: bool, signal_name: str | None, metrics_error: OSError | None) -> None:
@@ -369,9 +485,10 @@ class Trainer:
 
 
 def train(objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, resume_changes: dict[str, list[Any]] | None = None) -> TrainResult:
     """Minimise ``objective`` on ``source`` with the loop settings of ``cfg`` (see :class:`Trainer`)."""
-    return Trainer(objective, source, cfg, resume=resume, progress=progress).setup().fit()
+    return Trainer(objective, source, cfg, resume=resume, progress=progress,
+                   resume_changes=resume_changes).setup().fit()
 
 
 def dump_run_info(output: Path, info: dict[str, Any]) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 from un2clip import runs
 from un2clip.data.sources import Source
-from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder
+from un2clip.load import check_pair, load_clip, load_decoder, load_t2i_decoder, load_vae
 from un2clip.models.clip import ClipModel
 from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
-from un2clip.train.config import RunConfig
+from un2clip.train.config import RESUMABLE, RunConfig, changed_fields, config_notes, load_config
 from un2clip.train.loop import TrainResult, dump_run_info, train
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,12 @@ def _construct(cls, *args, options: dict, **kwargs):
 
 def _require_captions(cfg: RunConfig, source: Source, who: str) -> None:
     """Refuse data without captions (the first readable of its first 16 records decides), before any model loads."""
-    first = next((r for r in (source.load(i) for i in range(min(len(source), 16))) if r is not None), None)
-    if first is None or first.text is None:
+    n = min(len(source), 16)
+    first = next((r for r in (source.load(i) for i in range(n)) if r is not None), None)
+    if first is None:
+        raise ValueError(f"none of the first {n} images of {cfg.data} can be read (e.g. {source.key(0)}): "
+                         "missing, empty or corrupt files")
+    if first.text is None:
         raise ValueError(f"{cfg.data} has no captions: {who} image-text pairs "
                          "(a CSV/TSV with a caption column, or webdataset shards with .txt)")
 
@@ -51,9 +55,13 @@ def _clip(cfg: RunConfig) -> tuple[str, ClipModel]:
 
 
 def _decoder(cfg: RunConfig, load: Callable) -> tuple[str, Any]:
-    """(spec, model) of the run's decoder, loaded by ``load``: ``--decoder``, else the preset's."""
+    """(spec, model) of the run's decoder, loaded by ``load``: ``--decoder``, else the preset's; ``--vae``
+    replaces its VAE."""
     spec = cfg.decoder or cfg.preset
-    return spec, load(spec, random_weights=cfg.random_weights)
+    decoder = load(spec, random_weights=cfg.random_weights)
+    if cfg.vae:
+        decoder.set_vae(load_vae(cfg.vae))
+    return spec, decoder
 
 
 @register_objective("un2clip")
@@ -103,8 +111,20 @@ def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     mean, std = embedding_statistics(clip, source, seed=cfg.seed)
     decoder.set_embedding_statistics(mean, std)
     objective = _construct(DecoderObjective, clip, decoder, options=cfg.objective_options)
-    info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "random_weights": cfg.random_weights}
+    info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "vae": cfg.vae,
+            "random_weights": cfg.random_weights}
     return objective, info
+
+
+@register_objective("autoencoder")
+def build_autoencoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """The VAE of a latent decoder (its first stage); the run's decoder/ is the whole decoder, VAE trained."""
+    from un2clip.objectives.autoencoder import AutoencoderObjective
+
+    decoder_spec, decoder = _decoder(cfg, load_decoder)
+    objective = _construct(AutoencoderObjective, decoder, options=cfg.objective_options)
+    return objective, {"kind": "autoencoder", "decoder": decoder_spec, "vae": cfg.vae,
+                       "random_weights": cfg.random_weights}
 
 
 @register_objective("t2i-decoder")
@@ -118,7 +138,7 @@ def build_t2i_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     if cfg.clip:  # e.g. the world's pre-trained tiny CLIP: the generator reads its text tower
         decoder.set_text_encoder(*clip_text_encoder(load_clip(cfg.clip, random_weights=cfg.random_weights)))
     objective = _construct(TextToImageDecoderObjective, decoder, options=cfg.objective_options)
-    info = {"kind": "t2i-decoder", "t2i_decoder": decoder_spec, "text_clip": cfg.clip,
+    info = {"kind": "t2i-decoder", "t2i_decoder": decoder_spec, "text_clip": cfg.clip, "vae": cfg.vae,
             "random_weights": cfg.random_weights}
     return objective, info
 
@@ -159,11 +179,35 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
                          f"only, not the {cfg.objective} objective; pass the images instead")
     output = Path(cfg.output)
     with _output_lock(output):
-        if not resume and (output / runs.CKPT_DIR).exists():
+        changes = None
+        if resume:
+            changes = _record_resume_changes(output, cfg)
+        elif (output / runs.CKPT_DIR).exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
                              "or choose another --output")
         objective, info = build(cfg, source)
         if not resume:
             dump_run_info(output, info)
             cfg.save(output / "config.yaml")
-        return train(objective, source, cfg, resume=resume, progress=progress)
+        return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
+
+
+def _record_resume_changes(output: Path, cfg: RunConfig) -> dict[str, list[Any]]:
+    """Compare ``cfg`` with the run's config.yaml; refuse changes a resume cannot make; save and return the rest.
+
+    config.yaml then holds the new values under one comment line per resume that changed something.
+    """
+    saved_path = output / "config.yaml"
+    changes = changed_fields(load_config(saved_path), cfg)
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise ValueError(f"a resumed run keeps its recipe; {refused} differ from {saved_path} "
+                         f"(a resume may change only {', '.join(RESUMABLE)})")
+    if changes:
+        found = runs.latest_checkpoint(output)
+        if found is None:
+            raise FileNotFoundError(f"nothing to resume: {output / runs.CKPT_DIR} holds no complete checkpoint")
+        step = runs.checkpoint_step(found)
+        note = f"resumed at step {step}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+        cfg.save(saved_path, notes=[*config_notes(saved_path), note])
+    return changes

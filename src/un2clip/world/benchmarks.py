@@ -27,11 +27,11 @@ from un2clip.world.scenes import (
     ORIENTATION_WORDS,
     ORIENTATIONS,
     ORIENTED_SHAPES,
-    POSITIONS,
     RARE_ATTRIBUTES,
     SHAPES,
     SIZES,
     STATES,
+    TWO_COLUMNS,
     VIEWS,
     WORLD_VERSION,
     Scene,
@@ -81,15 +81,15 @@ def _dot_pair(rng: np.random.Generator, index: int) -> Pair:
 
 
 def _count_pair(rng: np.random.Generator, index: int) -> Pair:
-    n1 = 1 + index % 2  # 1 vs 2, then 2 vs 3
-    a = sample_scene(rng, n_objects=1, count=n1)
-    taken = {o.position for o in a.objects}
-    free = [p for p in POSITIONS if p not in taken]
-    extra = place(a.objects[0], choice(rng, free), uniform(rng, -JITTER_X, JITTER_X),
-                  uniform(rng, -JITTER_Y, JITTER_Y))
-    objs = sorted(a.objects + (extra,), key=lambda o: o.x)
-    b = replace(a, objects=tuple(objs), count=n1 + 1)
-    if index % 4 >= 2:  # sometimes the larger count comes first
+    """One object vs two copies of it (in the two columns, the single one standing in either)."""
+    a = sample_scene(rng, n_objects=1, count=1)
+    o = a.objects[0]
+    a = replace(a, objects=(modify(o, position=choice(rng, TWO_COLUMNS)),))
+    jitter = uniform(rng, -JITTER_X, JITTER_X), uniform(rng, -JITTER_Y, JITTER_Y)
+    first = a.objects[0]
+    other = place(first, next(c for c in TWO_COLUMNS if c != first.position), *jitter)
+    b = replace(a, objects=tuple(sorted((first, other), key=lambda x: x.x)), count=2)
+    if index % 2 == 1:  # every other pair the larger count comes first
         a, b = b, a
     return a, b, {"count"}, "count"
 

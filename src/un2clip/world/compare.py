@@ -102,15 +102,15 @@ def select_variants(settings: CompareSettings, names: Sequence[str] | None) -> l
     return [v for v in known if v.name in set(names)]
 
 
-def diva_available() -> str | None:
-    """None when the DIVA objective and its tiny preset are registered, else why not."""
+def diva_available(preset: str) -> str | None:
+    """None when the DIVA objective and the world's text-to-image preset are registered, else why not."""
     from un2clip.models.presets import PRESETS
     from un2clip.train.recipes import OBJECTIVES
 
     if "diva" not in OBJECTIVES:
         return "the objective 'diva' is not registered in un2clip.train.recipes.OBJECTIVES"
-    if "diva-tiny" not in PRESETS:
-        return "no 'diva-tiny' preset (a text-to-image decoder for the shapes world)"
+    if preset not in PRESETS:
+        return f"no {preset!r} preset (a text-to-image decoder for the shapes world)"
     return None
 
 
@@ -143,21 +143,28 @@ def _finetune_fields(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> dict
     return {**finetune_settings(s, seed), "lr": float(f"{s.finetune_lr * lr_factor:g}")}
 
 
-def t2i_fields(world: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
+def _shared_vae(seed_dir: Path, s: DemoSettings) -> dict:
+    """``{"vae": the seed's unCLIP decoder}`` when the world's decoders are latent: every generator of the
+    comparison reads the same first stage (`--vae`), as Stable Diffusion and Stable unCLIP share theirs."""
+    return {"vae": str(seed_dir / "decoder" / "decoder")} if s.autoencoder_steps else {}
+
+
+def t2i_fields(seed_dir: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
     """DIVA's text-to-image decoder (`un2clip train-decoder --text-conditioned`; the unCLIP decoder's budget)."""
-    return {"objective": "t2i-decoder", "preset": "diva-tiny", "clip": str(clip),
-            "data": str(world / "train" / "captions.csv"), "max_steps": s.decoder_steps,
+    return {"objective": "t2i-decoder", "preset": s.t2i_preset, "clip": str(clip), **_shared_vae(seed_dir, s),
+            "data": str(seed_dir / "world" / "train" / "captions.csv"), "max_steps": s.decoder_steps,
             "batch_size": s.decoder_batch, "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine",
             "save_every": 250, "seed": seed}
 
 
-def light_decoder_fields(world: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
-    """GenHancer's stage 1 (`un2clip train-decoder --preset genhancer-tiny`): a lightweight denoiser trained on the
-    frozen CLIP's class-token embedding, the unCLIP decoder's budget, no noise augmentation, no dropped condition."""
-    return {"objective": "decoder", "preset": "genhancer-tiny", "clip": str(clip),
-            "data": str(world / "train" / "images"), "max_steps": s.decoder_steps, "batch_size": s.decoder_batch,
-            "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine", "save_every": 250, "seed": seed,
-            "objective_options": {"max_noise_level": 0, "p_uncond": 0.0}}
+def light_decoder_fields(seed_dir: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
+    """GenHancer's stage 1 (`un2clip train-decoder --preset genhancer-tiny-latent`): a lightweight denoiser trained
+    on the frozen CLIP's class-token embedding, the unCLIP decoder's budget, no noise augmentation, no dropped
+    condition."""
+    return {"objective": "decoder", "preset": s.light_preset, "clip": str(clip), **_shared_vae(seed_dir, s),
+            "data": str(seed_dir / "world" / "train" / "images"), "max_steps": s.decoder_steps,
+            "batch_size": s.decoder_batch, "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine",
+            "save_every": 250, "seed": seed, "objective_options": {"max_noise_level": 0, "p_uncond": 0.0}}
 
 
 # decoders some variants train on the seed's CLIP first: stage name -> fields of its training run
@@ -171,7 +178,7 @@ def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSett
     Copied from ``shipped/<name>`` when given and present, else trained (``OUT/<name>/run``).
     """
     use_shipped = shipped is not None and (shipped / name / "unet").is_dir()
-    fields = DECODER_STAGES[name](seed_dir / "world", clip, seed, s)
+    fields = DECODER_STAGES[name](seed_dir, clip, seed, s)
     made = {"command": ["copy", f"shipped {shipped.name}"]} if use_shipped else {"run": fields}
     recipe = {**made, "clip": _made(seed_dir / "clip")}
     folder, done = recorded_stage(seed_dir, name, recipe, fresh)
@@ -206,7 +213,7 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
         return {"run": run, "clip": upstream["clip"], "light-decoder": _made(seed_dir / "light-decoder")}, "run"
     if variant.kind == "diva":
         t2i = _decoder_stage(seed_dir, "t2i-decoder", clip, seed, s, fresh, progress, shipped=shipped)
-        run = {"objective": "diva", "preset": "diva-tiny", "clip": str(clip), "decoder": str(t2i), "data": images,
+        run = {"objective": "diva", "preset": s.t2i_preset, "clip": str(clip), "decoder": str(t2i), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor)}
         return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"
     raise ValueError(f"unknown variant kind {variant.kind!r}")
@@ -424,7 +431,7 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     if "original" not in {v.name for v in chosen}:  # the Δ columns need it, and it costs an evaluation only
         chosen = [select_variants(settings, ["original"])[0], *chosen]
     notes = []
-    if any(v.kind == "diva" for v in chosen) and (why := diva_available()):
+    if any(v.kind == "diva" for v in chosen) and (why := diva_available(settings.demo.t2i_preset)):
         chosen = [v for v in chosen if v.kind != "diva"]
         notes.append(f"diva skipped: {why}")
         print(f"note: diva skipped: {why}")

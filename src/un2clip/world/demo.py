@@ -4,8 +4,10 @@ Stages (each cached in ``OUT/<stage>/`` and skipped when done; ``--fresh`` recom
 
 1. ``world``    generate the shapes world (training images with captions, MMVP-layout pairs,
                 zero-shot sets, segmentation masks)
-2. ``clip``     contrastive pre-training of the tiny CLIP on the world's captions
-3. ``decoder``  an unCLIP decoder trained on that CLIP's image embeddings
+2. ``clip``     contrastive pre-training of the tiny CLIP on the world's captions, with NegCLIP-style
+                hard negatives (captions with one word swapped)
+3. ``decoder``  a latent unCLIP decoder trained on that CLIP's image embeddings (its autoencoder
+                first, in ``autoencoder/``, when the decoder is trained here)
 4. ``finetune`` un²CLIP: the CLIP image encoder trained through the frozen decoder (images only)
 5. ``eval``     world-MMVP, zero-shot, held-out diffusion loss, reconstructions: before and after
 
@@ -39,9 +41,17 @@ class DemoSettings:
     n_zeroshot_per_class: int = 50
     n_seg: int = 200
     rare_rate: float = 0.03
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 2000
     pretrain_batch: int = 256
     pretrain_lr: float = 1e-3
+    pretrain_warmup: int = 100
+    hard_negatives: bool = True
+    autoencoder_steps: int = 1500  # 0 for a pixel-space decoder preset (no VAE to train first)
+    autoencoder_batch: int = 32
+    autoencoder_lr: float = 5e-4
+    decoder_preset: str = "tiny-latent"
+    t2i_preset: str = "diva-tiny-latent"  # DIVA's generator (compare)
+    light_preset: str = "genhancer-tiny-latent"  # GenHancer's lightweight denoiser (compare)
     decoder_steps: int = 1500
     decoder_batch: int = 64
     decoder_lr: float = 5e-4
@@ -51,8 +61,9 @@ class DemoSettings:
     sampling_steps: int = 50
 
 
-QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, n_zeroshot_per_class=6, n_seg=8, pretrain_steps=4, pretrain_batch=32,
-                     decoder_steps=4, decoder_batch=16, finetune_steps=3, finetune_batch=8, sampling_steps=4)
+QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, n_zeroshot_per_class=6, n_seg=8, pretrain_steps=4,
+                     pretrain_batch=32, pretrain_warmup=2, autoencoder_steps=2, autoencoder_batch=8, decoder_steps=4,
+                     decoder_batch=16, finetune_steps=3, finetune_batch=8, sampling_steps=4)
 
 
 def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:
@@ -114,16 +125,37 @@ def _clip_stage(out: Path, world: Path, shipped: Path, seed: int, s: DemoSetting
     """The tiny CLIP: copied from the shipped weights, or contrastive pre-training (`un2clip pretrain`)."""
     fields = {"objective": "contrastive", "preset": "tiny", "data": str(world / "train" / "captions.csv"),
               "max_steps": s.pretrain_steps, "batch_size": s.pretrain_batch, "lr": s.pretrain_lr,
-              "weight_decay": 0.1, "warmup_steps": 50, "lr_schedule": "cosine", "save_every": 250, "seed": seed}
+              "weight_decay": 0.1, "warmup_steps": s.pretrain_warmup, "lr_schedule": "cosine", "save_every": 250,
+              "seed": seed}
+    if s.hard_negatives:  # `un2clip pretrain --hard-negatives world/swap_groups.txt`
+        fields["objective_options"] = {"hard_negatives": str(world / "swap_groups.txt")}
     return _shipped_or_trained(out, "clip", shipped, check="config.json", command="pretrain", fields=fields, **opts)
 
 
+def _autoencoder_stage(out: Path, world: Path, seed: int, s: DemoSettings, *, fresh: bool, progress: bool) -> Path:
+    """The latent decoder's VAE (`un2clip train-autoencoder`); returns the run (what `train-decoder --vae` takes)."""
+    folder, done = stage(out, "autoencoder", fresh)
+    if not done:
+        t = time.perf_counter()
+        shutil.rmtree(folder, ignore_errors=True)
+        train_run(objective="autoencoder", preset=s.decoder_preset, data=str(world / "train" / "images"),
+                  max_steps=s.autoencoder_steps, batch_size=s.autoencoder_batch, lr=s.autoencoder_lr,
+                  warmup_steps=50, lr_schedule="cosine", save_every=250, seed=seed, output=str(folder / "run"),
+                  progress=progress)
+        mark_done(folder, time.perf_counter() - t)
+    return folder / "run"
+
+
 def _decoder_stage(out: Path, world: Path, clip: Path, shipped: Path, seed: int, s: DemoSettings, **opts) -> Path:
-    """The tiny unCLIP decoder of ``clip``: copied from the shipped weights, or trained (`un2clip train-decoder`)."""
-    fields = {"objective": "decoder", "clip": str(clip), "preset": "tiny", "data": str(world / "train" / "images"),
-              "max_steps": s.decoder_steps, "batch_size": s.decoder_batch, "lr": s.decoder_lr, "warmup_steps": 50,
-              "lr_schedule": "cosine", "save_every": 250, "seed": seed}
+    """The tiny unCLIP decoder of ``clip``: copied from the shipped weights, or trained (`un2clip train-decoder`,
+    on the latents of an autoencoder trained first when the preset's decoder has one)."""
+    fields = {"objective": "decoder", "clip": str(clip), "preset": s.decoder_preset,
+              "data": str(world / "train" / "images"), "max_steps": s.decoder_steps, "batch_size": s.decoder_batch,
+              "lr": s.decoder_lr, "warmup_steps": 50, "lr_schedule": "cosine", "save_every": 250, "seed": seed}
+    if s.autoencoder_steps and (opts["from_scratch"] or not (shipped / "decoder" / "unet").is_dir()):
+        fields["vae"] = str(_autoencoder_stage(out, world, seed, s, fresh=opts["fresh"], progress=opts["progress"]))
     return _shipped_or_trained(out, "decoder", shipped, check="unet", command="train-decoder", fields=fields, **opts)
+
 
 
 def finetune_settings(s: DemoSettings, seed: int) -> dict:
