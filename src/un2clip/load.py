@@ -6,15 +6,18 @@ disk); below everything that loads a model (objectives, training, evaluation, ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from un2clip.errors import HubUnavailable
 from un2clip.models.clip import ClipModel
 from un2clip.models.presets import PRESETS
 from un2clip.models.t2i import TextToImageDecoder, clip_text_encoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.runs import RUN_MARKER, checkpoint_weights, is_run, read_run_marker
 
-__all__ = ["RUN_MARKER", "check_pair", "load_clip", "load_decoder", "load_run_clip", "load_run_decoder",
+__all__ = ["RUN_MARKER", "check_pair", "hub_error", "load_clip", "load_decoder", "load_run_clip", "load_run_decoder",
            "load_t2i_decoder", "load_vae", "missing_local_path"]
 
 
@@ -32,17 +35,63 @@ def _pretrained_spec(spec: str) -> str:
     raise ValueError(f"{spec!r} is neither a preset ({', '.join(sorted(PRESETS))}), an existing folder nor a Hub id")
 
 
+Model = TypeVar("Model")
+
+# exception classes (by name, anywhere in the chain) that mean "the Hub did not answer"
+_NO_CONNECTION = {"LocalEntryNotFoundError", "ConnectionError", "TransportError", "Timeout", "TimeoutError"}
+_NO_REPOSITORY = {"RepositoryNotFoundError", "GatedRepoError"}
+
+
+def hub_error(spec: str, err: BaseException) -> HubUnavailable | None:
+    """The one-line error of a Hub id that could not be fetched, or None when ``err`` is something else.
+
+    huggingface_hub's own errors arrive wrapped (transformers and diffusers re-raise them as a
+    plain OSError with a message over several lines), so the whole chain of causes is read.
+    """
+    from huggingface_hub import constants
+
+    names: set[str] = set()
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        names |= {cls.__name__ for cls in type(err).__mro__}
+        err = err.__cause__ or err.__context__
+    local_copy = "pass the path of a local copy instead of the id"
+    if "OfflineModeIsEnabled" in names or (constants.HF_HUB_OFFLINE and "LocalEntryNotFoundError" in names):
+        return HubUnavailable(f"{spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+                              f"downloading it; {local_copy}, or unset HF_HUB_OFFLINE with a network")
+    if names & _NO_REPOSITORY:
+        return HubUnavailable(f"{spec}: no such model on the Hugging Face Hub, or it is private or gated (log in "
+                              f"with `hf auth login`); for a local folder, check the path")
+    if names & _NO_CONNECTION:
+        return HubUnavailable(f"{spec}: the Hugging Face Hub could not be reached and the model is not in the "
+                              f"local cache; {local_copy}, or set HF_HUB_OFFLINE=1 to fail at once instead of "
+                              "retrying")
+    return None
+
+
+def _fetch(load: Callable[[str], Model], spec: str) -> Model:
+    """``load(spec)``; a Hub id that cannot be fetched becomes one :class:`HubUnavailable` naming it."""
+    try:
+        return load(spec)
+    except OSError as err:
+        found = None if Path(spec).exists() else hub_error(spec, err)
+        if found is None:
+            raise
+        raise found from err
+
+
 def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
     """A preset name, a HF folder or Hub id, a training run directory, or an exported folder -> ClipModel."""
     if spec in PRESETS:
         preset = PRESETS[spec]
         if random_weights or preset.clip.startswith("builtin:"):
             return preset.build_clip()
-        return ClipModel.from_pretrained(preset.clip)
+        return _fetch(ClipModel.from_pretrained, preset.clip)
     path = Path(spec)
     if is_run(path):
         return load_run_clip(path)
-    return ClipModel.from_pretrained(_pretrained_spec(spec))
+    return _fetch(ClipModel.from_pretrained, _pretrained_spec(spec))
 
 
 def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | None = None) -> UnclipDecoder:
@@ -58,11 +107,11 @@ def load_decoder(spec: str, *, random_weights: bool = False, embed_dim: int | No
         if random_weights or preset.decoder.startswith("builtin:"):
             assert preset.build_decoder is not None
             return preset.build_decoder()
-        return UnclipDecoder.from_pretrained(preset.decoder)
+        return _fetch(UnclipDecoder.from_pretrained, preset.decoder)
     path = Path(spec)
     if is_run(path):
         return load_run_decoder(path)
-    return UnclipDecoder.from_pretrained(_pretrained_spec(spec))
+    return _fetch(UnclipDecoder.from_pretrained, _pretrained_spec(spec))
 
 
 def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageDecoder:
@@ -75,13 +124,13 @@ def load_t2i_decoder(spec: str, *, random_weights: bool = False) -> TextToImageD
         if random_weights or preset.decoder.startswith("builtin:"):
             assert preset.build_decoder is not None
             return preset.build_decoder()
-        return TextToImageDecoder.from_pretrained(preset.decoder)
+        return _fetch(TextToImageDecoder.from_pretrained, preset.decoder)
     path = Path(spec)
     if is_run(path):
         if (path / "decoder" / "unet").is_dir():
             return TextToImageDecoder.from_pretrained(path / "decoder")
         return _t2i_from_checkpoint(path)
-    return TextToImageDecoder.from_pretrained(_pretrained_spec(spec))
+    return _fetch(TextToImageDecoder.from_pretrained, _pretrained_spec(spec))
 
 
 def load_vae(spec: str):
@@ -99,9 +148,12 @@ def load_vae(spec: str):
     src = _pretrained_spec(spec)
     if (path / "decoder" / "vae").is_dir():
         return AutoencoderKL.from_pretrained(path / "decoder" / "vae")
-    if has_subfolder(src, "vae"):
-        return AutoencoderKL.from_pretrained(src, subfolder="vae")
-    return AutoencoderKL.from_pretrained(src)
+
+    def from_source(s: str):
+        return AutoencoderKL.from_pretrained(s, subfolder="vae") if has_subfolder(s, "vae") else \
+            AutoencoderKL.from_pretrained(s)
+
+    return _fetch(from_source, src)
 
 
 def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:

@@ -18,6 +18,18 @@ from un2clip.cli import tools, train, world
 COMMANDS = [*world.COMMANDS, *train.COMMANDS, *eval_commands.COMMANDS, *tools.COMMANDS]
 
 
+DEBUG_HELP = "show the full traceback of an error instead of its one-line message"
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``parser`` and on every sub-command below it, so it may follow the command's name."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share one parser
+                _add_debug_flag(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="un2clip",
@@ -26,10 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (third-party messages may span several)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. The error boundary: an error raised on purpose prints ``un2clip COMMAND: error: ...``
+    on one line and returns 2, or 1 for a training run that stopped (NaN loss, a signal, a failed
+    checkpoint write); ``--debug`` shows the traceback instead. Anything else is a bug and keeps its
+    traceback."""
+    from un2clip.errors import RunStopped, Un2clipError
+
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:  # user errors, missing extras: one line
-        print(f"un2clip {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    # on purpose: bad input (ValueError, a missing path), the environment (a full disk, no permission: OSError),
+    # a missing optional extra (ModuleNotFoundError), and the toolkit's own faults (un2clip.errors)
+    except (Un2clipError, ValueError, OSError, ModuleNotFoundError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"un2clip {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 1 if isinstance(err, RunStopped) else 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"un2clip {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -198,8 +198,9 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
     p.add_argument("--resize-masks", action="store_true",
-                   help="resize each mask to its image's size, nearest neighbour (default: a mask of another size "
-                        "is an error)")
+                   help="resize a mask whose size differs from its image's to the image's, nearest neighbour "
+                        "(default: such a pair is an error naming both files). Mask labels outside the class list "
+                        "are always ignored like 255 and counted (n_out_of_range in the results), with a warning")
     g = p.add_argument_group("settings (default: the method's preset for the dataset)")
     g.add_argument("--short-side", type=int, help="resize the short side to this (0: keep; SCLIP 336, ClearCLIP 448)")
     g.add_argument("--crop", type=int, help="sliding-window side (0: whole image; 224, ClearCLIP 448)")

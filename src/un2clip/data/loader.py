@@ -27,6 +27,7 @@ smaller than ``batch_size``; the stream is never refilled, which keeps it determ
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -182,6 +183,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self._position = int(state["epoch"]) * self.n + int(state["position"])
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Worker start: SIGINT and SIGTERM are for the main process, which decides when the run stops (a
+    Ctrl-C reaches the whole process group) and then ends its workers; they still exit with their parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     source: Source,
     transform: Transform,
@@ -226,5 +234,6 @@ def make_loader(
         # the loader's own seed draw uses this generator, never the global torch RNG
         generator=torch.Generator().manual_seed(int(seed)),
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         **extra,
     )

@@ -280,15 +280,16 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
     except (tarfile.TarError, OSError, ValueError) as err:
         log.warning("cannot read shard %s (%s); skipping it", path, err)
         return [], 0
-    whole = [m for m in members if m[1] + m[2] <= size_on_disk]  # a truncated shard lacks the others' data
-    if problem:
-        log.warning("shard %s is damaged (%s); using the %d whole member(s) before it", path, problem, len(whole))
     groups: dict[str, dict[str, tuple[int, int]]] = {}
-    for name, offset, size in whole:
+    cut: set[str] = set()  # samples with a member whose data the file does not hold (a truncated shard)
+    for name, offset, size in members:
         name = name[2:] if name.startswith("./") else name
         if os.path.basename(name).startswith((".", "__")):
             continue
         key, ext = _split_tar_name(name)
+        if offset + size > size_on_disk:  # truncated shard: the data is not there
+            cut.add(key)
+            continue
         groups.setdefault(key, {})[ext] = (offset, size)
     rows, no_image = [], 0
     for key, found in groups.items():
@@ -298,7 +299,18 @@ def _index_shard(path: str, image_exts: Sequence[str], text_ext: str) -> tuple[l
             continue
         txt = found.get(text_ext, (0, -1))
         rows.append((key, img[0], img[1], txt[0], txt[1]))
-    return rows, no_image
+    used = {row[0] for row in rows}
+    # a sample cut short is left out when its image is gone (its caption alone does not make a sample)
+    lost_note = (f"; {sum(key not in used for key in cut)} sample(s) lost their image data and are left out "
+                 "(counted as skipped)") if cut else ""
+    if problem:
+        whole = sum(1 for _, offset, size in members if offset + size <= size_on_disk)
+        log.warning("shard %s is damaged (%s); using the %d whole member(s) before it%s", path, problem, whole,
+                    lost_note)
+    elif cut:
+        log.warning("shard %s is cut short%s; the rest of the shard is used", path, lost_note)
+    lost = [key for key in cut if key not in groups]  # the others are in no_image already
+    return rows, no_image + len(lost)
 
 
 def shard_paths(spec: str) -> list[str] | None:
@@ -447,7 +459,7 @@ class WebDatasetSource(Source):
             return None
         if len(data) != size:
             return None
-        image = decode_image(data)
+        image = decode_image(data, f"{self.shards[shard]}:{self._keys[i]}")
         if image is None:
             return None
         text = None

@@ -88,8 +88,12 @@ class Strings:
         return self._blob[a:b].tobytes().decode("utf-8", "surrogateescape")
 
 
-def decode_image(source: str | os.PathLike | bytes) -> Image.Image | None:
-    """Fully decode an image file or bytes into RGB; ``None`` if it cannot be read for any reason."""
+def decode_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image | None:
+    """Fully decode an image file or bytes into RGB; ``None`` if it cannot be read for any reason.
+
+    An image over Pillow's pixel limit (its decompression-bomb guard) is refused like any unreadable
+    one, with a warning that names it (``name``, else the path) and the limit.
+    """
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
@@ -105,7 +109,13 @@ def decode_image(source: str | os.PathLike | bytes) -> Image.Image | None:
         if rgb.width < 1 or rgb.height < 1:
             return None
         return rgb
-    except Exception:  # any decoder failure (incl. DecompressionBombError) is a bad image
+    except Image.DecompressionBombError as err:
+        where = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "an image")
+        log.warning("%s skipped (counted as unreadable): %s Pillow refuses images over twice "
+                    "PIL.Image.MAX_IMAGE_PIXELS (now %s); raise that limit to read them", where, err,
+                    Image.MAX_IMAGE_PIXELS)
+        return None
+    except Exception:  # any other decoder failure is a bad image
         return None
 
 
@@ -203,7 +213,7 @@ class ImageFolderSource(_PathSource):
         i = check_index(i, len(self))
         rel = self._paths[i]
         path = os.path.join(self.root, rel)
-        image = decode_image(path)
+        image = decode_image(path, rel)
         if image is None:
             return None
         text = _read_text(os.path.splitext(path)[0] + ".txt") if self._has_text[i] else None
@@ -240,6 +250,7 @@ class TableSource(_PathSource):
         paths: list[str] = []
         texts: list[str] = []
         skipped = 0
+        self.empty_caption_rows: list[int] = []  # table rows (1 = the header) whose caption cell is blank
         with open(self.path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter)
             header = next(reader, None)
@@ -275,6 +286,8 @@ class TableSource(_PathSource):
                 paths.append(value if os.path.isabs(value) else os.path.join(base, value))
                 if ci is not None:
                     texts.append(row[ci] if ci < len(row) else "")
+                    if not texts[-1].strip():
+                        self.empty_caption_rows.append(reader.line_num)
         self.image_column, self.caption_column = img_col, cap_col
         self.n_skipped = skipped
         self._paths = Strings(paths)

@@ -107,8 +107,10 @@ class ContrastiveObjective(Objective):
                 clip.model.text_projection.requires_grad_(False)
 
     def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor] | None:
-        if record.text is None:
-            raise ValueError(f"record {record.key} has no caption: contrastive training needs image-text pairs")
+        """The image's CLIP view and its caption's tokens; None (skipped and counted like an unreadable image)
+        for a record whose caption is missing or blank: it is no image-text pair."""
+        if record.text is None or not record.text.strip():
+            return None
         out = {"pixels": self.clip.processing(record.image), **self._tokens(record.text)}
         if self.swap_groups is not None:
             swapped = swap_one_word(record.text, self.swap_groups, rng)

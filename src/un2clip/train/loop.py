@@ -4,6 +4,11 @@ Determinism contract: the data order comes from ``(seed, epoch)`` and each sampl
 augmentations and diffusion draws from ``(seed, epoch, index)``, so a run resumed from a
 checkpoint sees the same batches and the same draws as an uninterrupted run, and the
 global batch is the same whatever the number of processes.
+
+Stopping contract: a run that cannot go on raises :class:`un2clip.errors.RunStopped` with its
+newest checkpoint intact — a non-finite loss (before the optimiser step), SIGINT or SIGTERM (after
+the step in progress, which is then checkpointed), or a failed write (a full disk) of the metrics,
+a checkpoint or the trained models. Every process stops at the same step.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,17 +31,53 @@ from tqdm.auto import tqdm
 from un2clip import runs
 from un2clip.data.loader import make_loader
 from un2clip.data.sources import Source
+from un2clip.errors import RunStopped
 from un2clip.objectives.base import Objective
 from un2clip.train import perf
 from un2clip.train.config import RunConfig
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunStopped):
     """The loss became NaN or infinite; the run stopped before the optimiser step."""
 
 
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the training loop to stop after the step in progress.
+
+    ``received`` names the first signal; a second one raises KeyboardInterrupt at once. Handlers can
+    only be installed from the main thread; elsewhere (a loop run from a worker thread) the signals
+    keep their previous behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        # os.write: a handler may run in the middle of a print, where a buffered stream refuses a second writer
+        os.write(2, f"\n{self.received} received: stopping after the step in progress and writing a checkpoint "
+                    "(send it again to stop at once)\n".encode())
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+
 class UnreadableDataError(ValueError):
-    """Too many of the images drawn could not be read; the run stopped before writing its models."""
+    """Too many of the images drawn could not be read; the run stopped before writing its models. Bad input
+    (exit status 2 at the command line), not a :class:`RunStopped`: the data must change before a resume."""
 
 
 @dataclass
@@ -166,10 +210,10 @@ class Trainer:
             s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule))
 
     def _restore(self) -> None:
-        found = runs.latest_checkpoint(self.output)
+        found = runs.newest_intact_checkpoint(self.output)  # partial and damaged ones: passed over, with a warning
         if found is None:
             raise FileNotFoundError(f"nothing to resume: {self.output / runs.CKPT_DIR} holds no complete checkpoint")
-        saved = runs.load_checkpoint(found)
+        saved = runs.load_checkpoint(found, verify=False)  # just verified
         device = self.accelerator.device
         self.objective.load_trainable_state_dict({k: v.to(device) for k, v in saved["trainable"].items()})
         self.opt.load_state_dict(saved["optimizer"])
@@ -218,16 +262,66 @@ class Trainer:
         self.batches = batches
         self.model, self.opt = accelerator.prepare(objective, self.opt)
 
-    def save(self, at: int) -> None:
-        """Checkpoint optimiser step ``at`` (main process writes; every process waits)."""
+    def _on_any_process(self, flag: bool) -> bool:
+        """True when ``flag`` holds on any process (a collective call: every process must make it)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum")
+        return bool(total > 0)
+
+    def _stopped(self, what: str, err: BaseException | None) -> RunStopped:
+        last = runs.latest_checkpoint(self.output)
+        cause = f": {err}" if err is not None else " on the main process"
+        return RunStopped(f"{what}{cause}; the last good checkpoint, {last or 'none written yet'}, is intact: fix the "
+                          f"cause (a full disk?) and continue with --resume {self.output}")
+
+    def save(self, at: int) -> Path:
+        """Checkpoint optimiser step ``at`` (main process writes; every process waits).
+
+        A failed write (a full disk) stops the run on every process with :class:`RunStopped`; the
+        previous checkpoint stays as it was.
+        """
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        failure = None
         if accelerator.is_main_process:
-            runs.save_checkpoint(self.output, at, trainable=accelerator.unwrap_model(self.model).trainable_state_dict(),
-                                 optimizer_state=self.opt.state_dict(), scheduler_state=self.sched.state_dict(),
-                                 state={"n_bad": self.n_bad, "samples_seen": self.samples,
-                                        "skipped_steps": self.skipped_steps},
-                                 keep=self.cfg.keep_checkpoints)
+            try:
+                runs.save_checkpoint(self.output, at,
+                                     trainable=accelerator.unwrap_model(self.model).trainable_state_dict(),
+                                     optimizer_state=self.opt.state_dict(), scheduler_state=self.sched.state_dict(),
+                                     state={"n_bad": self.n_bad, "samples_seen": self.samples,
+                                            "skipped_steps": self.skipped_steps},
+                                     keep=self.cfg.keep_checkpoints)
+            except OSError as err:
+                failure = err
+        if self._on_any_process(failure is not None):  # also the barrier after the write
+            raise self._stopped(f"could not write checkpoint step {at} into {self.output / runs.CKPT_DIR}",
+                                failure) from failure
+        return self.output / runs.CKPT_DIR / f"step_{at:06d}"
+
+    def _append_metrics(self, record: dict[str, Any]) -> OSError | None:
+        """Append one line to metrics.jsonl (main process); the error of a failed write, else None."""
+        if not self.accelerator.is_main_process:
+            return None
+        try:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            return err
+        return None
+
+    def _write_models(self) -> None:
+        """The trained models into the run folder (main process); a failed write stops the run."""
+        accelerator = self.accelerator
+        failure = None
+        if accelerator.is_main_process:
+            try:
+                accelerator.unwrap_model(self.model).save_outputs(self.output)
+            except OSError as err:
+                failure = err
+        if self._on_any_process(failure is not None):
+            raise self._stopped(f"could not write the trained models into {self.output} (--resume writes them "
+                                "once the cause is fixed)", failure) from failure
         accelerator.wait_for_everyone()
 
     def _note_unreadable(self, batch: dict[str, Any] | None) -> None:
@@ -337,40 +431,57 @@ class Trainer:
         return {k: sums[k] / counts[k] for k in sums}
 
     def fit(self) -> TrainResult:
-        """Run the remaining optimiser steps; checkpoints, metrics.jsonl and, at the end, the trained models."""
+        """Run the remaining optimiser steps; checkpoints, metrics.jsonl and, at the end, the trained models.
+
+        SIGINT or SIGTERM stop the run after the step in progress: that step is checkpointed and
+        :class:`RunStopped` raised, so ``--resume`` continues with the losses of an uninterrupted run.
+        """
         cfg, accelerator = self.cfg, self.accelerator
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.progress and accelerator.is_main_process),
                    desc=f"{self.objective.kind}", unit="step", dynamic_ncols=True)
         t_last = time.perf_counter()
-        while self.step < cfg.max_steps:
-            extras = self._optimizer_step()
-            now = time.perf_counter()
-            ips = cfg.batch_size / max(now - t_last, 1e-9)
-            if accelerator.is_main_process:
-                record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
-                          "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
-                if self._pending_note:
-                    record.update(self._pending_note)
-                with self.metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            self._pending_note = None
-            bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
-            bar.update(1)
-            t_last = now
-            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                self.save(self.step)
-        bar.close()
+        with StopSignals() as signals:
+            try:
+                while self.step < cfg.max_steps:
+                    extras = self._optimizer_step()
+                    now = time.perf_counter()
+                    ips = cfg.batch_size / max(now - t_last, 1e-9)
+                    record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
+                              "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
+                    if self._pending_note:
+                        record.update(self._pending_note)
+                    self._pending_note = None
+                    metrics_error = self._append_metrics(record)
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
+                    bar.update(1)
+                    t_last = now
+                    saved = self.step % cfg.save_every == 0 or self.step == cfg.max_steps
+                    if saved:
+                        self.save(self.step)
+                    if self._on_any_process(signals.received is not None or metrics_error is not None):
+                        self._stop_now(saved, signals.received, metrics_error)
+            finally:
+                bar.close()
         if sum(d for d, _ in self._draws) < cfg.skip_window:  # a run shorter than the window: judge all it drew
             self._check_skip_rate()
-        if accelerator.is_main_process:
-            accelerator.unwrap_model(self.model).save_outputs(self.output)
-        accelerator.wait_for_everyone()
+        self._write_models()
         if self.n_bad:
             skipped = f" ({self.skipped_steps} draw(s) without a readable image, not counted as steps)" \
                 if self.skipped_steps else ""
             accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training{skipped}")
         return TrainResult(step=self.step, samples_seen=self.samples, n_bad=self.n_bad,
                            last_loss=self.last_loss, output=self.output)
+
+    def _stop_now(self, saved: bool, signal_name: str | None, metrics_error: OSError | None) -> None:
+        """Checkpoint the step just finished (unless it was) and raise :class:`RunStopped` saying why."""
+        path = self.output / runs.CKPT_DIR / f"step_{self.step:06d}"
+        if not saved:
+            path = self.save(self.step)  # a failed write (the disk that is full) raises here instead
+        if metrics_error is not None:
+            raise RunStopped(f"could not append to {self.metrics_path}: {metrics_error}; checkpoint {path} written: "
+                             f"fix the cause (a full disk?) and continue with --resume {self.output}") from metrics_error
+        raise RunStopped(f"stopped by {signal_name or 'a signal to another process'} after step {self.step} of "
+                         f"{self.cfg.max_steps}: checkpoint {path} written; continue with --resume {self.output}")
 
 
 def train(objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
 from un2clip.train.config import RESUMABLE, RunConfig, changed_fields, config_notes, load_config
 from un2clip.train.loop import TrainResult, dump_run_info, train
+
+log = logging.getLogger(__name__)
 
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
@@ -86,6 +91,11 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     from un2clip.objectives.contrastive import ContrastiveObjective
 
     _require_captions(cfg, source, "contrastive training needs")
+    blank = getattr(source, "empty_caption_rows", [])
+    if blank:
+        log.warning("%s: %d row(s) have an empty caption (row %s%s); contrastive training skips them and counts "
+                    "them with the unreadable images", cfg.data, len(blank), ", ".join(map(str, blank[:5])),
+                    ", ..." if len(blank) > 5 else "")
     clip_spec, clip = _clip(cfg)
     objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
     return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
@@ -146,8 +156,18 @@ def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+def _output_lock(output: Path):
+    """The run folder's lock, taken by the process of global rank 0 only (``RANK``, as torchrun and
+    ``accelerate launch`` set it; unset: a single process)."""
+    return runs.RunLock(output) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Build and train. With ``resume`` the run folder's own config.yaml is used."""
+    """Build and train. With ``resume`` the run folder's own config.yaml is used.
+
+    The output folder is locked first (:class:`un2clip.runs.RunLock`): a second process given the
+    same folder is refused before any model loads.
+    """
     from un2clip.data import open_source
 
     build = OBJECTIVES.lookup(cfg.objective)
@@ -157,18 +177,19 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")
-    objective, info = build(cfg, source)
     output = Path(cfg.output)
-    changes = None
-    if resume:
-        changes = _record_resume_changes(output, cfg)
-    else:
-        if (output / "checkpoints").exists():
+    with _output_lock(output):
+        changes = None
+        if resume:
+            changes = _record_resume_changes(output, cfg)
+        elif (output / runs.CKPT_DIR).exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
                              "or choose another --output")
-        dump_run_info(output, info)
-        cfg.save(output / "config.yaml")
-    return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
+        objective, info = build(cfg, source)
+        if not resume:
+            dump_run_info(output, info)
+            cfg.save(output / "config.yaml")
+        return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
 
 
 def _record_resume_changes(output: Path, cfg: RunConfig) -> dict[str, list[Any]]:
