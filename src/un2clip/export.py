@@ -173,3 +173,45 @@ def export_model(model: str, output: str | Path, *, alpha: float | None = None,
     original, random_weights = (original, False) if original else original_spec(model)
     mixed = interpolate_clip(load_clip(original, random_weights=random_weights), load_clip(model), alpha)
     return write(mixed), f"image tower = {1 - alpha:g} * {original} + {alpha:g} * {model}"
+
+
+def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path) -> tuple[Path, list[str]]:
+    """Write a copy of the LLaVA folder ``llava_dir`` whose vision tower is ``encoder``'s image tower.
+
+    ``encoder``: anything :func:`un2clip.load.load_clip` takes (an export, a run, a converted checkpoint ...) or
+    a ``CLIPVisionModel`` folder. Returns the folder and notes on what changed besides the weights.
+    """
+    import json
+
+    from transformers import AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
+
+    from un2clip.load import load_clip
+    from un2clip.models.llava import swap_vision_tower
+
+    llava_dir = Path(llava_dir)
+    cfg_file = llava_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{llava_dir} has no config.json: expected a transformers LLaVA folder")
+    if json.loads(cfg_file.read_text()).get("model_type") != "llava":
+        raise ValueError(f"{llava_dir} is not a LLaVA folder (its config.json has no model_type 'llava')")
+    enc_cfg = Path(encoder) / "config.json"
+    processing = None
+    if enc_cfg.is_file() and json.loads(enc_cfg.read_text()).get("model_type") == "clip_vision_model":
+        tower = CLIPVisionModel.from_pretrained(encoder)
+    else:
+        clip = load_clip(encoder)
+        if clip.family != "clip":
+            raise ValueError(f"{encoder} is a {clip.family} model; this LLaVA's tower is a CLIP ViT")
+        tower, processing = clip.vision_model, clip.processing
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype="auto")
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    notes = swap_vision_tower(model, tower)
+    proc = processor.image_processor
+    if processing is not None and (tuple(proc.image_mean) != tuple(processing.mean)
+                                   or tuple(proc.image_std) != tuple(processing.std)):
+        notes.append(f"image mean/std of the encoder {processing.mean}/{processing.std} differ from the LLaVA "
+                     f"processor's {tuple(proc.image_mean)}/{tuple(proc.image_std)}: the processor is kept")
+    output = Path(output)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    return output, notes
