@@ -21,7 +21,13 @@ WORDS = ["what", "is", "the", "door", "open", "closed", "a", "b", "c", "d", "how
 
 def build_tiny_llava(vision_config, seed=0):
     """A random LlavaForConditionalGeneration (CLIP tower of ``vision_config``, 2-layer Llama) and its processor."""
-    from transformers import CLIPImageProcessor, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from un2clip.models.tokenizer import build_word_tokenizer
 
