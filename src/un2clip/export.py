@@ -5,6 +5,11 @@ tower) and ``CLIPVisionModelWithProjection`` both load: the weight names of the 
 tower and projection are the same in both classes, so one folder serves both, and LLaVA
 (which loads ``CLIPVisionModel`` from it) finds the fine-tuned tower.
 
+``openclip``: the OpenAI-CLIP / open_clip state-dict layout (``visual.conv1.weight``, fused ``in_proj_weight``,
+``visual.proj`` ...) that open_clip's ``create_model(..., pretrained=FILE)`` and the OpenAI ``clip`` package load;
+a folder gets open_clip's Hub layout (``open_clip_model.safetensors``, ``open_clip_config.json``) and the
+tokenizer files, so this toolkit loads it back alone. :func:`convert_checkpoint` goes both ways.
+
 Weight-space interpolation (WiSE-FT, Wortsman et al. 2022): the image tower
 ``(1 - alpha) * original + alpha * fine_tuned`` trades the fine-tune's gain against the
 original's alignment with the text tower, without training.
@@ -28,6 +33,62 @@ def export_hf(clip: ClipModel, output: str | Path) -> Path:
         cfg.vision_config.projection_dim = cfg.projection_dim
         cfg.text_config.projection_dim = cfg.projection_dim
     return clip.save_pretrained(output)
+
+
+def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = False) -> Path:
+    """Write ``clip`` in the open_clip layout: a file (``.safetensors``, ``.pt``, ``.bin``) holds the state dict
+    only; a folder gets ``open_clip_model.safetensors``, ``open_clip_config.json`` and the tokenizer files."""
+    import json
+
+    from un2clip.models import openclip as oc
+
+    if clip.family != "clip":
+        raise ValueError(f"the open_clip layout holds CLIP ViTs; this is a {clip.family} model")
+    state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
+    cfg = oc.openclip_config(clip.model.config)
+    output = Path(output)
+    if output.suffix in oc.CHECKPOINT_SUFFIXES:
+        return oc.write_state_dict(state, output, metadata={"open_clip_config": json.dumps(cfg)})
+    output.mkdir(parents=True, exist_ok=True)
+    oc.write_state_dict(state, output / oc.OPENCLIP_WEIGHT_FILES[0])
+    proc = clip.processing
+    side = {"model_cfg": cfg, "preprocess_cfg": {"mean": list(proc.mean), "std": list(proc.std),
+                                                  "interpolation": "bicubic", "resize_mode": "shortest"}}
+    (output / oc.OPENCLIP_CONFIG_FILE).write_text(json.dumps(side, indent=2) + "\n")
+    clip.tokenizer.save_pretrained(output)
+    return output
+
+
+def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: str | None = None,
+                       base: str | None = None, activation: str | None = None, visual_only: bool = False) -> Path:
+    """Convert between the HF and the open_clip layouts.
+
+    ``to="hf"``: ``src`` is an OpenAI-CLIP / open_clip checkpoint (see :func:`un2clip.load.clip_from_checkpoint`
+    for ``config``, ``base``, ``activation``); the result is a HF folder. ``to="openclip"``: ``src`` is anything
+    :func:`un2clip.load.load_clip` takes; with ``config`` its shapes must match that architecture.
+    """
+    from un2clip.load import clip_from_checkpoint, load_clip
+    from un2clip.models import openclip as oc
+
+    if to not in ("hf", "openclip"):
+        raise ValueError(f"--to must be hf or openclip, got {to!r}")
+    if to == "hf":
+        if visual_only:
+            raise ValueError("--visual-only goes with --to openclip (a HF folder holds the whole model)")
+        if not oc.is_openclip_checkpoint(src):
+            raise ValueError(f"{src} is not an OpenAI-CLIP / open_clip checkpoint (a {'/'.join(oc.CHECKPOINT_SUFFIXES)} "
+                             f"file or a folder with {oc.OPENCLIP_CONFIG_FILE}); it may already be a HF model")
+        return export_hf(clip_from_checkpoint(src, config=config, base=base, activation=activation), output)
+    if base or activation:
+        raise ValueError("--base and --activation go with --to hf")
+    clip = load_clip(str(src))
+    if config:
+        if clip.family != "clip":
+            raise ValueError(f"the open_clip layout holds CLIP ViTs; {src} is a {clip.family} model")
+        state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
+        named = oc.hf_config(oc.resolve_config(config), hidden_act="gelu")
+        oc.check_shapes(state, oc.expected_shapes(named, visual_only=visual_only), what=f"the config {config}")
+    return export_openclip(clip, output, visual_only=visual_only)
 
 
 def interpolate_state_dicts(original: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor],
@@ -88,18 +149,69 @@ def original_spec(run_dir: str | Path) -> tuple[str, bool]:
 
 
 def export_model(model: str, output: str | Path, *, alpha: float | None = None,
-                 original: str | None = None) -> tuple[Path, str]:
-    """Write ``model`` (any spec :func:`un2clip.load.load_clip` takes) as a HF folder; with ``alpha``, its image
-    tower interpolated from ``original`` (default: the encoder the run ``model`` started from).
+                 original: str | None = None, format: str = "hf", visual_only: bool = False) -> tuple[Path, str]:
+    """Write ``model`` (any spec :func:`un2clip.load.load_clip` takes) as a HF folder (``format="hf"``) or in the
+    open_clip layout (``"openclip"``); with ``alpha``, its image tower interpolated from ``original`` (default:
+    the encoder the run ``model`` started from).
 
-    Returns the folder and, with ``alpha``, what the image tower mixes ("" without).
+    Returns the path written and, with ``alpha``, what the image tower mixes ("" without).
     """
     from un2clip.load import load_clip
+
+    if format not in ("hf", "openclip"):
+        raise ValueError(f"format must be hf or openclip, got {format!r}")
+    if visual_only and format != "openclip":
+        raise ValueError("--visual-only goes with --format openclip")
+
+    def write(clip: ClipModel) -> Path:
+        return export_hf(clip, output) if format == "hf" else export_openclip(clip, output, visual_only=visual_only)
 
     if alpha is None:
         if original:
             raise ValueError("--original goes with --alpha")
-        return export_hf(load_clip(model), output), ""
+        return write(load_clip(model)), ""
     original, random_weights = (original, False) if original else original_spec(model)
     mixed = interpolate_clip(load_clip(original, random_weights=random_weights), load_clip(model), alpha)
-    return export_hf(mixed, output), f"image tower = {1 - alpha:g} * {original} + {alpha:g} * {model}"
+    return write(mixed), f"image tower = {1 - alpha:g} * {original} + {alpha:g} * {model}"
+
+
+def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path) -> tuple[Path, list[str]]:
+    """Write a copy of the LLaVA folder ``llava_dir`` whose vision tower is ``encoder``'s image tower.
+
+    ``encoder``: anything :func:`un2clip.load.load_clip` takes (an export, a run, a converted checkpoint ...) or
+    a ``CLIPVisionModel`` folder. Returns the folder and notes on what changed besides the weights.
+    """
+    import json
+
+    from transformers import AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
+
+    from un2clip.load import load_clip
+    from un2clip.models.llava import swap_vision_tower
+
+    llava_dir = Path(llava_dir)
+    cfg_file = llava_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{llava_dir} has no config.json: expected a transformers LLaVA folder")
+    if json.loads(cfg_file.read_text()).get("model_type") != "llava":
+        raise ValueError(f"{llava_dir} is not a LLaVA folder (its config.json has no model_type 'llava')")
+    enc_cfg = Path(encoder) / "config.json"
+    processing = None
+    if enc_cfg.is_file() and json.loads(enc_cfg.read_text()).get("model_type") == "clip_vision_model":
+        tower = CLIPVisionModel.from_pretrained(encoder)
+    else:
+        clip = load_clip(encoder)
+        if clip.family != "clip":
+            raise ValueError(f"{encoder} is a {clip.family} model; this LLaVA's tower is a CLIP ViT")
+        tower, processing = clip.vision_model, clip.processing
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype="auto")
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    notes = swap_vision_tower(model, tower)
+    proc = processor.image_processor
+    if processing is not None and (tuple(proc.image_mean) != tuple(processing.mean)
+                                   or tuple(proc.image_std) != tuple(processing.std)):
+        notes.append(f"image mean/std of the encoder {processing.mean}/{processing.std} differ from the LLaVA "
+                     f"processor's {tuple(proc.image_mean)}/{tuple(proc.image_std)}: the processor is kept")
+    output = Path(output)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    return output, notes

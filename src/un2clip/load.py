@@ -12,13 +12,14 @@ from typing import TypeVar
 
 from un2clip.errors import HubUnavailable
 from un2clip.models.clip import ClipModel
+from un2clip.models.openclip import is_openclip_checkpoint
 from un2clip.models.presets import PRESETS
 from un2clip.models.t2i import TextToImageDecoder, clip_text_encoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.runs import RUN_MARKER, checkpoint_weights, is_run, read_run_marker
 
-__all__ = ["RUN_MARKER", "check_pair", "hub_error", "load_clip", "load_decoder", "load_run_clip", "load_run_decoder",
-           "load_t2i_decoder", "load_vae", "missing_local_path"]
+__all__ = ["RUN_MARKER", "check_pair", "clip_from_checkpoint", "hub_error", "load_clip", "load_decoder", "load_run_clip",
+           "load_run_decoder", "load_t2i_decoder", "load_vae", "missing_local_path"]
 
 
 def missing_local_path(spec: str) -> bool:
@@ -82,7 +83,8 @@ def _fetch(load: Callable[[str], Model], spec: str) -> Model:
 
 
 def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
-    """A preset name, a HF folder or Hub id, a training run directory, or an exported folder -> ClipModel."""
+    """A preset name, a HF folder or Hub id, a training run directory, an exported folder, or an OpenAI-CLIP /
+    open_clip checkpoint (file or open_clip folder, see :func:`clip_from_checkpoint`) -> ClipModel."""
     if spec in PRESETS:
         preset = PRESETS[spec]
         if random_weights or preset.clip.startswith("builtin:"):
@@ -91,6 +93,8 @@ def load_clip(spec: str, *, random_weights: bool = False) -> ClipModel:
     path = Path(spec)
     if is_run(path):
         return load_run_clip(path)
+    if is_openclip_checkpoint(path):
+        return clip_from_checkpoint(path)
     return _fetch(ClipModel.from_pretrained, _pretrained_spec(spec))
 
 
@@ -226,3 +230,84 @@ def load_run_decoder(run_dir: Path) -> UnclipDecoder:
     if weights:
         decoder.load_state_dict(weights, strict=False)
     return decoder
+
+
+# -- OpenAI-CLIP / open_clip checkpoints ----------------------------------------------------------------
+
+def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: str | None = None,
+                         activation: str | None = None) -> ClipModel:
+    """An OpenAI-CLIP / open_clip ViT checkpoint (a file, or an open_clip folder) -> ClipModel.
+
+    ``config``: the architecture the checkpoint must match (a name of ``OPENCLIP_CONFIGS`` or a JSON file;
+    default: the folder's ``open_clip_config.json``, else the checkpoint's shapes). ``base``: a HF CLIP (any
+    spec :func:`load_clip` takes) giving the tokenizer, the preprocessing and, for a visual-only checkpoint,
+    the text tower and logit scale; default: the folder itself when it holds a tokenizer and the checkpoint is
+    complete, else the Hub model of the architecture (``DEFAULT_BASES``). ``activation``: quick_gelu | gelu.
+    """
+    from un2clip.models import openclip as oc
+    from un2clip.models.clip import ImageProcessing
+
+    path = Path(path)
+    state, layout = oc.normalize_checkpoint(oc.read_state_dict(path))
+    if layout == "hf":
+        state = oc.hf_to_openclip(state)
+    full = oc.has_text_tower(state)
+    side = oc.read_sidecar(path)
+    cfg, what = None, f"the shapes of {path}"
+    if config:
+        cfg, what = oc.resolve_config(config), f"the config {config}"
+    elif side:
+        cfg, what = side.get("model_cfg", side), f"{oc.OPENCLIP_CONFIG_FILE} beside {path}"
+    inferred = oc.infer_config(state)
+    arch = oc.matching_config_name(cfg or inferred)
+    folder = path if path.is_dir() else path.parent
+    own_tokenizer = full and (folder / "tokenizer_config.json").is_file() and not base
+    base_clip = None
+    if not own_tokenizer:
+        base = base or oc.DEFAULT_BASES.get(arch or "")
+        if not base:
+            raise ValueError(f"{path}: no base model for its architecture ({'shapes' if arch is None else arch}): "
+                             f"pass --base, a HF CLIP (folder, Hub id or preset) giving the tokenizer"
+                             f"{'' if full else ' and the text tower of this visual-only checkpoint'}")
+        base_clip = load_clip(base)
+        if base_clip.family != "clip":
+            raise ValueError(f"--base {base} is a {base_clip.family} model; a CLIP checkpoint needs a CLIP base")
+    base_cfg = oc.openclip_config(base_clip.model.config) if base_clip is not None else None
+    if cfg is None:  # the shapes say little of heads and activation: take the base's when its shapes agree
+        cfg = inferred
+        if base_cfg and oc.matching_shapes(base_cfg, inferred, text=full):
+            cfg = {**base_cfg, **({} if full else {"text_cfg": base_cfg["text_cfg"]})}
+    if not full:
+        assert base_cfg is not None and base_clip is not None
+        if int(cfg["embed_dim"]) != int(base_cfg["embed_dim"]):
+            raise ValueError(f"{path} gives {cfg['embed_dim']}-d image embeddings, the base {base}'s text tower "
+                             f"{base_cfg['embed_dim']}-d ones: pass the --base the encoder was fine-tuned from")
+        cfg = {**cfg, "text_cfg": base_cfg["text_cfg"]}
+    from_file = bool(config and Path(config).suffix == ".json") or bool(side and not config)
+    hidden_act = oc.choose_activation(
+        explicit=activation, config=cfg, config_is_file=from_file, config_name=config, arch_name=arch,
+        base_act=base_clip.model.config.vision_config.hidden_act if base_clip is not None else None)
+    size = int(cfg["vision_cfg"]["image_size"])
+    if base_clip is not None:
+        tokenizer = base_clip.tokenizer
+        tcfg = base_clip.model.config.text_config
+        text_ids = {k: getattr(tcfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        proc = base_clip.processing
+        processing = ImageProcessing(size=size, mean=proc.mean, std=proc.std, resize_mode=proc.resize_mode)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        text_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                    "pad_token_id": tokenizer.pad_token_id}
+        processing = ImageProcessing(size=size)
+    pre = (side or {}).get("preprocess_cfg") or {}
+    if pre.get("mean") and pre.get("std"):
+        processing = ImageProcessing(size=size, mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                     resize_mode=processing.resize_mode)
+    base_text = None
+    if not full:
+        keep = ("text_model.", "text_projection.", "logit_scale")
+        base_text = {k: v for k, v in base_clip.model.state_dict().items() if k.startswith(keep)}
+    return oc.build_clip(state, cfg, hidden_act=hidden_act, tokenizer=tokenizer, processing=processing,
+                         text_ids=text_ids, base_text=base_text, what=what)

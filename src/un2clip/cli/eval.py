@@ -43,7 +43,7 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | seg",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | seg | mmvp-mllm | cvbench",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")
@@ -70,6 +70,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         tp.add_argument("--no-progress", action="store_true", help="no progress bars")
         _eval_task_flags(task, tp)
         tp.set_defaults(func=_run_eval)
+    from un2clip.cli.llava import add_eval_tasks
+
+    add_eval_tasks(tasks, data_name=_data_name, model_name=_model_name)  # LLaVA evaluations: mmvp-mllm, cvbench
     sp = tasks.add_parser("seg", help="open-vocabulary segmentation (the same as `un2clip seg`)",
                           description="Training-free open-vocabulary segmentation; see `un2clip seg --help`.")
     _seg_flags(sp)

@@ -1,4 +1,4 @@
-"""`un2clip` tools: export, bench, presets, version."""
+"""`un2clip` tools: export, convert, bench, presets, version."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import argparse
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a trained encoder in the formats other projects load",
                        description="hf: a folder that transformers' CLIPModel and CLIPVisionModelWithProjection "
-                                   "load (what LLaVA loads). With --alpha: weight-space interpolation "
+                                   "load (what LLaVA loads). openclip: the OpenAI-CLIP / open_clip state-dict "
+                                   "layout (what the un²CLIP and DIVA repositories release): OUTPUT ending in "
+                                   ".safetensors/.pt/.bin is one state-dict file, else a folder in open_clip's Hub "
+                                   "layout with the tokenizer. With --alpha: weight-space interpolation "
                                    "(WiSE-FT) of the image tower between the original and the fine-tuned one.")
     p.add_argument("model", help="run directory, model folder, preset or Hub id")
-    p.add_argument("--format", choices=["hf"], default="hf", help="output format (default hf)")
-    p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument("--format", choices=["hf", "openclip"], default="hf",
+                   help="hf: transformers folder; openclip: open_clip / OpenAI-CLIP state dict (default hf)")
+    p.add_argument("--output", required=True, help="folder to write (openclip: or a .safetensors/.pt/.bin file)")
+    p.add_argument("--visual-only", action="store_true",
+                   help="with --format openclip: the image tower and visual.proj only (how encoders are released)")
     p.add_argument("--alpha", type=float, metavar="A",
                    help="image tower and visual projection = (1 - A) * original + A * MODEL, A in [0, 1]; "
                         "text tower: the original's")
@@ -23,8 +29,46 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from un2clip.export import export_model
 
-        out, mix = export_model(args.model, args.output, alpha=args.alpha, original=args.original)
+        out, mix = export_model(args.model, args.output, alpha=args.alpha, original=args.original,
+                                format=args.format, visual_only=args.visual_only)
         print(f"wrote {args.format} export to {out}" + (f": {mix}" if mix else ""))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# the named architectures of un2clip.models.openclip.OPENCLIP_CONFIGS (spelt out: --help imports no torch)
+CONFIG_NAMES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", help="convert CLIP checkpoints between Hugging Face folders and the OpenAI-CLIP / open_clip layout",
+        description="--to hf: SRC is an OpenAI-CLIP / open_clip ViT checkpoint (.safetensors, or .pt/.bin/.pth read "
+                    "with torch.load(weights_only=True); full model or visual tower only) or an open_clip folder; a "
+                    "visual-only checkpoint is completed with the text tower of --base. --to openclip: SRC is any "
+                    "model the toolkit loads (HF folder, preset, run, export). Neither open_clip nor clip is imported.")
+    p.add_argument("src", metavar="SRC", help="checkpoint file or folder (--to hf); model spec (--to openclip)")
+    p.add_argument("--to", required=True, choices=["hf", "openclip"], help="the layout to write")
+    p.add_argument("--output", required=True, metavar="DST",
+                   help="folder to write (--to openclip: or a .safetensors/.pt/.bin file)")
+    p.add_argument("--config", metavar="NAME|JSON",
+                   help=f"architecture the checkpoint must match: {', '.join(CONFIG_NAMES)} (add -quickgelu for "
+                        "QuickGELU) or an open_clip model-config JSON (default: open_clip_config.json beside SRC, "
+                        "else the checkpoint's shapes)")
+    p.add_argument("--base", metavar="SPEC",
+                   help="--to hf: HF CLIP (folder, Hub id, preset) giving the tokenizer, preprocessing and, for a "
+                        "visual-only checkpoint, the text tower (default: the architecture's OpenAI/LAION model)")
+    p.add_argument("--activation", choices=["quick_gelu", "gelu"],
+                   help="--to hf: MLP activation (default: the config's, else the base model's)")
+    p.add_argument("--visual-only", action="store_true", help="--to openclip: write the image tower only")
+
+    def run(args: argparse.Namespace) -> int:
+        from un2clip.export import convert_checkpoint
+
+        out = convert_checkpoint(args.src, args.to, args.output, config=args.config, base=args.base,
+                                 activation=args.activation, visual_only=args.visual_only)
+        print(f"wrote {args.to} checkpoint to {out}")
         return 0
 
     p.set_defaults(func=run)
@@ -124,4 +168,4 @@ def _add_version(sub: argparse._SubParsersAction) -> None:
 
 
 # sub-commands of this group, in the order `un2clip --help` lists them
-COMMANDS = [_add_export, _add_bench, _add_presets, _add_version]
+COMMANDS = [_add_export, _add_convert, _add_bench, _add_presets, _add_version]

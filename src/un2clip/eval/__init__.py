@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+from un2clip.eval import cvbench, diffloss, mmvp, mmvp_mllm, retrieval, zeroshot
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class EvalTask:
     needs_decoder: bool = False  # evaluate takes ``decoder=UnclipDecoder``
     # opens the data without a model (same keyword options as evaluate), so a malformed folder fails fast
     check_data: Callable[..., object] | None = None
+    model_kind: str = "clip"  # what evaluate takes: "clip" (ClipModel) | "llava" (un2clip.models.llava.LlavaChat)
 
 
 TASKS: Registry[EvalTask] = Registry("evaluation")
@@ -71,6 +72,16 @@ register_task(EvalTask(
     "diffloss", diffloss.evaluate, ("loss_mean",),
     "the un²CLIP diffusion loss on held-out images, fixed draws per image; lower is better",
     needs_decoder=True, check_data=diffloss.open_data,
+))
+register_task(EvalTask(
+    "mmvp-mllm", mmvp_mllm.evaluate, ("accuracy",),
+    "MMVP (MLLM): 150 CLIP-blind image pairs, two-option questions; percent of pairs with both answers right",
+    check_data=mmvp_mllm.read_mmvp_mllm, model_kind="llava",
+))
+register_task(EvalTask(
+    "cvbench", cvbench.evaluate, ("accuracy", "accuracy_2d", "accuracy_3d"),
+    "CV-Bench: 2D (relation, count) and 3D (depth, distance) multiple choice; per-source accuracy, 2D, 3D, mean",
+    check_data=cvbench.read_cvbench, model_kind="llava",
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

@@ -1,0 +1,76 @@
+"""Multiple-choice answers of a multimodal LLM: which option a free-text answer names, and the batched
+generation loop the MLLM benchmarks (MMVP-MLLM, CV-Bench) share.
+
+Matching, in order: a leading option letter ("(b)", "B.", "b)", "Answer: B"); else the one option whose text
+appears in the answer as whole words (none or several: no match); else an option letter in parentheses
+anywhere ("... is (a)"). An answer that matches no option counts as wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import string
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from un2clip.models.llava import LlavaChat
+
+LETTERS = string.ascii_uppercase
+# "(b) ...", "B", "B.", "b)", "B: ...", "Answer: B", "The answer is (B)"; a letter followed by a word ("a cat")
+# is not a letter answer
+_LEADING = re.compile(r"^\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*[:\-]?\s*)?"
+                      r"(?:\(([A-Za-z])\)|([A-Za-z])(?=$|[.):,]))", re.IGNORECASE)
+_PARENS = re.compile(r"\(([A-Za-z])\)")
+
+
+def letter_index(letter: str, n_choices: int) -> int | None:
+    """'b' or 'B' -> 1; None outside the first ``n_choices`` letters."""
+    k = LETTERS.find(letter.upper())
+    return k if 0 <= k < n_choices else None
+
+
+def match_choice(answer: str, choices: Sequence[str]) -> int | None:
+    """The index of the option ``answer`` names, or None (see the module's rules)."""
+    text = answer.strip()
+    if m := _LEADING.match(text):
+        k = letter_index(m.group(1) or m.group(2), len(choices))
+        if k is not None:
+            return k
+    hits = [k for k, c in enumerate(choices)
+            if c.strip() and re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", text, re.IGNORECASE)]
+    if len(hits) == 1:
+        return hits[0]
+    letters = {letter_index(x, len(choices)) for x in _PARENS.findall(text)} - {None}
+    if len(letters) == 1:
+        return letters.pop()
+    return None
+
+
+def generate_answers(model: LlavaChat, load_image: Callable[[int], Image.Image], prompts: Sequence[str], *,
+                     batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True,
+                     desc: str = "answers") -> list[str]:
+    """One answer per prompt (``load_image(i)`` is prompt i's image), generated ``batch_size`` at a time."""
+    answers: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        stop = min(start + batch_size, len(prompts))
+        images = [load_image(i) for i in range(start, stop)]
+        answers += model.answer(images, list(prompts[start:stop]), max_new_tokens=max_new_tokens)
+    return answers
+
+
+def write_samples_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    """One row per question: what was asked, answered, matched, and whether it was right."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
