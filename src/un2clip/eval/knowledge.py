@@ -13,25 +13,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from un2clip.eval.zeroshot import fill_template
+from un2clip.eval.zeroshot import class_prompts, knowledge_prompt, read_knowledge
+
+__all__ = ["class_prompts", "find_wordnet", "knowledge_prompt", "read_knowledge", "wordnet_definitions",
+           "write_knowledge"]
 
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/share/wordnet-3.0/dict")
-
-
-def read_knowledge(path: str | os.PathLike) -> dict[str, str]:
-    """``class<TAB>definition`` lines -> {class: definition}; blank lines and ``#`` comments skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"knowledge file {path} not found (expected class<TAB>definition lines)")
-    out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, tab, definition = line.partition("\t")
-        if not tab or not name.strip() or not definition.strip():
-            raise ValueError(f"{path}:{n}: expected class<TAB>definition, got {line[:80]!r}")
-        out[name.strip()] = definition.strip()
-    return out
 
 
 def write_knowledge(path: str | os.PathLike, definitions: Mapping[str, str]) -> Path:
@@ -39,20 +26,6 @@ def write_knowledge(path: str | os.PathLike, definitions: Mapping[str, str]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{c}\t{' '.join(d.split())}\n" for c, d in definitions.items()), encoding="utf-8")
     return path
-
-
-def knowledge_prompt(template: str, classname: str, definition: str) -> str:
-    """The template filled with the class name, then ", <definition>." (K-LITE's appended knowledge)."""
-    base = fill_template(template, classname).rstrip().rstrip(".")
-    return f"{base}, {definition.strip().rstrip('.')}."
-
-
-def class_prompts(classname: str, templates: Sequence[str], definition: str | None) -> list[str]:
-    """Every prompt of one class: the plain templates, plus the knowledge prompts when there is a definition."""
-    plain = [fill_template(t, classname) for t in templates]
-    if not definition:
-        return plain
-    return plain + [knowledge_prompt(t, classname, definition) for t in templates]
 
 
 # ----------------------------------------------------------------------------- WordNet

@@ -197,6 +197,40 @@ def load_classification_set(data: str | Path, *, split: str = "test",
     return dataset
 
 
+# -- K-LITE knowledge prompts (un2clip.eval.knowledge builds the definitions from WordNet) ---------------------
+
+
+def read_knowledge(path: str | os.PathLike) -> dict[str, str]:
+    """``class<TAB>definition`` lines -> {class: definition}; blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"knowledge file {path} not found (expected class<TAB>definition lines)")
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, tab, definition = line.partition("\t")
+        if not tab or not name.strip() or not definition.strip():
+            raise ValueError(f"{path}:{n}: expected class<TAB>definition, got {line[:80]!r}")
+        out[name.strip()] = definition.strip()
+    return out
+
+
+def knowledge_prompt(template: str, classname: str, definition: str) -> str:
+    """The template filled with the class name, then ", <definition>." (K-LITE's appended knowledge)."""
+    base = fill_template(template, classname).rstrip().rstrip(".")
+    return f"{base}, {definition.strip().rstrip('.')}."
+
+
+def class_prompts(classname: str, templates: Sequence[str], definition: str | None) -> list[str]:
+    """Every prompt of one class: the plain templates, plus the knowledge prompts when there is a definition."""
+    plain = [fill_template(t, classname) for t in templates]
+    if not definition:
+        return plain
+    return plain + [knowledge_prompt(t, classname, definition) for t in templates]
+
+
+
 # -- classifier and scores -----------------------------------------------------------------------------------
 
 
@@ -209,8 +243,6 @@ def zeroshot_classifier(model: ClipModel, classnames: Sequence[str], templates: 
     followed by its definition (:func:`un2clip.eval.knowledge.class_prompts`).
     """
     if knowledge:
-        from un2clip.eval.knowledge import class_prompts
-
         prompts = [class_prompts(c, templates, knowledge.get(c)) for c in classnames]
         emb = embed_texts(model, [p for ps in prompts for p in ps], batch_size=batch_size, precision=precision,
                           progress=progress, desc="class prompts")  # (sum of prompts, D), unit rows
@@ -241,8 +273,6 @@ def evaluate(model: ClipModel, data: str | Path, *, split: str = "test",
     model.eval()
     dataset = load_classification_set(data, split=split, classnames=classnames, templates=templates)
     if isinstance(knowledge, (str, Path)):
-        from un2clip.eval.knowledge import read_knowledge
-
         knowledge = read_knowledge(knowledge)
     classifier = zeroshot_classifier(model, dataset.classnames, dataset.templates, batch_size=max(batch_size, 64),
                                      precision=precision, progress=progress, knowledge=knowledge)
