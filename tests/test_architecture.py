@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("un2clip.models",),  # what a model is
     ("un2clip.load",),  # any spec -> a model
     ("un2clip.objectives",),  # what is minimised
-    ("un2clip.train", "un2clip.eval", "un2clip.seg", "un2clip.export"),  # what is done with models
+    ("un2clip.train", "un2clip.eval", "un2clip.seg", "un2clip.export", "un2clip.curate"),  # what is done with models
     ("un2clip.world", "un2clip.bench"),  # workflows: the world's experiments, benchmarks
     ("un2clip.cli",),  # entry points; nothing imports them
 )

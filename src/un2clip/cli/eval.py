@@ -24,6 +24,9 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
         g.add_argument("--templates", metavar="FILE",
                        help="one template a line, {c} or {} for the class name (default: the dataset's, "
                             "else CLIP's 80 ImageNet templates)")
+        g.add_argument("--knowledge", metavar="FILE",
+                       help="K-LITE: class<TAB>definition lines (`un2clip knowledge` builds one from WordNet); "
+                            "each template is also filled with 'class, definition.' and ensembled with the plain ones")
     if task == "retrieval":
         g.add_argument("--image-column", help="table column holding image paths")
         g.add_argument("--caption-column", help="table column holding captions")

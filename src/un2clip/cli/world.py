@@ -19,6 +19,15 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                    help="probability that a caption names each rare attribute (default 0.03)")
     g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
     g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
+    g.add_argument("--noise-swap", type=float, default=0.0, metavar="F",
+                   help="noisy pool: fraction of training captions replaced by another image's caption (default 0)")
+    g.add_argument("--noise-boilerplate", type=float, default=0.0, metavar="F",
+                   help="noisy pool: fraction of training captions replaced by boilerplate such as 'image', "
+                        "'photo', 'untitled' (default 0)")
+    g.add_argument("--long-tail", type=float, default=0.0, metavar="A",
+                   help="noisy pool: draw training shapes and colours with Zipf weights 1/k^A (default 0: uniform)")
+    g.add_argument("--n-trusted", type=int, default=0,
+                   help="also write trusted/: clean captioned images for a DFN-style filter (default 0: none)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
 
     def run(args: argparse.Namespace) -> int:
@@ -31,8 +40,12 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
 
         info = generate_world(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                               image_size=args.image_size, rare_rate=args.rare_rate,
-                              pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite)
-        print(json.dumps({k: info[k] for k in ("seed", "n_train", "n_val", "image_size", "rare_rate") if k in info}))
+                              pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite,
+                              noise_swap=args.noise_swap, noise_boilerplate=args.noise_boilerplate,
+                              long_tail=args.long_tail, n_trusted=args.n_trusted)
+        keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
+                "n_trusted")
+        print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0
 

@@ -197,12 +197,57 @@ def load_classification_set(data: str | Path, *, split: str = "test",
     return dataset
 
 
+# -- K-LITE knowledge prompts (un2clip.eval.knowledge builds the definitions from WordNet) ---------------------
+
+
+def read_knowledge(path: str | os.PathLike) -> dict[str, str]:
+    """``class<TAB>definition`` lines -> {class: definition}; blank lines and ``#`` comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"knowledge file {path} not found (expected class<TAB>definition lines)")
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, tab, definition = line.partition("\t")
+        if not tab or not name.strip() or not definition.strip():
+            raise ValueError(f"{path}:{n}: expected class<TAB>definition, got {line[:80]!r}")
+        out[name.strip()] = definition.strip()
+    return out
+
+
+def knowledge_prompt(template: str, classname: str, definition: str) -> str:
+    """The template filled with the class name, then ", <definition>." (K-LITE's appended knowledge)."""
+    base = fill_template(template, classname).rstrip().rstrip(".")
+    return f"{base}, {definition.strip().rstrip('.')}."
+
+
+def class_prompts(classname: str, templates: Sequence[str], definition: str | None) -> list[str]:
+    """Every prompt of one class: the plain templates, plus the knowledge prompts when there is a definition."""
+    plain = [fill_template(t, classname) for t in templates]
+    if not definition:
+        return plain
+    return plain + [knowledge_prompt(t, classname, definition) for t in templates]
+
+
+
 # -- classifier and scores -----------------------------------------------------------------------------------
 
 
 def zeroshot_classifier(model: ClipModel, classnames: Sequence[str], templates: Sequence[str], *,
-                        batch_size: int = 256, precision: str = "auto", progress: bool = True) -> torch.Tensor:
-    """(D, C) class embeddings: per class the normalised mean of its normalised template embeddings."""
+                        batch_size: int = 256, precision: str = "auto", progress: bool = True,
+                        knowledge: dict[str, str] | None = None) -> torch.Tensor:
+    """(D, C) class embeddings: per class the normalised mean of its normalised template embeddings.
+
+    ``knowledge`` ({class: definition}, K-LITE): a class with a definition also averages in the templates
+    followed by its definition (:func:`un2clip.eval.knowledge.class_prompts`).
+    """
+    if knowledge:
+        prompts = [class_prompts(c, templates, knowledge.get(c)) for c in classnames]
+        emb = embed_texts(model, [p for ps in prompts for p in ps], batch_size=batch_size, precision=precision,
+                          progress=progress, desc="class prompts")  # (sum of prompts, D), unit rows
+        per_class = torch.stack([chunk.mean(dim=0) for chunk in emb.split([len(ps) for ps in prompts])])
+        return torch.nn.functional.normalize(per_class, dim=-1).T.contiguous()  # (D, C)
     texts = [fill_template(t, c) for c in classnames for t in templates]
     emb = embed_texts(model, texts, batch_size=batch_size, precision=precision, progress=progress,
                       desc="class prompts")  # (C * T, D), unit rows
@@ -218,12 +263,19 @@ def zeroshot_logits(image_embeds: torch.Tensor, classifier: torch.Tensor) -> tor
 def evaluate(model: ClipModel, data: str | Path, *, split: str = "test",
              classnames: Sequence[str] | str | Path | None = None,
              templates: Sequence[str] | str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
-             precision: str = "auto", progress: bool = True) -> dict[str, float]:
-    """acc1, acc5 (5 classes or more), mean_per_class_recall, and the counts of images, classes, skipped images."""
+             precision: str = "auto", progress: bool = True,
+             knowledge: dict[str, str] | str | Path | None = None) -> dict[str, float]:
+    """acc1, acc5 (5 classes or more), mean_per_class_recall, and the counts of images, classes, skipped images.
+
+    ``knowledge``: K-LITE definitions ({class: definition} or a ``class<TAB>definition`` TSV file), ensembled
+    with the plain templates; ``n_knowledge_classes`` counts the classes that had one.
+    """
     model.eval()
     dataset = load_classification_set(data, split=split, classnames=classnames, templates=templates)
+    if isinstance(knowledge, (str, Path)):
+        knowledge = read_knowledge(knowledge)
     classifier = zeroshot_classifier(model, dataset.classnames, dataset.templates, batch_size=max(batch_size, 64),
-                                     precision=precision, progress=progress)
+                                     precision=precision, progress=progress, knowledge=knowledge)
     images = embed_images(model, ImageList(dataset.load, dataset.n, model.processing), batch_size=batch_size,
                           num_workers=num_workers, precision=precision, progress=progress, desc="zero-shot images")
     targets = torch.tensor(images.payloads, dtype=torch.long)
@@ -234,4 +286,6 @@ def evaluate(model: ClipModel, data: str | Path, *, split: str = "test",
     metrics = zeroshot_metrics(zeroshot_logits(images.embeds, classifier), targets)
     metrics.update(n_images=len(targets), n_classes=n_classes, n_templates=len(dataset.templates),
                    n_skipped_images=images.n_skipped + dataset.n_skipped_at_open)
+    if knowledge is not None:
+        metrics["n_knowledge_classes"] = sum(c in knowledge for c in dataset.classnames)
     return metrics

@@ -41,13 +41,16 @@ from un2clip.world.scenes import (
     sample_scene,
     split_rng,
     uniform,
+    zipf_weights,
 )
 from un2clip.world.words import (
+    BOILERPLATE_CAPTIONS,
     ZEROSHOT_TEMPLATES,
     caption,
     phrase,
     seg_classes,
     swap_groups,
+    world_metadata,
     world_vocabulary,
     zeroshot_tasks,
 )
@@ -192,7 +195,7 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json", "swap_groups.txt")
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "world.json", "swap_groups.txt", "metadata.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
 
@@ -269,24 +272,51 @@ class _ImageWriter:
                 self.bar.close()
 
 
+def noisy_captions(captions: list[str], rng: np.random.Generator, *, swap_rate: float,
+                   boilerplate_rate: float) -> tuple[list[str], list[str | None]]:
+    """Web-like caption noise: each caption, independently, is replaced by another image's caption with
+    probability ``swap_rate``, else by a boilerplate caption ("image", "photo", "untitled", ...) with probability
+    ``boilerplate_rate``. Returns the captions and, per caption, "swapped", "boilerplate" or None."""
+    out, kinds = list(captions), [None] * len(captions)
+    n = len(captions)
+    for i in range(n):
+        u, v, w = rng.random(3)
+        if u < swap_rate and n > 1:
+            j = min(int(v * (n - 1)), n - 2)
+            j += j >= i  # any index but i
+            out[i], kinds[i] = captions[j], "swapped"
+        elif u < swap_rate + boilerplate_rate:
+            out[i], kinds[i] = choice(rng, BOILERPLATE_CAPTIONS), "boilerplate"
+    return out, kinds
+
+
 def _write_caption_split(
-    root: Path, split: str, n: int, seed: int, rare_rate: float, out: _ImageWriter
+    root: Path, split: str, n: int, seed: int, rare_rate: float, out: _ImageWriter, *,
+    swap_rate: float = 0.0, boilerplate_rate: float = 0.0, long_tail: float = 0.0,
 ) -> None:
     folder = root / split
     (folder / "images").mkdir(parents=True, exist_ok=True)
     scene_rng, caption_rng = split_rng(seed, split, 0), split_rng(seed, split, 1)
+    weights = ({"shape": zipf_weights(SHAPES, long_tail), "color": zipf_weights(list(COLORS), long_tail)}
+               if long_tail > 0 else None)
+    scenes = [sample_scene(scene_rng, weights=weights) for _ in range(n)]
+    captions = [caption(scene, caption_rng, rare_rate) for scene in scenes]
+    noise: list[str | None] = [None] * n
+    if swap_rate > 0 or boilerplate_rate > 0:
+        captions, noise = noisy_captions(captions, split_rng(seed, split, 2), swap_rate=swap_rate,
+                                         boilerplate_rate=boilerplate_rate)
     with (
         open(folder / "captions.csv", "w", newline="", encoding="utf-8") as fcsv,
         open(folder / "attributes.jsonl", "w", encoding="utf-8") as fjson,
     ):
         writer = csv.writer(fcsv, lineterminator="\n")
         writer.writerow(["image", "caption"])
-        for i in range(n):
-            scene = sample_scene(scene_rng)
+        for i, scene in enumerate(scenes):
             name = f"images/{i:06d}.png"
             out.add(scene, folder / name)
-            writer.writerow([name, caption(scene, caption_rng, rare_rate)])
-            fjson.write(json.dumps({"index": i, "image": name, **scene.to_record()}, sort_keys=True) + "\n")
+            writer.writerow([name, captions[i]])
+            extra = {"noise": noise[i]} if noise[i] is not None else {}
+            fjson.write(json.dumps({"index": i, "image": name, **scene.to_record(), **extra}, sort_keys=True) + "\n")
 
 
 def _write_mmvp(root: Path, seed: int, pairs_per_pattern: int, out: _ImageWriter) -> None:
@@ -410,6 +440,10 @@ def generate_world(
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
+    noise_swap: float = 0.0,
+    noise_boilerplate: float = 0.0,
+    long_tail: float = 0.0,
+    n_trusted: int = 0,
 ) -> dict:
     """Write a shapes world under ``out_dir`` and return its parameters (also ``world.json``).
 
@@ -422,6 +456,14 @@ def generate_world(
         seg/              images/<id>.png, masks/<id>.png, classes.txt, templates.txt,
                           attributes.jsonl
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
+        metadata.txt      the world's attribute phrases, one a line (curate --metadata)
+        trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
+                          training a DFN-style filter (`un2clip train-filter`)
+
+    A noisy pool (the train split only; val, trusted and the benchmarks stay clean and uniform):
+    ``noise_swap`` of the captions are another image's, ``noise_boilerplate`` are boilerplate
+    ("image", "photo", "untitled", ...), and ``long_tail`` > 0 draws shapes and colours with Zipf
+    weights 1 / k^long_tail instead of uniformly; ``attributes.jsonl`` records each caption's noise.
 
     Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
     validation split nor the benchmark, and a smaller train split is a prefix of a larger
@@ -433,18 +475,25 @@ def generate_world(
     ``if __name__ == "__main__":`` guard when ``workers > 1``.
     """
     _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
-                                          "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class})
+                                          "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
+                                          "n_trusted": n_trusted, "long_tail": long_tail})
+    if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
+        raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
+                         f"and {noise_boilerplate}")
     root = Path(out_dir)
     _clear_world(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     tasks = zeroshot_tasks()
     n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
-    total = n_train + n_val + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg
+    total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg
     n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
     out = _ImageWriter(image_size, n_workers, total, progress)
     try:
-        _write_caption_split(root, "train", n_train, seed, rare_rate, out)
+        _write_caption_split(root, "train", n_train, seed, rare_rate, out, swap_rate=noise_swap,
+                             boilerplate_rate=noise_boilerplate, long_tail=long_tail)
         _write_caption_split(root, "val", n_val, seed, rare_rate, out)
+        if n_trusted:
+            _write_caption_split(root, "trusted", n_trusted, seed, rare_rate, out)
         _write_mmvp(root, seed, pairs_per_pattern, out)
         _write_zeroshot(root, seed, n_zeroshot_per_class, out)
         _write_seg(root, seed, n_seg, out)
@@ -456,7 +505,11 @@ def generate_world(
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
               "n_zeroshot_per_class": n_zeroshot_per_class, **_world_tables()}
+    if noise_swap or noise_boilerplate or long_tail or n_trusted:  # absent from a plain world's record
+        params.update(noise_swap=noise_swap, noise_boilerplate=noise_boilerplate, long_tail=long_tail,
+                      n_trusted=n_trusted)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
+    (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params
 

@@ -121,7 +121,7 @@ class Scene:
         }
 
 
-SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4}  # one random stream family each
+SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4, "trusted": 5}  # one random stream family each
 
 
 def split_rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:
@@ -148,6 +148,13 @@ def _weighted(rng: np.random.Generator, table: dict):
         if u < acc:
             return key
     return key
+
+
+def zipf_weights(names: Sequence[str], exponent: float) -> dict[str, float]:
+    """Long-tailed probabilities over ``names`` in their order: p_k proportional to 1 / k^exponent (k = 1, 2, ...)."""
+    raw = [1.0 / (k + 1) ** float(exponent) for k in range(len(names))]
+    total = sum(raw)
+    return {name: r / total for name, r in zip(names, raw)}
 
 
 def _permutation(rng: np.random.Generator, n: int) -> list[int]:
@@ -180,10 +187,16 @@ def sample_object(
     shapes: Sequence[str] = SHAPES,
     filled_only: bool = False,
     allow_glyph: bool = True,
+    weights: dict[str, dict[str, float]] | None = None,
 ) -> WorldObject:
-    """Draw the attributes of one object (its place is set by :func:`sample_scene`)."""
-    shape = choice(rng, shapes)
-    color = choice(rng, list(COLORS))
+    """Draw the attributes of one object (its place is set by :func:`sample_scene`).
+
+    ``weights``: optional ``{"shape": {name: p}, "color": {name: p}}`` replacing the uniform draw of
+    that attribute (one uniform number either way, so the stream of draws keeps its length).
+    """
+    weights = weights or {}
+    shape = _weighted(rng, weights["shape"]) if "shape" in weights else choice(rng, shapes)
+    color = _weighted(rng, weights["color"]) if "color" in weights else choice(rng, list(COLORS))
     size = choice(rng, SIZES)
     orientation = choice(rng, ORIENTATIONS)
     outlined = rng.random() < P_OUTLINED
@@ -210,6 +223,7 @@ def sample_scene(
     filled_only: bool = False,
     allow_glyph: bool = True,
     view: str | None = None,
+    weights: dict[str, dict[str, float]] | None = None,
 ) -> Scene:
     """Draw a scene from the world's distribution.
 
@@ -232,7 +246,7 @@ def sample_scene(
     order = _permutation(rng, slots)  # caption order is not left-to-right
     kinds: list[WorldObject] = []
     while len(kinds) < n_objects:
-        obj = sample_object(rng, shapes=shapes, filled_only=filled_only, allow_glyph=allow_glyph)
+        obj = sample_object(rng, shapes=shapes, filled_only=filled_only, allow_glyph=allow_glyph, weights=weights)
         if all((obj.shape, obj.color) != (k.shape, k.color) for k in kinds):
             kinds.append(obj)
     objs = []

@@ -163,6 +163,25 @@ def world_vocabulary() -> list[str]:
 
 
 
+BOILERPLATE_CAPTIONS: tuple[str, ...] = ("image", "photo", "untitled", "picture", "img", "photo.jpg")
+
+
+def world_metadata() -> list[str]:
+    """MetaCLIP-style metadata of the world: the attribute phrases its captions can contain.
+
+    Shapes (and plurals), colours, every colour + shape pair, and the words of each rare attribute
+    (sizes, solid/hollow, orientations, dot, labels, positions, counts, relations, views).
+    """
+    entries: list[str] = list(SHAPES) + list(PLURALS.values()) + list(COLORS)
+    entries += [f"{c} {s}" for c in COLORS for s in SHAPES]
+    entries += list(SIZES) + list(STATE_WORDS.values())
+    entries += [f"pointing {w}" for w in ORIENTATION_WORDS.values()]
+    entries += ["with a dot", "without a dot", "without a label"] + [f"labeled {g}" for g in GLYPHS]
+    entries += list(POSITION_WORDS.values()) + list(RELATION_WORDS.values())
+    entries += list(COUNT_WORDS.values()) + [f"{v} view" for v in VIEWS]
+    return list(dict.fromkeys(entries))
+
+
 def seg_classes() -> list[str]:
     """Class names of the segmentation set: index 0 is background, then the shapes."""
     return ["background", *SHAPES]
