@@ -9,6 +9,12 @@ _EVAL_HELP = {
     "zeroshot": "zero-shot classification, CLIP_benchmark protocol (ImageFolder or CLIP_benchmark webdataset)",
     "retrieval": "image-text retrieval recall@1/5/10 both ways (CSV/TSV or JSONL of image + caption)",
     "diffloss": "the un²CLIP diffusion loss on held-out images, identical draws for every encoder",
+    "detect": "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops, prompt-ensembled "
+              "classes, COCO box AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a "
+              "split. Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data FILE.json --images DIR. "
+              "A ground-truth box with nothing inside its image is an error naming the file and annotation; "
+              "such a proposal is skipped and counted (n_skipped_boxes); an unreadable image is skipped and "
+              "counted (n_skipped_images)",
 }
 
 
@@ -27,6 +33,8 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
     if task == "retrieval":
         g.add_argument("--image-column", help="table column holding image paths")
         g.add_argument("--caption-column", help="table column holding captions")
+    if task in _DOWNSTREAM_FLAGS:
+        _DOWNSTREAM_FLAGS[task](g)
     if task == "diffloss":
         g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or run directory "
                                          "(default: the model's own when it is a preset or a fine-tune run)")
@@ -41,9 +49,29 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
                             "its result is the task diffloss-shuffled")
 
 
+def _detect_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--images", metavar="DIR", help="image folder of the annotations' file_name entries "
+                                                   "(default: DIR/images, or images/ beside --data FILE.json)")
+    g.add_argument("--proposals", metavar="FILE",
+                   help="boxes to classify instead of the ground truth: a JSON list of {image_id, bbox [x, y, w, h]} "
+                        "(COCO result format; scores ignored); a box with nothing inside its image is skipped and "
+                        "counted")
+    g.add_argument("--novel", metavar="FILE", help="novel class names, one a line (default: categories marked "
+                                                   "\"split\": \"novel\" in the annotations; none: no split)")
+    g.add_argument("--templates", metavar="FILE", help="prompt templates, {} or {c} for the class name "
+                                                       "(default: DIR/templates.txt, else CLIP's 80 ImageNet ones)")
+    g.add_argument("--background", action="store_true",
+                   help="add a 'background' class to the softmax (its probability is dropped), as ViLD does")
+    g.add_argument("--classes-per-box", type=int, help="detections per box: its N most probable classes (default 3)")
+    g.add_argument("--nms-iou", type=float, help="per-class NMS IoU for proposals (default 0.5)")
+
+
+_DOWNSTREAM_FLAGS = {"detect": _detect_flags}
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | seg",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | seg",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import diffloss, mmvp, retrieval, zeroshot
+from un2clip.eval import detect, diffloss, mmvp, retrieval, zeroshot
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ register_task(EvalTask(
     "diffloss", diffloss.evaluate, ("loss_mean",),
     "the un²CLIP diffusion loss on held-out images, fixed draws per image; lower is better",
     needs_decoder=True, check_data=diffloss.open_data,
+))
+register_task(EvalTask(
+    "detect", detect.evaluate, ("AP", "AP50", "AP_novel"),
+    "open-vocabulary detection (ViLD's image branch on given boxes): COCO box AP, AP50, base/novel",
+    check_data=detect.read_detection_set,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

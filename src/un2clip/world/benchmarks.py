@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from un2clip.world.downstream import write_downstream
 from un2clip.world.render import SUPERSAMPLE, render, render_with_mask
 from un2clip.world.scenes import (
     COLORS,
@@ -192,7 +193,8 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "world.json", "swap_groups.txt")
+OUTPUT_NAMES = ("train", "val", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "world.json",
+                "swap_groups.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
 
@@ -407,6 +409,7 @@ def generate_world(
     pairs_per_pattern: int = 15,
     n_seg: int = 200,
     n_zeroshot_per_class: int = 50,
+    n_detect: int = 40,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -421,6 +424,8 @@ def generate_world(
                           (tasks: shape, color, orientation)
         seg/              images/<id>.png, masks/<id>.png, classes.txt, templates.txt,
                           attributes.jsonl
+        detect/           annotations.json (COCO format, 36 colour+shape classes, 6 novel),
+                          images/<id>.png, novel.txt, templates.txt  (un2clip eval detect)
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
 
     Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
@@ -433,7 +438,8 @@ def generate_world(
     ``if __name__ == "__main__":`` guard when ``workers > 1``.
     """
     _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
-                                          "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class})
+                                          "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
+                                          "n_detect": n_detect})
     root = Path(out_dir)
     _clear_world(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
@@ -452,10 +458,11 @@ def generate_world(
         out.close(finish=False)
         raise
     out.close()
+    write_downstream(root, seed, n_detect=n_detect)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
-              "n_zeroshot_per_class": n_zeroshot_per_class, **_world_tables()}
+              "n_zeroshot_per_class": n_zeroshot_per_class, "n_detect": n_detect, **_world_tables()}
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params
