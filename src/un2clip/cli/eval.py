@@ -15,6 +15,12 @@ _EVAL_HELP = {
               "A ground-truth box with nothing inside its image is an error naming the file and annotation; "
               "such a proposal is skipped and counted (n_skipped_boxes); an unreadable image is skipped and "
               "counted (n_skipped_images)",
+    "depth": "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax "
+             "over the seven words weights DepthCLIP's bin depths (1-3 m), upsampled; delta1/2/3, abs_rel, rmse, "
+             "log10 per image, averaged. Layout: DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or "
+             "BTS's NYUv2 export (rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, or a depth "
+             "map of another size than its image, is an error naming the files; an unreadable image is skipped "
+             "and counted (n_skipped_images)",
 }
 
 
@@ -66,12 +72,23 @@ def _detect_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--nms-iou", type=float, help="per-class NMS IoU for proposals (default 0.5)")
 
 
-_DOWNSTREAM_FLAGS = {"detect": _detect_flags}
+def _depth_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--depth-scale", type=float,
+                   help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
+    g.add_argument("--min-depth", type=float, help="score pixels deeper than this, clamp predictions (default 1e-3)")
+    g.add_argument("--max-depth", type=float, help="score pixels nearer than this, clamp predictions (default 10)")
+    g.add_argument("--eigen-crop", action="store_true", help="score NYUv2's Eigen crop only (480 x 640 frames)")
+    g.add_argument("--short-side", type=int,
+                   help="resize each image's short side to this before the encoder (default: the model's input "
+                        "size; positions interpolated for other sizes)")
+
+
+_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags}
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | seg",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | seg",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")

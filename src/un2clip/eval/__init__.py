@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import detect, diffloss, mmvp, retrieval, zeroshot
+from un2clip.eval import depth, detect, diffloss, mmvp, retrieval, zeroshot
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ register_task(EvalTask(
     "detect", detect.evaluate, ("AP", "AP50", "AP_novel"),
     "open-vocabulary detection (ViLD's image branch on given boxes): COCO box AP, AP50, base/novel",
     check_data=detect.read_detection_set,
+))
+register_task(EvalTask(
+    "depth", depth.evaluate, ("delta1", "abs_rel", "rmse"),
+    "zero-shot monocular depth (DepthCLIP): delta1/2/3, abs_rel, rmse, log10",
+    check_data=depth.read_depth_set,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

@@ -2,6 +2,8 @@
 
 - ``detect/``: multi-object scenes with a COCO-format ``annotations.json`` (a box per object, classes
   colour + shape, six of the 36 marked novel) and ``images/``: what ``un2clip eval detect`` reads.
+- ``depth/``: scenes where each object stands at a depth that sets its drawn size (extent = 0.56 / depth
+  of the side) before a wall at 3 m, with ``depths/<name>.png`` (16-bit, millimetres): ``eval depth``.
 
 Each writer draws from its own random stream of the world seed. Pure PIL + numpy.
 """
@@ -13,8 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from un2clip.world.render import render, render_with_mask
+from un2clip.world.render import (
+    BACKGROUND,
+    NOISE_AMPLITUDE,
+    SUPERSAMPLE,
+    _draw_object,
+    _noise,
+    render,
+    render_with_mask,
+)
 from un2clip.world.scenes import COLORS, SHAPES, Scene, sample_scene, split_rng
 from un2clip.world.words import ZEROSHOT_TEMPLATES
 
@@ -71,10 +82,63 @@ def write_detect(root: Path, seed: int, n: int, size: int = DETECT_SIZE) -> Path
 
 
 
-def write_downstream(root: Path, seed: int, *, n_detect: int = 40) -> None:
+DEPTH_SIZE = 64
+DEPTH_WALL = 3.0  # metres: the background, DepthCLIP's farthest bin
+DEPTH_RANGE = (1.0, 2.6)  # metres an object stands at
+DEPTH_EXTENT = 0.56  # of the side, covered by an object at 1 m; at depth d: DEPTH_EXTENT / d
+DEPTH_SCALE = 1000.0  # PNG value per metre (NYUv2 exports: millimetres)
+
+
+def depth_scene(rng) -> tuple[Scene, tuple[float, ...]]:
+    """A straight-view scene of one or two filled objects and the depth of each, in metres."""
+    scene = sample_scene(rng, filled_only=True, allow_glyph=False, view="straight")
+    depths = tuple(round(float(rng.uniform(*DEPTH_RANGE)), 3) for _ in scene.objects)
+    return scene, depths
+
+
+def render_depth(scene: Scene, depths: tuple[float, ...], size: int = DEPTH_SIZE) -> tuple[Image.Image, np.ndarray]:
+    """The image (objects drawn far to near, extent DEPTH_EXTENT / depth) and its (size, size) depth in metres."""
+    side = size * SUPERSAMPLE
+    canvas = Image.new("RGB", (side, side), BACKGROUND)
+    labels = Image.new("L", (side, side), 0)
+    order = sorted(range(len(scene.objects)), key=lambda k: -depths[k])
+    for rank, k in enumerate(order):
+        _draw_object(canvas, labels, scene.objects[k], side, rank + 1, fraction=DEPTH_EXTENT / depths[k])
+    image = canvas.reduce(SUPERSAMPLE)
+    if NOISE_AMPLITUDE:
+        pixels = np.asarray(image, dtype=np.int16) + _noise(scene.noise_seed, size)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    drawn = np.asarray(labels.resize((size, size), Image.Resampling.NEAREST))
+    depth = np.full((size, size), DEPTH_WALL, dtype=np.float32)
+    for rank, k in enumerate(order):
+        depth[drawn == rank + 1] = depths[k]
+    return image, depth
+
+
+def write_depth(root: Path, seed: int, n: int, size: int = DEPTH_SIZE) -> Path:
+    """``root/depth/``: ``n`` scenes, ``images/<id>.png``, ``depths/<id>.png`` (16-bit mm), ``depth_scale.txt``."""
+    folder = root / "depth"
+    for sub in ("images", "depths"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = split_rng(seed, "depth")
+    with open(folder / "scenes.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n):
+            scene, depths = depth_scene(rng)
+            image, depth = render_depth(scene, depths, size)
+            image.save(folder / "images" / f"{i:06d}.png", format="PNG")
+            mm = np.round(depth * DEPTH_SCALE).astype(np.uint16)
+            Image.fromarray(mm).save(folder / "depths" / f"{i:06d}.png", format="PNG")
+            f.write(json.dumps({"index": i, "depths": list(depths), **scene.to_record()}, sort_keys=True) + "\n")
+    (folder / "depth_scale.txt").write_text(f"{DEPTH_SCALE:g}\n", encoding="utf-8")
+    return folder
+
+
+def write_downstream(root: Path, seed: int, *, n_detect: int = 40, n_depth: int = 40) -> None:
     """Write the downstream sets of a world (a count of 0 leaves that set out)."""
     if n_detect:
         write_detect(root, seed, n_detect)
+    if n_depth:
+        write_depth(root, seed, n_depth)
 
 
 def ensure_downstream(world: Path) -> None:
@@ -83,3 +147,5 @@ def ensure_downstream(world: Path) -> None:
     seed = int(params["seed"])
     if "n_detect" not in params and not (world / "detect" / "annotations.json").is_file():
         write_detect(world, seed, 40)
+    if "n_depth" not in params and not (world / "depth" / "depth_scale.txt").is_file():
+        write_depth(world, seed, 40)

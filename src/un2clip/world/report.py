@@ -57,8 +57,17 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
         m = det.evaluate(model, world / "detect", progress=progress)
         return {f"detect/{k}": 100 * m[k] for k in ("AP", "AP50", "AP_base", "AP_novel", "AP50_novel")}
 
+    def depth(model) -> dict[str, float]:
+        from un2clip.eval import depth as dep
+
+        m = dep.evaluate(model, world / "depth", progress=progress)
+        return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
+                "depth/log10": m["log10"]}
+
     if (world / "detect" / "annotations.json").is_file() and _has_pycocotools():
         groups["detect"] = ("detect/AP", detect)
+    if (world / "depth" / "depth_scale.txt").is_file():
+        groups["depth"] = ("depth/delta1", depth)
     return groups
 
 
@@ -156,6 +165,8 @@ SUMMARY_TITLES = {"mmvp/average": "world-MMVP avg", **{f"zeroshot_{t}/acc1": f"z
 DOWNSTREAM_SECTIONS = (  # (title, metric prefix, note) of the downstream tables, each shown when measured
     ("Open-vocabulary detection, ViLD's image branch (world detect set: ground-truth boxes, 36 colour+shape "
      "classes, 6 novel; COCO box AP by pycocotools, %)", "detect/", ""),
+    ("Zero-shot depth, DepthCLIP (world depth set: an object's depth sets its drawn size; delta1 in %, "
+     "abs_rel, rmse in m, log10)", "depth/", ""),
 )
 
 
@@ -172,7 +183,8 @@ def _cell(column: str, m: dict[str, float]) -> str:
     value = m[column]
     if column.startswith("diffloss"):
         return f"{value:.5f}"
-    if column.startswith("text_cos") or column == "shuffled_ratio":
+    if column.startswith("text_cos") or column == "shuffled_ratio" or column in ("depth/abs_rel", "depth/rmse",
+                                                                                    "depth/log10"):
         return f"{value:.3f}"
     return f"{value:.1f}"
 
