@@ -21,6 +21,10 @@ _EVAL_HELP = {
              "BTS's NYUv2 export (rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, or a depth "
              "map of another size than its image, is an error naming the files; an unreadable image is skipped "
              "and counted (n_skipped_images)",
+    "pointcloud": "zero-shot point-cloud classification, PointCLIP: six sparse depth views (densified), each "
+                  "encoded, view logits summed with view weights, prompt 'point cloud depth map of a [CLASS].'; "
+                  "acc1/acc5. Layout (ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or "
+                  "unreadable point file is skipped and counted (n_skipped_files)",
 }
 
 
@@ -83,12 +87,22 @@ def _depth_flags(g: argparse._ArgumentGroup) -> None:
                         "size; positions interpolated for other sizes)")
 
 
-_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags}
+def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--split", help="subfolder of each class folder to read when it has one (default test)")
+    g.add_argument("--n-points", type=int, help="points per cloud, a seeded subset (default 1024)")
+    g.add_argument("--densify-size", type=int,
+                   help="fill empty depth pixels from this neighbourhood (default 3; 1: PointCLIP's sparse maps)")
+    g.add_argument("--view-weights", type=float, nargs=6, metavar="W",
+                   help="weights of the front, right, back, left, top, bottom views (default all 1)")
+    g.add_argument("--template", help="prompt, {} for the class (default 'point cloud depth map of a {}.')")
+
+
+_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags, "pointcloud": _pointcloud_flags}
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | seg",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | pointcloud | seg",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import depth, detect, diffloss, mmvp, retrieval, zeroshot
+from un2clip.eval import depth, detect, diffloss, mmvp, pointcloud, retrieval, zeroshot
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -81,6 +81,11 @@ register_task(EvalTask(
     "depth", depth.evaluate, ("delta1", "abs_rel", "rmse"),
     "zero-shot monocular depth (DepthCLIP): delta1/2/3, abs_rel, rmse, log10",
     check_data=depth.read_depth_set,
+))
+register_task(EvalTask(
+    "pointcloud", pointcloud.evaluate, ("acc1",),
+    "zero-shot point-cloud classification (PointCLIP): six depth views, weighted view logits; acc1, acc5",
+    check_data=pointcloud.read_pointcloud_set,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

@@ -411,6 +411,7 @@ def generate_world(
     n_zeroshot_per_class: int = 50,
     n_detect: int = 40,
     n_depth: int = 40,
+    n_pointcloud_per_class: int = 8,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -429,6 +430,8 @@ def generate_world(
                           images/<id>.png, novel.txt, templates.txt  (un2clip eval detect)
         depth/            images/<id>.png, depths/<id>.png (16-bit mm), depth_scale.txt,
                           scenes.jsonl  (un2clip eval depth)
+        pointcloud/       <primitive>/<id>.npy, 1024 points on a cube, sphere, cone, cylinder,
+                          torus or pyramid in a random pose  (un2clip eval pointcloud)
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
 
     Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
@@ -442,7 +445,8 @@ def generate_world(
     """
     _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
                                           "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
-                                          "n_detect": n_detect, "n_depth": n_depth})
+                                          "n_detect": n_detect, "n_depth": n_depth,
+                                          "n_pointcloud_per_class": n_pointcloud_per_class})
     root = Path(out_dir)
     _clear_world(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
@@ -461,12 +465,12 @@ def generate_world(
         out.close(finish=False)
         raise
     out.close()
-    write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth)
+    write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
               "n_zeroshot_per_class": n_zeroshot_per_class, "n_detect": n_detect, "n_depth": n_depth,
-              **_world_tables()}
+              "n_pointcloud_per_class": n_pointcloud_per_class, **_world_tables()}
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params

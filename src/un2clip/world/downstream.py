@@ -4,6 +4,8 @@
   colour + shape, six of the 36 marked novel) and ``images/``: what ``un2clip eval detect`` reads.
 - ``depth/``: scenes where each object stands at a depth that sets its drawn size (extent = 0.56 / depth
   of the side) before a wall at 3 m, with ``depths/<name>.png`` (16-bit, millimetres): ``eval depth``.
+- ``pointcloud/<shape>/<id>.npy``: points sampled on the surfaces of six 3-D primitives (cube, sphere,
+  cone, cylinder, torus, pyramid) in a random pose: ``eval pointcloud``.
 
 Each writer draws from its own random stream of the world seed. Pure PIL + numpy.
 """
@@ -133,12 +135,97 @@ def write_depth(root: Path, seed: int, n: int, size: int = DEPTH_SIZE) -> Path:
     return folder
 
 
-def write_downstream(root: Path, seed: int, *, n_detect: int = 40, n_depth: int = 40) -> None:
+POINT_SHAPES = ("cube", "sphere", "cone", "cylinder", "torus", "pyramid")
+N_POINTS = 1024
+
+
+def _on_triangles(tri: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points uniform on the (F, 3, 3) triangles, area-weighted."""
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    t = tri[rng.choice(len(tri), size=n, p=area / area.sum())]
+    r1, r2 = np.sqrt(rng.random(n))[:, None], rng.random(n)[:, None]
+    return (1 - r1) * t[:, 0] + r1 * (1 - r2) * t[:, 1] + r1 * r2 * t[:, 2]
+
+
+def _disc_or_side(n: int, rng: np.random.Generator, side_area: float, cap_area: float) -> np.ndarray:
+    """Which of ``n`` points fall on a lateral surface (True) rather than a cap, by area."""
+    return rng.random(n) < side_area / (side_area + cap_area)
+
+
+def primitive_points(shape: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) points uniform on the surface of a primitive of about unit size, axis along z."""
+    a = rng.random(n) * 2 * np.pi
+    if shape == "sphere":
+        p = rng.normal(size=(n, 3))
+        return p / np.linalg.norm(p, axis=1, keepdims=True)
+    if shape == "cube":
+        face, uv = rng.integers(0, 6, n), rng.uniform(-1, 1, (n, 2))
+        p = np.zeros((n, 3))
+        axis, sign = face // 2, np.where(face % 2 == 0, -1.0, 1.0)
+        for k in range(3):
+            others = [j for j in range(3) if j != k]
+            m = axis == k
+            p[m, k] = sign[m]
+            p[np.ix_(m, others)] = uv[m]
+        return p
+    if shape == "cylinder":  # radius 1, height 2: side 4 pi, caps 2 pi
+        side = _disc_or_side(n, rng, 4 * np.pi, 2 * np.pi)
+        r = np.where(side, 1.0, np.sqrt(rng.random(n)))
+        z = np.where(side, rng.uniform(-1, 1, n), np.where(rng.random(n) < 0.5, -1.0, 1.0))
+        return np.stack([r * np.cos(a), r * np.sin(a), z], axis=1)
+    if shape == "cone":  # base radius 1 at z = -1, apex at z = 1: side pi sqrt(5), base pi
+        side = _disc_or_side(n, rng, np.pi * np.sqrt(5), np.pi)
+        t = np.sqrt(rng.random(n))  # distance from the apex (side) or the centre (base), as a fraction
+        z = np.where(side, 1 - 2 * t, -1.0)
+        return np.stack([t * np.cos(a), t * np.sin(a), z], axis=1)
+    if shape == "torus":  # ring radius 1, tube radius 0.35; rejection makes it uniform in area
+        big, small, out = 1.0, 0.35, []
+        while sum(len(o) for o in out) < n:
+            theta, phi = rng.random(2 * n) * 2 * np.pi, rng.random(2 * n) * 2 * np.pi
+            keep = rng.random(2 * n) < (big + small * np.cos(phi)) / (big + small)
+            ring = big + small * np.cos(phi[keep])
+            out.append(np.stack([ring * np.cos(theta[keep]), ring * np.sin(theta[keep]), small * np.sin(phi[keep])],
+                                axis=1))
+        return np.concatenate(out)[:n]
+    if shape == "pyramid":  # square base [-1, 1]^2 at z = -1, apex (0, 0, 1)
+        base = np.array([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1]], dtype=float)
+        apex = np.array([0.0, 0.0, 1.0])
+        tri = [np.stack([base[k], base[(k + 1) % 4], apex]) for k in range(4)]
+        tri += [np.stack([base[0], base[1], base[2]]), np.stack([base[0], base[2], base[3]])]
+        return _on_triangles(np.stack(tri), n, rng)
+    raise ValueError(f"unknown primitive {shape!r}; known: {POINT_SHAPES}")
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A (3, 3) rotation drawn uniformly (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def write_pointcloud(root: Path, seed: int, per_class: int, n_points: int = N_POINTS) -> Path:
+    """``root/pointcloud/<shape>/<id>.npy``: ``per_class`` clouds of ``n_points`` per primitive, random pose."""
+    folder = root / "pointcloud"
+    rng = split_rng(seed, "pointcloud")
+    for shape in POINT_SHAPES:
+        (folder / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pts = primitive_points(shape, n_points, rng) @ random_rotation(rng).T
+            np.save(folder / shape / f"{i:04d}.npy", pts.astype(np.float32))
+    return folder
+
+
+def write_downstream(root: Path, seed: int, *, n_detect: int = 40, n_depth: int = 40,
+                     n_pointcloud_per_class: int = 8) -> None:
     """Write the downstream sets of a world (a count of 0 leaves that set out)."""
     if n_detect:
         write_detect(root, seed, n_detect)
     if n_depth:
         write_depth(root, seed, n_depth)
+    if n_pointcloud_per_class:
+        write_pointcloud(root, seed, n_pointcloud_per_class)
 
 
 def ensure_downstream(world: Path) -> None:
@@ -149,3 +236,5 @@ def ensure_downstream(world: Path) -> None:
         write_detect(world, seed, 40)
     if "n_depth" not in params and not (world / "depth" / "depth_scale.txt").is_file():
         write_depth(world, seed, 40)
+    if "n_pointcloud_per_class" not in params and not (world / "pointcloud").is_dir():
+        write_pointcloud(world, seed, 8)

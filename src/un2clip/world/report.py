@@ -64,6 +64,13 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
         return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
                 "depth/log10": m["log10"]}
 
+    def pointcloud(model) -> dict[str, float]:
+        from un2clip.eval import pointcloud as pc
+
+        return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
+
+    if (world / "pointcloud").is_dir():
+        groups["pointcloud"] = ("pointcloud/acc1", pointcloud)
     if (world / "detect" / "annotations.json").is_file() and _has_pycocotools():
         groups["detect"] = ("detect/AP", detect)
     if (world / "depth" / "depth_scale.txt").is_file():
@@ -167,6 +174,8 @@ DOWNSTREAM_SECTIONS = (  # (title, metric prefix, note) of the downstream tables
      "classes, 6 novel; COCO box AP by pycocotools, %)", "detect/", ""),
     ("Zero-shot depth, DepthCLIP (world depth set: an object's depth sets its drawn size; delta1 in %, "
      "abs_rel, rmse in m, log10)", "depth/", ""),
+    ("Zero-shot point clouds, PointCLIP (world pointcloud set: six primitives in random poses, six depth views; "
+     "accuracy, %)", "pointcloud/", ""),
 )
 
 
