@@ -9,6 +9,22 @@ _EVAL_HELP = {
     "zeroshot": "zero-shot classification, CLIP_benchmark protocol (ImageFolder or CLIP_benchmark webdataset)",
     "retrieval": "image-text retrieval recall@1/5/10 both ways (CSV/TSV or JSONL of image + caption)",
     "diffloss": "the un²CLIP diffusion loss on held-out images, identical draws for every encoder",
+    "detect": "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops, prompt-ensembled "
+              "classes, COCO box AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a "
+              "split. Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data FILE.json --images DIR. "
+              "A ground-truth box with nothing inside its image is an error naming the file and annotation; "
+              "such a proposal is skipped and counted (n_skipped_boxes); an unreadable image is skipped and "
+              "counted (n_skipped_images)",
+    "depth": "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax "
+             "over the seven words weights DepthCLIP's bin depths (1-3 m), upsampled; delta1/2/3, abs_rel, rmse, "
+             "log10 per image, averaged. Layout: DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or "
+             "BTS's NYUv2 export (rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, or a depth "
+             "map of another size than its image, is an error naming the files; an unreadable image is skipped "
+             "and counted (n_skipped_images)",
+    "pointcloud": "zero-shot point-cloud classification, PointCLIP: six sparse depth views (densified), each "
+                  "encoded, view logits summed with view weights, prompt 'point cloud depth map of a [CLASS].'; "
+                  "acc1/acc5. Layout (ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or "
+                  "unreadable point file is skipped and counted (n_skipped_files)",
 }
 
 
@@ -30,6 +46,8 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
     if task == "retrieval":
         g.add_argument("--image-column", help="table column holding image paths")
         g.add_argument("--caption-column", help="table column holding captions")
+    if task in _DOWNSTREAM_FLAGS:
+        _DOWNSTREAM_FLAGS[task](g)
     if task == "diffloss":
         g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or run directory "
                                          "(default: the model's own when it is a preset or a fine-tune run)")
@@ -44,9 +62,51 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
                             "its result is the task diffloss-shuffled")
 
 
+def _detect_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--images", metavar="DIR", help="image folder of the annotations' file_name entries "
+                                                   "(default: DIR/images, or images/ beside --data FILE.json)")
+    g.add_argument("--proposals", metavar="FILE",
+                   help="boxes to classify instead of the ground truth: a JSON list of {image_id, bbox [x, y, w, h]} "
+                        "(COCO result format; scores ignored); a box with nothing inside its image is skipped and "
+                        "counted")
+    g.add_argument("--novel", metavar="FILE", help="novel class names, one a line (default: categories marked "
+                                                   "\"split\": \"novel\" in the annotations; none: no split)")
+    g.add_argument("--templates", metavar="FILE", help="prompt templates, {} or {c} for the class name "
+                                                       "(default: DIR/templates.txt, else CLIP's 80 ImageNet ones)")
+    g.add_argument("--background", action="store_true",
+                   help="add a 'background' class to the softmax (its probability is dropped), as ViLD does")
+    g.add_argument("--classes-per-box", type=int, help="detections per box: its N most probable classes (default 3)")
+    g.add_argument("--nms-iou", type=float, help="per-class NMS IoU for proposals (default 0.5)")
+
+
+def _depth_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--depth-scale", type=float,
+                   help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
+    g.add_argument("--min-depth", type=float, help="score pixels deeper than this, clamp predictions (default 1e-3)")
+    g.add_argument("--max-depth", type=float, help="score pixels nearer than this, clamp predictions (default 10)")
+    g.add_argument("--eigen-crop", action="store_true", help="score NYUv2's Eigen crop only (480 x 640 frames)")
+    g.add_argument("--short-side", type=int,
+                   help="resize each image's short side to this before the encoder (default: the model's input "
+                        "size; positions interpolated for other sizes)")
+
+
+def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--split", help="subfolder of each class folder to read when it has one (default test)")
+    g.add_argument("--n-points", type=int, help="points per cloud, a seeded subset (default 1024)")
+    g.add_argument("--densify-size", type=int,
+                   help="fill empty depth pixels from this neighbourhood (default 3; 1: PointCLIP's sparse maps)")
+    g.add_argument("--view-weights", type=float, nargs=6, metavar="W",
+                   help="weights of the front, right, back, left, top, bottom views (default all 1)")
+    g.add_argument("--template", help="prompt, {} for the class (default 'point cloud depth map of a {}.')")
+
+
+_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags, "pointcloud": _pointcloud_flags}
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | seg | mmvp-mllm | cvbench",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | pointcloud | seg "
+                     "| mmvp-mllm | cvbench",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")

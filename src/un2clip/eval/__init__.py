@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import cvbench, diffloss, mmvp, mmvp_mllm, retrieval, zeroshot
+from un2clip.eval import cvbench, depth, detect, diffloss, mmvp, mmvp_mllm, pointcloud, retrieval, zeroshot
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -82,6 +82,21 @@ register_task(EvalTask(
     "cvbench", cvbench.evaluate, ("accuracy", "accuracy_2d", "accuracy_3d"),
     "CV-Bench: 2D (relation, count) and 3D (depth, distance) multiple choice; per-source accuracy, 2D, 3D, mean",
     check_data=cvbench.read_cvbench, model_kind="llava",
+))
+register_task(EvalTask(
+    "detect", detect.evaluate, ("AP", "AP50", "AP_novel"),
+    "open-vocabulary detection (ViLD's image branch on given boxes): COCO box AP, AP50, base/novel",
+    check_data=detect.read_detection_set,
+))
+register_task(EvalTask(
+    "depth", depth.evaluate, ("delta1", "abs_rel", "rmse"),
+    "zero-shot monocular depth (DepthCLIP): delta1/2/3, abs_rel, rmse, log10",
+    check_data=depth.read_depth_set,
+))
+register_task(EvalTask(
+    "pointcloud", pointcloud.evaluate, ("acc1",),
+    "zero-shot point-cloud classification (PointCLIP): six depth views, weighted view logits; acc1, acc5",
+    check_data=pointcloud.read_pointcloud_set,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

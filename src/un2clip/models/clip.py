@@ -163,7 +163,7 @@ class ClipModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D) joint-space embedding, not normalised."""
-        out = self._vision(pixels, interpolate=pixels.shape[-1] != self.image_size)
+        out = self._vision(pixels, interpolate=tuple(pixels.shape[-2:]) != (self.image_size,) * 2)
         return self.visual_projection(out.pooler_output)  # (B, D)
 
     def image_tokens(self, pixels: torch.Tensor, *, keep_class: bool = False) -> torch.Tensor:
@@ -174,7 +174,8 @@ class ClipModel(nn.Module):
         """
         if keep_class and self.family != "clip":
             raise ValueError(f"a {self.family} vision tower has no class token")
-        out = self._vision(pixels, interpolate=pixels.shape[-1] != self.image_size)
+        # (B, 3, H, W) of any multiple of the patch: positions interpolated (H x W patches, row-major)
+        out = self._vision(pixels, interpolate=tuple(pixels.shape[-2:]) != (self.image_size,) * 2)
         hidden = out.last_hidden_state  # (B, 1 + N, W) for CLIP, (B, N, W) post-norm for SigLIP
         if self.family == "clip":
             hidden = self.vision_model.post_layernorm(hidden if keep_class else hidden[:, 1:])

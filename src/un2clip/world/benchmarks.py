@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from un2clip.world.downstream import write_downstream
 from un2clip.world.render import SUPERSAMPLE, render, render_with_mask
 from un2clip.world.scenes import (
     COLORS,
@@ -195,7 +196,8 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "world.json", "swap_groups.txt", "metadata.txt")
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "world.json",
+                "swap_groups.txt", "metadata.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
 
@@ -437,6 +439,9 @@ def generate_world(
     pairs_per_pattern: int = 15,
     n_seg: int = 200,
     n_zeroshot_per_class: int = 50,
+    n_detect: int = 40,
+    n_depth: int = 40,
+    n_pointcloud_per_class: int = 8,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -455,6 +460,12 @@ def generate_world(
                           (tasks: shape, color, orientation)
         seg/              images/<id>.png, masks/<id>.png, classes.txt, templates.txt,
                           attributes.jsonl
+        detect/           annotations.json (COCO format, 36 colour+shape classes, 6 novel),
+                          images/<id>.png, novel.txt, templates.txt  (un2clip eval detect)
+        depth/            images/<id>.png, depths/<id>.png (16-bit mm), depth_scale.txt,
+                          scenes.jsonl  (un2clip eval depth)
+        pointcloud/       <primitive>/<id>.npy, 1024 points on a cube, sphere, cone, cylinder,
+                          torus or pyramid in a random pose  (un2clip eval pointcloud)
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
@@ -476,7 +487,8 @@ def generate_world(
     """
     _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
                                           "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
-                                          "n_trusted": n_trusted, "long_tail": long_tail})
+                                          "n_trusted": n_trusted, "long_tail": long_tail, "n_detect": n_detect,
+                                          "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class})
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
@@ -501,10 +513,12 @@ def generate_world(
         out.close(finish=False)
         raise
     out.close()
+    write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
-              "n_zeroshot_per_class": n_zeroshot_per_class, **_world_tables()}
+              "n_zeroshot_per_class": n_zeroshot_per_class, "n_detect": n_detect, "n_depth": n_depth,
+              "n_pointcloud_per_class": n_pointcloud_per_class, **_world_tables()}
     if noise_swap or noise_boilerplate or long_tail or n_trusted:  # absent from a plain world's record
         params.update(noise_swap=noise_swap, noise_boilerplate=noise_boilerplate, long_tail=long_tail,
                       n_trusted=n_trusted)

@@ -126,11 +126,13 @@ def _luminance(rgb: tuple[int, int, int]) -> float:
 
 
 def _draw_object(
-    canvas: Image.Image, labels: Image.Image | None, obj: WorldObject, side: int, label: int
+    canvas: Image.Image, labels: Image.Image | None, obj: WorldObject, side: int, label: int,
+    fraction: float | None = None,
 ) -> None:
-    """Draw one object (and its glyph) on a canvas of ``side`` pixels (supersampled)."""
+    """Draw one object (and its glyph) on a canvas of ``side`` pixels (supersampled); ``fraction`` of the side
+    overrides the extent its size names (the depth scenes draw nearer objects larger)."""
     color = COLORS[obj.color]
-    extent = SIZE_FRACTION[obj.size] * side
+    extent = (SIZE_FRACTION[obj.size] if fraction is None else fraction) * side
     cx, cy = obj.x * side, obj.y * side
     pad = 2
     box = int(np.ceil(extent)) + 2 * pad

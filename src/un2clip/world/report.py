@@ -39,6 +39,7 @@ def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps
         return {"diffloss/loss_mean": d["loss_mean"], "diffloss/loss_sem": d["loss_sem"]}
 
     groups = {"text": ("text_cos/shape", lambda model: text_separation(model, separation_pairs()))}
+    groups.update(downstream_groups(world, progress=progress))
     if dec is not None:  # a cache made without a decoder gains these once one is given
         groups["own"] = ("diffloss/loss_mean", own)
         groups["shuffled"] = ("diffloss_shuffled/loss_mean", shuffled)
@@ -49,6 +50,47 @@ def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps
                 model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps,
                 guidance_scale=RECON_GUIDANCE).items()})
     return groups
+
+
+def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
+    """CLIP's downstream uses on the world's sets (written first when an older world lacks them), in %:
+    name -> (a key it writes, function of a model). Detection only where pycocotools is installed."""
+    from un2clip.world.downstream import ensure_downstream
+
+    ensure_downstream(world)
+    groups: dict[str, tuple] = {}
+
+    def detect(model) -> dict[str, float]:
+        from un2clip.eval import detect as det
+
+        m = det.evaluate(model, world / "detect", progress=progress)
+        return {f"detect/{k}": 100 * m[k] for k in ("AP", "AP50", "AP_base", "AP_novel", "AP50_novel")}
+
+    def depth(model) -> dict[str, float]:
+        from un2clip.eval import depth as dep
+
+        m = dep.evaluate(model, world / "depth", progress=progress)
+        return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
+                "depth/log10": m["log10"]}
+
+    def pointcloud(model) -> dict[str, float]:
+        from un2clip.eval import pointcloud as pc
+
+        return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
+
+    if (world / "pointcloud").is_dir():
+        groups["pointcloud"] = ("pointcloud/acc1", pointcloud)
+    if (world / "detect" / "annotations.json").is_file() and _has_pycocotools():
+        groups["detect"] = ("detect/AP", detect)
+    if (world / "depth" / "depth_scale.txt").is_file():
+        groups["depth"] = ("depth/delta1", depth)
+    return groups
+
+
+def _has_pycocotools() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pycocotools") is not None
 
 
 def _first_groups(model, world: Path, *, progress: bool, out: Path, name: str) -> dict[str, float]:
@@ -137,6 +179,14 @@ SUMMARY_TITLES = {"mmvp/average": "world-MMVP avg", **{f"zeroshot_{t}/acc1": f"z
                   "shuffled_ratio": "shuffled/own loss", "recon/both": "recon colour+shape",
                   "recon_guided/both": f"recon colour+shape, guidance {RECON_GUIDANCE:g}",
                   "probe/mean": "probe mean"}
+DOWNSTREAM_SECTIONS = (  # (title, metric prefix, note) of the downstream tables, each shown when measured
+    ("Open-vocabulary detection, ViLD's image branch (world detect set: ground-truth boxes, 36 colour+shape "
+     "classes, 6 novel; COCO box AP by pycocotools, %)", "detect/", ""),
+    ("Zero-shot depth, DepthCLIP (world depth set: an object's depth sets its drawn size; delta1 in %, "
+     "abs_rel, rmse in m, log10)", "depth/", ""),
+    ("Zero-shot point clouds, PointCLIP (world pointcloud set: six primitives in random poses, six depth views; "
+     "accuracy, %)", "pointcloud/", ""),
+)
 
 
 def _derived(m: dict[str, float]) -> dict[str, float]:
@@ -152,7 +202,8 @@ def _cell(column: str, m: dict[str, float]) -> str:
     value = m[column]
     if column.startswith("diffloss"):
         return f"{value:.5f}"
-    if column.startswith("text_cos") or column == "shuffled_ratio":
+    if column.startswith("text_cos") or column == "shuffled_ratio" or column in ("depth/abs_rel", "depth/rmse",
+                                                                                    "depth/log10"):
         return f"{value:.3f}"
     return f"{value:.1f}"
 
@@ -174,6 +225,10 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     lines = ["# un²CLIP in the shapes world", ""]
     tables = [("Summary", head), ("World-MMVP per pattern (pair accuracy, %)", patterns),
               ("Linear probe per attribute (accuracy, %)", probes)]
+    for title, prefix, _ in DOWNSTREAM_SECTIONS:
+        cols = [k for k in first if k.startswith(prefix)]
+        if cols:
+            tables.append((title, cols))
     if separation:
         tables.append(("Text-tower separation (mean cosine of two captions that differ in one attribute; "
                        "1 = the words are not told apart)", separation))

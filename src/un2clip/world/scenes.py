@@ -121,7 +121,8 @@ class Scene:
         }
 
 
-SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4, "trusted": 5}  # one random stream family each
+SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4,
+             "detect": 5, "depth": 6, "pointcloud": 7, "video": 8, "trusted": 9}  # one random stream family each
 
 
 def split_rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:

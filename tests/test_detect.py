@@ -1,0 +1,161 @@
+"""eval detect: ViLD's image branch on given boxes, COCO box AP by pycocotools, the world's detection set."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("pycocotools")
+
+from un2clip.eval import detect as D  # noqa: E402
+
+
+def coco(boxes_per_image: dict[int, list[tuple[list[float], int]]], n_classes: int = 3, size: int = 64) -> dict:
+    images = [{"id": i, "file_name": f"{i}.png", "width": size, "height": size} for i in boxes_per_image]
+    anns = [{"id": k + 1, "image_id": i, "category_id": c, "bbox": b}
+            for k, (i, b, c) in enumerate((i, b, c) for i, bs in boxes_per_image.items() for b, c in bs)]
+    cats = [{"id": c, "name": f"class{c}"} for c in range(1, n_classes + 1)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+GT = {1: [([2, 2, 20, 20], 1), ([30, 30, 20, 20], 2)], 2: [([5, 5, 30, 10], 3)], 3: [([10, 10, 40, 40], 1)]}
+
+
+def one_hot_detections(gt: dict, right: bool) -> list[dict]:
+    out = []
+    for i, boxes in gt.items():
+        b = torch.tensor([x for x, _ in boxes], dtype=torch.float)
+        probs = torch.zeros(len(boxes), 3)
+        for k, (_, c) in enumerate(boxes):
+            probs[k, (c - 1 if right else c % 3)] = 1.0
+        out += D.detections(i, b, probs, [1, 2, 3], classes_per_box=3 if right else 1)
+    return out
+
+
+def test_a_classifier_right_on_every_box_gives_ap_100():
+    m = D.coco_box_ap(coco(GT), one_hot_detections(GT, right=True), groups={"base": [1, 2], "novel": [3]})
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+    assert m["AP_novel"] == pytest.approx(1.0) and m["AP_base"] == pytest.approx(1.0)
+
+
+def test_a_classifier_wrong_on_every_box_gives_ap_0():  # its top class only: the right one is never guessed
+    m = D.coco_box_ap(coco(GT), one_hot_detections(GT, right=False))
+    assert m["AP"] == pytest.approx(0.0) and m["AP50"] == pytest.approx(0.0)
+
+
+def test_group_ap_over_all_classes_equals_pycocotools_summary():
+    # half right: a mixed precision curve; our per-group slicing of COCOeval's precision must agree with its summary
+    dets = one_hot_detections(GT, right=True)[:4] + one_hot_detections(GT, right=False)
+    dets = [{**d, "score": d["score"] * (0.3 + 0.1 * k)} for k, d in enumerate(dets)]
+    m = D.coco_box_ap(coco(GT), dets, groups={"all": [1, 2, 3]})
+    assert 0 < m["AP"] < 1
+    assert m["AP_all"] == pytest.approx(m["AP"]) and m["AP50_all"] == pytest.approx(m["AP50"])
+
+
+def test_a_shifted_box_counts_at_iou_50_not_at_95():
+    gt = {1: [([0, 0, 40, 40], 1)]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [4, 0, 40, 40], "score": 0.9}]  # IoU 36/44 = 0.82
+    m = D.coco_box_ap(coco(gt), dets)
+    assert m["AP50"] == pytest.approx(1.0)
+    assert m["AP"] == pytest.approx(7 / 10)  # thresholds .50 .55 ... .80 of ten: 7 hits
+
+
+def test_scale_and_clip_box():
+    assert D.scale_box([10, 10, 20, 20], 1.5, 100, 100) == (5.0, 5.0, 35.0, 35.0)
+    assert D.scale_box([0, 0, 20, 20], 1.5, 100, 100) == (0.0, 0.0, 25.0, 25.0)  # clipped at the border
+    assert D.clip_box([-10, 50, 30, 80], 64, 64) == [0.0, 50.0, 20.0, 14.0]
+    assert D.clip_box([70, 10, 5, 5], 64, 64) is None
+
+
+def test_region_probabilities_and_background():
+    classifier = torch.eye(3)[:, :2]  # (D=3, C=2)
+    regions = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
+    p = D.region_probabilities(regions, classifier)
+    assert torch.allclose(p.sum(1), torch.ones(2)) and p[0, 0] > 0.99
+    bg = torch.tensor([0, 0, 1.0])
+    pb = D.region_probabilities(regions, classifier, background=bg)
+    assert pb[0, 0] > 0.99 and pb[1].sum() < 1e-6  # the second region is background: no class keeps mass
+
+
+def test_detections_top_classes_and_nms():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 10, 10], [40, 40, 10, 10]], dtype=torch.float)
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    assert len(D.detections(1, boxes, probs, [7, 8], classes_per_box=1)) == 3
+    dets = D.detections(1, boxes, probs, [7, 8], classes_per_box=1, nms_iou=0.5)
+    assert sorted((d["category_id"], d["bbox"][0]) for d in dets) == [(7, 0.0), (8, 40.0)]
+    assert len(D.detections(1, boxes, probs, [7, 8], classes_per_box=2)) == 6
+
+
+def write_set(tmp_path, annotations: dict, proposals: list | None = None):
+    (tmp_path / "images").mkdir()
+    for im in annotations["images"]:
+        Image.new("RGB", (im["width"], im["height"]), (200, 30, 30)).save(tmp_path / "images" / im["file_name"])
+    (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+    if proposals is not None:
+        (tmp_path / "proposals.json").write_text(json.dumps(proposals))
+    return tmp_path
+
+
+def test_a_ground_truth_box_outside_its_image_is_an_error_naming_the_file(tmp_path):
+    bad = coco({1: [([70, 70, 10, 10], 1)]})
+    write_set(tmp_path, bad)
+    with pytest.raises(ValueError, match=r"annotations\.json.*1\.png.*outside"):
+        D.read_detection_set(tmp_path)
+
+
+def test_proposals_outside_the_image_are_skipped_and_counted(tmp_path):
+    props = [{"image_id": 1, "bbox": [2, 2, 20, 20]}, {"image_id": 1, "bbox": [100, 100, 5, 5]}]
+    write_set(tmp_path, coco({1: [([2, 2, 20, 20], 1)]}), props)
+    ds = D.read_detection_set(tmp_path, proposals=tmp_path / "proposals.json")
+    assert ds.boxes[1] == [[2.0, 2.0, 20.0, 20.0]] and ds.n_boxes_skipped == 1
+
+
+def test_missing_layout_and_novel_names(tmp_path):
+    with pytest.raises(FileNotFoundError, match="annotations.json"):
+        D.read_detection_set(tmp_path)
+    write_set(tmp_path, coco(GT))
+    (tmp_path / "novel.txt").write_text("class3\n")
+    assert D.read_detection_set(tmp_path, novel=tmp_path / "novel.txt").novel == [3]
+    with pytest.raises(ValueError, match="'nothing' is not a category"):
+        D.read_detection_set(tmp_path, novel=["nothing"])
+
+
+def test_crops_are_the_box_and_its_context(tiny_clip):
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste((0, 0, 0), (16, 16, 32, 32))  # a black square; the 1.5x crop sees white around it
+    x = D.crop_inputs(image, [[16, 16, 16, 16]], tiny_clip)  # (2, 3, S, S): 1x then 1.5x
+    assert x.shape[0] == 2
+    assert x[0].std(dim=(1, 2)).max() < 1e-4 and x[1].std(dim=(1, 2)).min() > 0.1
+
+
+def test_evaluate_on_the_world_detection_set(tmp_path, tiny_clip):
+    from un2clip.world.downstream import novel_detect_classes, write_detect
+
+    folder = write_detect(tmp_path, seed=1, n=3)
+    coco_dict = json.loads((folder / "annotations.json").read_text())
+    assert len(coco_dict["categories"]) == 36
+    assert sum(c["split"] == "novel" for c in coco_dict["categories"]) == len(novel_detect_classes()) == 6
+    for a in coco_dict["annotations"]:  # every box inside its 64 px image and not empty
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 64 and y + h <= 64 and w > 4 and h > 4
+    m = D.evaluate(tiny_clip, folder, progress=False, background=True)
+    assert m["n_images"] == 3 and m["n_boxes"] == len(coco_dict["annotations"]) and m["n_classes"] == 36
+    assert 0 <= m["AP"] <= 1 and "AP_novel" in m and not math.isnan(m["AP_base"])
+
+
+def test_cli_eval_detect_writes_one_result_per_model(tmp_path):
+    from un2clip.cli import main
+    from un2clip.world.downstream import write_detect
+
+    folder = write_detect(tmp_path, seed=2, n=2)
+    rc = main(["eval", "detect", "--model", "tiny", "--random-weights", "--data", str(folder), "--output",
+               str(tmp_path / "out"), "--no-progress", "--device", "cpu", "--classes-per-box", "1"])
+    assert rc == 0
+    [path] = list((tmp_path / "out").rglob("*.json"))
+    record = json.loads(path.read_text())
+    assert record["task"] == "detect" and "AP_novel" in record["metrics"]
+    assert record["options"]["classes_per_box"] == 1
