@@ -244,6 +244,38 @@ def test_knowledge_file_through_evaluate(tmp_path, tiny_clip):
         zeroshot.evaluate(tiny_clip, tmp_path / "set", knowledge=tmp_path / "bad.tsv", progress=False)
 
 
+def _debian_wordnet(folder):
+    """A two-synset WordNet in Debian's database format: data.noun lines start with their own byte offset,
+    index.noun lists each lemma's senses most frequent first."""
+    folder.mkdir()
+    glosses = [("circle", "ellipse in which the two axes are of equal length; a plane curve"),
+               ("circle", 'something approximating the shape of a circle; "the chairs were placed in a circle"'),
+               ("square", "a plane rectangle with four equal sides and four right angles")]
+    data, offsets = b"  1 licence header line\n", []
+    for word, gloss in glosses:
+        offsets.append(len(data))
+        data += f"{len(data):08d} 25 n 01 {word} 0 000 | {gloss}  \n".encode()
+    (folder / "data.noun").write_bytes(data)
+    (folder / "index.noun").write_text(
+        "  1 licence header line\n"
+        f"circle n 2 0 2 0 {offsets[0]:08d} {offsets[1]:08d}  \n"
+        f"square n 1 0 1 0 {offsets[2]:08d}  \n")
+    return folder
+
+
+def test_wordnet_glosses_from_a_debian_database(tmp_path):
+    """The Debian reader on a hand-built database: the first (most frequent) noun sense, its gloss without the
+    usage examples; an unknown class is left out. Runs everywhere, unlike the installed-WordNet test below."""
+    from un2clip.eval.knowledge import wordnet_definitions, write_knowledge
+    from un2clip.eval.zeroshot import read_knowledge
+
+    folder = _debian_wordnet(tmp_path / "dict")
+    found = wordnet_definitions(["circle", "Square", "zzzzqx"], wordnet=str(folder))
+    assert found == {"circle": "ellipse in which the two axes are of equal length; a plane curve",
+                     "Square": "a plane rectangle with four equal sides and four right angles"}
+    assert read_knowledge(write_knowledge(tmp_path / "k.tsv", found)) == found
+
+
 def test_wordnet_glosses_when_a_wordnet_is_installed():
     from un2clip.eval.knowledge import find_wordnet, wordnet_definitions
 
