@@ -43,12 +43,13 @@ def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps
     if dec is not None:  # a cache made without a decoder gains these once one is given
         groups["own"] = ("diffloss/loss_mean", own)
         groups["shuffled"] = ("diffloss_shuffled/loss_mean", shuffled)
-        groups["recon"] = ("recon/both", lambda model: reconstruction_match(
-            model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps))
-        groups["recon_guided"] = ("recon_guided/both", lambda model: {
-            f"recon_guided/{k.split('/', 1)[1]}": v for k, v in reconstruction_match(
+        def recon(prefix: str, guidance: float):  # the match rate of samples drawn at one guidance scale
+            return lambda model: {f"{prefix}/{k.split('/', 1)[1]}": v for k, v in reconstruction_match(
                 model, dec, world / "val", n=RECON_IMAGES, seed=seed, num_inference_steps=sampling_steps,
-                guidance_scale=RECON_GUIDANCE).items()})
+                guidance_scale=guidance).items()}
+
+        groups["recon"] = ("recon/both", recon("recon", 1.0))
+        groups["recon_guided"] = ("recon_guided/both", recon("recon_guided", RECON_GUIDANCE))
     return groups
 
 
