@@ -95,7 +95,9 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare, "diva_available", lambda preset: "not registered (test)")
     # no shipped generators: GenHancer's light decoder is trained here (the shipped one would be copied)
-    monkeypatch.setattr(compare, "shipped_weights", lambda seed, weights_seed=None: tmp_path / "nothing-shipped")
+    from un2clip.world import demo
+
+    monkeypatch.setattr(demo, "shipped_weights", lambda seed, weights_seed=None: tmp_path / "nothing-shipped")
     # the linear probes (L-BFGS per attribute) are most of the evaluation's time and have their own tests
     monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})
     out = tmp_path / "cmp"

@@ -44,3 +44,30 @@ def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downs
     assert json.loads((out / "clip" / "recipe.json").read_text()) == {"source": "pretrain"}
     assert json.loads((out / "decoder" / "recipe.json").read_text()) == {"source": "train-decoder"}
     assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns != stamp
+
+
+def test_weights_folder_and_a_context_transfer_world(tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    from un2clip.world.demo import ASSETS, _world_stage, start_weights
+
+    with pytest.raises(FileNotFoundError, match="--weights"):
+        start_weights(2, None, tmp_path / "empty", from_scratch=False)
+    with pytest.raises(ValueError, match="pass one"):
+        start_weights(2, 0, ASSETS / "seed0", from_scratch=False)
+    with pytest.raises(ValueError, match="from-scratch"):
+        start_weights(2, None, ASSETS / "seed0", from_scratch=True)
+    assert start_weights(2, None, ASSETS / "seed0", from_scratch=False) == ASSETS / "seed0"
+    out = tmp_path / "demo"
+    ctx = replace(QUICK, rare_rate=0.0, talk_colors=("red", "yellow", "green"))
+    world = _world_stage(out, 2, ctx, fresh=False, progress=False)
+    record = json.loads((world / "world.json").read_text())
+    assert record["talk_colors"] == ["red", "yellow", "green"] and record["mmvp_colors"] == ["cyan", "blue", "purple"]
+    assert _world_stage(out, 2, ctx, fresh=False, progress=False) == world  # the same words: reused
+    # the cached world has other words than asked: refused, not silently reused
+    with pytest.raises(ValueError, match="--fresh"):
+        _world_stage(out, 2, QUICK, fresh=False, progress=False)
+    _world_stage(out, 2, QUICK, fresh=True, progress=False)
+    assert "talk_colors" not in json.loads((world / "world.json").read_text())

@@ -154,6 +154,43 @@ def test_rare_attributes_are_named_at_the_given_rate_independently():
     assert 0.015 < np.mean(["view" in words(t) for _, t in default]) < 0.05
 
 
+def test_context_transfer_names_details_of_talk_colours_only():
+    talk = ("red", "yellow", "green")
+    scenes_rng, caption_rng, same_rng, plain_rng = (np.random.default_rng(k) for k in (0, 1, 1, 1))
+    named = {"talk": [], "silent": []}
+    for _ in range(3000):
+        scene = W.sample_scene(scenes_rng)
+        text = W.caption(scene, caption_rng, 0.0, talk_colors=talk, talk_rate=0.5)
+        # the same draws either way: talk colours at the rare rate write the captions of a plain world
+        assert W.caption(scene, same_rng, 0.1, talk_colors=talk, talk_rate=0.1) == W.caption(scene, plain_rng, 0.1)
+        colours = {o.color for o in scene.kinds}
+        if len(scene.kinds) == 1 and scene.count == 1:
+            named["talk" if colours <= set(talk) else "silent"].append(
+                ("solid" in words(text) or "hollow" in words(text), "view" in words(text)))
+        if not colours & set(talk):  # silent objects only: nothing but colour and shape
+            assert not RARE_WORDS & set(words(text)), text
+    state, view = np.mean(named["talk"], axis=0)
+    assert abs(state - 0.5) < 0.05 and abs(view - 0.5) < 0.05
+    assert not np.any(named["silent"])
+
+
+def test_context_transfer_world_keeps_images_and_draws_mmvp_pairs_from_silent_colours(tmp_path):
+    plain = W.generate_world(tmp_path / "plain", seed=5, **SMALL)
+    ctx = W.generate_world(tmp_path / "ctx", seed=5, **SMALL, rare_rate=0.0, talk_colors=["red", "yellow", "green"])
+    assert "talk_colors" not in plain and ctx["mmvp_colors"] == ["cyan", "blue", "purple"]
+    a, b = all_files(tmp_path / "plain"), all_files(tmp_path / "ctx")
+    assert [k for k in a if k.startswith("train/images/") and a[k] != b[k]] == []  # only words change
+    assert a["train/captions.csv"] != b["train/captions.csv"]
+    pairs = [json.loads(line) for line in (tmp_path / "ctx" / "mmvp" / "pairs.jsonl").read_text().splitlines()]
+    colours = {o["color"] for p in pairs for s in p["scenes"] for o in s["objects"]}
+    assert colours == {"cyan", "blue", "purple"}
+    assert len(pairs) == SMALL["pairs_per_pattern"] * len(W.MMVP_TYPES)
+    with pytest.raises(ValueError, match="colours"):
+        W.generate_world(tmp_path / "bad", **SMALL, talk_colors=["mauve"])
+    with pytest.raises(ValueError, match="at least two"):
+        W.generate_world(tmp_path / "bad", **SMALL, talk_colors=list(W.COLORS)[:5])
+
+
 def test_position_and_orientation_use_distinct_words():
     position = {w for p in W.POSITION_WORDS.values() for w in p.split()} | {
         w for p in W.RELATION_WORDS.values() for w in p.split()

@@ -28,6 +28,16 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                    help="noisy pool: draw training shapes and colours with Zipf weights 1/k^A (default 0: uniform)")
     g.add_argument("--n-trusted", type=int, default=0,
                    help="also write trusted/: clean captioned images for a DFN-style filter (default 0: none)")
+    g.add_argument("--talk-colors", nargs="+", default=[], metavar="COLOR",
+                   help="context transfer: captions name the rare attributes of objects of these colours with "
+                        "--talk-rate (the others keep --rare-rate), and the MMVP pairs use only the other colours "
+                        "(default: none, every colour alike)")
+    g.add_argument("--talk-rate", type=float, default=0.5,
+                   help="with --talk-colors: probability that a caption names each rare attribute of a "
+                        "talk-coloured object (default 0.5)")
+    g.add_argument("--mmvp-colors", nargs="+", default=None, metavar="COLOR",
+                   help="colours the MMVP pairs' objects take (default: every colour, or the silent ones "
+                        "with --talk-colors)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
 
     def run(args: argparse.Namespace) -> int:
@@ -42,14 +52,38 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               image_size=args.image_size, rare_rate=args.rare_rate,
                               pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite,
                               noise_swap=args.noise_swap, noise_boilerplate=args.noise_boilerplate,
-                              long_tail=args.long_tail, n_trusted=args.n_trusted)
+                              long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
+                              talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
-                "n_trusted")
+                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors")
         print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0
 
     p.set_defaults(func=run)
+
+
+def _add_world_settings(p: argparse.ArgumentParser) -> None:
+    """Options of `demo` and `compare` that change the world's words or where the models start."""
+    p.add_argument("--weights", metavar="DIR",
+                   help="start from the CLIP and decoders in DIR (laid out like assets/tiny-world/seed0: clip/, "
+                        "decoder/, optionally light-decoder/ and t2i-decoder/) instead of the shipped ones")
+    p.add_argument("--rare-rate", type=float, default=None,
+                   help="probability that a caption names each rare attribute (default: the demo's 0.03)")
+    p.add_argument("--talk-colors", nargs="+", default=(), metavar="COLOR",
+                   help="context transfer (see `world generate`): captions name the rare attributes of these "
+                        "colours' objects with --talk-rate, and the MMVP pairs use only the other colours")
+    p.add_argument("--talk-rate", type=float, default=0.5, help="with --talk-colors (default 0.5)")
+
+
+def _world_settings(args: argparse.Namespace, settings):
+    """``settings`` (DemoSettings) with the options of :func:`_add_world_settings`."""
+    from dataclasses import replace
+
+    changes = {"talk_colors": tuple(args.talk_colors), "talk_rate": args.talk_rate}
+    if args.rare_rate is not None:
+        changes["rare_rate"] = args.rare_rate
+    return replace(settings, **changes)
 
 
 def _add_world_evaluate(wsub) -> None:
@@ -105,18 +139,22 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-seed", type=int, metavar="S",
                    help="start every seed from the shipped CLIP and decoders of seed S (the worlds, pairs and "
                         "fine-tune draws still follow --seeds)")
+    _add_world_settings(p)
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
         from pathlib import Path
 
         from un2clip.world.compare import QUICK, CompareSettings, run_compare
 
+        settings = QUICK if args.quick else CompareSettings()
+        settings = replace(settings, demo=_world_settings(args, settings.demo))
         report = run_compare(Path(args.output), seeds=args.seeds, variants=args.variants,
-                             settings=QUICK if args.quick else CompareSettings(), steps=args.steps,
+                             settings=settings, steps=args.steps,
                              fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress,
-                             weights_seed=args.weights_seed)
+                             weights_seed=args.weights_seed, weights=args.weights)
         print(report.read_text())
         print(f"report: {report}")
         return 0
@@ -139,6 +177,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-seed", type=int, metavar="S",
                    help="start from the shipped CLIP and decoder of seed S whatever --seed is (the world, pairs "
                         "and fine-tune draws still follow --seed)")
+    _add_world_settings(p)
     p.add_argument("--quick", action="store_true", help="a few steps of each stage (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -147,9 +186,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
         from un2clip.world.demo import QUICK, DemoSettings, run_demo
 
+        settings = _world_settings(args, QUICK if args.quick else DemoSettings())
         report = run_demo(Path(args.output), seed=args.seed, fresh=args.fresh, from_scratch=args.from_scratch,
-                          settings=QUICK if args.quick else DemoSettings(), progress=not args.no_progress,
-                          weights_seed=args.weights_seed)
+                          settings=settings, progress=not args.no_progress,
+                          weights_seed=args.weights_seed, weights=args.weights)
         print(report.read_text())
         print(f"report: {report}")
         return 0

@@ -63,13 +63,14 @@ def _other(rng: np.random.Generator, items: Sequence, value) -> object:
 
 
 Pair = tuple[Scene, Scene, set[str], str]  # two scenes, the attributes their statements name, the attribute
+Weights = dict[str, dict[str, float]] | None  # sample_scene's weights: here, which colours a pair may use
 
 
 def _one_attribute_pair(attribute: str, values: Sequence[str],
-                         shapes: Sequence[str] = SHAPES) -> Callable[[np.random.Generator, int], Pair]:
+                         shapes: Sequence[str] = SHAPES) -> Callable[[np.random.Generator, int, Weights], Pair]:
     """Pairs of one-object scenes where ``attribute`` takes another of ``values`` (orientation, state, size)."""
-    def make(rng: np.random.Generator, index: int) -> Pair:
-        a = sample_scene(rng, n_objects=1, count=1, shapes=shapes)
+    def make(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
+        a = sample_scene(rng, n_objects=1, count=1, shapes=shapes, weights=weights)
         o = a.objects[0]
         b = replace(a, objects=(replace(o, **{attribute: _other(rng, values, getattr(o, attribute))}),))
         return a, b, {attribute}, attribute
@@ -77,16 +78,16 @@ def _one_attribute_pair(attribute: str, values: Sequence[str],
     return make
 
 
-def _dot_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1)
+def _dot_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1, weights=weights)
     a = replace(a, objects=(replace(a.objects[0], dot=index % 2 == 0),))  # with first, then without first
     b = replace(a, objects=(replace(a.objects[0], dot=not a.objects[0].dot),))
     return a, b, {"dot"}, "dot"
 
 
-def _count_pair(rng: np.random.Generator, index: int) -> Pair:
+def _count_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
     """One object vs two copies of it (in the two columns, the single one standing in either)."""
-    a = sample_scene(rng, n_objects=1, count=1)
+    a = sample_scene(rng, n_objects=1, count=1, weights=weights)
     o = a.objects[0]
     a = replace(a, objects=(modify(o, position=choice(rng, TWO_COLUMNS)),))
     jitter = uniform(rng, -JITTER_X, JITTER_X), uniform(rng, -JITTER_Y, JITTER_Y)
@@ -98,32 +99,33 @@ def _count_pair(rng: np.random.Generator, index: int) -> Pair:
     return a, b, {"count"}, "count"
 
 
-def _position_pair(rng: np.random.Generator, index: int) -> Pair:
+def _position_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
     if index % 2 == 0:  # one object, left side vs right side
-        a = sample_scene(rng, n_objects=1, count=1)
+        a = sample_scene(rng, n_objects=1, count=1, weights=weights)
         o = a.objects[0]
         side = choice(rng, ("left", "right"))
         a = replace(a, objects=(modify(o, position=side),))
         other = "right" if side == "left" else "left"
         b = replace(a, objects=(modify(a.objects[0], position=other),))
         return a, b, {"position"}, "position"
-    a = sample_scene(rng, n_objects=2, count=1)  # A left of B vs A right of B
+    a = sample_scene(rng, n_objects=2, count=1, weights=weights)  # A left of B vs A right of B
     o1, o2 = a.objects
     b = replace(a, objects=(modify(o1, position=o2.position), modify(o2, position=o1.position)))
     return a, b, {"relation"}, "relation"
 
 
-def _color_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=2, count=1)
+def _color_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
+    a = sample_scene(rng, n_objects=2, count=1, weights=weights)
     o1, o2 = a.objects
     taken = {(o1.shape, o1.color)}
-    colors = [c for c in COLORS if c != o2.color and (o2.shape, c) not in taken]
+    allowed = [c for c in COLORS if weights is None or weights["color"].get(c, 0) > 0]
+    colors = [c for c in allowed if c != o2.color and (o2.shape, c) not in taken]
     b = replace(a, objects=(o1, replace(o2, color=choice(rng, colors))))
     return a, b, set(), "color"
 
 
-def _glyph_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1)
+def _glyph_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1, weights=weights)
     o = a.objects[0]
     g1 = choice(rng, GLYPHS)
     a = replace(a, objects=(modify(o, glyph=g1),))
@@ -131,15 +133,15 @@ def _glyph_pair(rng: np.random.Generator, index: int) -> Pair:
     return a, b, {"glyph"}, "glyph"
 
 
-def _view_pair(rng: np.random.Generator, index: int) -> Pair:
-    a = sample_scene(rng, n_objects=1, count=1)
+def _view_pair(rng: np.random.Generator, index: int, weights: Weights = None) -> Pair:
+    a = sample_scene(rng, n_objects=1, count=1, weights=weights)
     b = replace(a, view=_other(rng, VIEWS, a.view))
     return a, b, {"view"}, "view"
 
 
 # MMVP-VLM pattern -> maker of two scenes that differ in exactly the attribute of the pattern,
 # in the order the official script reports the patterns (eval.mmvp.PATTERNS; a test keeps them equal)
-PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int], Pair]] = {
+PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int, Weights], Pair]] = {
     "Orientation and Direction": _one_attribute_pair("orientation", ORIENTATIONS, ORIENTED_SHAPES),
     "Presence of Specific Features": _dot_pair,
     "State and Condition": _one_attribute_pair("state", STATES),
@@ -153,24 +155,37 @@ PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int], Pair]] = {
 MMVP_TYPES: tuple[str, ...] = tuple(PAIR_MAKERS)
 
 
-def _mmvp_pair(rng: np.random.Generator, pattern: str, index: int) -> Pair:
+def _mmvp_pair(rng: np.random.Generator, pattern: str, index: int, weights: Weights = None) -> Pair:
     """Two scenes that differ in exactly the attribute of ``pattern``; the attribute named."""
     if pattern not in PAIR_MAKERS:
         raise ValueError(f"unknown MMVP pattern {pattern!r}; known: {MMVP_TYPES}")
-    return PAIR_MAKERS[pattern](rng, index)
+    return PAIR_MAKERS[pattern](rng, index, weights)
 
 
-def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15) -> list[dict]:
+def color_weights(colors: Sequence[str] | None) -> Weights:
+    """``sample_scene`` weights that draw colours uniformly from ``colors`` (None: every colour, no weights)."""
+    if colors is None:
+        return None
+    colors = list(dict.fromkeys(colors))
+    unknown = [c for c in colors if c not in COLORS]
+    if unknown or len(colors) < 2:
+        raise ValueError(f"need at least two known colours, got {colors}; the world's colours: {list(COLORS)}")
+    return {"color": {c: (1.0 / len(colors) if c in colors else 0.0) for c in COLORS}}
+
+
+def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15, colors: Sequence[str] | None = None) -> list[dict]:
     """The paired benchmark as records: type, attribute, the two scenes, the two statements.
 
     Each pattern draws from its own stream, so more pairs per pattern extend the same
-    benchmark (the first 15 pairs stay the first 15).
+    benchmark (the first 15 pairs stay the first 15). ``colors``: the objects of every pair take
+    only these colours (context transfer measures the pairs of the silent colours); None: all.
     """
+    weights = color_weights(colors)
     records = []
     for k, pattern in enumerate(MMVP_TYPES):
         rng = split_rng(seed, "mmvp", k)
         for index in range(pairs_per_pattern):
-            a, b, named, attribute = _mmvp_pair(rng, pattern, index)
+            a, b, named, attribute = _mmvp_pair(rng, pattern, index, weights)
             s1, s2 = phrase(a, named), phrase(b, named)
             if s1 == s2 or a == b:  # cannot happen by construction; refuse rather than write it
                 raise AssertionError(f"degenerate {pattern} pair: {s1!r}")
@@ -295,6 +310,7 @@ def noisy_captions(captions: list[str], rng: np.random.Generator, *, swap_rate: 
 def _write_caption_split(
     root: Path, split: str, n: int, seed: int, rare_rate: float, out: _ImageWriter, *,
     swap_rate: float = 0.0, boilerplate_rate: float = 0.0, long_tail: float = 0.0,
+    talk_colors: Sequence[str] = (), talk_rate: float = 0.5,
 ) -> None:
     folder = root / split
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -302,7 +318,8 @@ def _write_caption_split(
     weights = ({"shape": zipf_weights(SHAPES, long_tail), "color": zipf_weights(list(COLORS), long_tail)}
                if long_tail > 0 else None)
     scenes = [sample_scene(scene_rng, weights=weights) for _ in range(n)]
-    captions = [caption(scene, caption_rng, rare_rate) for scene in scenes]
+    captions = [caption(scene, caption_rng, rare_rate, talk_colors=talk_colors, talk_rate=talk_rate)
+                for scene in scenes]
     noise: list[str | None] = [None] * n
     if swap_rate > 0 or boilerplate_rate > 0:
         captions, noise = noisy_captions(captions, split_rng(seed, split, 2), swap_rate=swap_rate,
@@ -321,11 +338,12 @@ def _write_caption_split(
             fjson.write(json.dumps({"index": i, "image": name, **scene.to_record(), **extra}, sort_keys=True) + "\n")
 
 
-def _write_mmvp(root: Path, seed: int, pairs_per_pattern: int, out: _ImageWriter) -> None:
+def _write_mmvp(root: Path, seed: int, pairs_per_pattern: int, out: _ImageWriter,
+                colors: Sequence[str] | None = None) -> None:
     folder = root / "mmvp"
     for t in MMVP_TYPES:
         (folder / "MLLM_VLM Images" / t).mkdir(parents=True, exist_ok=True)
-    records = mmvp_pairs(seed, pairs_per_pattern)
+    records = mmvp_pairs(seed, pairs_per_pattern, colors)
     with (
         open(folder / "Questions.csv", "w", newline="", encoding="utf-8") as fcsv,
         open(folder / "pairs.jsonl", "w", encoding="utf-8") as fjson,
@@ -449,6 +467,9 @@ def generate_world(
     noise_boilerplate: float = 0.0,
     long_tail: float = 0.0,
     n_trusted: int = 0,
+    talk_colors: Sequence[str] = (),
+    talk_rate: float = 0.5,
+    mmvp_colors: Sequence[str] | None = None,
 ) -> dict:
     """Write a shapes world under ``out_dir`` and return its parameters (also ``world.json``).
 
@@ -476,6 +497,12 @@ def generate_world(
     ("image", "photo", "untitled", ...), and ``long_tail`` > 0 draws shapes and colours with Zipf
     weights 1 / k^long_tail instead of uniformly; ``attributes.jsonl`` records each caption's noise.
 
+    Context transfer: captions (train, val, trusted) name the rare attributes of objects coloured in
+    ``talk_colors`` with ``talk_rate`` and those of the other colours with ``rare_rate``; the MMVP pairs then
+    use only the other, silent colours (or ``mmvp_colors`` when given), so the benchmark asks whether what
+    captions teach in one context reaches the context where they are silent. Images are the same as
+    without it: only the words change.
+
     Each part draws from its own random stream, so e.g. ``n_train`` changes neither the
     validation split nor the benchmark, and a smaller train split is a prefix of a larger
     one.  Refuses to write into a folder that already holds a world unless ``overwrite``
@@ -492,6 +519,16 @@ def generate_world(
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
+    talk_colors = list(dict.fromkeys(talk_colors))
+    if talk_colors:
+        if not 0.0 <= talk_rate <= 1.0:
+            raise ValueError(f"talk_rate must be in [0, 1], got {talk_rate}")
+        if mmvp_colors is None:
+            mmvp_colors = [c for c in COLORS if c not in talk_colors]
+    if any(c not in COLORS for c in talk_colors):
+        raise ValueError(f"unknown talk colours {[c for c in talk_colors if c not in COLORS]}; the world's colours: "
+                         f"{list(COLORS)}")
+    color_weights(mmvp_colors)  # refuses unknown colours or fewer than two, before anything is written
     root = Path(out_dir)
     _clear_world(root, overwrite)
     root.mkdir(parents=True, exist_ok=True)
@@ -501,12 +538,13 @@ def generate_world(
     n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
     out = _ImageWriter(image_size, n_workers, total, progress)
     try:
+        talk = {"talk_colors": talk_colors, "talk_rate": talk_rate}
         _write_caption_split(root, "train", n_train, seed, rare_rate, out, swap_rate=noise_swap,
-                             boilerplate_rate=noise_boilerplate, long_tail=long_tail)
-        _write_caption_split(root, "val", n_val, seed, rare_rate, out)
+                             boilerplate_rate=noise_boilerplate, long_tail=long_tail, **talk)
+        _write_caption_split(root, "val", n_val, seed, rare_rate, out, **talk)
         if n_trusted:
-            _write_caption_split(root, "trusted", n_trusted, seed, rare_rate, out)
-        _write_mmvp(root, seed, pairs_per_pattern, out)
+            _write_caption_split(root, "trusted", n_trusted, seed, rare_rate, out, **talk)
+        _write_mmvp(root, seed, pairs_per_pattern, out, mmvp_colors)
         _write_zeroshot(root, seed, n_zeroshot_per_class, out)
         _write_seg(root, seed, n_seg, out)
     except BaseException:
@@ -522,6 +560,8 @@ def generate_world(
     if noise_swap or noise_boilerplate or long_tail or n_trusted:  # absent from a plain world's record
         params.update(noise_swap=noise_swap, noise_boilerplate=noise_boilerplate, long_tail=long_tail,
                       n_trusted=n_trusted)
+    if talk_colors or mmvp_colors is not None:
+        params.update(talk_colors=talk_colors, talk_rate=talk_rate, mmvp_colors=list(mmvp_colors or COLORS))
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")

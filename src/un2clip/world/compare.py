@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from un2clip.world.demo import QUICK as DEMO_QUICK
-from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, shipped_weights
+from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.stages import finish_stage, recorded_stage, train_run
 
 
@@ -249,14 +249,14 @@ def run_variant(seed_dir: Path, variant: Variant, *, seed: int, settings: Compar
 
 def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings: CompareSettings,
              fresh: bool = False, from_scratch: bool = False, progress: bool = True,
-             weights_seed: int | None = None) -> dict[str, dict[str, float]]:
+             weights_seed: int | None = None, weights: str | Path | None = None) -> dict[str, dict[str, float]]:
     """The demo's stages, then every variant of one world seed: {variant: metrics}."""
     from un2clip.world.report import evaluate_models
 
     _forget_stale_demo_finetune(seed_dir, settings.demo)
     run_demo(seed_dir, seed=seed, fresh=fresh, from_scratch=from_scratch, settings=settings.demo, progress=progress,
-             weights_seed=weights_seed)
-    shipped = None if from_scratch else shipped_weights(seed, weights_seed)
+             weights_seed=weights_seed, weights=weights)
+    shipped = None if from_scratch else start_weights(seed, weights_seed, weights, from_scratch)
     models = {}
     for variant in variants:
         t = time.perf_counter()
@@ -415,11 +415,13 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
 
 def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] | None = None,
                 settings: CompareSettings = CompareSettings(), steps: int | None = None, fresh: bool = False,
-                from_scratch: bool = False, progress: bool = True, weights_seed: int | None = None) -> Path:
+                from_scratch: bool = False, progress: bool = True, weights_seed: int | None = None,
+                weights: str | Path | None = None) -> Path:
     """Every chosen variant on every world seed, then ``out/report.md``; returns its path.
 
     ``steps`` replaces the fine-tune steps of every trained variant (the demo's ``finetune_steps``);
-    ``weights_seed`` starts every seed from that seed's shipped CLIP and decoders (see ``un2clip demo``).
+    ``weights_seed`` starts every seed from that seed's shipped CLIP and decoders (see ``un2clip demo``),
+    ``weights`` from the CLIP and decoders in that folder.
     """
     if not seeds:
         raise ValueError("no seeds: pass --seeds, e.g. --seeds 0 1 2")
@@ -439,8 +441,14 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = run_seed(out / f"seed{seed}", seed, chosen, settings=settings, fresh=fresh,
-                                  from_scratch=from_scratch, progress=progress, weights_seed=weights_seed)
-    if weights_seed is not None:
-        notes.append(f"every seed started from the shipped CLIP and decoders of seed {weights_seed}: the spread over "
+                                  from_scratch=from_scratch, progress=progress, weights_seed=weights_seed,
+                                  weights=weights)
+    if weights_seed is not None or weights is not None:
+        source = f"the shipped CLIP and decoders of seed {weights_seed}" if weights is None else f"{weights}"
+        notes.append(f"every seed started from {source}: the spread over "
                      "seeds is that of the world's images, pairs and fine-tune draws, not of pre-training")
+    if settings.demo.talk_colors:
+        notes.append(f"context transfer: captions name the rare attributes of {', '.join(settings.demo.talk_colors)} "
+                     f"objects with probability {settings.demo.talk_rate} and of the other colours with "
+                     f"{settings.demo.rare_rate}; the MMVP pairs use only the other colours")
     return write_report(out, per_seed, chosen, settings=settings, notes=notes)

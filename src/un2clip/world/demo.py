@@ -41,6 +41,8 @@ class DemoSettings:
     n_zeroshot_per_class: int = 50
     n_seg: int = 200
     rare_rate: float = 0.03
+    talk_colors: tuple[str, ...] = ()  # context transfer (world generate --talk-colors): none by default
+    talk_rate: float = 0.5
     pretrain_steps: int = 2000
     pretrain_batch: int = 256
     pretrain_lr: float = 1e-3
@@ -81,24 +83,41 @@ def shipped_weights(seed: int, weights_seed: int | None = None) -> Path:
     return ASSETS / f"seed{seed if weights_seed is None else weights_seed}"
 
 
-def _check_shipped(shipped: Path, weights_seed: int | None, from_scratch: bool) -> None:
-    if weights_seed is None:
+def _check_shipped(shipped: Path, which: str | None, from_scratch: bool) -> None:
+    """``which`` (the option that named ``shipped``, or None when the world seed's are only used if present)."""
+    if which is None:
         return
     if from_scratch:
-        raise ValueError("--weights-seed starts from shipped weights; it cannot go with --from-scratch")
+        raise ValueError(f"{which} starts from given weights; it cannot go with --from-scratch")
     if not (shipped / "clip" / "config.json").exists() or not (shipped / "decoder" / "unet").is_dir():
-        raise FileNotFoundError(f"no shipped CLIP and decoder for --weights-seed {weights_seed} in {shipped}")
+        raise FileNotFoundError(f"no CLIP (clip/config.json) and decoder (decoder/unet/) for {which} in {shipped}")
+
+
+def _world_words(s: DemoSettings) -> dict:
+    """What of ``s`` decides the world's captions and pairs beyond its sizes, as world.json records it."""
+    talk = {"talk_colors": list(s.talk_colors), "talk_rate": s.talk_rate} if s.talk_colors else {}
+    return {"rare_rate": s.rare_rate, **talk}
 
 
 def _world_stage(out: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool) -> Path:
+    import json
+
     from un2clip.world.benchmarks import generate_world
 
     world, done = stage(out, "world", fresh)
+    wanted = _world_words(s)
+    if done and (record := world / "world.json").exists():
+        made = json.loads(record.read_text())
+        found = {k: made.get(k) for k in ("rare_rate", "talk_colors", "talk_rate") if k in made or k in wanted}
+        if found != wanted:
+            raise ValueError(f"{world} was generated with {found}, not {wanted}: pass --fresh to rewrite it (the "
+                             "stages after it are then stale too) or choose another --output")
     if not done:
         t = time.perf_counter()
         generate_world(world, seed=seed, n_train=s.n_train, n_val=s.n_val, rare_rate=s.rare_rate,
                        pairs_per_pattern=s.pairs_per_pattern, n_zeroshot_per_class=s.n_zeroshot_per_class,
-                       n_seg=s.n_seg, progress=progress, overwrite=True)
+                       n_seg=s.n_seg, progress=progress, overwrite=True, talk_colors=s.talk_colors,
+                       talk_rate=s.talk_rate)
         mark_done(world, time.perf_counter() - t)
     return world
 
@@ -178,20 +197,33 @@ def _finetune_stage(out: Path, world: Path, clip: Path, decoder: Path, seed: int
     return folder
 
 
+def start_weights(seed: int, weights_seed: int | None, weights: str | Path | None, from_scratch: bool) -> Path:
+    """The folder the CLIP and decoders start from: ``weights`` (a folder laid out like ``assets/tiny-world/seed0``),
+    else the shipped ones of ``weights_seed`` or of the world seed; checked when asked for explicitly."""
+    if weights is None:
+        shipped = shipped_weights(seed, weights_seed)
+        _check_shipped(shipped, None if weights_seed is None else f"--weights-seed {weights_seed}", from_scratch)
+        return shipped
+    if weights_seed is not None:
+        raise ValueError("--weights and --weights-seed both say where the weights come from: pass one")
+    _check_shipped(Path(weights), "--weights", from_scratch)
+    return Path(weights)
+
+
 def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: bool = False,
              settings: DemoSettings = DemoSettings(), progress: bool = True,
-             weights_seed: int | None = None) -> Path:
+             weights_seed: int | None = None, weights: str | Path | None = None) -> Path:
     """Run (or reuse) every stage and write ``out/report.md``; returns its path.
 
     ``weights_seed``: start stages 2 and 3 from the shipped weights of that seed (which must exist)
     instead of the world seed's; ``None`` uses the world seed's when shipped, else trains them.
+    ``weights``: start them from this folder instead (``clip/``, ``decoder/`` as in ``assets/tiny-world/seed0``).
     """
     from un2clip.world.report import evaluate_models, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     s = settings
-    shipped = shipped_weights(seed, weights_seed)
-    _check_shipped(shipped, weights_seed, from_scratch)
+    shipped = start_weights(seed, weights_seed, weights, from_scratch)
     world = _world_stage(out, seed, s, fresh, progress)
     opts = {"fresh": fresh, "from_scratch": from_scratch, "progress": progress}
     clip = _clip_stage(out, world, shipped, seed, s, **opts)

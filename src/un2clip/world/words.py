@@ -122,20 +122,28 @@ def phrase(
     return template.format(text)
 
 
-def caption(scene: Scene, rng: np.random.Generator, rare_rate: float = 0.03) -> str:
+def caption(scene: Scene, rng: np.random.Generator, rare_rate: float = 0.03, *,
+            talk_colors: Iterable[str] = (), talk_rate: float = 0.5) -> str:
     """A training caption: colour and shape always, each other attribute with ``rare_rate``.
 
     Draws a template and one uniform number per (object, object attribute) and per scene
     attribute from ``rng``; attributes that do not apply (orientation of a circle,
     position of copies, relation of a single object) are never named.
+
+    Context transfer: the attributes of an object whose colour is in ``talk_colors`` are named with
+    ``talk_rate`` instead, and so are the scene attributes when every object has such a colour (the
+    draws are the same either way, so a world without talk colours is unchanged).
     """
+    talk = frozenset(talk_colors)
     template = choice(rng, CAPTION_TEMPLATES)
     per_object = []
-    for _ in scene.kinds:
+    for obj in scene.kinds:
+        rate = talk_rate if obj.color in talk else rare_rate
         draws = rng.random(len(OBJECT_ATTRIBUTES))
-        per_object.append({a for a, u in zip(OBJECT_ATTRIBUTES, draws) if u < rare_rate})
+        per_object.append({a for a, u in zip(OBJECT_ATTRIBUTES, draws) if u < rate})
+    rate = talk_rate if talk and all(o.color in talk for o in scene.kinds) else rare_rate
     draws = rng.random(len(SCENE_ATTRIBUTES))
-    scene_named = {a for a, u in zip(SCENE_ATTRIBUTES, draws) if u < rare_rate}
+    scene_named = {a for a, u in zip(SCENE_ATTRIBUTES, draws) if u < rate}
     return phrase(scene, per_object, scene_named=scene_named, template=template)
 
 
