@@ -16,6 +16,8 @@ Each writer draws from its own random stream of the world seed. Pure PIL + numpy
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -299,9 +301,12 @@ def write_video(root: Path, seed: int, per_class: int, n_frames: int = VIDEO_FRA
         for p in paths:
             p.mkdir(parents=True, exist_ok=True)
         for t, (obj, angle) in enumerate(zip(objects, angles)):
-            frame = render_frame(obj, angle, noise_seed, size)
-            for p in paths:
-                frame.save(p / f"{t:03d}.png", format="PNG")
+            first, second = (p / f"{t:03d}.png" for p in paths)
+            render_frame(obj, angle, noise_seed, size).save(first, format="PNG")
+            try:  # the class-folder copy of the same file
+                os.link(first, second)
+            except OSError:
+                shutil.copyfile(first, second)
         name = f"{objects[0].color} {objects[0].shape}"
         rows += [(vid, f"a {name} {motion}"), (vid, f"a video of a {name} {MOTION_PHRASES[motion]}")]
         records.append({"video_id": vid, "motion": motion, "shape": objects[0].shape, "color": objects[0].color,
