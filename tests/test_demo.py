@@ -15,6 +15,9 @@ def test_quick_demo_runs_every_stage_and_caches(tmp_path):
         assert (out / stage / "DONE").exists(), stage
     before = json.loads((out / "eval" / "original.json").read_text())["metrics"]
     assert 0.0 <= before["mmvp/average"] <= 100.0 and before["mmvp/n_pairs"] == 9 * QUICK.pairs_per_pattern
+    assert 0.0 <= before["video_zeroshot/acc1"] <= before["video_zeroshot/acc5"] <= 100.0
+    assert before["video_retrieval/t2v_median_rank"] >= 1
+    assert "## Text-video retrieval, CLIP4Clip meanP" in text and "## Zero-shot action recognition" in text
     # a second run reuses every stage: the finetune run directory is not rewritten
     stamp = (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns
     run_demo(out, seed=0, from_scratch=True, settings=QUICK, progress=False)

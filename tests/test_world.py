@@ -16,7 +16,8 @@ from PIL import Image
 from un2clip import world as W
 from un2clip.eval.mmvp import read_mmvp
 
-SMALL = dict(n_train=30, n_val=8, pairs_per_pattern=2, n_seg=12, n_zeroshot_per_class=2, progress=False)
+SMALL = dict(n_train=30, n_val=8, pairs_per_pattern=2, n_seg=12, n_zeroshot_per_class=2, n_video_per_class=2,
+             progress=False)
 
 
 def words(text: str) -> list[str]:

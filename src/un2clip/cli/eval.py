@@ -25,6 +25,22 @@ _EVAL_HELP = {
                   "encoded, view logits summed with view weights, prompt 'point cloud depth map of a [CLASS].'; "
                   "acc1/acc5. Layout (ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or "
                   "unreadable point file is skipped and counted (n_skipped_files)",
+    "video-retrieval": "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): --frames frames picked "
+                       "uniformly (default 12, CLIP4Clip's MSR-VTT setting), each CLIP-encoded and L2-normalised, "
+                       "averaged, normalised again; recall@1/5/10, median and mean rank, text->video and "
+                       "video->text; several captions per video allowed. Layout (MSR-VTT style): DIR/captions.csv "
+                       "+ DIR/videos/, or --data FILE.csv --videos DIR; an id names a frame folder (one folder of "
+                       "images per video, natural order) or a video file (PyAV: pip install 'un2clip[video]'). "
+                       "--batch-size counts videos. A video that does not decode, or an empty frame folder, is an "
+                       "error naming the file (default) or, with --skip-bad, skipped and counted "
+                       "(n_skipped_videos) with its captions; a caption naming a missing video is an error",
+    "video-zeroshot": "zero-shot action recognition, ActionCLIP-style: the middle frames of --frames equal segments "
+                      "(default 8), averaged (ActionCLIP's meanP) and normalised, against classes embedded from "
+                      "ActionCLIP's 16 prompts ('a photo of action {}', ...) ensembled as zero-shot image "
+                      "classification does; acc1/acc5. Layout (Kinetics / UCF101 style): DIR/[<split>/]<class>/"
+                      "<video file or frame folder>, optional DIR/classnames.txt and DIR/templates.txt. "
+                      "--batch-size counts videos. A video that does not decode, or an empty frame folder, is an "
+                      "error naming the file (default) or, with --skip-bad, skipped and counted (n_skipped_videos)",
 }
 
 
@@ -100,13 +116,42 @@ def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--template", help="prompt, {} for the class (default 'point cloud depth map of a {}.')")
 
 
-_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags, "pointcloud": _pointcloud_flags}
+def _video_flags(g: argparse._ArgumentGroup, *, frames: int, sampling: str) -> None:
+    g.add_argument("--frames", type=int, help=f"frames encoded per video (default {frames}; every frame of a shorter "
+                                              "video with uniform sampling)")
+    g.add_argument("--sampling", choices=["uniform", "segments"],
+                   help=f"which frames: uniform = evenly spaced from first to last (CLIP4Clip), segments = the middle "
+                        f"frame of equal segments (ActionCLIP's test sampling); default {sampling}")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip a video that does not decode (or an empty frame folder) and count it "
+                        "(n_skipped_videos); default: such a video is an error naming the file")
+
+
+def _video_retrieval_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--videos", metavar="DIR", help="folder of the videos or frame folders the table names (default: "
+                                                   "DIR/videos, or videos/ beside --data FILE.csv, else its folder)")
+    g.add_argument("--video-column", help="table column holding video ids (default: video_id, video, vid, id, ...)")
+    g.add_argument("--caption-column", help="table column holding captions (default: sentence, caption, text, title)")
+    _video_flags(g, frames=12, sampling="uniform")
+
+
+def _video_zeroshot_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--split", help="read the class folders of DIR/SPLIT (e.g. val for Kinetics; default: DIR)")
+    g.add_argument("--classnames", metavar="FILE", help="one class name a line, sorted folder order (default: "
+                                                        "DIR/classnames.txt, else folder names, _ read as a space)")
+    g.add_argument("--templates", metavar="FILE", help="one template a line, {} or {c} for the action (default: "
+                                                       "DIR/templates.txt, else ActionCLIP's 16)")
+    _video_flags(g, frames=8, sampling="segments")
+
+
+_DOWNSTREAM_FLAGS = {"detect": _detect_flags, "depth": _depth_flags, "pointcloud": _pointcloud_flags,
+                     "video-retrieval": _video_retrieval_flags, "video-zeroshot": _video_zeroshot_flags}
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | pointcloud | seg "
-                     "| mmvp-mllm | cvbench",
+        "eval", help="evaluate encoders: mmvp | zeroshot | retrieval | diffloss | detect | depth | pointcloud | "
+                     "video-retrieval | video-zeroshot | seg | mmvp-mllm | cvbench",
         description="Evaluate one or more models; each (model, task, dataset) gives one JSON file in --output "
                     "with the metrics and the options used. Merge them with `un2clip report OUTPUT`.")
     tasks = p.add_subparsers(dest="task", metavar="TASK")

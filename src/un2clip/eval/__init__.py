@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import cvbench, depth, detect, diffloss, mmvp, mmvp_mllm, pointcloud, retrieval, zeroshot
+from un2clip.eval import (
+    cvbench,
+    depth,
+    detect,
+    diffloss,
+    mmvp,
+    mmvp_mllm,
+    pointcloud,
+    retrieval,
+    video,
+    zeroshot,
+)
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:
@@ -97,6 +108,17 @@ register_task(EvalTask(
     "pointcloud", pointcloud.evaluate, ("acc1",),
     "zero-shot point-cloud classification (PointCLIP): six depth views, weighted view logits; acc1, acc5",
     check_data=pointcloud.read_pointcloud_set,
+))
+register_task(EvalTask(
+    "video-retrieval", video.evaluate_retrieval, ("text_to_video_recall@1", "video_to_text_recall@1"),
+    "text-video retrieval, CLIP4Clip's parameter-free meanP: 12 uniform frames, normalised mean; recall@1/5/10, "
+    "median and mean rank both ways",
+    check_data=video.read_video_captions,
+))
+register_task(EvalTask(
+    "video-zeroshot", video.evaluate_zeroshot, ("acc1", "acc5"),
+    "zero-shot action recognition, ActionCLIP's 16 prompts and meanP fusion over 8 segment frames; acc1, acc5",
+    check_data=video.read_video_classes,
 ))
 
 __all__ = ["TASKS", "EvalTask", "evaluate", "get_task", "register_task"]

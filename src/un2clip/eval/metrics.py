@@ -103,6 +103,53 @@ def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
     return out
 
 
+def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """(Q,) rank of each query's best positive: 1 + the number of candidates scored strictly higher.
+
+    scores (Q, G), positives (Q, G) bool with at least one positive per row. Ties count in the query's
+    favour, as CLIP4Clip's ``compute_metrics`` (the first of equal scores in the sorted row) counts them.
+    """
+    if scores.shape != positives.shape or scores.ndim != 2:
+        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
+                         f"and {tuple(positives.shape)}")
+    positives = positives.to(scores.device)
+    if not positives.any(dim=1).all():
+        raise ValueError("every query needs at least one positive")
+    best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
+    return 1 + (scores > best).sum(dim=1)
+
+
+def rank_summary(ranks: torch.Tensor) -> tuple[float, float]:
+    """(median, mean) of (Q,) ranks; the median of an even count is the mean of the two middle ranks
+    (``numpy.median``, as CLIP4Clip reports MdR)."""
+    r = ranks.double().reshape(-1).sort().values
+    if r.numel() == 0:
+        raise ValueError("no ranks")
+    mid = r.numel() // 2
+    median = float(r[mid]) if r.numel() % 2 else float((r[mid - 1] + r[mid]) / 2)
+    return median, float(r.mean())
+
+
+def retrieval_rank_metrics(scores: torch.Tensor, caption_item: torch.Tensor, item: str = "image"
+                           ) -> dict[str, float]:
+    """Median and mean rank both ways from caption-by-item scores (T, I) and each caption's item index (T,).
+
+    ``text_to_<item>_median_rank``: rank of a caption's item among all items; ``<item>_to_text_median_rank``:
+    rank of an item's best-ranked caption among all captions (as recall counts any of its captions).
+    """
+    t, i = scores.shape
+    if caption_item.shape != (t,):
+        raise ValueError(f"caption_item must be ({t},), got {tuple(caption_item.shape)}")
+    positives = torch.zeros(t, i, dtype=torch.bool)
+    positives[torch.arange(t), caption_item.cpu().long()] = True
+    scores = scores.cpu()
+    out: dict[str, float] = {}
+    for name, s, p in ((f"text_to_{item}", scores, positives), (f"{item}_to_text", scores.T, positives.T)):
+        median, mean = rank_summary(retrieval_ranks(s, p))
+        out[f"{name}_median_rank"], out[f"{name}_mean_rank"] = median, mean
+    return out
+
+
 # -- MMVP-VLM ----------------------------------------------------------------------------------------
 
 

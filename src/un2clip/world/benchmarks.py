@@ -211,7 +211,7 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "world.json",
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "world.json",
                 "swap_groups.txt", "metadata.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
@@ -460,6 +460,7 @@ def generate_world(
     n_detect: int = 40,
     n_depth: int = 40,
     n_pointcloud_per_class: int = 8,
+    n_video_per_class: int = 20,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -487,6 +488,10 @@ def generate_world(
                           scenes.jsonl  (un2clip eval depth)
         pointcloud/       <primitive>/<id>.npy, 1024 points on a cube, sphere, cone, cylinder,
                           torus or pyramid in a random pose  (un2clip eval pointcloud)
+        video/            clips of 8 frames (32 px) of one shape moving leftward, rightward, upward,
+                          downward or turning clockwise, counterclockwise: retrieval/captions.csv +
+                          retrieval/videos/<id>/<frame>.png (un2clip eval video-retrieval),
+                          actions/<motion>/<id>/<frame>.png (un2clip eval video-zeroshot), clips.jsonl
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
@@ -515,7 +520,8 @@ def generate_world(
     _check_sizes(rare_rate, image_size, {"n_train": n_train, "n_val": n_val, "pairs_per_pattern": pairs_per_pattern,
                                           "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
                                           "n_trusted": n_trusted, "long_tail": long_tail, "n_detect": n_detect,
-                                          "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class})
+                                          "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class,
+                                          "n_video_per_class": n_video_per_class})
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
@@ -551,12 +557,14 @@ def generate_world(
         out.close(finish=False)
         raise
     out.close()
-    write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class)
+    write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class,
+                     n_video_per_class=n_video_per_class)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
               "n_zeroshot_per_class": n_zeroshot_per_class, "n_detect": n_detect, "n_depth": n_depth,
-              "n_pointcloud_per_class": n_pointcloud_per_class, **_world_tables()}
+              "n_pointcloud_per_class": n_pointcloud_per_class, "n_video_per_class": n_video_per_class,
+              **_world_tables()}
     if noise_swap or noise_boilerplate or long_tail or n_trusted:  # absent from a plain world's record
         params.update(noise_swap=noise_swap, noise_boilerplate=noise_boilerplate, long_tail=long_tail,
                       n_trusted=n_trusted)

@@ -6,6 +6,9 @@
   of the side) before a wall at 3 m, with ``depths/<name>.png`` (16-bit, millimetres): ``eval depth``.
 - ``pointcloud/<shape>/<id>.npy``: points sampled on the surfaces of six 3-D primitives (cube, sphere,
   cone, cylinder, torus, pyramid) in a random pose: ``eval pointcloud``.
+- ``video/``: short clips of one shape moving (leftward, rightward, upward, downward) or turning (clockwise,
+  counterclockwise: arrows), as frame folders: ``retrieval/`` (``captions.csv`` + ``videos/``,
+  two captions a clip) for ``eval video-retrieval``, ``actions/<motion>/<id>/`` for ``eval video-zeroshot``.
 
 Each writer draws from its own random stream of the world seed. Pure PIL + numpy.
 """
@@ -13,6 +16,8 @@ Each writer draws from its own random stream of the world seed. Pure PIL + numpy
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +33,17 @@ from un2clip.world.render import (
     render,
     render_with_mask,
 )
-from un2clip.world.scenes import COLORS, SHAPES, Scene, sample_scene, split_rng
+from un2clip.world.scenes import (
+    COLORS,
+    ORIENTATIONS,
+    ORIENTED_SHAPES,
+    SHAPES,
+    Scene,
+    WorldObject,
+    choice,
+    sample_scene,
+    split_rng,
+)
 from un2clip.world.words import ZEROSHOT_TEMPLATES
 
 DETECT_SIZE = 64  # px: two objects side by side, each crop still a few patches of the tiny CLIP
@@ -217,8 +232,97 @@ def write_pointcloud(root: Path, seed: int, per_class: int, n_points: int = N_PO
     return folder
 
 
+VIDEO_SIZE = 32  # px: the tiny CLIP's input
+VIDEO_FRAMES = 8
+# Each clip starts with the shape near the centre (pointing up when it turns), so that the direction shows in
+# which frames a clip holds, not only in their order: a parameter-free mean over frames ignores order.
+MOVES = {"moving leftward": (-1, 0), "moving rightward": (1, 0), "moving upward": (0, -1), "moving downward": (0, 1)}
+TURNS = {"turning clockwise": 1, "turning counterclockwise": -1}
+MOTIONS = tuple(MOVES) + tuple(TURNS)
+MOTION_PHRASES = {"moving leftward": "moving to the left", "moving rightward": "moving to the right",
+                  "moving upward": "moving up", "moving downward": "moving down",
+                  "turning clockwise": "rotating clockwise", "turning counterclockwise": "rotating counterclockwise"}
+# The arrow alone turns: it has no rotational symmetry, so a clockwise clip (up to right) and a counterclockwise
+# one (up to left) hold different frames; a triangle turned 60 degrees either way looks nearly the same.
+TURN_SHAPES = ("arrow",)
+TRAVEL = 0.24  # of the side, from the first frame to the last
+TURN_DEGREES = 90.0
+START_JITTER = 0.04
+
+
+def motion_clip(rng: np.random.Generator, motion: str, n_frames: int = VIDEO_FRAMES
+                ) -> tuple[list[WorldObject], list[float], int]:
+    """One clip of ``motion``: the object of each frame, its clockwise turn in degrees, the noise seed."""
+    turning = motion in TURNS
+    shape = choice(rng, TURN_SHAPES if turning else SHAPES)
+    color = choice(rng, list(COLORS))
+    orientation = "up" if turning else (choice(rng, ORIENTATIONS) if shape in ORIENTED_SHAPES else None)
+    x0, y0 = 0.5 + rng.uniform(-START_JITTER, START_JITTER, size=2)
+    noise_seed = int(rng.integers(0, 2**31 - 1))
+    dx, dy = MOVES.get(motion, (0, 0))
+    objects, angles = [], []
+    for t in range(n_frames):
+        f = t / max(n_frames - 1, 1)
+        objects.append(WorldObject(shape, color, size="small", orientation=orientation, x=float(x0 + dx * TRAVEL * f),
+                                   y=float(y0 + dy * TRAVEL * f)))
+        angles.append(TURNS.get(motion, 0) * TURN_DEGREES * f)
+    return objects, angles, noise_seed
+
+
+def render_frame(obj: WorldObject, angle: float, noise_seed: int, size: int = VIDEO_SIZE) -> Image.Image:
+    """One frame: the object drawn by the world's renderer, turned ``angle`` degrees clockwise about its centre."""
+    side = size * SUPERSAMPLE
+    canvas = Image.new("RGB", (side, side), BACKGROUND)
+    _draw_object(canvas, None, obj, side, 1)
+    if angle:  # PIL turns counterclockwise for positive angles
+        canvas = canvas.rotate(-angle, resample=Image.Resampling.BICUBIC, center=(obj.x * side, obj.y * side),
+                               fillcolor=BACKGROUND)
+    image = canvas.reduce(SUPERSAMPLE)
+    if NOISE_AMPLITUDE:  # the same background noise in every frame of a clip: a still camera
+        pixels = np.asarray(image, dtype=np.int16) + _noise(noise_seed, size)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return image
+
+
+def write_video(root: Path, seed: int, per_class: int, n_frames: int = VIDEO_FRAMES, size: int = VIDEO_SIZE) -> Path:
+    """``root/video/``: ``per_class`` clips of each motion, ``n_frames`` PNG frames each, written twice: as
+    ``retrieval/videos/<id>/`` + ``retrieval/captions.csv`` (video_id,caption; two captions a clip) and as
+    ``actions/<motion>/<id>/`` class folders; ``clips.jsonl`` records each clip."""
+    import csv
+
+    folder = root / "video"
+    rng = split_rng(seed, "video")
+    rows, records = [], []
+    for k in range(per_class * len(MOTIONS)):
+        motion = MOTIONS[k % len(MOTIONS)]
+        objects, angles, noise_seed = motion_clip(rng, motion, n_frames)
+        vid = f"{k:05d}"
+        paths = [folder / "retrieval" / "videos" / vid, folder / "actions" / motion.replace(" ", "_") / vid]
+        for p in paths:
+            p.mkdir(parents=True, exist_ok=True)
+        for t, (obj, angle) in enumerate(zip(objects, angles)):
+            first, second = (p / f"{t:03d}.png" for p in paths)
+            render_frame(obj, angle, noise_seed, size).save(first, format="PNG")
+            try:  # the class-folder copy of the same file
+                os.link(first, second)
+            except OSError:
+                shutil.copyfile(first, second)
+        name = f"{objects[0].color} {objects[0].shape}"
+        rows += [(vid, f"a {name} {motion}"), (vid, f"a video of a {name} {MOTION_PHRASES[motion]}")]
+        records.append({"video_id": vid, "motion": motion, "shape": objects[0].shape, "color": objects[0].color,
+                        "orientation": objects[0].orientation, "start": [objects[0].x, objects[0].y],
+                        "noise_seed": noise_seed})
+    with open(folder / "retrieval" / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "caption"])
+        writer.writerows(rows)
+    (folder / "clips.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),
+                                        encoding="utf-8")
+    return folder
+
+
 def write_downstream(root: Path, seed: int, *, n_detect: int = 40, n_depth: int = 40,
-                     n_pointcloud_per_class: int = 8) -> None:
+                     n_pointcloud_per_class: int = 8, n_video_per_class: int = 20) -> None:
     """Write the downstream sets of a world (a count of 0 leaves that set out)."""
     if n_detect:
         write_detect(root, seed, n_detect)
@@ -226,6 +330,8 @@ def write_downstream(root: Path, seed: int, *, n_detect: int = 40, n_depth: int 
         write_depth(root, seed, n_depth)
     if n_pointcloud_per_class:
         write_pointcloud(root, seed, n_pointcloud_per_class)
+    if n_video_per_class:
+        write_video(root, seed, n_video_per_class)
 
 
 def ensure_downstream(world: Path) -> None:
@@ -238,3 +344,5 @@ def ensure_downstream(world: Path) -> None:
         write_depth(world, seed, 40)
     if "n_pointcloud_per_class" not in params and not (world / "pointcloud").is_dir():
         write_pointcloud(world, seed, 8)
+    if "n_video_per_class" not in params and not (world / "video" / "clips.jsonl").is_file():
+        write_video(world, seed, 20)

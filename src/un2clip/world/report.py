@@ -79,8 +79,28 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
 
         return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
 
+    def video_retrieval(model) -> dict[str, float]:
+        from un2clip.eval import video
+
+        m = video.evaluate_retrieval(model, world / "video" / "retrieval", progress=progress)
+        return {"video_retrieval/t2v_r1": 100 * m["text_to_video_recall@1"],
+                "video_retrieval/v2t_r1": 100 * m["video_to_text_recall@1"],
+                "video_retrieval/t2v_r5": 100 * m["text_to_video_recall@5"],
+                "video_retrieval/t2v_median_rank": m["text_to_video_median_rank"],
+                "video_retrieval/t2v_mean_rank": m["text_to_video_mean_rank"]}
+
+    def video_zeroshot(model) -> dict[str, float]:
+        from un2clip.eval import video
+
+        m = video.evaluate_zeroshot(model, world / "video" / "actions", progress=progress)
+        return {"video_zeroshot/acc1": 100 * m["acc1"], "video_zeroshot/acc5": 100 * m["acc5"],
+                "video_zeroshot/mean_per_class_recall": 100 * m["mean_per_class_recall"]}
+
     if (world / "pointcloud").is_dir():
         groups["pointcloud"] = ("pointcloud/acc1", pointcloud)
+    if (world / "video" / "clips.jsonl").is_file():
+        groups["video_retrieval"] = ("video_retrieval/t2v_r1", video_retrieval)
+        groups["video_zeroshot"] = ("video_zeroshot/acc1", video_zeroshot)
     if (world / "detect" / "annotations.json").is_file() and _has_pycocotools():
         groups["detect"] = ("detect/AP", detect)
     if (world / "depth" / "depth_scale.txt").is_file():
@@ -187,6 +207,11 @@ DOWNSTREAM_SECTIONS = (  # (title, metric prefix, note) of the downstream tables
      "abs_rel, rmse in m, log10)", "depth/", ""),
     ("Zero-shot point clouds, PointCLIP (world pointcloud set: six primitives in random poses, six depth views; "
      "accuracy, %)", "pointcloud/", ""),
+    ("Text-video retrieval, CLIP4Clip meanP (world video set: clips of 8 frames, a shape moving leftward, "
+     "rightward, upward, downward or an arrow turning clockwise, counterclockwise; 2 captions a clip; recall in %, "
+     "ranks)", "video_retrieval/", ""),
+    ("Zero-shot action recognition, ActionCLIP prompts and meanP (world video set: the six motions as classes; "
+     "accuracy, %)", "video_zeroshot/", ""),
 )
 
 
@@ -204,7 +229,8 @@ def _cell(column: str, m: dict[str, float]) -> str:
     if column.startswith("diffloss"):
         return f"{value:.5f}"
     if column.startswith("text_cos") or column == "shuffled_ratio" or column in ("depth/abs_rel", "depth/rmse",
-                                                                                    "depth/log10"):
+                                                                                    "depth/log10",
+                                                                                    "video_retrieval/t2v_mean_rank"):
         return f"{value:.3f}"
     return f"{value:.1f}"
 
