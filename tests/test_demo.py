@@ -64,13 +64,29 @@ def test_weights_folder_and_a_context_transfer_world(tmp_path):
         start_weights(2, None, ASSETS / "seed0", from_scratch=True)
     assert start_weights(2, None, ASSETS / "seed0", from_scratch=False) == ASSETS / "seed0"
     out = tmp_path / "demo"
-    ctx = replace(QUICK, rare_rate=0.0, talk_colors=("red", "yellow", "green"))
+    ctx, plain = QUICK, replace(QUICK, rare_rate=0.03, talk_colors=())  # the demo's world is a context-transfer one
+    assert (ctx.rare_rate, ctx.talk_colors) == (0.0, ("red", "yellow", "green"))
     world = _world_stage(out, 2, ctx, fresh=False, progress=False)
     record = json.loads((world / "world.json").read_text())
     assert record["talk_colors"] == ["red", "yellow", "green"] and record["mmvp_colors"] == ["cyan", "blue", "purple"]
     assert _world_stage(out, 2, ctx, fresh=False, progress=False) == world  # the same words: reused
     # the cached world has other words than asked: refused, not silently reused
     with pytest.raises(ValueError, match="--fresh"):
-        _world_stage(out, 2, QUICK, fresh=False, progress=False)
-    _world_stage(out, 2, QUICK, fresh=True, progress=False)
+        _world_stage(out, 2, plain, fresh=False, progress=False)
+    _world_stage(out, 2, plain, fresh=True, progress=False)
     assert "talk_colors" not in json.loads((world / "world.json").read_text())
+
+
+def test_demo_and_compare_options_change_only_what_is_given():
+    from un2clip.cli import build_parser
+    from un2clip.cli.world import _world_settings
+    from un2clip.world.demo import DemoSettings
+
+    parser = build_parser()
+    default = _world_settings(parser.parse_args(["demo"]), DemoSettings())
+    assert default == DemoSettings()
+    plain = _world_settings(parser.parse_args(["compare", "--talk-colors", "--rare-rate", "0.03"]), DemoSettings())
+    assert (plain.talk_colors, plain.rare_rate, plain.talk_rate) == ((), 0.03, 0.5)
+    other = _world_settings(parser.parse_args(["demo", "--talk-colors", "blue", "cyan", "--talk-rate", "0.2"]),
+                            DemoSettings())
+    assert (other.talk_colors, other.talk_rate, other.rare_rate) == (("blue", "cyan"), 0.2, 0.0)

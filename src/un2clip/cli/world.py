@@ -69,21 +69,22 @@ def _add_world_settings(p: argparse.ArgumentParser) -> None:
                    help="start from the CLIP and decoders in DIR (laid out like assets/tiny-world/seed0: clip/, "
                         "decoder/, optionally light-decoder/ and t2i-decoder/) instead of the shipped ones")
     p.add_argument("--rare-rate", type=float, default=None,
-                   help="probability that a caption names each rare attribute (default: the demo's 0.03)")
-    p.add_argument("--talk-colors", nargs="+", default=(), metavar="COLOR",
+                   help="probability that a caption names each rare attribute of a silent colour's object (default: "
+                        "the demo's 0)")
+    p.add_argument("--talk-colors", nargs="*", default=None, metavar="COLOR",
                    help="context transfer (see `world generate`): captions name the rare attributes of these "
-                        "colours' objects with --talk-rate, and the MMVP pairs use only the other colours")
-    p.add_argument("--talk-rate", type=float, default=0.5, help="with --talk-colors (default 0.5)")
+                        "colours' objects with --talk-rate, and the MMVP pairs use only the other colours (default: "
+                        "red yellow green; given with no colour: the plain world, e.g. with --rare-rate 0.03)")
+    p.add_argument("--talk-rate", type=float, default=None, help="with --talk-colors (default 0.5)")
 
 
 def _world_settings(args: argparse.Namespace, settings):
     """``settings`` (DemoSettings) with the options of :func:`_add_world_settings`."""
     from dataclasses import replace
 
-    changes = {"talk_colors": tuple(args.talk_colors), "talk_rate": args.talk_rate}
-    if args.rare_rate is not None:
-        changes["rare_rate"] = args.rare_rate
-    return replace(settings, **changes)
+    given = {"talk_colors": None if args.talk_colors is None else tuple(args.talk_colors),
+             "talk_rate": args.talk_rate, "rare_rate": args.rare_rate}
+    return replace(settings, **{k: v for k, v in given.items() if v is not None})
 
 
 def _add_world_evaluate(wsub) -> None:

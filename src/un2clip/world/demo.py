@@ -40,10 +40,13 @@ class DemoSettings:
     pairs_per_pattern: int = 60
     n_zeroshot_per_class: int = 50
     n_seg: int = 200
-    rare_rate: float = 0.03
-    talk_colors: tuple[str, ...] = ()  # context transfer (world generate --talk-colors): none by default
+    # Context transfer (world generate --talk-colors): captions name the rare attributes of red, yellow and green
+    # objects half of the time and never those of cyan, blue and purple ones; the MMVP pairs are cyan, blue and
+    # purple. The plain world of versions 1-2: talk_colors=(), rare_rate=0.03 (docs/world_competence.md).
+    rare_rate: float = 0.0
+    talk_colors: tuple[str, ...] = ("red", "yellow", "green")
     talk_rate: float = 0.5
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 1500
     pretrain_batch: int = 256
     pretrain_lr: float = 1e-3
     pretrain_warmup: int = 100
