@@ -82,6 +82,17 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]
     return {k: int(hit[:, : min(k, k_max)].any(dim=1).sum()) / scores.shape[0] for k in ks}
 
 
+def _caption_positives(scores: torch.Tensor, caption_item: torch.Tensor, name: str
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption-by-item ``scores`` (T, I) on the CPU and the (T, I) mask of each caption's own item."""
+    t, i = scores.shape
+    if caption_item.shape != (t,):
+        raise ValueError(f"{name} must be ({t},), got {tuple(caption_item.shape)}")
+    positives = torch.zeros(t, i, dtype=torch.bool)
+    positives[torch.arange(t), caption_item.cpu().long()] = True
+    return scores.cpu(), positives
+
+
 def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k both ways from caption-by-image scores (T, I) and each caption's image index (T,).
@@ -90,12 +101,7 @@ def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
     ``image_retrieval_recall@k``). ``image_to_text_recall@k``: an image finds any of its
     captions in the top k (CLIP_benchmark's ``text_retrieval_recall@k``).
     """
-    t, i = scores.shape
-    if caption_image.shape != (t,):
-        raise ValueError(f"caption_image must be ({t},), got {tuple(caption_image.shape)}")
-    positives = torch.zeros(t, i, dtype=torch.bool)
-    positives[torch.arange(t), caption_image.cpu().long()] = True
-    scores = scores.cpu()
+    scores, positives = _caption_positives(scores, caption_image, "caption_image")
     t2i = recall_at_k(scores, positives, ks)
     i2t = recall_at_k(scores.T, positives.T, ks)
     out = {f"text_to_image_recall@{k}": v for k, v in t2i.items()}
@@ -137,12 +143,7 @@ def retrieval_rank_metrics(scores: torch.Tensor, caption_item: torch.Tensor, ite
     ``text_to_<item>_median_rank``: rank of a caption's item among all items; ``<item>_to_text_median_rank``:
     rank of an item's best-ranked caption among all captions (as recall counts any of its captions).
     """
-    t, i = scores.shape
-    if caption_item.shape != (t,):
-        raise ValueError(f"caption_item must be ({t},), got {tuple(caption_item.shape)}")
-    positives = torch.zeros(t, i, dtype=torch.bool)
-    positives[torch.arange(t), caption_item.cpu().long()] = True
-    scores = scores.cpu()
+    scores, positives = _caption_positives(scores, caption_item, "caption_item")
     out: dict[str, float] = {}
     for name, s, p in ((f"text_to_{item}", scores, positives), (f"{item}_to_text", scores.T, positives.T)):
         median, mean = rank_summary(retrieval_ranks(s, p))
