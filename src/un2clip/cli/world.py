@@ -166,7 +166,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole method in the shapes world on a CPU (what `make demo` runs)",
-        description="Stages, each cached in OUTPUT/<stage>/ and skipped when done: generate the shapes world; the "
+        description="Stages, each cached in OUTPUT/<stage>/ and skipped when done: generate the shapes world (by "
+                    "default with context-transfer captions: the rare attributes of red, yellow and green objects "
+                    "named half of the time, never those of the other colours, whose pairs world-MMVP asks about); the "
                     "tiny CLIP (shipped in assets/tiny-world/ or pre-trained); its unCLIP decoder (shipped or "
                     "trained); the un²CLIP fine-tune; world-MMVP, zero-shot, retrieval, segmentation, held-out "
                     "diffusion loss, probes and reconstructions before and after, in OUTPUT/report.md.")
