@@ -63,6 +63,24 @@ def test_weights_folder_and_a_context_transfer_world(tmp_path):
     with pytest.raises(ValueError, match="from-scratch"):
         start_weights(2, None, ASSETS / "seed0", from_scratch=True)
     assert start_weights(2, None, ASSETS / "seed0", from_scratch=False) == ASSETS / "seed0"
+    # {seed} in --weights: each world seed its own folder (seed 0's exists, seed 2's does not)
+    template = str(ASSETS / "seed{seed}")
+    assert start_weights(0, None, template, from_scratch=False) == ASSETS / "seed0"
+    with pytest.raises(FileNotFoundError, match=r"seed2"):
+        start_weights(2, None, template, from_scratch=False)
+    with pytest.raises(ValueError, match=r"only placeholder"):
+        start_weights(0, None, str(ASSETS / "seed{world}"), from_scratch=False)
+    from un2clip.world.compare import weights_note
+
+    twice = tmp_path / "w" / "s{seed}"
+    for s in (0, 1):
+        (tmp_path / "w" / f"s{s}" / "decoder" / "unet").mkdir(parents=True)  # what --weights checks for
+        (tmp_path / "w" / f"s{s}" / "clip").mkdir()
+        (tmp_path / "w" / f"s{s}" / "clip" / "config.json").write_text("{}")
+    assert "its own pre-trained" in weights_note([0, 1], None, str(twice))
+    assert "not of pre-training" in weights_note([0], None, str(twice))
+    assert "not of pre-training" in weights_note([0, 1], None, ASSETS / "seed0")
+    assert "seed 0" in weights_note([1, 2], 0, None) and weights_note([0, 1], None, None) is None
     out = tmp_path / "demo"
     ctx, plain = QUICK, replace(QUICK, rare_rate=0.03, talk_colors=())  # the demo's world is a context-transfer one
     assert (ctx.rare_rate, ctx.talk_colors) == (0.0, ("red", "yellow", "green"))

@@ -67,7 +67,8 @@ def _add_world_settings(p: argparse.ArgumentParser) -> None:
     """Options of `demo` and `compare` that change the world's words or where the models start."""
     p.add_argument("--weights", metavar="DIR",
                    help="start from the CLIP and decoders in DIR (laid out like assets/tiny-world/seed0: clip/, "
-                        "decoder/, optionally light-decoder/ and t2i-decoder/) instead of the shipped ones")
+                        "decoder/, optionally light-decoder/ and t2i-decoder/) instead of the shipped ones; {seed} in DIR "
+                        "is replaced by the world seed (e.g. runs/weights/seed{seed}: each seed its own models)")
     p.add_argument("--rare-rate", type=float, default=None,
                    help="probability that a caption names each rare attribute of a silent colour's object (default: "
                         "the demo's 0)")

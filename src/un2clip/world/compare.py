@@ -413,6 +413,20 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
     return report
 
 
+def weights_note(seeds: Sequence[int], weights_seed: int | None, weights: str | Path | None) -> str | None:
+    """What the report says about where the seeds' pre-trained models came from (None: each seed's shipped or
+    trained ones, the default)."""
+    if weights_seed is None and weights is None:
+        return None
+    folders = {start_weights(seed, weights_seed, weights, False) for seed in seeds}
+    if len(folders) > 1:
+        return (f"each seed started from its own pre-trained CLIP and decoders ({weights}, {{seed}} = the world "
+                "seed): the spread over seeds includes that of pre-training")
+    source = f"the shipped CLIP and decoders of seed {weights_seed}" if weights is None else f"{weights}"
+    return (f"every seed started from {source}: the spread over seeds is that of the world's images, pairs and "
+            "fine-tune draws, not of pre-training")
+
+
 def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] | None = None,
                 settings: CompareSettings = CompareSettings(), steps: int | None = None, fresh: bool = False,
                 from_scratch: bool = False, progress: bool = True, weights_seed: int | None = None,
@@ -443,10 +457,8 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
         per_seed[seed] = run_seed(out / f"seed{seed}", seed, chosen, settings=settings, fresh=fresh,
                                   from_scratch=from_scratch, progress=progress, weights_seed=weights_seed,
                                   weights=weights)
-    if weights_seed is not None or weights is not None:
-        source = f"the shipped CLIP and decoders of seed {weights_seed}" if weights is None else f"{weights}"
-        notes.append(f"every seed started from {source}: the spread over "
-                     "seeds is that of the world's images, pairs and fine-tune draws, not of pre-training")
+    if note := weights_note(seeds, weights_seed, weights):
+        notes.append(note)
     if settings.demo.talk_colors:
         notes.append(f"context transfer: captions name the rare attributes of {', '.join(settings.demo.talk_colors)} "
                      f"objects with probability {settings.demo.talk_rate} and of the other colours with "

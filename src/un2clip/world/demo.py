@@ -200,17 +200,31 @@ def _finetune_stage(out: Path, world: Path, clip: Path, decoder: Path, seed: int
     return folder
 
 
+def weights_folder(weights: str | Path, seed: int) -> Path:
+    """``weights`` for world ``seed``: ``{seed}`` in it is replaced by the seed (``runs/weights/seed{seed}``), so that
+    every seed of a comparison can start from its own pre-trained models."""
+    text = str(weights)
+    if "{" not in text and "}" not in text:
+        return Path(text)
+    try:
+        return Path(text.format(seed=seed))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"--weights {text!r}: the only placeholder it may hold is {{seed}} ({err})") from None
+
+
 def start_weights(seed: int, weights_seed: int | None, weights: str | Path | None, from_scratch: bool) -> Path:
-    """The folder the CLIP and decoders start from: ``weights`` (a folder laid out like ``assets/tiny-world/seed0``),
-    else the shipped ones of ``weights_seed`` or of the world seed; checked when asked for explicitly."""
+    """The folder the CLIP and decoders start from: ``weights`` (a folder laid out like ``assets/tiny-world/seed0``,
+    ``{seed}`` replaced by the world seed), else the shipped ones of ``weights_seed`` or of the world seed; checked
+    when asked for explicitly."""
     if weights is None:
         shipped = shipped_weights(seed, weights_seed)
         _check_shipped(shipped, None if weights_seed is None else f"--weights-seed {weights_seed}", from_scratch)
         return shipped
     if weights_seed is not None:
         raise ValueError("--weights and --weights-seed both say where the weights come from: pass one")
-    _check_shipped(Path(weights), "--weights", from_scratch)
-    return Path(weights)
+    folder = weights_folder(weights, seed)
+    _check_shipped(folder, "--weights", from_scratch)
+    return folder
 
 
 def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: bool = False,
