@@ -70,8 +70,42 @@ def test_judge_reads_colour_and_shape_from_renders():
         assert shown(W.render(other), scene)["shape"] == shape
     noisy = np.asarray(W.render(scene), dtype=np.float32) + np.random.default_rng(1).normal(0, 12, (32, 32, 3))
     noisy = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    assert judge([W.render(scene), noisy, W.render(square), W.render(red)], [scene] * 4) == \
+    scores = judge([W.render(scene), noisy, W.render(square), W.render(red)], [scene] * 4)
+    assert {k: scores[k] for k in ("color", "shape", "both")} == {"color": 75.0, "shape": 75.0, "both": 50.0}
+    # read anywhere, the same four samples give the same answers (nothing was moved)
+    assert {k: scores[f"anywhere_{k}"] for k in ("color", "shape", "both")} == \
         {"color": 75.0, "shape": 75.0, "both": 50.0}
+
+
+def test_judge_anywhere_reads_the_shape_wherever_and_however_it_is_drawn():
+    from un2clip.world.judge import shown_anywhere
+    from un2clip.world.scenes import Y_WITH_GLYPH
+
+    scene = _single("square", "blue", size="large", position="middle", x=0.5, state="filled")
+    obj = scene.objects[0]
+    elsewhere = [  # the input's colour and shape, every other attribute changed
+        replace(scene, objects=(replace(obj, position="left", x=0.25, size="small"),)),
+        replace(scene, objects=(replace(obj, state="outlined", dot=True),)),
+        replace(scene, objects=(replace(obj, position="left", x=0.25), replace(obj, position="right", x=0.75)),
+                count=2),
+        replace(scene, objects=(replace(obj, glyph="7", y=Y_WITH_GLYPH),), view="tilted"),
+    ]
+    for moved in elsewhere:
+        assert shown_anywhere(W.render(moved)) == {"color": "blue", "shape": "square"}, moved
+    # read in place, the square drawn small on the left is not found: that reading asks for the scene back
+    assert shown(W.render(elsewhere[0]), scene)["shape"] != "square"
+    assert judge([W.render(m) for m in elsewhere], [scene] * 4)["anywhere_both"] == 100.0
+    # every colour and shape of the world's own images is read back, whatever else they show
+    rng = np.random.default_rng(7)
+    for shape in W.SHAPES:
+        for color in W.COLORS:
+            drawn = W.sample_scene(rng, n_objects=1, count=1, shapes=(shape,))
+            drawn = replace(drawn, objects=(replace(drawn.objects[0], color=color),))
+            assert shown_anywhere(W.render(drawn)) == {"color": color, "shape": shape}, drawn
+    # nothing drawn: nothing read, so nothing matches
+    blank = replace(scene, objects=())
+    assert shown_anywhere(W.render(blank)) == {"color": None, "shape": None}
+    assert judge([W.render(blank)], [scene])["anywhere_both"] == 0.0
 
 
 def test_judge_refuses_what_it_cannot_read():
@@ -138,4 +172,4 @@ def test_reconstruction_match_samples_with_the_guidance_it_is_given(tmp_path, mo
     guided = reconstruction_match(clip, decoder, tmp_path / "w" / "val", n=3, num_inference_steps=2,
                                   guidance_scale=3.0)
     assert seen == [1.0, 3.0]
-    assert set(plain) == set(guided) == {"recon/color", "recon/shape", "recon/both"}
+    assert set(plain) == set(guided) == {f"recon/{p}{a}" for p in ("", "anywhere_") for a in ("color", "shape", "both")}

@@ -1,12 +1,22 @@
 """Reading a picture back with the world's own renderer: which colour and shape does a decoded sample show?
 
-A decoded sample of a single-object scene is compared with the scene rendered once per value of the
-attribute (every other attribute as in the scene); the nearest render, after a light blur that
-forgives a pixel of misplacement, names the value the sample shows. No learned classifier takes part.
+Two readings, neither with a learned classifier:
+
+- **in place** (:func:`shown`): the sample is compared with its scene rendered once per value of the
+  attribute, every other attribute as in the scene; the nearest render, after a light blur that forgives
+  a pixel of misplacement, names the value. A sample with the right shape drawn elsewhere, larger, hollow
+  or twice counts as wrong here: this reading asks for the whole scene back.
+- **anywhere** (:func:`shown_anywhere`): each pixel takes the nearest of the world's inks (background,
+  the six colours, glyph ink); the most frequent colour names the colour, and the largest connected blob of
+  it, cropped and padded square, is matched to the same crop of every shape rendered in every size, place,
+  state, orientation and view; the nearest names the shape. Colour and shape only, wherever and however
+  the sample draws them: what "the decoded sample shows the input's colour and shape" asks.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from un2clip.world.render import render
-from un2clip.world.scenes import COLORS, SHAPES, Scene, WorldObject
+from un2clip.world.render import BACKGROUND, GLYPH_INK, render, render_with_mask
+from un2clip.world.scenes import (COLORS, ORIENTATIONS, ORIENTED_SHAPES, POSITION_X, POSITIONS, SHAPES, SIZES,
+                                  JITTER_Y, VIEWS, Y_WITH_GLYPH, Scene, WorldObject)
 
 JUDGED = ("color", "shape")
 BLUR_RADIUS = 1.0
@@ -49,14 +60,144 @@ def shown(sample: Image.Image, scene: Scene) -> dict[str, str]:
     return {"color": color, "shape": shape}
 
 
+# -- anywhere: colour by ink, shape by the blob's outline ------------------------------------------------
+INKS = (BACKGROUND, *COLORS.values(), GLYPH_INK)  # index 0 background, 1..6 the colours, 7 glyph and dot ink
+COLOR_NAMES = tuple(COLORS)
+CROP = 16  # side of the grid a blob's outline is compared on
+SPAN = 2.0  # the grid reaches this many spreads from the centroid each way
+EDGE_MIXES = (1.0, 0.65, 0.35)  # an ink's share in the pixels an edge shares with the background
+
+
+@functools.lru_cache(maxsize=1)
+def _palette() -> tuple[np.ndarray, np.ndarray]:
+    """(P, 3) colours and (P,) ink index: every ink, and its mixes with the background at an edge (so the
+    anti-aliased rim of a thin red outline reads red, not purple)."""
+    colors, index = [], []
+    for i, ink in enumerate(INKS):
+        for share in EDGE_MIXES[:1] if i == 0 else EDGE_MIXES:
+            colors.append([share * c + (1 - share) * b for c, b in zip(ink, BACKGROUND)])
+            index.append(i)
+    return np.asarray(colors, dtype=np.float32), np.asarray(index)
+
+
+def _inks(image: Image.Image) -> np.ndarray:
+    """(H, W) index of the ink nearest to every pixel (edge mixes count as their ink)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    colors, index = _palette()
+    # |x - c|^2 less |x|^2 (the same for every c): the nearest c
+    return index[((colors ** 2).sum(1) - 2 * rgb @ colors.T).argmin(-1)]
+
+
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean mask (all False when the mask is)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list[tuple[int, int]] = []
+    h, w = mask.shape
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, blob = [start], []
+        while stack:
+            y, x = stack.pop()
+            blob.append((y, x))
+            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+                ny, nx = y + dy, x + dx
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        if len(blob) > len(best):
+            best = blob
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        out[tuple(np.asarray(best).T)] = True
+    return out
+
+
+def _holes_filled(blob: np.ndarray) -> np.ndarray:
+    """``blob`` with every pixel the image border cannot reach around it (4-connected) added: the inside of a
+    hollow shape and a dot in it."""
+    h, w = blob.shape
+    outside = np.zeros_like(blob, dtype=bool)
+    stack = [(y, x) for y in range(h) for x in (0, w - 1)] + [(y, x) for x in range(w) for y in (0, h - 1)]
+    while stack:
+        y, x = stack.pop()
+        if 0 <= y < h and 0 <= x < w and not blob[y, x] and not outside[y, x]:
+            outside[y, x] = True
+            stack += [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
+    return ~outside
+
+
+def _outline(blob: np.ndarray) -> np.ndarray:
+    """The blob, holes filled, sampled on a CROP x CROP grid centred on its centroid and scaled by its spread (the
+    root mean square distance of its pixels from the centroid): its outline whatever its place, size and state,
+    its aspect kept, and steadier than a bounding box against a pixel more or less at an edge."""
+    blob = _holes_filled(blob).astype(np.float32)
+    ys, xs = np.nonzero(blob)
+    cy, cx = ys.mean(), xs.mean()
+    spread = max(float(np.sqrt(((ys - cy) ** 2 + (xs - cx) ** 2).mean())), 0.5)
+    grid = np.linspace(-SPAN, SPAN, CROP) * spread
+    py, px = np.meshgrid(cy + grid, cx + grid, indexing="ij")
+    y0, x0 = np.floor(py).astype(int), np.floor(px).astype(int)
+    fy, fx = py - y0, px - x0
+    padded = np.pad(blob, 1)  # bilinear samples; outside the image reads 0
+
+    def at(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return padded[np.clip(y + 1, 0, padded.shape[0] - 1), np.clip(x + 1, 0, padded.shape[1] - 1)]
+
+    return ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1) + fy * (1 - fx) * at(y0 + 1, x0)
+            + fy * fx * at(y0 + 1, x0 + 1))
+
+
+# centre heights: the plain one and the one above a glyph, each with the sampler's jitter either way (a tilted
+# view draws the same object differently a pixel higher)
+HEIGHTS = tuple(base + d for base in (0.5, Y_WITH_GLYPH) for d in (-JITTER_Y, 0.0, JITTER_Y))
+
+
+@functools.lru_cache(maxsize=4)
+def _outlines(size: int) -> tuple[tuple[str, np.ndarray], ...]:
+    """(shape, outline) of every single object the world draws: each shape in every size, place, height and
+    orientation, straight and tilted, from the renderer's own object mask (its whole region, whatever the colour,
+    state or dot) at ``size`` pixels."""
+    out = []
+    for shape in SHAPES:
+        orientations = ORIENTATIONS if shape in ORIENTED_SHAPES else (None,)
+        for orientation, obj_size, position, y, view in itertools.product(orientations, SIZES, POSITIONS, HEIGHTS,
+                                                                          VIEWS):
+            obj = WorldObject(shape=shape, color="blue", size=obj_size, position=position, orientation=orientation,
+                              x=POSITION_X[position], y=y)
+            mask = render_with_mask(Scene(objects=(obj,), view=view), size)[1] > 0
+            if mask.any():
+                out.append((shape, _outline(mask)))
+    return tuple(out)
+
+
+def shown_anywhere(sample: Image.Image) -> dict[str, str | None]:
+    """The colour and shape ``sample`` shows, wherever, at whatever size and in whatever style it draws them
+    (None for both when no pixel is nearer to a colour than to the background and the glyph ink)."""
+    inks = _inks(sample)
+    counts = np.bincount(inks.ravel(), minlength=len(INKS))[1:1 + len(COLORS)]
+    if counts.sum() == 0:
+        return {"color": None, "shape": None}
+    color = COLOR_NAMES[int(counts.argmax())]
+    outline = _outline(_largest_blob(inks == 1 + int(counts.argmax())))
+    errors = [(float(((outline - ref) ** 2).mean()), shape) for shape, ref in _outlines(sample.size[0])]
+    return {"color": color, "shape": min(errors)[1]}
+
+
 def judge(samples: Sequence[Image.Image], scenes: Sequence[Scene]) -> dict[str, float]:
-    """Per cent of samples whose colour, shape, and both, are those of their scene."""
+    """Per cent of samples whose colour, shape, and both, are those of their scene: ``color``, ``shape``, ``both``
+    read in place (every other attribute as in the scene), ``anywhere_*`` read wherever and however drawn."""
     if not samples or len(samples) != len(scenes):
         raise ValueError(f"need one scene per sample, got {len(samples)} samples and {len(scenes)} scenes")
-    seen = [shown(s, sc) for s, sc in zip(samples, scenes)]
-    hits = {a: [v[a] == getattr(sc.objects[0], a) for v, sc in zip(seen, scenes)] for a in JUDGED}
-    both = [c and s for c, s in zip(hits["color"], hits["shape"])]
-    return {**{a: 100.0 * float(np.mean(h)) for a, h in hits.items()}, "both": 100.0 * float(np.mean(both))}
+    out = {}
+    for prefix, read in (("", lambda s, sc: shown(s, sc)), ("anywhere_", lambda s, sc: shown_anywhere(s))):
+        seen = [read(s, sc) for s, sc in zip(samples, scenes)]
+        hits = {a: [v[a] == getattr(sc.objects[0], a) for v, sc in zip(seen, scenes)] for a in JUDGED}
+        both = [c and s for c, s in zip(hits["color"], hits["shape"])]
+        out.update({f"{prefix}{a}": 100.0 * float(np.mean(h)) for a, h in hits.items()})
+        out[f"{prefix}both"] = 100.0 * float(np.mean(both))
+    return out
 
 
 def scene_from_record(record: dict) -> Scene:

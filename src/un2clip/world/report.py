@@ -199,6 +199,8 @@ SUMMARY_TITLES = {"mmvp/average": "world-MMVP avg", **{f"zeroshot_{t}/acc1": f"z
                   "seg_clearclip/mIoU": "ClearCLIP mIoU", "diffloss/loss_mean": "diffusion loss",
                   "shuffled_ratio": "shuffled/own loss", "recon/both": "recon colour+shape",
                   "recon_guided/both": f"recon colour+shape, guidance {RECON_GUIDANCE:g}",
+                  "recon/anywhere_both": "recon colour+shape anywhere",
+                  "recon_guided/anywhere_both": f"recon colour+shape anywhere, guidance {RECON_GUIDANCE:g}",
                   "probe/mean": "probe mean"}
 DOWNSTREAM_SECTIONS = (  # (title, metric prefix, note) of the downstream tables, each shown when measured
     ("Open-vocabulary detection, ViLD's image branch (world detect set: ground-truth boxes, 36 colour+shape "
@@ -246,7 +248,7 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     patterns = [k for k in first if k.startswith("mmvp/") and k not in ("mmvp/average", "mmvp/n_pairs")]
     head = (["mmvp/average"] + [f"zeroshot_{t}/acc1" for t in ZEROSHOT_SETS]
             + ["retrieval/t2i_r1", "retrieval/i2t_r1", "seg_clearclip/mIoU", "diffloss/loss_mean", "shuffled_ratio",
-               "recon/both", "recon_guided/both", "probe/mean"])
+               "recon/both", "recon_guided/both", "recon/anywhere_both", "recon_guided/anywhere_both", "probe/mean"])
     probes = [k for k in first if k.startswith("probe/") and k != "probe/mean"]
     separation = [k for k in first if k.startswith("text_cos/")]
     lines = ["# un²CLIP in the shapes world", ""]
@@ -266,8 +268,11 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
     lines += ["Shuffled/own loss: the held-out diffusion loss with each image conditioned on another image's "
               "embedding over the loss with its own (same draws); near 1, the decoder ignores its condition. "
               f"Recon colour+shape: % of {RECON_IMAGES} held-out single-object images whose decoded sample shows "
-              "their colour and shape (judged against the world's own renders), sampled without guidance and "
-              f"with classifier-free guidance {RECON_GUIDANCE:g}.", ""]
+              "their colour and shape, judged against the world's own renders of the input scene with every other "
+              "attribute as in it (a right shape drawn elsewhere, larger or twice counts as wrong); *anywhere*: "
+              "the colour by ink and the shape by the outline of the largest blob of that colour, matched to every "
+              "shape the world draws in every size, place, state, orientation and view. Sampled without guidance "
+              f"and with classifier-free guidance {RECON_GUIDANCE:g}.", ""]
     if (out / "eval" / "reconstructions.png").exists():
         lines += ["![reconstructions](eval/reconstructions.png)", "",
                   "Rows: a held-out image, then the decoder's sample from each model's embedding "
