@@ -26,8 +26,20 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from un2clip.world.render import BACKGROUND, GLYPH_INK, render, render_with_mask
-from un2clip.world.scenes import (COLORS, ORIENTATIONS, ORIENTED_SHAPES, POSITION_X, POSITIONS, SHAPES, SIZES,
-                                  JITTER_Y, VIEWS, Y_WITH_GLYPH, Scene, WorldObject)
+from un2clip.world.scenes import (
+    COLORS,
+    JITTER_Y,
+    ORIENTATIONS,
+    ORIENTED_SHAPES,
+    POSITION_X,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    VIEWS,
+    Y_WITH_GLYPH,
+    Scene,
+    WorldObject,
+)
 
 JUDGED = ("color", "shape")
 BLUR_RADIUS = 1.0
