@@ -7,9 +7,10 @@ Two readings, neither with a learned classifier:
   a pixel of misplacement, names the value. A sample with the right shape drawn elsewhere, larger, hollow
   or twice counts as wrong here: this reading asks for the whole scene back.
 - **anywhere** (:func:`shown_anywhere`): each pixel takes the nearest of the world's inks (background,
-  the six colours, glyph ink); the most frequent colour names the colour, and the largest connected blob of
-  it, cropped and padded square, is matched to the same crop of every shape rendered in every size, place,
-  state, orientation and view; the nearest names the shape. Colour and shape only, wherever and however
+  the six colours and their edge mixes, glyph ink); the most frequent colour names the colour, and the
+  largest connected blob of it, holes filled and sampled about its centroid at its own scale, is matched to
+  the same outline of every shape the renderer draws in every size, place, height, orientation and view;
+  the nearest names the shape. Colour and shape only, wherever and however
   the sample draws them: what "the decoded sample shows the input's colour and shape" asks.
 """
 
@@ -203,7 +204,7 @@ def judge(samples: Sequence[Image.Image], scenes: Sequence[Scene]) -> dict[str, 
     if not samples or len(samples) != len(scenes):
         raise ValueError(f"need one scene per sample, got {len(samples)} samples and {len(scenes)} scenes")
     out = {}
-    for prefix, read in (("", lambda s, sc: shown(s, sc)), ("anywhere_", lambda s, sc: shown_anywhere(s))):
+    for prefix, read in (("", shown), ("anywhere_", lambda s, sc: shown_anywhere(s))):
         seen = [read(s, sc) for s, sc in zip(samples, scenes)]
         hits = {a: [v[a] == getattr(sc.objects[0], a) for v, sc in zip(seen, scenes)] for a in JUDGED}
         both = [c and s for c, s in zip(hits["color"], hits["shape"])]
