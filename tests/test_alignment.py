@@ -174,7 +174,7 @@ def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch, capsys):
 # -- the paper's ablation switches -------------------------------------------------------------------------
 
 def test_projector_and_decoder_ablations_record_and_evaluate_the_encoder_alone(tmp_path):
-    from un2clip.eval import diffloss
+    from un2clip.eval.decoder import diffloss
     from un2clip.load import load_clip, load_decoder
     from un2clip.models.clip import ClipModel
 

@@ -21,7 +21,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("un2clip.models",),  # what a model is
     ("un2clip.load",),  # any spec -> a model
     ("un2clip.objectives",),  # what is minimised
-    ("un2clip.train", "un2clip.eval", "un2clip.seg", "un2clip.export", "un2clip.curate"),  # what is done with models
+    ("un2clip.eval.core",),  # what every evaluation shares: embedding, metrics, result files
+    # what is done with models; the evaluations grouped by what they measure
+    ("un2clip.train", "un2clip.export", "un2clip.curate",
+     "un2clip.eval.encoder", "un2clip.eval.seg", "un2clip.eval.downstream", "un2clip.eval.mllm", "un2clip.eval.decoder"),
+    ("un2clip.eval",),  # the registry of evaluations (un2clip.eval's __init__)
     ("un2clip.world", "un2clip.bench"),  # workflows: the world's experiments, benchmarks
     ("un2clip.cli",),  # entry points; nothing imports them
 )
@@ -52,7 +56,7 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
                     module = node.module or ""
                 if module.split(".")[0] != prefix:
                     continue
-                for alias in node.names:  # `from un2clip.eval import mmvp` imports the module un2clip.eval.mmvp
+                for alias in node.names:  # `from un2clip.eval import mmvp` imports the module un2clip.eval.encoder.mmvp
                     full = f"{module}.{alias.name}"
                     targets.add(full if full in files else module)
         graph[name] = {t for t in targets if t in files and t != name}

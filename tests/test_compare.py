@@ -91,7 +91,7 @@ def _untrained_demo_models(seed_dir):
 
 
 def test_quick_compare_end_to_end(tmp_path, monkeypatch):
-    from un2clip.eval import probe
+    from un2clip.world import probe
 
     monkeypatch.setattr(compare, "diva_available", lambda preset: "not registered (test)")
     # no shipped generators: GenHancer's light decoder is trained here (the shipped one would be copied)

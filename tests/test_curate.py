@@ -214,9 +214,9 @@ def test_curate_refuses_conflicting_options():
 
 
 def test_knowledge_prompts_reach_the_zero_shot_classifier(tiny_clip):
-    from un2clip.eval.embed import embed_texts
-    from un2clip.eval.knowledge import class_prompts
-    from un2clip.eval.zeroshot import zeroshot_classifier
+    from un2clip.eval.core.embed import embed_texts
+    from un2clip.eval.encoder.knowledge import class_prompts
+    from un2clip.eval.encoder.zeroshot import zeroshot_classifier
 
     names, templates = ["circle", "square"], ["a photo of a {}.", "a {}."]
     knowledge = {"circle": "a round shape"}
@@ -231,7 +231,7 @@ def test_knowledge_prompts_reach_the_zero_shot_classifier(tiny_clip):
 
 
 def test_knowledge_file_through_evaluate(tmp_path, tiny_clip):
-    from un2clip.eval import zeroshot
+    from un2clip.eval.encoder import zeroshot
 
     for c, color in (("circle", "red"), ("square", "blue")):
         (tmp_path / "set" / c).mkdir(parents=True)
@@ -266,8 +266,8 @@ def _debian_wordnet(folder):
 def test_wordnet_glosses_from_a_debian_database(tmp_path):
     """The Debian reader on a hand-built database: the first (most frequent) noun sense, its gloss without the
     usage examples; an unknown class is left out. Runs everywhere, unlike the installed-WordNet test below."""
-    from un2clip.eval.knowledge import wordnet_definitions, write_knowledge
-    from un2clip.eval.zeroshot import read_knowledge
+    from un2clip.eval.encoder.knowledge import wordnet_definitions, write_knowledge
+    from un2clip.eval.encoder.zeroshot import read_knowledge
 
     folder = _debian_wordnet(tmp_path / "dict")
     found = wordnet_definitions(["circle", "Square", "zzzzqx"], wordnet=str(folder))
@@ -277,7 +277,7 @@ def test_wordnet_glosses_from_a_debian_database(tmp_path):
 
 
 def test_wordnet_glosses_when_a_wordnet_is_installed():
-    from un2clip.eval.knowledge import find_wordnet, wordnet_definitions
+    from un2clip.eval.encoder.knowledge import find_wordnet, wordnet_definitions
 
     if find_wordnet() is None:
         with pytest.raises(ModuleNotFoundError, match="no WordNet found"):
@@ -291,7 +291,7 @@ def test_wordnet_glosses_when_a_wordnet_is_installed():
 
 
 def test_noisy_captions_fractions_and_records():
-    from un2clip.world.benchmarks import noisy_captions
+    from un2clip.world.evalsets import noisy_captions
 
     clean = [f"caption {i}" for i in range(4000)]
     noisy, kinds = noisy_captions(clean, np.random.default_rng(0), swap_rate=0.2, boilerplate_rate=0.1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from un2clip.eval import depth as Dp
+from un2clip.eval.downstream import depth as Dp
 
 
 def test_a_depth_equal_to_the_truth_scores_perfectly():

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("pycocotools")
 
-from un2clip.eval import detect as D  # noqa: E402
+from un2clip.eval.downstream import detect as D  # noqa: E402
 
 
 def coco(boxes_per_image: dict[int, list[tuple[list[float], int]]], n_classes: int = 3, size: int = 64) -> dict:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from un2clip.cli import main
-from un2clip.eval.mmvp import PATTERNS
+from un2clip.eval.encoder.mmvp import PATTERNS
 
 
 def noise_image(path, rng: random.Random, size: int = 40) -> None:
@@ -179,7 +179,8 @@ def test_diffloss_is_repeatable_and_tells_encoders_apart(bench, tmp_path):
 def test_eval_mmvp_runs_fp32_on_a_cuda_device_unless_asked(bench, tmp_path, monkeypatch):
     """The device check says CUDA; the model stays on this CPU, and each embedding step resolves its autocast as on
     the CUDA device the command picked."""
-    from un2clip.eval import embed, mmvp
+    from un2clip.eval.core import embed
+    from un2clip.eval.encoder import mmvp
     from un2clip.models.clip import ClipModel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -232,7 +233,7 @@ def test_user_errors_are_one_line_not_tracebacks(bench, tmp_path, capsys):
 
 
 def test_derangement_is_a_seeded_cycle_without_fixed_points():
-    from un2clip.eval.diffloss import derangement
+    from un2clip.eval.decoder.diffloss import derangement
 
     idx = torch.tensor([3, 5, 8, 13, 21])
     d = derangement(idx, seed=0)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from un2clip.eval import mmvp, retrieval, zeroshot
-from un2clip.eval.embed import ImageList, PathImages, embed_images
+from un2clip.eval.core.embed import ImageList, PathImages, embed_images
+from un2clip.eval.encoder import mmvp, retrieval, zeroshot
 from un2clip.models.clip import ImageProcessing
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
@@ -177,7 +177,7 @@ def test_mmvp_library_default_is_fp32_even_on_cuda(tmp_path, monkeypatch):
 
 def spy_autocast_as_on_cuda(monkeypatch) -> list:
     """Make every embedding step resolve its autocast as it would on a CUDA device; return the dtypes it got."""
-    from un2clip.eval import embed
+    from un2clip.eval.core import embed
 
     real, dtypes = embed.autocast_dtype, []
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from un2clip.eval.diffloss import draw_seeds
-from un2clip.eval.metrics import (
+from un2clip.eval.core.metrics import (
     diffusion_loss_summary,
     mean_per_class_recall,
     mmvp_pair_correct,
@@ -18,7 +17,8 @@ from un2clip.eval.metrics import (
     topk_accuracy,
     zeroshot_metrics,
 )
-from un2clip.eval.zeroshot import fill_template, imagenet_templates, zeroshot_logits
+from un2clip.eval.decoder.diffloss import draw_seeds
+from un2clip.eval.encoder.zeroshot import fill_template, imagenet_templates, zeroshot_logits
 
 # -- zero-shot classification --------------------------------------------------------------------------------
 

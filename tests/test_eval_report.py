@@ -7,17 +7,10 @@ import pytest
 import torch
 
 from un2clip.eval import TASKS, EvalTask, get_task, register_task
-from un2clip.eval.diffloss import default_decoder_spec
-from un2clip.eval.embed import autocast_dtype
-from un2clip.eval.report import (
-    load_results,
-    markdown_table,
-    result_path,
-    results_table,
-    slug,
-    write_report,
-    write_result,
-)
+from un2clip.eval.core.embed import autocast_dtype
+from un2clip.eval.core.results import load_results, markdown_table, result_path, slug, write_result
+from un2clip.eval.decoder.diffloss import default_decoder_spec
+from un2clip.eval.report import results_table, write_report
 
 
 def test_registry_names_every_task_with_its_headline():

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from un2clip.cli import main as cli
-from un2clip.eval.choices import match_choice
-from un2clip.eval.cvbench import cvbench_scores, read_cvbench
-from un2clip.eval.mmvp_mllm import mmvp_mllm_scores, parse_options, read_mmvp_mllm
+from un2clip.eval.mllm.choices import match_choice
+from un2clip.eval.mllm.cvbench import cvbench_scores, read_cvbench
+from un2clip.eval.mllm.mmvp_mllm import mmvp_mllm_scores, parse_options, read_mmvp_mllm
 from un2clip.models.presets import build_clip_from_config, build_tiny_clip
 
 WORDS = ["what", "is", "the", "door", "open", "closed", "a", "b", "c", "d", "how", "many", "cats", "1", "2", "3",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from un2clip.cli import main as cli
 from un2clip.load import clip_from_checkpoint, load_clip
-from un2clip.models import openclip as oc
+from un2clip.models import openclip_format as oc
 from un2clip.models.clip import ImageProcessing
 from un2clip.models.presets import build_tiny_clip
 

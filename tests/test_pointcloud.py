@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from un2clip.eval import pointcloud as P
+from un2clip.eval.downstream import pointcloud as P
 
 
 def test_one_class_point_set_gives_accuracy_100():
-    from un2clip.eval.metrics import zeroshot_metrics
+    from un2clip.eval.core.metrics import zeroshot_metrics
 
     torch.manual_seed(0)
     classifier = torch.nn.functional.normalize(torch.randn(16, 2), dim=0)  # (D, C)

@@ -1,6 +1,6 @@
 import torch
 
-from un2clip.eval.probe import linear_probe
+from un2clip.eval.encoder.probe import linear_probe
 
 
 def test_separable_classes_are_probed_perfectly():
@@ -31,7 +31,7 @@ def test_probe_does_not_depend_on_the_global_rng():
 
 
 def test_object_attributes_are_labelled_on_single_object_scenes_only():
-    from un2clip.eval.probe import _labels
+    from un2clip.world.probe import _labels
 
     one = {"count": 1, "view": "straight", "objects": [{"shape": "arrow", "orientation": "left"}]}
     two = {"count": 2, "view": "tilted", "objects": [{"shape": "arrow", "orientation": "up"}, {"shape": "circle"}]}

@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_seg_data import make_ade, make_generic, make_voc
 from un2clip.cli import main
-from un2clip.seg.heads import METHODS
+from un2clip.eval.seg.heads import METHODS
 
 FAST = ["--short-side", "32", "--crop", "32", "--stride", "16", "--num-workers", "0", "--no-progress"]
 
@@ -119,7 +119,7 @@ def test_a_mask_of_another_size_is_an_error_naming_the_pair_or_resized(tmp_path,
     err = capsys.readouterr().err
     assert "001.png is 16x12 but its image" in err and "images/001.png is 32x24" in err and "--resize-masks" in err
     assert not list((tmp_path / "out").glob("*.json"))
-    from un2clip.seg import evaluate
+    from un2clip.eval.seg import evaluate
 
     with pytest.raises(ValueError, match="001.png is 16x12 but its image"):  # the library checks each pair too
         evaluate(tiny_clip, data, method="clearclip", short_side=32, crop=32, stride=16, num_workers=0,
@@ -138,9 +138,9 @@ def test_labels_outside_the_classes_are_ignored_with_a_counted_warning(tmp_path,
     label = np.zeros((24, 32))
     label[:5, :4] = 9  # 20 pixels of a class the three-class list does not have
     save_label(data / "masks" / "000.png", label)
-    with caplog.at_level(logging.WARNING, logger="un2clip.seg"):
+    with caplog.at_level(logging.WARNING, logger="un2clip.eval.seg"):
         assert _seg(data, tmp_path / "out") == 0
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "un2clip.seg"]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "un2clip.eval.seg"]
     assert "20 pixel(s) in 1 of 2 mask(s)" in message and "outside the 3 classes (0..2)" in message
     assert "masks/000.png" in message
     record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())

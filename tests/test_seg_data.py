@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from un2clip.seg.datasets import (
+from un2clip.eval.seg.datasets import (
     BENCHMARK_DIRS,
     BENCHMARKS,
     SegPairs,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from un2clip.seg.heads import METHODS, dense_features, gaussian_bias, get_head
+from un2clip.eval.seg.heads import METHODS, dense_features, gaussian_bias, get_head
 
 
 def _linear(x, lin):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from un2clip.seg import segment_image
-from un2clip.seg.heads import dense_features
-from un2clip.seg.infer import (
+from un2clip.eval.seg import segment_image
+from un2clip.eval.seg.heads import dense_features
+from un2clip.eval.seg.infer import (
     TextClassifier,
     class_probabilities,
     imagenet_templates,
@@ -20,7 +20,7 @@ from un2clip.seg.infer import (
     window_boxes,
     window_logits,
 )
-from un2clip.seg.presets import resolve_settings
+from un2clip.eval.seg.presets import resolve_settings
 
 
 def test_imagenet_templates():

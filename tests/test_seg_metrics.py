@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from un2clip.seg.metrics import SegHistogram, intersect_and_union
+from un2clip.eval.seg.metrics import SegHistogram, intersect_and_union
 
 # label / prediction of one 2 x 3 image; (1, 2) is ignored; class 3 appears in neither
 LABEL = torch.tensor([[0, 0, 1], [1, 2, 255]], dtype=torch.uint8)

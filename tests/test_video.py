@@ -11,8 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from un2clip.eval import video as V
-from un2clip.eval.metrics import retrieval_metrics, retrieval_rank_metrics, retrieval_ranks, zeroshot_metrics
+from un2clip.eval.core.metrics import (
+    retrieval_metrics,
+    retrieval_rank_metrics,
+    retrieval_ranks,
+    zeroshot_metrics,
+)
+from un2clip.eval.downstream import video as V
 
 
 def _frames(folder, images, names=None):
@@ -193,7 +198,7 @@ def test_a_video_written_by_pyav_decodes_to_the_sampled_frames(tmp_path):
 
 
 def test_identical_frames_in_every_video_give_image_retrieval(tmp_path, tiny_clip):
-    from un2clip.eval import retrieval
+    from un2clip.eval.encoder import retrieval
 
     rng = np.random.default_rng(3)
     images = [_noise(rng, 32) for _ in range(6)]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from un2clip import world as W
-from un2clip.eval.mmvp import read_mmvp
+from un2clip.eval.encoder.mmvp import read_mmvp
 
 SMALL = dict(n_train=30, n_val=8, pairs_per_pattern=2, n_seg=12, n_zeroshot_per_class=2, n_video_per_class=2,
              progress=False)
@@ -431,7 +431,7 @@ def test_sample_scene_respects_its_arguments():
 
 
 def test_world_patterns_are_the_benchmark_patterns():
-    from un2clip.eval.mmvp import PATTERNS
+    from un2clip.eval.encoder.mmvp import PATTERNS
 
     assert W.MMVP_TYPES == PATTERNS  # same names, same order: one list for the world writer and the scorer
 

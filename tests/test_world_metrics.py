@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from un2clip import world as W
-from un2clip.eval.text import pair_cosines, text_separation
 from un2clip.world.judge import judge, scene_from_record, shown
+from un2clip.world.text import pair_cosines, text_separation
 
 
 def test_pair_cosines():

@@ -40,7 +40,7 @@ def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = 
     only; a folder gets ``open_clip_model.safetensors``, ``open_clip_config.json`` and the tokenizer files."""
     import json
 
-    from un2clip.models import openclip as oc
+    from un2clip.models import openclip_format as oc
 
     if clip.family != "clip":
         raise ValueError(f"the open_clip layout holds CLIP ViTs; this is a {clip.family} model")
@@ -68,7 +68,7 @@ def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: 
     :func:`un2clip.load.load_clip` takes; with ``config`` its shapes must match that architecture.
     """
     from un2clip.load import clip_from_checkpoint, load_clip
-    from un2clip.models import openclip as oc
+    from un2clip.models import openclip_format as oc
 
     if to not in ("hf", "openclip"):
         raise ValueError(f"--to must be hf or openclip, got {to!r}")

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from un2clip.errors import HubUnavailable
 from un2clip.models.clip import ClipModel
-from un2clip.models.openclip import is_openclip_checkpoint
+from un2clip.models.openclip_format import is_openclip_checkpoint
 from un2clip.models.presets import PRESETS
 from un2clip.models.t2i import TextToImageDecoder, clip_text_encoder
 from un2clip.models.unclip import UnclipDecoder
@@ -244,7 +244,7 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
     the text tower and logit scale; default: the folder itself when it holds a tokenizer and the checkpoint is
     complete, else the Hub model of the architecture (``DEFAULT_BASES``). ``activation``: quick_gelu | gelu.
     """
-    from un2clip.models import openclip as oc
+    from un2clip.models import openclip_format as oc
     from un2clip.models.clip import ImageProcessing
 
     path = Path(path)

@@ -60,7 +60,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
         if args.filters == "align":
             extra = {}
             if args.boilerplate:
-                from un2clip.eval.zeroshot import read_lines
+                from un2clip.eval.encoder.zeroshot import read_lines
 
                 extra["boilerplate"] = tuple(read_lines(args.boilerplate))
             align = AlignRules(min_side=args.min_side, max_aspect=args.max_aspect, min_words=args.min_words,
@@ -132,8 +132,8 @@ def _add_knowledge(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from un2clip.eval.knowledge import wordnet_definitions, write_knowledge
-        from un2clip.eval.zeroshot import load_classification_set, read_lines
+        from un2clip.eval.encoder.knowledge import wordnet_definitions, write_knowledge
+        from un2clip.eval.encoder.zeroshot import load_classification_set, read_lines
 
         source = Path(args.classnames)
         names = (load_classification_set(source).classnames if source.is_dir() else read_lines(source))

@@ -216,10 +216,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from un2clip.eval import get_task
-    from un2clip.eval.diffloss import default_decoder_spec
-    from un2clip.eval.embed import pick_device
-    from un2clip.eval.mmvp import average_definition, published_anchor
-    from un2clip.eval.report import format_value, result_path, write_result
+    from un2clip.eval.core.embed import pick_device
+    from un2clip.eval.core.results import format_value, result_path, write_result
+    from un2clip.eval.decoder.diffloss import default_decoder_spec
+    from un2clip.eval.encoder.mmvp import average_definition, published_anchor
     from un2clip.load import load_clip, load_decoder
 
     task = get_task(args.task)
@@ -335,8 +335,8 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
 def _run_seg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from un2clip.seg.presets import OPTION_NAMES
-    from un2clip.seg.report import DataSpec, benchmark_specs, format_table, run_seg
+    from un2clip.eval.seg.presets import OPTION_NAMES
+    from un2clip.eval.seg.report import DataSpec, benchmark_specs, format_table, run_seg
 
     if args.benchmarks_root:
         data = benchmark_specs(args.benchmarks_root, args.datasets)
@@ -346,7 +346,7 @@ def _run_seg(args: argparse.Namespace) -> int:
         data = [DataSpec(args.dataset, Path(args.data))]
     templates = None
     if args.templates:
-        from un2clip.seg.infer import read_templates
+        from un2clip.eval.seg.infer import read_templates
 
         templates = read_templates(args.templates)
     settings = {k: getattr(args, k) for k in OPTION_NAMES}  # every SegSettings field has its flag
@@ -384,9 +384,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from un2clip.eval.diffloss import default_decoder_spec
-        from un2clip.eval.embed import pick_device
-        from un2clip.eval.reconstruct import first_images, reconstruction_grid
+        from un2clip.eval.core.embed import pick_device
+        from un2clip.eval.decoder.diffloss import default_decoder_spec
+        from un2clip.eval.decoder.reconstruct import first_images, reconstruction_grid
         from un2clip.load import load_clip, load_decoder
 
         labels = args.labels or [_model_name(m) for m in args.models]

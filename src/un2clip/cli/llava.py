@@ -77,8 +77,8 @@ def _run_mllm_eval(args: argparse.Namespace) -> int:
     import torch
 
     from un2clip.eval import get_task
-    from un2clip.eval.embed import pick_device
-    from un2clip.eval.report import format_value, result_path, write_result
+    from un2clip.eval.core.embed import pick_device
+    from un2clip.eval.core.results import format_value, result_path, write_result
     from un2clip.models.llava import LlavaChat
 
     task = get_task(args.task)

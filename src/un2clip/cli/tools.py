@@ -37,7 +37,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# the named architectures of un2clip.models.openclip.OPENCLIP_CONFIGS (spelt out: --help imports no torch)
+# the named architectures of un2clip.models.openclip_format.OPENCLIP_CONFIGS (spelt out: --help imports no torch)
 CONFIG_NAMES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "ViT-bigG-14")
 
 

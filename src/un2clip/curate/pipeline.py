@@ -128,7 +128,7 @@ def _score_pairs(model, images: list, texts: list[str], batch_size: int) -> np.n
     """Cosine similarity of each image with its own caption (batched)."""
     import torch
 
-    from un2clip.eval.embed import inference_context
+    from un2clip.eval.core.embed import inference_context
 
     out = []
     with inference_context(model.device, "auto"):
@@ -324,7 +324,7 @@ def curate(pool: str, output: str | os.PathLike, opts: CurateOptions, *, progres
     n_total = sum(len(s.indices) for s in shards)
     todo = [s for s in shards if not (work / f"features-{s.index:05d}.npz").is_file()]
     if todo and opts.score_model is not None:
-        from un2clip.eval.embed import pick_device
+        from un2clip.eval.core.embed import pick_device
         from un2clip.load import load_clip
 
         model = load_clip(opts.score_model).to(pick_device(opts.device)).eval()

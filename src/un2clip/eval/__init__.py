@@ -1,7 +1,7 @@
 """Evaluations, one contract: ``evaluate(model, data, **options) -> dict[str, float]``, registered by name.
 
-Each evaluation runs in three steps kept apart: embed (:mod:`un2clip.eval.embed`), score
-matrix, metric (pure functions in :mod:`un2clip.eval.metrics`).
+Each evaluation runs in three steps kept apart: embed (:mod:`un2clip.eval.core.embed`), score
+matrix, metric (pure functions in :mod:`un2clip.eval.core.metrics`).
 
 >>> from un2clip.eval import evaluate
 >>> evaluate("mmvp", model, "data/MMVP_VLM")  # doctest: +SKIP
@@ -15,18 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from un2clip.eval import (
-    cvbench,
-    depth,
-    detect,
-    diffloss,
-    mmvp,
-    mmvp_mllm,
-    pointcloud,
-    retrieval,
-    video,
-    zeroshot,
-)
+from un2clip.eval.decoder import diffloss
+from un2clip.eval.downstream import depth, detect, pointcloud, video
+from un2clip.eval.encoder import mmvp, retrieval, zeroshot
+from un2clip.eval.mllm import cvbench, mmvp_mllm
 from un2clip.registry import Registry
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ them is blind to those attributes, as web-trained CLIP is. Modules, bottom up:
   (imported by name, not here: they load models and train)
 """
 
-from un2clip.world.benchmarks import MMVP_TYPES, generate_world, mmvp_pairs, zeroshot_scene
+from un2clip.world.evalsets import MMVP_TYPES, generate_world, mmvp_pairs, zeroshot_scene
 from un2clip.world.render import BACKGROUND, render, render_with_mask
 from un2clip.world.scenes import (
     COLORS,

@@ -105,7 +105,7 @@ def _world_words(s: DemoSettings) -> dict:
 def _world_stage(out: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool) -> Path:
     import json
 
-    from un2clip.world.benchmarks import generate_world
+    from un2clip.world.evalsets import generate_world
 
     world, done = stage(out, "world", fresh)
     wanted = _world_words(s)

@@ -244,7 +244,7 @@ def reconstruction_match(model, decoder, split: str | Path, *, n: int = 100, see
     ``recon/shape``, ``recon/both`` (%)."""
     import torch
 
-    from un2clip.eval.reconstruct import reconstructions
+    from un2clip.eval.decoder.reconstruct import reconstructions
 
     pairs = single_object_scenes(split, n)
     images = [Image.open(path).convert("RGB") for path, _ in pairs]

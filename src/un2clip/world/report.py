@@ -24,9 +24,9 @@ RECON_GUIDANCE = 6.0
 def _later_groups(world: Path, dec, *, seed: int, progress: bool, sampling_steps: int) -> dict[str, tuple]:
     """Metric groups computed when a cached evaluation lacks them: name -> (a key it writes, function of a
     model); the decoder's groups only when there is a decoder."""
-    from un2clip.eval import diffloss
-    from un2clip.eval.text import text_separation
+    from un2clip.eval.decoder import diffloss
     from un2clip.world.judge import reconstruction_match
+    from un2clip.world.text import text_separation
     from un2clip.world.words import separation_pairs
 
     def shuffled(model) -> dict[str, float]:  # the same draws as diffloss/loss_mean, another image's embedding
@@ -62,25 +62,25 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
     groups: dict[str, tuple] = {}
 
     def detect(model) -> dict[str, float]:
-        from un2clip.eval import detect as det
+        from un2clip.eval.downstream import detect as det
 
         m = det.evaluate(model, world / "detect", progress=progress)
         return {f"detect/{k}": 100 * m[k] for k in ("AP", "AP50", "AP_base", "AP_novel", "AP50_novel")}
 
     def depth(model) -> dict[str, float]:
-        from un2clip.eval import depth as dep
+        from un2clip.eval.downstream import depth as dep
 
         m = dep.evaluate(model, world / "depth", progress=progress)
         return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
                 "depth/log10": m["log10"]}
 
     def pointcloud(model) -> dict[str, float]:
-        from un2clip.eval import pointcloud as pc
+        from un2clip.eval.downstream import pointcloud as pc
 
         return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
 
     def video_retrieval(model) -> dict[str, float]:
-        from un2clip.eval import video
+        from un2clip.eval.downstream import video
 
         m = video.evaluate_retrieval(model, world / "video" / "retrieval", progress=progress)
         return {"video_retrieval/t2v_r1": 100 * m["text_to_video_recall@1"],
@@ -90,7 +90,7 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
                 "video_retrieval/t2v_mean_rank": m["text_to_video_mean_rank"]}
 
     def video_zeroshot(model) -> dict[str, float]:
-        from un2clip.eval import video
+        from un2clip.eval.downstream import video
 
         m = video.evaluate_zeroshot(model, world / "video" / "actions", progress=progress)
         return {"video_zeroshot/acc1": 100 * m["acc1"], "video_zeroshot/acc5": 100 * m["acc5"],
@@ -116,8 +116,8 @@ def _has_pycocotools() -> bool:
 
 def _first_groups(model, world: Path, *, progress: bool, out: Path, name: str) -> dict[str, float]:
     """World-MMVP, zero-shot, retrieval, ClearCLIP segmentation of one model."""
-    from un2clip import seg
-    from un2clip.eval import mmvp, retrieval, zeroshot
+    from un2clip.eval import seg
+    from un2clip.eval.encoder import mmvp, retrieval, zeroshot
 
     m: dict[str, float] = {}
     scores = mmvp.evaluate(model, world / "mmvp", progress=progress, pairs_csv=out / f"{name}_mmvp_pairs.csv")
@@ -140,8 +140,8 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
 
     A cached evaluation made with an older probe protocol has its probes redone; one that lacks a later metric
     group gets that group added; the rest is reused. Without a ``decoder`` the diffusion metrics are left out."""
-    from un2clip.eval import probe
     from un2clip.load import load_clip, load_decoder
+    from un2clip.world import probe
 
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(str(decoder)) if decoder is not None else None
@@ -184,7 +184,7 @@ def evaluate_models(out: Path, world: Path, models: dict[str, str], decoder: Pat
 def reconstruct_grid(path: Path, world: Path, models: dict[str, str], decoder, *, seed: int, n: int = 8,
                      steps: int = 50) -> Path:
     """Rows: a validation image, then the decoder's image from each model's embedding (same seed)."""
-    from un2clip.eval.reconstruct import first_images, reconstruction_grid
+    from un2clip.eval.decoder.reconstruct import first_images, reconstruction_grid
     from un2clip.load import load_clip
 
     images = first_images(str(world / "val" / "images"), n)

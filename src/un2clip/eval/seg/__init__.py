@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from un2clip.seg.datasets import (
+from un2clip.eval.seg.datasets import (
     BENCHMARK_DIRS,
     BENCHMARKS,
     DATASETS,
@@ -25,8 +25,8 @@ from un2clip.seg.datasets import (
     load_dataset,
     size_mismatch,
 )
-from un2clip.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
-from un2clip.seg.infer import (
+from un2clip.eval.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
+from un2clip.eval.seg.infer import (
     TextClassifier,
     class_probabilities,
     inference_context,
@@ -37,8 +37,8 @@ from un2clip.seg.infer import (
     text_classifier,
     window_logits,
 )
-from un2clip.seg.metrics import SegHistogram, intersect_and_union
-from un2clip.seg.presets import SegSettings, resolve_settings
+from un2clip.eval.seg.metrics import SegHistogram, intersect_and_union
+from un2clip.eval.seg.presets import SegSettings, resolve_settings
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

@@ -1,10 +1,9 @@
-"""Linear probes: how much of an attribute a frozen embedding carries, text side aside.
+"""The shapes world's linear probes: how much of each scene attribute a frozen image embedding carries.
 
-``linear_probe`` is pure tensor math (multinomial logistic regression, full batch, L-BFGS);
-``world_probe`` embeds a shapes-world split and probes each attribute of the scene (count,
-view) on every image and each attribute of an object on the images with one object only: in a
-scene of two or three objects "the shape" has several answers, and the first object's would be
-a label the embedding cannot be expected to predict.
+``world_probe`` embeds a shapes-world split and probes each attribute of the scene (count, view) on every
+image and each attribute of an object on the images with one object only: in a scene of two or three objects
+"the shape" has several answers, and the first object's would be a label the embedding cannot be expected to
+predict. The classifier is :func:`un2clip.eval.encoder.probe.linear_probe`.
 """
 
 from __future__ import annotations
@@ -17,39 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from un2clip.eval.encoder.probe import linear_probe
+
 PROBED = ("shape", "color", "size", "position", "orientation", "state", "dot", "glyph", "count", "view")
 SCENE_ATTRIBUTES = ("count", "view")
 # bumped whenever world_probe's numbers change meaning, so that cached results made before are redone
 # 1: first object of every scene; 2: object attributes on single-object scenes; 3: the classifier starts from
 # zero (it started from the global RNG, so two identical calls could differ by a point or two)
 PROTOCOL = 3
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-                 weight_decay: float = 1e-4, max_iter: int = 200) -> float:
-    """Accuracy (%) on (test_x, test_y) of a softmax classifier fitted on (train_x, train_y).
-
-    x: (N, D) features (standardised with the training mean/std); y: (N,) integer labels.
-    """
-    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
-    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    n_cls = int(max(train_y.max(), test_y.max())) + 1
-    layer = torch.nn.Linear(xtr.shape[1], n_cls).double()
-    torch.nn.init.zeros_(layer.weight)  # a deterministic start: the answer must not depend on the global RNG
-    torch.nn.init.zeros_(layer.bias)
-    xtr, xte = xtr.double(), xte.double()
-    opt = torch.optim.LBFGS(layer.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(layer(xtr), train_y) + weight_decay * layer.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return float((layer(xte).argmax(1) == test_y).double().mean() * 100)
 
 
 def _labels(rows: list[dict], attribute: str) -> list[str]:

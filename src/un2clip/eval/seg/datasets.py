@@ -102,8 +102,8 @@ def read_classes(path: str | Path) -> list[list[str]]:
 
 
 def builtin_classes(name: str) -> list[list[str]]:
-    """The class names shipped for a named benchmark (``un2clip/seg/classes/<name>.txt``)."""
-    text = resources.files("un2clip.seg").joinpath(f"classes/{name}.txt").read_text(encoding="utf-8")
+    """The class names shipped for a named benchmark (``un2clip/eval/seg/classes/<name>.txt``)."""
+    text = resources.files("un2clip.eval.seg").joinpath(f"classes/{name}.txt").read_text(encoding="utf-8")
     return parse_class_lines(text.splitlines())
 
 
@@ -265,7 +265,7 @@ def load_dataset(data: str | Path, dataset: str = "generic", *, classes: str | P
         background = 0 if class_names[0][0].lower() == "background" else None
         reduce = False
         if (root / "templates.txt").is_file():
-            from un2clip.seg.infer import read_templates
+            from un2clip.eval.seg.infer import read_templates
 
             templates = read_templates(root / "templates.txt")
     elif dataset in LAYOUTS:

@@ -3,7 +3,7 @@
 Each box to classify (a ground-truth box, or a proposal from a detector) is cropped twice, at 1x and at
 1.5x its size around its centre (clipped to the image), each crop squashed to the model's input size;
 the two L2-normalised embeddings are averaged and normalised again. Class text embeddings are prompt
-ensembles (:func:`un2clip.eval.zeroshot.zeroshot_classifier`); with ``background`` a "background" class
+ensembles (:func:`un2clip.eval.encoder.zeroshot.zeroshot_classifier`); with ``background`` a "background" class
 joins the softmax, so a box that looks like nothing takes probability away from every class. Each box
 gives a detection for each of its ``classes_per_box`` best classes, scored by the softmax probability;
 proposals go through per-class non-maximum suppression. COCO box AP and AP50 come from pycocotools
@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
 from un2clip.data.sources import decode_image
-from un2clip.eval.embed import inference_context
-from un2clip.eval.zeroshot import _lines, fill_template, imagenet_templates, zeroshot_classifier
+from un2clip.eval.core.embed import inference_context
+from un2clip.eval.encoder.zeroshot import _lines, fill_template, imagenet_templates, zeroshot_classifier
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

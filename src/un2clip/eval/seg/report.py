@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from un2clip.eval.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, check_mask_sizes, load_dataset
+from un2clip.eval.seg.presets import resolve_settings
 from un2clip.files import atomic_write_text
-from un2clip.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, check_mask_sizes, load_dataset
-from un2clip.seg.presets import resolve_settings
 
 RESULT_FORMAT = "un2clip-eval-result/1"
 HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "n_out_of_range")
@@ -129,9 +129,9 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     """
     import torch
 
+    from un2clip.eval.seg import evaluate
+    from un2clip.eval.seg.infer import text_classifier
     from un2clip.load import load_clip
-    from un2clip.seg import evaluate
-    from un2clip.seg.infer import text_classifier
 
     names = list(model_names) if model_names else [m.rstrip("/") for m in models]
     if len(names) != len(models):

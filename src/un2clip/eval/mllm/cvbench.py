@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from un2clip.eval.choices import generate_answers, letter_index, match_choice, write_samples_csv
+from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
 if TYPE_CHECKING:
     from un2clip.models.llava import LlavaChat

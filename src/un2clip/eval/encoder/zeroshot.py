@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from un2clip.data.sources import IMAGE_EXTENSIONS
-from un2clip.eval.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
-from un2clip.eval.metrics import zeroshot_metrics
+from un2clip.eval.core.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
+from un2clip.eval.core.metrics import zeroshot_metrics
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -197,7 +197,7 @@ def load_classification_set(data: str | Path, *, split: str = "test",
     return dataset
 
 
-# -- K-LITE knowledge prompts (un2clip.eval.knowledge builds the definitions from WordNet) ---------------------
+# -- K-LITE knowledge prompts (un2clip.eval.encoder.knowledge builds the definitions from WordNet) ---------------------
 
 
 def read_knowledge(path: str | os.PathLike) -> dict[str, str]:
@@ -240,7 +240,7 @@ def zeroshot_classifier(model: ClipModel, classnames: Sequence[str], templates: 
     """(D, C) class embeddings: per class the normalised mean of its normalised template embeddings.
 
     ``knowledge`` ({class: definition}, K-LITE): a class with a definition also averages in the templates
-    followed by its definition (:func:`un2clip.eval.knowledge.class_prompts`).
+    followed by its definition (:func:`un2clip.eval.encoder.knowledge.class_prompts`).
     """
     if knowledge:
         prompts = [class_prompts(c, templates, knowledge.get(c)) for c in classnames]

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from un2clip.eval.zeroshot import class_prompts, knowledge_prompt, read_knowledge
+from un2clip.eval.encoder.zeroshot import class_prompts, knowledge_prompt, read_knowledge
 
 __all__ = ["class_prompts", "find_wordnet", "knowledge_prompt", "read_knowledge", "wordnet_definitions",
            "write_knowledge"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from un2clip.seg.heads import METHODS, get_head
+from un2clip.eval.seg.heads import METHODS, get_head
 
 
 @dataclass(frozen=True)

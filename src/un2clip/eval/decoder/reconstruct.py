@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
-from un2clip.eval.diffloss import TwoViews
-from un2clip.eval.embed import inference_context
+from un2clip.eval.core.embed import inference_context
+from un2clip.eval.decoder.diffloss import TwoViews
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from un2clip.eval.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
-from un2clip.eval.metrics import retrieval_metrics
+from un2clip.eval.core.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
+from un2clip.eval.core.metrics import retrieval_metrics
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -109,7 +109,7 @@ def load_retrieval_set(data: str | Path, *, split: str = "test", image_column: s
         raise FileNotFoundError(f"{path} not found; {LAYOUT}")
     if path.is_dir():
         from un2clip.data.shards import WebDatasetSource
-        from un2clip.eval.zeroshot import webdataset_shards
+        from un2clip.eval.encoder.zeroshot import webdataset_shards
 
         kind = (path / "dataset_type.txt").read_text().strip().lower() if (path / "dataset_type.txt").is_file() else ""
         shards = webdataset_shards(path, split) if kind == "retrieval" else None

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from un2clip.eval.embed import ImageList, PathImages, embed_images, embed_texts
-from un2clip.eval.metrics import mmvp_pair_correct, mmvp_scores, mmvp_text_picks
+from un2clip.eval.core.embed import ImageList, PathImages, embed_images, embed_texts
+from un2clip.eval.core.metrics import mmvp_pair_correct, mmvp_scores, mmvp_text_picks
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

@@ -47,9 +47,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
-from un2clip.eval.embed import embed_texts, inference_context
-from un2clip.eval.metrics import retrieval_metrics, retrieval_rank_metrics, zeroshot_metrics
-from un2clip.eval.zeroshot import read_lines, zeroshot_classifier, zeroshot_logits
+from un2clip.eval.core.embed import embed_texts, inference_context
+from un2clip.eval.core.metrics import retrieval_metrics, retrieval_rank_metrics, zeroshot_metrics
+from un2clip.eval.encoder.zeroshot import read_lines, zeroshot_classifier, zeroshot_logits
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
-from un2clip.eval.embed import embed_texts, inference_context
+from un2clip.eval.core.embed import embed_texts, inference_context
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

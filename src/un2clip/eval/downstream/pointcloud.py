@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
-from un2clip.eval.embed import inference_context
-from un2clip.eval.metrics import zeroshot_metrics
-from un2clip.eval.zeroshot import zeroshot_classifier
+from un2clip.eval.core.embed import inference_context
+from un2clip.eval.core.metrics import zeroshot_metrics
+from un2clip.eval.encoder.zeroshot import zeroshot_classifier
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel

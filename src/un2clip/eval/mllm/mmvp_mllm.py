@@ -8,7 +8,7 @@ reads ``MMVP Imgaes``, which is accepted too). The prompt is Question + " " + Op
 ``evaluate_mllm.py`` builds it. Scoring as the paper does: questions 1-2, 3-4, ... form pairs, and a pair counts
 only when both of its questions are answered right; ``accuracy`` is the percentage of such pairs. The paper
 grades free answers with GPT-4; here an answer is matched to an option by letter or text
-(:mod:`un2clip.eval.choices`), with no model in the loop.
+(:mod:`un2clip.eval.mllm.choices`), with no model in the loop.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from un2clip.eval.choices import generate_answers, letter_index, match_choice, write_samples_csv
+from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
 if TYPE_CHECKING:
     from un2clip.models.llava import LlavaChat

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from un2clip.data import transforms as T
-from un2clip.eval.embed import ImageList, SourceImages, image_batches, inference_context
-from un2clip.eval.metrics import diffusion_loss_summary
+from un2clip.eval.core.embed import ImageList, SourceImages, image_batches, inference_context
+from un2clip.eval.core.metrics import diffusion_loss_summary
 
 if TYPE_CHECKING:
     from PIL import Image

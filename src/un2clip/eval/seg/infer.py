@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from un2clip.eval.zeroshot import fill_template, imagenet_templates  # the prompts CLIP and the eval suite use
-from un2clip.seg.heads import HeadSpec, dense_features
+from un2clip.eval.encoder.zeroshot import (  # the prompts CLIP and the eval suite use
+    fill_template,
+    imagenet_templates,
+)
+from un2clip.eval.seg.heads import HeadSpec, dense_features
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
