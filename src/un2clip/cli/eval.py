@@ -49,6 +49,10 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(f"{task} options")
     if task == "mmvp":
         g.add_argument("--prompt-prefix", help="put before each statement (default 'a photo of ')")
+        g.add_argument("--readout", choices=["pooled", "diva"],
+                       help="image embedding: pooled (the official script's, default) or diva (DIVA's own MMVP "
+                            "readout: class token + mean of 76 patch tokens drawn with replacement)")
+        g.add_argument("--readout-seed", type=int, help="seed of the diva readout's patch draws (default 0)")
     if task in ("zeroshot", "retrieval"):
         g.add_argument("--split", help="webdataset split folder (default test)")
     if task == "zeroshot":
@@ -238,6 +242,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         task.check_data(args.data, **{k: v for k, v in options.items() if k in wanted})
     # a loss under another condition is another measurement: its own result file and report column
     task_label = task.name if options.get("condition", "own") == "own" else f"{task.name}-{options['condition']}"
+    if options.get("readout", "pooled") != "pooled":  # so is MMVP under another image readout
+        task_label = f"{task.name}-{options['readout']}"
     decoders: dict[str, object] = {}
     for spec, name in zip(args.model, names):
         model = load_clip(spec, random_weights=args.random_weights).to(device)

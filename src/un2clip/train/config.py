@@ -21,7 +21,8 @@ from un2clip.files import atomic_write_text
 class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva
+    # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva | flow-decoder | genhancer
+    objective: str = "un2clip"
     # models
     preset: str = "tiny"
     clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)
