@@ -493,8 +493,9 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
     s = settings.demo
     lines = ["# un²CLIP variants in the shapes world", "",
              f"World seeds {', '.join(map(str, per_seed))}; every fine-tune: {s.finetune_steps} steps of "
-             f"{s.finetune_batch} images, lr {s.finetune_lr:g} (LoRA x{settings.lora_lr_factor:g}), the world seed "
-             "as training seed. Cells: mean ± sample std over seeds; Δ: paired change against `original`, "
+             f"{s.finetune_batch} images, the world seed as training seed; lr {s.finetune_lr:g} (LoRA "
+             f"x{settings.lora_lr_factor:g}) except the baselines run with their authors' recipes (settings of "
+             "every trained variant below). Cells: mean ± sample std over seeds; Δ: paired change against `original`, "
              "same seed. Accuracies in %, diffusion loss on held-out images with the demo's frozen decoder.", "",
              *report_table(summary), ""]
     if chart:
