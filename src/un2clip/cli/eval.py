@@ -173,11 +173,9 @@ def _model_name(spec: str) -> str:
     return spec
 
 
-
-
 @contextmanager
 def _naming_extras(task: EvalTask) -> Iterator[None]:
-    """A missing package inside the task: a one-line error that names the task's extras."""
+    """A package missing inside the task's data check or evaluate: a one-line error that names its extras."""
     try:
         yield
     except ImportError as err:
@@ -203,13 +201,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data {args.data} not found")
     options = {k: getattr(args, k) for k in option_names(task) if getattr(args, k) is not None}
     options["progress"] = not args.no_progress
-    with _naming_extras(task):
-        if task.check_data is not None:  # a malformed dataset fails before any model loads
-            wanted = inspect.signature(task.check_data).parameters
+    if task.check_data is not None:  # a malformed dataset fails before any model loads
+        wanted = inspect.signature(task.check_data).parameters
+        with _naming_extras(task):
             task.check_data(args.data, **{k: v for k, v in options.items() if k in wanted})
-        device, decoders = pick_device(args.device), {}
-        for spec, name in zip(args.model, names):
-            _eval_model(task, args, spec, name, device, options, decoders)
+    device, decoders = pick_device(args.device), {}
+    for spec, name in zip(args.model, names):
+        _eval_model(task, args, spec, name, device, options, decoders)
     return 0
 
 
@@ -229,7 +227,8 @@ def _eval_model(task: EvalTask, args: argparse.Namespace, spec: str, name: str, 
     path = result_path(args.output, name, label, dataset)
     if task.item_csv:
         opts[task.item_csv] = recorded[task.item_csv] = path.with_name(path.stem + _item_suffix(task.item_csv))
-    metrics = task.evaluate(model, args.data, **opts)
+    with _naming_extras(task):
+        metrics = task.evaluate(model, args.data, **opts)
     loader_options, loader_fields = kind.record(args)
     fields, lines = ({}, []) if task.result_extras is None else task.result_extras(
         spec, metrics, random_weights=getattr(args, "random_weights", False))
