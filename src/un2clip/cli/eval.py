@@ -304,7 +304,9 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
                         "context60, context59, coco_object, coco_stuff, cityscapes, ade20k")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="with --benchmarks-root: only these benchmarks")
     p.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
-    p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated)")
+    p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated; default: the "
+                        "method's repo's file for a named benchmark, see --class-names, or a generic folder's "
+                        "classes.txt)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")

@@ -19,6 +19,10 @@ then the final norm, the class token dropped (CLIP; SigLIP has none), the projec
 the joint space and L2 normalisation (``dense_features``). Ω[p, p'] =
 exp(-|p - p'|² / 2σ²) over patch-grid positions (σ = 5 in NACLIP); the class token gets
 no bias.
+
+The tokens entering the last block are computed here too (``patch_embeddings``), so that the
+position embeddings at a non-native grid are interpolated as SCLIP, ClearCLIP and NACLIP do
+(``reference_position_embedding``), not as transformers does.
 """
 
 from __future__ import annotations
