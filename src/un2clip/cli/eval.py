@@ -275,6 +275,8 @@ def _run_seg(args: argparse.Namespace) -> int:
 
         templates = read_templates(args.templates)
     settings = {k: getattr(args, k) for k in OPTION_NAMES}  # every SegSettings field has its flag
+    if settings.get("pamr_dilations") is not None:
+        settings["pamr_dilations"] = tuple(settings["pamr_dilations"])
     records = run_seg(args.model, args.method, data, output=args.output, model_names=args.model_name,
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
