@@ -51,8 +51,8 @@ class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting. Add a field with :func:`flag` (or
     :func:`not_a_flag`, saying why): its flag, help default and resume rule follow."""
 
-    objective: str = not_a_flag("un2clip", why="the command names it (finetune: un2clip, pretrain: contrastive, "
-                                               "train-decoder: decoder or t2i-decoder, train-autoencoder, diva)")
+    objective: str = not_a_flag("un2clip", why="each training command sets its own objective (finetune: "
+                                               "un2clip, pretrain: contrastive, ...; names in train.recipes)")
     # models
     preset: str = flag("tiny", group="models", help="named encoder + decoder pair (see `un2clip presets`)")
     clip: str | None = flag(None, group="models", default_text="the preset's",
