@@ -78,7 +78,7 @@ def test_ranks_of_a_perfect_embedding_and_of_a_hand_built_one():
     # (0.9, 0.2, 0.3): rank 2; median of (1, 2) is 1.5 as numpy.median gives
     assert (m["video_to_text_median_rank"], m["video_to_text_mean_rank"]) == (1.5, 1.5)
     ties = retrieval_ranks(torch.tensor([[0.5, 0.5, 0.1]]), torch.tensor([[False, True, False]]))
-    assert ties.tolist() == [1]  # a tie counts for the query, as in CLIP4Clip
+    assert ties.tolist() == [2]  # the one tie rule: a tied wrong candidate ranks before the query's answer
 
 
 def test_a_classifier_right_on_every_clip_scores_100_and_acc5_is_at_least_acc1():

@@ -7,6 +7,15 @@ inputs whose answers are known. Conventions follow the official protocols:
   mean in percent.
 - Zero-shot classification and retrieval (CLIP_benchmark): accuracies and recalls as
   fractions in [0, 1].
+
+One tie rule for every accuracy, recall and rank here (:func:`positive_ranks`): a tie counts against the
+query. The rank of a query's answer is 1 + the number of wrong candidates scored at least as high as its
+best right one, so a collapsed model that scores everything alike ranks last, not first. ``acc1``,
+``acc5``, ``mean_per_class_recall``, ``recall@k`` and the median and mean ranks all read that rank (a hit
+at k is rank <= k), so acc1 and mean per-class recall agree on a balanced set whatever the ties. With
+real-valued scores ties are rare and the rule changes nothing; the references do not agree on one
+(CLIP_benchmark's top-k breaks ties by index order, CLIP4Clip's ``compute_metrics`` counts a tied row
+several times).
 """
 
 from __future__ import annotations
@@ -18,47 +27,73 @@ import torch
 # -- zero-shot classification -----------------------------------------------------------------------
 
 
-def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose target is among the k highest logits, for each k.
+def positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """(Q,) rank of each query's best positive: 1 + the number of negatives scored at least as high.
 
-    logits (N, C), targets (N,) integer class indices.
+    scores (Q, G) query-by-candidate scores, positives (Q, G) bool with at least one positive per row. The
+    module's tie rule: a negative tied with the best positive ranks before it; positives never push each
+    other down.
     """
+    if scores.shape != positives.shape or scores.ndim != 2:
+        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
+                         f"and {tuple(positives.shape)}")
+    positives = positives.to(scores.device)
+    if not positives.any(dim=1).all():
+        raise ValueError("every query needs at least one positive")
+    best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
+    return 1 + ((scores >= best) & ~positives).sum(dim=1)
+
+
+def class_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) rank of each target class among the (N, C) logits, by the module's tie rule."""
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (N, C) and targets (N,), got {tuple(logits.shape)} and "
                          f"{tuple(targets.shape)}")
-    n, c = logits.shape
-    if n == 0:
+    if logits.shape[0] == 0:
         raise ValueError("no samples to score")
-    k_max = max(ks)
-    if k_max > c:
-        raise ValueError(f"top-{k_max} accuracy needs at least {k_max} classes, got {c}")
-    top = logits.topk(k_max, dim=1).indices  # (N, k_max), best first
-    hit = top.eq(targets.reshape(-1, 1).to(top.device))  # (N, k_max)
-    return {k: int(hit[:, :k].any(dim=1).sum()) / n for k in ks}
+    positives = torch.zeros(logits.shape, dtype=torch.bool)
+    positives[torch.arange(logits.shape[0]), targets.cpu().long()] = True
+    return positive_ranks(logits.cpu(), positives)
 
 
-def mean_per_class_recall(preds: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean over the classes present in ``targets`` of the fraction of their samples predicted right.
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose target ranks k or better (a tie counts against it), for each k.
 
-    What scikit-learn's ``balanced_accuracy_score`` computes (CLIP_benchmark's metric).
-    preds (N,), targets (N,).
+    logits (N, C), targets (N,) integer class indices.
     """
-    if preds.shape != targets.shape or preds.numel() == 0:
-        raise ValueError(f"expected two non-empty (N,) tensors, got {tuple(preds.shape)} and {tuple(targets.shape)}")
-    preds, targets = preds.reshape(-1).cpu(), targets.reshape(-1).cpu()
-    recalls = [int((preds[targets == c] == c).sum()) / int((targets == c).sum()) for c in targets.unique().tolist()]
+    ranks = class_ranks(logits, targets)
+    k_max = max(ks)
+    if k_max > logits.shape[1]:
+        raise ValueError(f"top-{k_max} accuracy needs at least {k_max} classes, got {logits.shape[1]}")
+    return {k: int((ranks <= k).sum()) / len(ranks) for k in ks}
+
+
+def mean_per_class_recall(hits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over the classes present in ``targets`` of the fraction of their samples that are hits.
+
+    ``hits`` (N,) bool: the sample was classified right (from :func:`class_ranks`: rank 1). Given (N,)
+    predicted class indices instead, a hit is a prediction equal to the target: what scikit-learn's
+    ``balanced_accuracy_score`` computes (CLIP_benchmark's metric).
+    """
+    if hits.shape != targets.shape or hits.numel() == 0:
+        raise ValueError(f"expected two non-empty (N,) tensors, got {tuple(hits.shape)} and {tuple(targets.shape)}")
+    hits, targets = hits.reshape(-1).cpu(), targets.reshape(-1).cpu()
+    if hits.dtype != torch.bool:
+        hits = hits == targets
+    recalls = [float(hits[targets == c].double().mean()) for c in targets.unique().tolist()]
     return sum(recalls) / len(recalls)
 
 
 def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """CLIP_benchmark's classification metrics: acc1, acc5 (only with 5 or more classes), mean per-class recall.
+    """acc1, acc5 (only with 5 or more classes), mean per-class recall, all from one rank per sample.
 
-    logits (N, C) image-to-class scores, targets (N,).
+    logits (N, C) image-to-class scores, targets (N,). The module's tie rule: a class tied with the target
+    beats it, so acc1 and mean per-class recall agree on a balanced set.
     """
+    ranks = class_ranks(logits, targets)
     ks = (1, 5) if logits.shape[1] >= 5 else (1,)
-    acc = topk_accuracy(logits, targets, ks)
-    out = {f"acc{k}": v for k, v in acc.items()}
-    out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(dim=1), targets)
+    out = {f"acc{k}": int((ranks <= k).sum()) / len(ranks) for k in ks}
+    out["mean_per_class_recall"] = mean_per_class_recall(ranks == 1, targets)
     return out
 
 
@@ -66,20 +101,18 @@ def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, f
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Fraction of queries with at least one positive among their k best-scored candidates.
+    """Fraction of queries whose best positive ranks k or better (:func:`positive_ranks`; ties count against).
 
-    scores (Q, G) query-by-candidate similarities; positives (Q, G) bool. A k larger than
-    the number of candidates counts all of them.
+    scores (Q, G) query-by-candidate similarities; positives (Q, G) bool. A k larger than the number of
+    candidates counts all of them.
     """
     if scores.shape != positives.shape or scores.ndim != 2:
         raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
                          f"and {tuple(positives.shape)}")
     if scores.shape[0] == 0:
         raise ValueError("no queries to score")
-    k_max = min(max(ks), scores.shape[1])
-    top = scores.topk(k_max, dim=1).indices  # (Q, k_max)
-    hit = positives.to(top.device).gather(1, top)  # (Q, k_max) bool
-    return {k: int(hit[:, : min(k, k_max)].any(dim=1).sum()) / scores.shape[0] for k in ks}
+    ranks = positive_ranks(scores, positives)
+    return {k: int((ranks <= k).sum()) / scores.shape[0] for k in ks}
 
 
 def _caption_positives(scores: torch.Tensor, caption_item: torch.Tensor, name: str
@@ -93,13 +126,30 @@ def _caption_positives(scores: torch.Tensor, caption_item: torch.Tensor, name: s
     return scores.cpu(), positives
 
 
+def best_caption_scores(scores: torch.Tensor, caption_item: torch.Tensor) -> torch.Tensor:
+    """(I, I) item-by-item scores: entry [v, g] is item v's score with the best-scoring caption of item g.
+
+    CLIP4Clip's video->text with several captions per video (``tensor_video_to_text_sim``: the maximum
+    over each video's captions): each video ranks its own best caption among the other videos' best ones,
+    V candidates, not T. scores (T, I) caption-by-item, caption_item (T,).
+    """
+    scores, positives = _caption_positives(scores, caption_item, "caption_item")
+    n = scores.shape[1]
+    if not positives.any(dim=0).all():
+        raise ValueError("every item needs at least one caption")
+    out = torch.full((n, n), float("-inf"), dtype=scores.dtype)
+    for g in range(n):
+        out[:, g] = scores[positives[:, g]].max(dim=0).values
+    return out
+
+
 def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k both ways from caption-by-image scores (T, I) and each caption's image index (T,).
 
     ``text_to_image_recall@k``: a caption finds its image in the top k (CLIP_benchmark's
     ``image_retrieval_recall@k``). ``image_to_text_recall@k``: an image finds any of its
-    captions in the top k (CLIP_benchmark's ``text_retrieval_recall@k``).
+    captions in the top k among all T captions (CLIP_benchmark's ``text_retrieval_recall@k``).
     """
     scores, positives = _caption_positives(scores, caption_image, "caption_image")
     t2i = recall_at_k(scores, positives, ks)
@@ -110,24 +160,14 @@ def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
 
 
 def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """(Q,) rank of each query's best positive: 1 + the number of candidates scored strictly higher.
-
-    scores (Q, G), positives (Q, G) bool with at least one positive per row. Ties count in the query's
-    favour, as CLIP4Clip's ``compute_metrics`` (the first of equal scores in the sorted row) counts them.
-    """
-    if scores.shape != positives.shape or scores.ndim != 2:
-        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
-                         f"and {tuple(positives.shape)}")
-    positives = positives.to(scores.device)
-    if not positives.any(dim=1).all():
-        raise ValueError("every query needs at least one positive")
-    best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
-    return 1 + (scores > best).sum(dim=1)
+    """(Q,) rank of each query's best positive (:func:`positive_ranks`: a tie counts against the query)."""
+    return positive_ranks(scores, positives)
 
 
 def rank_summary(ranks: torch.Tensor) -> tuple[float, float]:
-    """(median, mean) of (Q,) ranks; the median of an even count is the mean of the two middle ranks
-    (``numpy.median``, as CLIP4Clip reports MdR)."""
+    """(median, mean) of (Q,) ranks. The median of an even count is the mean of the two middle ranks
+    (``numpy.median``, as CLIP4Clip's ``compute_metrics`` reports MdR; its several-captions text->video
+    path takes ``torch.median``, the lower middle rank, which can read 0.5 lower)."""
     r = ranks.double().reshape(-1).sort().values
     if r.numel() == 0:
         raise ValueError("no ranks")
