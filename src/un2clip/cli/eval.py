@@ -9,26 +9,32 @@ _EVAL_HELP = {
     "zeroshot": "zero-shot classification, CLIP_benchmark protocol (ImageFolder or CLIP_benchmark webdataset)",
     "retrieval": "image-text retrieval recall@1/5/10 both ways (CSV/TSV or JSONL of image + caption)",
     "diffloss": "the un²CLIP diffusion loss on held-out images, identical draws for every encoder",
-    "detect": "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops, prompt-ensembled "
-              "classes, COCO box AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a "
-              "split. Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data FILE.json --images DIR. "
-              "A ground-truth box with nothing inside its image is an error naming the file and annotation; "
-              "such a proposal is skipped and counted (n_skipped_boxes); an unreadable image is skipped and "
-              "counted (n_skipped_images)",
+    "detect": "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops resized as CLIP "
+              "preprocesses, raw embeddings summed then normalised, classes ensembled over ViLD's 63 prompts, COCO "
+              "box AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a split (OVR-CNN's "
+              "seen/unseen marks read). Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data "
+              "FILE.json --images DIR. A ground-truth box with nothing inside its image, a non-finite coordinate "
+              "or a zero/negative size, and duplicate ids, are errors naming the file and row; such a proposal is "
+              "skipped, counted (n_skipped_boxes) and named; an unreadable image is skipped, counted "
+              "(n_skipped_images) and named",
     "depth": "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax "
-             "over the seven words weights DepthCLIP's bin depths (1-3 m), upsampled; delta1/2/3, abs_rel, rmse, "
-             "log10 per image, averaged. Layout: DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or "
-             "BTS's NYUv2 export (rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, or a depth "
-             "map of another size than its image, is an error naming the files; an unreadable image is skipped "
-             "and counted (n_skipped_images)",
-    "pointcloud": "zero-shot point-cloud classification, PointCLIP: six sparse depth views (densified), each "
-                  "encoded, view logits summed with view weights, prompt 'point cloud depth map of a [CLASS].'; "
-                  "acc1/acc5. Layout (ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or "
-                  "unreadable point file is skipped and counted (n_skipped_files)",
-    "video-retrieval": "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): --frames frames picked "
-                       "uniformly (default 12, CLIP4Clip's MSR-VTT setting), each CLIP-encoded and L2-normalised, "
-                       "averaged, normalised again; recall@1/5/10, median and mean rank, text->video and "
-                       "video->text; several captions per video allowed. Layout (MSR-VTT style): DIR/captions.csv "
+             "over the seven words weights DepthCLIP's bin depths (1-3 m); by default as DepthCLIP evaluates NYUv2 "
+             "(640x480 frames: its 416x544 crop at native resolution, ImageNet mean/std, flip averaged, "
+             "align_corners=True, Eigen crop); delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image, "
+             "averaged. Layout: DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or BTS's NYUv2 export "
+             "(rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, a depth map of another size "
+             "than its image, an 8-bit depth map or a bad depth_scale.txt is an error naming the file; an "
+             "unreadable image is skipped, counted (n_skipped_images) and named",
+    "pointcloud": "zero-shot point-cloud classification, PointCLIP: the first 1,024 points, six sparse depth "
+                  "views by PointCLIP's pixel rule, fed raw as PointCLIP feeds them, each encoded, view logits "
+                  "summed with view weights, prompt 'point cloud depth map of a [CLASS].'; acc1/acc5. Layout "
+                  "(ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or unreadable point file is "
+                  "skipped, counted (n_skipped_files) and named",
+    "video-retrieval": "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): one frame a second, then "
+                       "--frames of those picked uniformly (default 12, CLIP4Clip's MSR-VTT setting), each "
+                       "CLIP-encoded and L2-normalised, averaged, normalised again; captions cut at 32 tokens; "
+                       "recall@1/5/10, median and mean rank, text->video and video->text (CLIP4Clip's: each video's "
+                       "best caption among the V videos'); several captions per video allowed. Layout (MSR-VTT style): DIR/captions.csv "
                        "+ DIR/videos/, or --data FILE.csv --videos DIR; an id names a frame folder (one folder of "
                        "images per video, natural order) or a video file (PyAV: pip install 'un2clip[video]'). "
                        "--batch-size counts videos. A video that does not decode, or an empty frame folder, is an "
