@@ -426,7 +426,9 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
                         "context60, context59, coco_object, coco_stuff, cityscapes, ade20k")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="with --benchmarks-root: only these benchmarks")
     p.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
-    p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated)")
+    p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated; default: the "
+                        "method's repo's file for a named benchmark, see --class-names, or a generic folder's "
+                        "classes.txt)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
@@ -434,21 +436,37 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
                    help="resize a mask whose size differs from its image's to the image's, nearest neighbour "
                         "(default: such a pair is an error naming both files). Mask labels outside the class list "
                         "are always ignored like 255 and counted (n_out_of_range in the results), with a warning")
-    g = p.add_argument_group("settings (default: the method's preset for the dataset)")
-    g.add_argument("--short-side", type=int, help="resize the short side to this (0: keep; SCLIP 336, ClearCLIP 448)")
-    g.add_argument("--crop", type=int, help="sliding-window side (0: whole image; 224, ClearCLIP 448)")
+    g = p.add_argument_group("settings (default: the method's preset for the dataset, as its reference repo's "
+                             "config; README: 'Fidelity to the reference code')")
+    g.add_argument("--short-side", type=int,
+                   help="resize the short side to this, OpenCV bilinear on uint8 as mmcv (0: keep; SCLIP and NACLIP "
+                        "336, COCO-Stuff SCLIP 448, Cityscapes 560; ClearCLIP 448)")
+    g.add_argument("--crop", type=int,
+                   help="sliding-window side (0: the whole image, never padded; 224, ClearCLIP 448, NACLIP on voc21 "
+                        "and voc20 0)")
     g.add_argument("--stride", type=int, help="sliding-window stride (112, ClearCLIP 224)")
+    g.add_argument("--pad-windows", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero-pad each sliding window to a multiple of the patch, centred, as ClearCLIP does (default "
+                        "on for clearclip; off for the others, whose patch embedding drops the leftover pixels)")
     g.add_argument("--logit-scale", type=float, help="scale of cosine similarities before the softmax (40-65)")
     g.add_argument("--prob-threshold", type=float, help="below this top probability a pixel becomes background")
     g.add_argument("--area-threshold", type=float, help="SCLIP: drop classes on less than this fraction of foreground")
     g.add_argument("--gaussian-std", type=float, help="NACLIP neighbourhood std in patches (default 5)")
     g.add_argument("--pamr-steps", type=int,
-                   help="refine the logits with PAMR for this many iterations (SCLIP/NACLIP's option: 10; default 0, off)")
+                   help="refine the logits with PAMR for this many iterations (0: off; default naclip 10 as its "
+                        "main results, the others 0)")
+    g.add_argument("--pamr-dilations", type=int, nargs="+", metavar="D",
+                   help="PAMR's neighbourhood dilations (default 8 16, as SCLIP and NACLIP)")
+    g.add_argument("--class-names", choices=["sclip", "clearclip"],
+                   help="whose shipped class-name files a named benchmark reads: sclip (synonym sets, also NACLIP's) "
+                        "or clearclip (one name per class); default clearclip for clearclip, sclip for the others; "
+                        "--classes FILE overrides both")
     g = p.add_argument_group("running")
     g.add_argument("--random-weights", action="store_true", help="a preset's architecture, random weights")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="autocast precision (default auto: fp16 on CUDA, as the reference repos run CLIP in half "
+                        "precision there, and fp32 on CPU); every result records the one used")
     g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     g.add_argument("--num-workers", type=int, default=2, help="image-reading processes (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -472,6 +490,8 @@ def _run_seg(args: argparse.Namespace) -> int:
 
         templates = read_templates(args.templates)
     settings = {k: getattr(args, k) for k in OPTION_NAMES}  # every SegSettings field has its flag
+    if settings.get("pamr_dilations") is not None:
+        settings["pamr_dilations"] = tuple(settings["pamr_dilations"])
     records = run_seg(args.model, args.method, data, output=args.output, model_names=args.model_name,
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
