@@ -173,7 +173,9 @@ def test_ovr_cnn_seen_unseen_marks_give_the_split(tmp_path):
     split_file = tmp_path / "split.json"  # the same marks given as a split file
     split_file.write_text(json.dumps({"categories": [{"name": "class1", "split": "unseen"},
                                                      {"name": "class2", "split": "seen"}]}))
-    assert D.read_detection_set(tmp_path, novel=split_file).novel == [1]
+    ds = D.read_detection_set(tmp_path, novel=split_file)
+    assert (ds.novel, ds.base) == ([1], [2])  # class3 is in neither group of this split file
+    assert D.read_detection_set(tmp_path).base == [1, 2]
 
 
 def test_a_split_with_no_novel_category_is_refused(tmp_path):

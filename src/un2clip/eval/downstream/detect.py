@@ -253,6 +253,7 @@ class DetectionSet:
     novel: list[int] = field(default_factory=list)  # category ids of the novel classes (empty: no split)
     n_boxes_skipped: int = 0  # proposals with nothing inside their image
     templates: list[str] = field(default_factory=lambda: list(VILD_TEMPLATES))
+    base: list[int] = field(default_factory=list)  # category ids of the base classes (empty: no split)
 
 
 def _load_json(path: Path) -> Any:
@@ -283,11 +284,15 @@ def split_ids(categories: Sequence[dict], where: str | Path) -> tuple[list[int],
     return base, novel
 
 
-def _novel_ids(categories: list[dict], novel: Sequence[str] | str | Path | None, where: Path) -> list[int]:
+def _split(categories: list[dict], novel: Sequence[str] | str | Path | None, where: Path
+           ) -> tuple[list[int], list[int]]:
+    """(base, novel) category ids: from the annotations' own marks (``novel`` None), a names file (base: every
+    other category) or a COCO JSON with marks; ([], []) without a split."""
     by_name = {c["name"]: int(c["id"]) for c in categories}
+    base_names: list[str] | None = None
     if novel is None:  # the annotations may mark the split themselves (OVR-CNN's COCO split files do)
         split = split_ids(categories, where)
-        return split[1] if split else []
+        return split if split else ([], [])
     if isinstance(novel, (str, Path)) and str(novel).lower().endswith(".json"):  # a COCO file with split marks
         path = Path(novel)
         if not path.is_file():
@@ -301,15 +306,19 @@ def _novel_ids(categories: list[dict], novel: Sequence[str] | str | Path | None,
             raise ValueError(f"split file {path} marks no category with a split (\"split\": \"seen\"/\"unseen\" "
                              "or \"base\"/\"novel\")")
         names = [cats[k]["name"] for k in split[1]]
+        base_names = [cats[k]["name"] for k in split[0]]
     else:
         names = _lines(novel) or []
         if not names:
             raise ValueError(f"novel class list {novel} names no class")
-    unknown = [n for n in names if n not in by_name]
+    unknown = [n for n in names + (base_names or []) if n not in by_name]
     if unknown:
-        raise ValueError(f"novel class {unknown[0]!r} is not a category of {where} "
-                         f"(known: {', '.join(list(by_name)[:8])}...)")
-    return [by_name[n] for n in names]
+        raise ValueError(f"{'novel' if unknown[0] in names else 'base'} class {unknown[0]!r} is not a category of "
+                         f"{where} (known: {', '.join(list(by_name)[:8])}...)")
+    novel_ids = [by_name[n] for n in names]
+    base_ids = [by_name[n] for n in base_names] if base_names is not None else [
+        int(c["id"]) for c in categories if int(c["id"]) not in novel_ids]
+    return base_ids, novel_ids
 
 
 def _refuse_duplicate_ids(rows: Sequence[dict], key: str, path: Path) -> None:
@@ -406,8 +415,9 @@ def read_detection_set(data: str | Path, *, images: str | Path | None = None, pr
         if temps is None and root.is_dir() and (root / "templates.txt").is_file():
             temps = _lines(root / "templates.txt")
     report_skipped("proposals", skipped_why)
+    base, novel_ids = _split(categories, novel, ann_path)
     return DetectionSet(ann_path, coco, paths, [c["name"] for c in categories], [int(c["id"]) for c in categories],
-                        boxes, _novel_ids(categories, novel, ann_path), skipped, temps or list(VILD_TEMPLATES))
+                        boxes, novel_ids, skipped, temps or list(VILD_TEMPLATES), base)
 
 
 # -- model ---------------------------------------------------------------------------------------------
@@ -507,9 +517,7 @@ def evaluate(model: ClipModel, data: str | Path, *, images: str | Path | None = 
     report_skipped("images (unreadable)", unreadable)
     groups = {}
     if ds.novel:
-        split = split_ids(ds.ground_truth["categories"], ds.annotations) if novel is None else None
-        base = split[0] if split else [c for c in ds.category_ids if c not in ds.novel]
-        groups = {"base": base, "novel": list(ds.novel)}
+        groups = {"base": list(ds.base), "novel": list(ds.novel)}
     metrics = coco_box_ap(ds.ground_truth, results, image_ids=evaluated, groups=groups)
     metrics.update(n_images=len(evaluated), n_boxes=n_boxes, n_classes=len(ds.classnames),
                    n_skipped_images=len(unreadable), n_skipped_boxes=ds.n_boxes_skipped)
