@@ -194,3 +194,27 @@ def test_skipped_point_files_are_named_on_the_console(tmp_path, tiny_clip, capsy
     err = capsys.readouterr().err
     assert m["n_skipped_files"] == 5
     assert "skipped 5 point files" in err and "broken0.txt" in err and "and 2 more" in err
+
+
+def test_modelnet40_hdf5_release_is_read_as_pointclip_reads_it(tmp_path, tiny_clip):
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "shape_names.txt").write_text("airplane\nflower_pot\nchair\n")
+    rng = np.random.default_rng(0)
+    clouds = rng.uniform(-0.5, 0.5, (5, 2048, 3)).astype(np.float32)
+    for k, rows in enumerate(((0, 1, 2), (3, 4))):
+        with h5py.File(tmp_path / f"ply_data_test{k}.h5", "w") as f:
+            f["data"] = clouds[list(rows)]
+            f["label"] = np.array([[2], [0], [1], [1], [0]], dtype=np.uint8)[list(rows)]
+    # PointCLIP's list names the files under its own data/ folder: found by name in DIR
+    (tmp_path / "test_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_test0.h5\n"
+                                             "data/modelnet40_ply_hdf5_2048/ply_data_test1.h5\n")
+    ds = P.read_pointcloud_set(tmp_path)
+    assert ds.classnames == ["airplane", "flower pot", "chair"] and ds.labels == [2, 0, 1, 1, 0]
+    assert ds.rows == [0, 1, 2, 0, 1] and ds.paths[3].name == "ply_data_test1.h5"
+    first = P.read_h5_cloud(ds.paths[3], ds.rows[3])  # cloud 3: the first 1,024 of its 2,048 points
+    assert first.numpy().tolist() == clouds[3, :1024].astype(np.float64).tolist()
+    m = P.evaluate(tiny_clip, tmp_path, progress=False)
+    assert m["n_clouds"] == 5 and m["n_classes"] == 3 and m["n_skipped_files"] == 0
+    (tmp_path / "test_files.txt").write_text("ply_data_test9.h5\n")
+    with pytest.raises(FileNotFoundError, match="ply_data_test9.h5"):
+        P.read_pointcloud_set(tmp_path)

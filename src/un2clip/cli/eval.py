@@ -27,9 +27,10 @@ _EVAL_HELP = {
              "unreadable image is skipped, counted (n_skipped_images) and named",
     "pointcloud": "zero-shot point-cloud classification, PointCLIP: the first 1,024 points, six sparse depth "
                   "views by PointCLIP's pixel rule, fed raw as PointCLIP feeds them, each encoded, view logits "
-                  "summed with view weights, prompt 'point cloud depth map of a [CLASS].'; acc1/acc5. Layout "
-                  "(ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or unreadable point file is "
-                  "skipped, counted (n_skipped_files) and named",
+                  "summed with view weights, prompt 'point cloud depth map of a [CLASS].'; acc1/acc5. Layouts: "
+                  "ModelNet40's HDF5 release as PointCLIP reads it (DIR/shape_names.txt, DIR/<split>_files.txt, "
+                  "ply_data_*.h5; pip install 'un2clip[pointcloud]'), or DIR/<class>/[<split>/]<file>.off|.txt|.npy. "
+                  "An empty or unreadable point file is skipped, counted (n_skipped_files) and named",
     "video-retrieval": "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): one frame a second, then "
                        "--frames of those picked uniformly (default 12, CLIP4Clip's MSR-VTT setting), each "
                        "CLIP-encoded and L2-normalised, averaged, normalised again; captions cut at 32 tokens; "
@@ -218,8 +219,9 @@ def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
                    help="what the encoder sees of a view: raw = the depth values, not normalised, as PointCLIP "
                         "feeds them (default); intensity = near bright, far dim, CLIP-normalised (ours)")
     g.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
-                   help="take the points as they are (ModelNet40's h5 clouds, as PointCLIP reads them, already lie "
-                        "in the unit sphere); default: centred and scaled into the unit sphere")
+                   help="take the points of files as they are too (default: clouds from .off/.txt/.npy files are "
+                        "centred and scaled into the unit sphere; ModelNet40's HDF5 clouds, already in it, are taken "
+                        "as they are, as PointCLIP takes them)")
     g.add_argument("--view-weights", type=_non_negative_float, nargs=6, metavar="W", action=_ViewWeights,
                    help="weights of the front, right, back, left, top, bottom views, >= 0 and not all 0 (default "
                         "all 1)")

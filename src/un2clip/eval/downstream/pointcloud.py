@@ -15,9 +15,12 @@ logits of the views against "point cloud depth map of a [CLASS]." are summed wit
 (PointCLIP searches them on the test labels; equal weights here unless given). Metric: accuracy (ties
 count against the cloud: :mod:`un2clip.eval.core.metrics`).
 
-Layout (ModelNet40-style): ``DIR/<class>/[<split>/]<file>`` with ``.off`` meshes (points sampled on the
-faces, area-weighted), ``.txt`` (x y z [nx ny nz], comma or space separated) or ``.npy`` (N, >=3) files.
-An empty or unreadable point file is skipped, counted and named on the console.
+Layouts: ModelNet40's HDF5 release as PointCLIP reads it (``DIR/shape_names.txt``, ``DIR/<split>_files.txt``
+naming ``ply_data_<split><k>.h5`` files with ``data`` (N, 2048, 3) and ``label`` (N, 1); needs h5py: ``pip
+install 'un2clip[pointcloud]'``; those clouds already lie in the unit sphere and are not rescaled unless
+asked), or class folders ``DIR/<class>/[<split>/]<file>`` with ``.off`` meshes (points sampled on the faces,
+area-weighted), ``.txt`` (x y z [nx ny nz], comma or space separated) or ``.npy`` (N, >=3) files. An empty
+or unreadable point file is skipped, counted and named on the console.
 """
 
 from __future__ import annotations
@@ -209,18 +212,83 @@ def read_points(path: str | Path, n_points: int = 1024, seed: int = 0, subset: s
 
 @dataclass
 class PointCloudSet:
-    """Point files and their class indices."""
+    """Point files and their class indices; for HDF5 files, the cloud's row in its file."""
 
     paths: list[Path]
     labels: list[int]
     classnames: list[str]
+    rows: list[int] | None = None  # HDF5 layout: row of each cloud in its file's ``data``
+
+
+H5_INSTALL = "pip install 'un2clip[pointcloud]' (or: pip install h5py)"
+
+
+def _require_h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"ModelNet40's HDF5 files need h5py, which is not installed: {H5_INSTALL}") from None
+    return h5py
+
+
+def _h5_file(listed: str, root: Path) -> Path:
+    """A file named in ``<split>_files.txt``: as written (relative to DIR or absolute), else its name in DIR."""
+    path = Path(listed)
+    for candidate in (path if path.is_absolute() else root / path, root / path.name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{root}: the file list names {listed}, found neither there nor as {root / path.name}")
+
+
+def read_h5_set(root: Path, split: str) -> PointCloudSet:
+    """ModelNet40's HDF5 release (PointCLIP's reader): class names from ``shape_names.txt``, the clouds of the
+    files ``<split>_files.txt`` lists, in order."""
+    h5py = _require_h5py()
+    names = [n.strip() for n in (root / "shape_names.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
+    listed = [n.strip() for n in (root / f"{split}_files.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
+    if not listed:
+        raise ValueError(f"{root / f'{split}_files.txt'} names no HDF5 file")
+    paths, labels, rows = [], [], []
+    for name in listed:
+        path = _h5_file(name, root)
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "label" not in f:
+                raise ValueError(f"{path} lacks 'data' or 'label' (ModelNet40's HDF5 layout)")
+            label = np.asarray(f["label"]).reshape(-1).astype(np.int64)
+            if len(label) != f["data"].shape[0]:
+                raise ValueError(f"{path}: {f['data'].shape[0]} clouds but {len(label)} labels")
+        bad = label[(label < 0) | (label >= len(names))]
+        if bad.size:
+            raise ValueError(f"{path}: label {int(bad[0])} outside the {len(names)} classes of shape_names.txt")
+        paths += [path] * len(label)
+        labels += label.tolist()
+        rows += list(range(len(label)))
+    if len(names) < 2:
+        raise ValueError(f"{root / 'shape_names.txt'} names {len(names)} classes: zero-shot classification needs two "
+                         "or more")
+    return PointCloudSet(paths, labels, [n.replace("_", " ") for n in names], rows)
+
+
+def read_h5_cloud(path: Path, row: int, n_points: int = 1024, cache: dict | None = None) -> torch.Tensor | None:
+    """(n, 3) float64: the first ``n_points`` points of cloud ``row`` of an HDF5 file (PointCLIP's
+    ``impath[:1024]``); None when they are not finite. ``cache`` keeps each file's array between calls."""
+    cache = {} if cache is None else cache
+    if path not in cache:
+        cache.clear()  # one file at a time: the clouds come file by file
+        with _require_h5py().File(path, "r") as f:
+            cache[path] = np.asarray(f["data"])
+    pts = np.asarray(cache[path][row][:n_points, :3], dtype=np.float64)
+    return torch.from_numpy(pts) if pts.size and np.isfinite(pts).all() else None
 
 
 def read_pointcloud_set(data: str | Path, *, split: str = "test") -> PointCloudSet:
-    """Class folders of point files; inside a class folder, its ``split`` subfolder when it has one."""
+    """ModelNet40's HDF5 release when ``DIR/shape_names.txt`` and ``DIR/<split>_files.txt`` exist; else class
+    folders of point files (inside a class folder, its ``split`` subfolder when it has one)."""
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; {LAYOUT}")
+    if (root / "shape_names.txt").is_file() and (root / f"{split}_files.txt").is_file():
+        return read_h5_set(root, split)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     paths, labels, names = [], [], []
     for folder in folders:
@@ -262,10 +330,12 @@ def view_inputs(points: torch.Tensor, model: ClipModel, *, densify_size: int = 0
 
 
 def evaluate(model: ClipModel, data: str | Path, *, split: str = "test", n_points: int = 1024,
-             point_subset: str = "first", densify_size: int = 0, view_image: str = "raw", normalize: bool = True,
+             point_subset: str = "first", densify_size: int = 0, view_image: str = "raw", normalize: bool | None = None,
              view_weights: Sequence[float] | None = None, template: str = TEMPLATE, batch_size: int = 16,
              precision: str = "auto", progress: bool = True) -> dict[str, float]:
-    """acc1 (and acc5 with 5+ classes), mean per-class recall, counts of clouds, classes and skipped files."""
+    """acc1 (and acc5 with 5+ classes), mean per-class recall, counts of clouds, classes and skipped files.
+    ``normalize`` None: clouds read from files are centred and scaled into the unit sphere, ModelNet40's HDF5
+    clouds (already in it) are taken as they are, as PointCLIP takes them."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if n_points < 1:
@@ -291,14 +361,20 @@ def evaluate(model: ClipModel, data: str | Path, *, split: str = "test", n_point
         batch_labels.clear()
 
     with inference_context(model.device, precision):
-        for path, label in tqdm(list(zip(ds.paths, ds.labels)), desc="point clouds", disable=not progress,
-                                leave=False):
-            points = read_points(path, n_points, subset=point_subset)
+        rows = ds.rows or [None] * len(ds.paths)
+        scale = normalize if normalize is not None else ds.rows is None
+        cache: dict = {}
+        for path, label, row in tqdm(list(zip(ds.paths, ds.labels, rows)), desc="point clouds",
+                                     disable=not progress, leave=False):
+            if row is None:
+                points = read_points(path, n_points, subset=point_subset)
+            else:
+                points = read_h5_cloud(path, row, n_points, cache)
             if points is None:
-                skipped.append(str(path))
+                skipped.append(str(path) if row is None else f"{path} cloud {row}")
                 continue
             batch.append(view_inputs(points, model, densify_size=densify_size, view_image=view_image,
-                                     normalize=normalize))
+                                     normalize=scale))
             batch_labels.append(label)
             if len(batch) == batch_size:
                 flush()
