@@ -193,8 +193,8 @@ def _depth_flags(g: argparse._ArgumentGroup) -> None:
                         "is an error naming the file; off = every valid pixel")
     g.add_argument("--input", choices=["depthclip", "resize"],
                    help="what the encoder sees: depthclip = DepthCLIP's 416x544 crop of a 640x480 frame (rows "
-                        "56-471, columns 60-603; other sizes whole) at native resolution, ImageNet mean/std, only "
-                        "the crop scored (default); resize = the image resized to --short-side, the model's "
+                        "56-471, columns 60-603; other sizes whole, so large photos are better resized) at native "
+                        "resolution, ImageNet mean/std, only the crop scored (default); resize = the image resized to --short-side, the model's "
                         "mean/std, the whole frame scored (ours before)")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="no test-time flip (default: averaged with the horizontally flipped input, as DepthCLIP)")
