@@ -195,3 +195,17 @@ def test_draw_seeds_depend_on_seed_image_and_draw_only():
     assert len(set(both.tolist())) == 4
     assert draw_seeds(1, [3], 2).tolist() != draw_seeds(0, [3], 2).tolist()
     assert all(0 <= s < 2**62 for s in both.tolist())
+
+
+def test_every_metric_lives_in_the_metrics_module():
+    """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
+    from un2clip.eval.core import metrics
+    from un2clip.eval.downstream import depth, detect
+    from un2clip.eval.mllm import cvbench, mmvp_mllm
+
+    moved = {depth: ["depth_metrics", "mean_metrics"], detect: ["coco_box_ap"], cvbench: ["cvbench_scores"],
+             mmvp_mllm: ["mmvp_mllm_scores"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(module, name) is getattr(metrics, name) and getattr(metrics, name).__module__ == \
+                "un2clip.eval.core.metrics", name

@@ -1,12 +1,18 @@
-"""Pure metric functions: score matrices and labels in, numbers out.
+"""Pure metric functions: score matrices, predictions and labels in, numbers out — every evaluation's metric.
 
 Nothing here loads a model or a file, so every metric is unit-tested on hand-built
-inputs whose answers are known. Conventions follow the official protocols:
+inputs whose answers are known. The evaluation modules embed and score; their numbers
+come from here (segmentation's streaming histogram, mmsegmentation's mIoU, is the one
+exception: :mod:`un2clip.eval.seg.metrics`). Conventions follow the official protocols:
 
 - MMVP-VLM (tsb0601/MMVP, ``scripts/evaluate_vlm.py``): per-pattern scores and their
   mean in percent.
 - Zero-shot classification and retrieval (CLIP_benchmark): accuracies and recalls as
   fractions in [0, 1].
+- MMVP and CV-Bench with an MLLM: percent of pairs / questions answered right.
+- Monocular depth (BTS / AdaBins): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image,
+  then averaged.
+- Detection: COCO box AP by pycocotools (the ``detect`` extra, imported when called).
 
 One tie rule for every accuracy, recall and rank here (:func:`positive_ranks`): a tie counts against the
 query. The rank of a query's answer is 1 + the number of wrong candidates scored at least as high as its
@@ -20,8 +26,11 @@ several times).
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 # -- zero-shot classification -----------------------------------------------------------------------
@@ -273,3 +282,136 @@ def diffusion_loss_summary(losses: torch.Tensor, timesteps: torch.Tensor, num_ti
         if inside.any():
             out[bucket_key(first, last, width)] = float(losses[inside].mean())
     return out
+
+
+# -- multiple choice with an MLLM (MMVP, CV-Bench): percent ------------------------------------------
+
+
+def mmvp_mllm_scores(correct: list[bool]) -> dict[str, float]:
+    """Percent of pairs (questions 2k, 2k + 1) with both answers right (``accuracy``, the paper's score) and
+    percent of questions answered right (``question_accuracy``)."""
+    if not correct or len(correct) % 2:
+        raise ValueError(f"{len(correct)} answers: MMVP needs a positive even number (pairs of questions)")
+    pairs = [correct[k] and correct[k + 1] for k in range(0, len(correct), 2)]
+    return {"accuracy": 100.0 * sum(pairs) / len(pairs), "question_accuracy": 100.0 * sum(correct) / len(correct),
+            "n_pairs": len(pairs), "n_questions": len(correct)}
+
+
+SOURCES_2D, SOURCES_3D = ("ADE20K", "COCO"), ("Omni3D",)  # CV-Bench's 2D and 3D image sources
+
+
+def cvbench_scores(sources: Sequence[str], tasks: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
+    """Percent right per source and per task; ``accuracy_2d`` = mean over ADE20K and COCO, ``accuracy_3d`` =
+    Omni3D, ``accuracy`` = mean of the two (each only when its sources are present)."""
+    if not (len(sources) == len(tasks) == len(correct)) or not correct:
+        raise ValueError("sources, tasks and correct must be equally long and not empty")
+
+    def acc(keys: Sequence[str], value: str) -> float:
+        hits = [c for k, c in zip(keys, correct) if k == value]
+        return 100.0 * sum(hits) / len(hits)
+
+    scores: dict[str, float] = {}
+    per_source = {s: acc(sources, s) for s in dict.fromkeys(sources)}
+    d2 = [per_source[s] for s in SOURCES_2D if s in per_source]
+    d3 = [per_source[s] for s in SOURCES_3D if s in per_source]
+    if d2:
+        scores["accuracy_2d"] = sum(d2) / len(d2)
+    if d3:
+        scores["accuracy_3d"] = sum(d3) / len(d3)
+    if d2 and d3:
+        scores["accuracy"] = (scores["accuracy_2d"] + scores["accuracy_3d"]) / 2
+    scores.update({f"source_{s}": v for s, v in per_source.items()})
+    scores.update({f"task_{t}": acc(tasks, t) for t in dict.fromkeys(tasks)})
+    scores["n_questions"] = len(correct)
+    return scores
+
+
+# -- monocular depth (BTS / AdaBins evaluation) ------------------------------------------------------
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
+    """One image's metrics over ``valid`` pixels (default gt > 0): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log,
+    log10, silog (BTS / AdaBins definitions; silog = 100 sqrt(mean(e^2) - mean(e)^2), e = ln pred - ln gt)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape")
+    valid = gt > 0 if valid is None else valid & (gt > 0)
+    p, g = pred[valid].double(), gt[valid].double()
+    if p.numel() == 0:
+        raise ValueError("no valid ground-truth pixels to score")
+    if (p <= 0).any():
+        raise ValueError("predicted depths must be positive")
+    ratio = torch.maximum(p / g, g / p)
+    e = p.log() - g.log()
+    return {"delta1": float((ratio < 1.25).double().mean()), "delta2": float((ratio < 1.25 ** 2).double().mean()),
+            "delta3": float((ratio < 1.25 ** 3).double().mean()), "abs_rel": float(((p - g).abs() / g).mean()),
+            "sq_rel": float(((p - g) ** 2 / g).mean()), "rmse": float(((p - g) ** 2).mean().sqrt()),
+            "rmse_log": float((e ** 2).mean().sqrt()), "log10": float((p.log10() - g.log10()).abs().mean()),
+            "silog": float(((e ** 2).mean() - e.mean() ** 2).clamp(min=0).sqrt() * 100)}
+
+
+def mean_metrics(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over images."""
+    if not per_image:
+        raise ValueError("no images scored")
+    return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
+
+
+# -- detection: COCO box AP by pycocotools (the ``detect`` extra), imported on use ----------------------
+
+COCO_INSTALL = "pip install 'un2clip[detect]' (or: pip install pycocotools)"
+
+
+def require_pycocotools() -> None:
+    """Raise ImportError with the install command when pycocotools is missing."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        raise ImportError(f"eval detect scores boxes with pycocotools, which is not installed: {COCO_INSTALL}") from None
+
+
+def coco_box_ap(ground_truth: dict, results: list[dict], *, image_ids: Sequence[int] | None = None,
+                groups: dict[str, Sequence[int]] | None = None) -> dict[str, float]:
+    """COCO box AP (IoU .50:.95) and AP50 by pycocotools, as fractions: ``AP``, ``AP50``, and ``AP_<group>``,
+    ``AP50_<group>`` for each named group of category ids (e.g. base, novel). ``ground_truth`` is a COCO dict."""
+    require_pycocotools()
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO()
+    gt.dataset = _with_areas(ground_truth)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        if not results:
+            return {"AP": 0.0, "AP50": 0.0, **{f"{p}_{g}": 0.0 for g in (groups or {}) for p in ("AP", "AP50")}}
+        dt = gt.loadRes(list(results))
+        ev = COCOeval(gt, dt, "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # (T IoUs, R recalls, K classes, A areas, M max-dets); -1: no ground truth
+    cat_ids = list(ev.params.catIds)
+    out = {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
+
+    def mean_valid(p) -> float:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else float("nan")
+
+    for name, ids in (groups or {}).items():
+        ks = [cat_ids.index(c) for c in ids if c in cat_ids]
+        out[f"AP_{name}"] = mean_valid(precision[:, :, ks, 0, -1])
+        out[f"AP50_{name}"] = mean_valid(precision[0, :, ks, 0, -1])
+    return out
+
+
+def _with_areas(coco: dict) -> dict:
+    """The COCO dict with ``area``, ``iscrowd`` and ``id`` filled in where annotations lack them."""
+    anns = []
+    for k, a in enumerate(coco.get("annotations", [])):
+        a = dict(a)
+        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
+        a.setdefault("iscrowd", 0)
+        a.setdefault("id", k + 1)
+        anns.append(a)
+    return {**coco, "annotations": anns, "categories": coco.get("categories", [])}

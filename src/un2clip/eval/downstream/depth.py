@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from un2clip.data import transforms as T
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
+from un2clip.eval.core.metrics import depth_metrics, mean_metrics
 from un2clip.eval.downstream.common import report_skipped
 
 if TYPE_CHECKING:
@@ -72,33 +73,6 @@ def depthclip_depth(patch_embeds: torch.Tensor, word_embeds: torch.Tensor, bins:
     logits = 100.0 * patch_embeds @ word_embeds.T / temperature  # (..., K)
     bins_t = torch.as_tensor(bins, dtype=logits.dtype, device=logits.device)
     return (logits.softmax(dim=-1) * bins_t).sum(dim=-1)
-
-
-def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
-    """One image's metrics over ``valid`` pixels (default gt > 0): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log,
-    log10, silog (BTS / AdaBins definitions)."""
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape")
-    valid = gt > 0 if valid is None else valid & (gt > 0)
-    p, g = pred[valid].double(), gt[valid].double()
-    if p.numel() == 0:
-        raise ValueError("no valid ground-truth pixels to score")
-    if (p <= 0).any():
-        raise ValueError("predicted depths must be positive")
-    ratio = torch.maximum(p / g, g / p)
-    e = p.log() - g.log()
-    return {"delta1": float((ratio < 1.25).double().mean()), "delta2": float((ratio < 1.25 ** 2).double().mean()),
-            "delta3": float((ratio < 1.25 ** 3).double().mean()), "abs_rel": float(((p - g).abs() / g).mean()),
-            "sq_rel": float(((p - g) ** 2 / g).mean()), "rmse": float(((p - g) ** 2).mean().sqrt()),
-            "rmse_log": float((e ** 2).mean().sqrt()), "log10": float((p.log10() - g.log10()).abs().mean()),
-            "silog": float(((e ** 2).mean() - e.mean() ** 2).clamp(min=0).sqrt() * 100)}
-
-
-def mean_metrics(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of each metric over images."""
-    if not per_image:
-        raise ValueError("no images scored")
-    return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
 
 
 # -- data ----------------------------------------------------------------------------------------------

@@ -26,8 +26,6 @@ non-finite box coordinates are refused naming the row.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -42,6 +40,7 @@ from tqdm.auto import tqdm
 from un2clip.data import transforms as T
 from un2clip.data.sources import decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
+from un2clip.eval.core.metrics import coco_box_ap, require_pycocotools
 from un2clip.eval.downstream.common import report_skipped
 from un2clip.eval.encoder.zeroshot import _lines, fill_template, imagenet_templates, zeroshot_classifier
 
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 LAYOUT = ("expected DIR/annotations.json (COCO format: images with id/file_name/width/height, annotations with "
           "image_id/category_id/bbox [x, y, w, h], categories with id/name) and DIR/images/<file_name>, or "
           "--data FILE.json with --images DIR")
-INSTALL = "pip install 'un2clip[detect]' (or: pip install pycocotools)"
 CROP_SCALES = (1.0, 1.5)  # ViLD: the region and a 1.5x context crop, raw embeddings summed
 REGIONS = ("vild", "unit-mean")  # sum of raw crop embeddings (ViLD), or mean of unit ones (ours before)
 CROP_RESIZES = ("clip", "squash")  # CLIP's preprocessing of each crop (ViLD), or stretched to a square
@@ -78,14 +76,6 @@ VILD_TEMPLATES = (
     "a cartoon {}.", "the cartoon {}.", "an embroidered {}.", "the embroidered {}.", "a painting of the {}.",
     "a painting of a {}.",
 )
-
-
-def require_pycocotools() -> None:
-    """Raise ImportError with the install command when pycocotools is missing."""
-    try:
-        import pycocotools.cocoeval  # noqa: F401
-    except ImportError:
-        raise ImportError(f"eval detect scores boxes with pycocotools, which is not installed: {INSTALL}") from None
 
 
 # -- pure prompts and boxes ---------------------------------------------------------------------------
@@ -187,54 +177,6 @@ def detections(image_id: int, boxes: torch.Tensor, probs: torch.Tensor, category
     return [{"image_id": int(image_id), "category_id": int(category_ids[int(cls[j])]),
              "bbox": [round(float(v), 3) for v in boxes[box_index[j]]], "score": float(score[j])}
             for j in keep.tolist()]
-
-
-def coco_box_ap(ground_truth: dict, results: list[dict], *, image_ids: Sequence[int] | None = None,
-                groups: dict[str, Sequence[int]] | None = None) -> dict[str, float]:
-    """COCO box AP (IoU .50:.95) and AP50 by pycocotools, as fractions: ``AP``, ``AP50``, and ``AP_<group>``,
-    ``AP50_<group>`` for each named group of category ids (e.g. base, novel). ``ground_truth`` is a COCO dict."""
-    require_pycocotools()
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO()
-    gt.dataset = _with_areas(ground_truth)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        if not results:
-            return {"AP": 0.0, "AP50": 0.0, **{f"{p}_{g}": 0.0 for g in (groups or {}) for p in ("AP", "AP50")}}
-        dt = gt.loadRes(list(results))
-        ev = COCOeval(gt, dt, "bbox")
-        if image_ids is not None:
-            ev.params.imgIds = sorted(int(i) for i in image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    precision = ev.eval["precision"]  # (T IoUs, R recalls, K classes, A areas, M max-dets); -1: no ground truth
-    cat_ids = list(ev.params.catIds)
-    out = {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
-
-    def mean_valid(p) -> float:
-        valid = p[p > -1]
-        return float(valid.mean()) if valid.size else float("nan")
-
-    for name, ids in (groups or {}).items():
-        ks = [cat_ids.index(c) for c in ids if c in cat_ids]
-        out[f"AP_{name}"] = mean_valid(precision[:, :, ks, 0, -1])
-        out[f"AP50_{name}"] = mean_valid(precision[0, :, ks, 0, -1])
-    return out
-
-
-def _with_areas(coco: dict) -> dict:
-    """The COCO dict with ``area``, ``iscrowd`` and ``id`` filled in where annotations lack them."""
-    anns = []
-    for k, a in enumerate(coco.get("annotations", [])):
-        a = dict(a)
-        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
-        a.setdefault("iscrowd", 0)
-        a.setdefault("id", k + 1)
-        anns.append(a)
-    return {**coco, "annotations": anns, "categories": coco.get("categories", [])}
 
 
 # -- data ---------------------------------------------------------------------------------------------
