@@ -200,6 +200,35 @@ def retrieval_rank_metrics(scores: torch.Tensor, caption_item: torch.Tensor, ite
     return out
 
 
+def video_retrieval_metrics(scores: torch.Tensor, caption_video: torch.Tensor, ks: Sequence[int] = (1, 5, 10), *,
+                            video_to_text: str = "clip4clip") -> dict[str, float]:
+    """Recall@k, median and mean rank both ways from caption-by-video scores (T, V) and each caption's video.
+
+    text->video: each caption ranks the V videos. video->text, ``clip4clip``: each video ranks its own best
+    caption among the V videos' best captions (:func:`best_caption_scores`);
+    ``captions``: among all T captions, keys ``video_to_caption_*``. With one caption per video the two agree.
+    """
+    if video_to_text not in ("clip4clip", "captions"):
+        raise ValueError(f"video_to_text must be clip4clip or captions, got {video_to_text!r}")
+    out = {k: v for k, v in retrieval_metrics(scores, caption_video, ks).items() if k.startswith("text_to")}
+    out = {k.replace("image", "video"): v for k, v in out.items()}
+    ranks = retrieval_rank_metrics(scores, caption_video, "video")
+    out.update({k: v for k, v in ranks.items() if k.startswith("text_to")})
+    if video_to_text == "clip4clip":
+        per_video = best_caption_scores(scores, caption_video)  # (V, V)
+        r = positive_ranks(per_video, torch.eye(per_video.shape[0], dtype=torch.bool))
+        name = "video_to_text"
+    else:
+        positives = torch.zeros(scores.shape, dtype=torch.bool)
+        positives[torch.arange(scores.shape[0]), caption_video.long()] = True
+        r = positive_ranks(scores.T.cpu(), positives.T)
+        name = "video_to_caption"
+    out.update({f"{name}_recall@{k}": int((r <= k).sum()) / len(r) for k in ks})
+    median, mean = rank_summary(r)
+    out.update({f"{name}_median_rank": median, f"{name}_mean_rank": mean})
+    return out
+
+
 # -- MMVP-VLM ----------------------------------------------------------------------------------------
 
 

@@ -56,14 +56,7 @@ from tqdm.auto import tqdm
 
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
-from un2clip.eval.core.metrics import (
-    best_caption_scores,
-    positive_ranks,
-    rank_summary,
-    retrieval_metrics,
-    retrieval_rank_metrics,
-    zeroshot_metrics,
-)
+from un2clip.eval.core.metrics import video_retrieval_metrics, zeroshot_metrics
 from un2clip.eval.downstream.common import report_skipped
 from un2clip.eval.encoder.zeroshot import read_lines, zeroshot_classifier, zeroshot_logits
 
@@ -440,33 +433,6 @@ def evaluate_retrieval(model: ClipModel, data: str | Path, *, videos: str | Path
     metrics = video_retrieval_metrics(scores, caption_video, ks, video_to_text=video_to_text)
     metrics.update(n_videos=len(kept), n_captions=len(captions), n_skipped_videos=emb.n_skipped)
     return metrics
-
-
-def video_retrieval_metrics(scores: torch.Tensor, caption_video: torch.Tensor, ks: Sequence[int] = (1, 5, 10), *,
-                            video_to_text: str = "clip4clip") -> dict[str, float]:
-    """Recall@k, median and mean rank both ways from caption-by-video scores (T, V) and each caption's video.
-
-    text->video: each caption ranks the V videos. video->text, ``clip4clip``: each video ranks its own best
-    caption among the V videos' best captions (:func:`~un2clip.eval.core.metrics.best_caption_scores`);
-    ``captions``: among all T captions, keys ``video_to_caption_*``. With one caption per video the two agree.
-    """
-    out = {k: v for k, v in retrieval_metrics(scores, caption_video, ks).items() if k.startswith("text_to")}
-    out = {k.replace("image", "video"): v for k, v in out.items()}
-    ranks = retrieval_rank_metrics(scores, caption_video, "video")
-    out.update({k: v for k, v in ranks.items() if k.startswith("text_to")})
-    if video_to_text == "clip4clip":
-        per_video = best_caption_scores(scores, caption_video)  # (V, V)
-        r = positive_ranks(per_video, torch.eye(per_video.shape[0], dtype=torch.bool))
-        name = "video_to_text"
-    else:
-        positives = torch.zeros(scores.shape, dtype=torch.bool)
-        positives[torch.arange(scores.shape[0]), caption_video.long()] = True
-        r = positive_ranks(scores.T.cpu(), positives.T)
-        name = "video_to_caption"
-    out.update({f"{name}_recall@{k}": int((r <= k).sum()) / len(r) for k in ks})
-    median, mean = rank_summary(r)
-    out.update({f"{name}_median_rank": median, f"{name}_mean_rank": mean})
-    return out
 
 
 @contextlib.contextmanager
