@@ -37,8 +37,9 @@ def curve_data(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list
     return out
 
 
-def write_curves(run: str | Path) -> tuple[Path | None, str]:
-    """Draw the loss and learning-rate curves of the run folder ``run`` into ``run/curves.png``.
+def write_curves(run: str | Path, output: str | Path | None = None) -> tuple[Path | None, str]:
+    """Draw the loss and learning-rate curves of the run folder ``run`` into ``curves.png`` in ``output``
+    (default ``run``).
 
     Returns (the PNG, None when not drawn) and a one-line note saying what was written or why not
     (matplotlib not installed, no step logged).
@@ -52,6 +53,7 @@ def write_curves(run: str | Path) -> tuple[Path | None, str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ModuleNotFoundError:
         return None, "no loss curve: matplotlib is not installed (pip install 'un2clip[plot]')"
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.5), squeeze=False)
@@ -60,11 +62,16 @@ def write_curves(run: str | Path) -> tuple[Path | None, str]:
         ax.plot(steps, values, marker="." if len(steps) < 50 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][0].set_yscale("log" if all(v > 0 for v in data["loss"][1]) else "linear")
+    losses = data["loss"][1]
+    if min(losses) > 0 and max(losses) > 10 * min(losses):  # a loss falling over decades: log scale
+        axes[0][0].set_yscale("log")
     fig.suptitle(run.name)
     fig.tight_layout()
-    path = run / CURVES_PNG
+    out = Path(output) if output is not None else run
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CURVES_PNG
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path, f"loss and learning-rate curves: {path}"
