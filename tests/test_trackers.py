@@ -138,3 +138,15 @@ def test_report_draws_the_curves_of_a_training_run(tmp_path, capsys):
     assert cli(["report", str(tmp_path)]) == 0
     assert (tmp_path / CURVES_PNG).exists()
     assert str(tmp_path / CURVES_PNG) in capsys.readouterr().out
+
+
+def test_demo_report_shows_the_fine_tunes_curves(tmp_path):
+    from un2clip.world.report import write_report
+
+    results = {"original": {"mmvp/average": 50.0}, "un2clip": {"mmvp/average": 60.0}}
+    assert "finetune/curves.png" not in write_report(tmp_path, results).read_text()
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "finetune" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "lr": 0.1}\n')
+    pytest.importorskip("matplotlib")
+    write_curves(tmp_path / "finetune")
+    assert "![fine-tune loss and learning rate](finetune/curves.png)" in write_report(tmp_path, results).read_text()
