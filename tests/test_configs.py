@@ -75,10 +75,10 @@ HELP_DEFAULTS = {
     "--weight-decay": "0", "--warmup-steps": "0", "--lr-schedule": "constant", "--max-grad-norm": "1",
     "--max-steps": "200", "--batch-size": "32", "--grad-accum": "1", "--precision": "fp32",
     "--grad-checkpointing": "off", "--compile": "off", "--channels-last": "off", "--save-every": "500",
-    "--keep-checkpoints": "2", "--seed": "0", "--output": "runs/finetune",
+    "--keep-checkpoints": "2", "--seed": "0", "--output": "runs/finetune", "--report-to": "none",
 }
 RESUMABLE_FLAGS = {"--lr", "--max-steps", "--save-every", "--precision", "--num-workers", "--max-skip-rate",
-                   "--skip-window"}
+                   "--skip-window", "--report-to"}
 
 
 def _command_parser(name):

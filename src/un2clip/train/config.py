@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from un2clip.files import atomic_write_text
+from un2clip.train.trackers import REPORT_TO
 
 
 def flag(default: Any = MISSING, *, group: str, help: str, resumable: bool = False,
@@ -105,6 +106,9 @@ class RunConfig:
     keep_checkpoints: int = flag(2, group="loop", metavar="N",
                                  help="keep the N newest checkpoints of the run, delete older ones")
     seed: int = flag(0, group="loop", help="seed of data order, augmentations and diffusion draws")
+    report_to: str = flag("none", group="loop", resumable=True, choices=REPORT_TO,
+                          help="also log each step's metrics to TensorBoard (RUN/un2clip), Weights & Biases (offline "
+                               "with WANDB_MODE=offline) or both (extras: un2clip[tensorboard], un2clip[wandb])")
     output: str = flag("runs/finetune", group="loop",
                        help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
     # options of the objective (keyword arguments of its constructor)
