@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from un2clip.train.curves import CURVES_PNG
+
 ZEROSHOT_SETS = ("shape", "color")
 # ClearCLIP on the world's 64 px segmentation scenes: the tiny CLIP sees 32 px (a 4 x 4 patch grid),
 # so a 32 px window sliding by 16 px. A pixel whose top probability is under 0.7 becomes background
@@ -70,14 +72,17 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
     def depth(model) -> dict[str, float]:
         from un2clip.eval.downstream import depth as dep
 
-        m = dep.evaluate(model, world / "depth", progress=progress)
+        # the world's 64 x 64 renders are no NYUv2 frames: resized and CLIP-normalised as the tiny CLIP was trained
+        m = dep.evaluate(model, world / "depth", input="resize", flip=False, align_corners=False, progress=progress)
         return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
                 "depth/log10": m["log10"]}
 
     def pointcloud(model) -> dict[str, float]:
         from un2clip.eval.downstream import pointcloud as pc
 
-        return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
+        # densified intensity views: the rendered images the tiny CLIP knows, not PointCLIP's raw sparse depth
+        m = pc.evaluate(model, world / "pointcloud", densify_size=3, view_image="intensity", progress=progress)
+        return {"pointcloud/acc1": 100 * m["acc1"]}
 
     def video_retrieval(model) -> dict[str, float]:
         from un2clip.eval.downstream import video
@@ -277,6 +282,11 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
         lines += ["![reconstructions](eval/reconstructions.png)", "",
                   "Rows: a held-out image, then the decoder's sample from each model's embedding "
                   f"({', '.join(results)}), same seed.", ""]
+    curves = out / "finetune" / CURVES_PNG  # written at the end of the fine-tune run
+    if curves.exists():
+        lines += ["## Fine-tune", "", f"![fine-tune loss and learning rate](finetune/{CURVES_PNG})", "",
+                  "The un²CLIP fine-tune's training loss (the frozen decoder's diffusion loss) and learning rate "
+                  "per step (finetune/metrics.jsonl).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
