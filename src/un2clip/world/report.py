@@ -77,7 +77,8 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
     def depth(model) -> dict[str, float]:
         from un2clip.eval.downstream import depth as dep
 
-        m = dep.evaluate(model, world / "depth", progress=progress)
+        # the world's 64 x 64 renders are no NYUv2 frames: resized and CLIP-normalised as the tiny CLIP was trained
+        m = dep.evaluate(model, world / "depth", input="resize", flip=False, align_corners=False, progress=progress)
         return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
                 "depth/log10": m["log10"]}
 
