@@ -108,3 +108,19 @@ def test_oracle_follows_the_sliding_windows_and_the_resize():
 def test_a_window_smaller_than_a_patch_is_an_error():
     with pytest.raises(ValueError, match="no whole 8 px patch"):
         patch_votes(torch.zeros(1, 1, 4, 4), 2, 8)
+
+
+def test_table_shows_both_references_and_one_oracle_column_per_patch_grid():
+    from un2clip.eval.seg.report import format_table
+
+    def record(model, method, miou, oracle):
+        return {"model": model, "method": method, "dataset": "voc21",
+                "metrics": {"mIoU": miou, "aAcc": 50.0, "background_mIoU": 3.5, "oracle_mIoU": oracle}}
+
+    same = format_table([record("a", "clearclip", 10.0, 80.0), record("b", "clearclip", 12.0, 80.0)]).splitlines()
+    assert same[0].split() == ["dataset", "method", "mIoU", "a", "mIoU", "b", "all-bg", "oracle"]
+    assert same[2].split() == ["voc21", "clearclip", "10.00", "12.00", "3.50", "80.00"]
+    # two patch sizes give two oracles: one column per model
+    differ = format_table([record("a", "clearclip", 10.0, 80.0), record("b", "clearclip", 12.0, 90.0)]).splitlines()
+    assert differ[0].split()[-4:] == ["oracle", "a", "oracle", "b"]
+    assert differ[2].split()[-3:] == ["3.50", "80.00", "90.00"]
