@@ -55,14 +55,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_KEYS = ("preset", "clip", "decoder", "vae", "random_weights", "data", "image_column", "caption_column",
+              "image_folder",
               "num_workers", "max_skip_rate", "skip_window", "lr", "optimizer", "weight_decay", "warmup_steps",
               "lr_schedule", "max_grad_norm",
               "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
               "save_every", "seed", "output")
 
 
-def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
-    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
+def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict,
+                        defaults: dict | None = None):
+    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig; ``defaults``: the command's own defaults
+    of RunConfig fields, used without a recipe file."""
     from pathlib import Path
 
     from un2clip.train.config import RESUMABLE, RunConfig, apply_overrides, load_config
@@ -81,7 +84,7 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
                              f"(and --no-progress); not {', '.join(given)}")
         return apply_overrides(load_config(run_cfg), {"output": args.resume,
                                                       **{k: overrides[k] for k in RESUMABLE}})
-    cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
+    cfg = load_config(args.config) if args.config else RunConfig(objective=objective, **(defaults or {}))
     if cfg.objective != objective:
         raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
     options = {k: v for k, v in objective_options.items() if v is not None}
@@ -89,10 +92,11 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
     return apply_overrides(cfg, {**overrides, "objective_options": merged})
 
 
-def _run_training(args: argparse.Namespace, objective: str, objective_options: dict) -> int:
+def _run_training(args: argparse.Namespace, objective: str, objective_options: dict,
+                  defaults: dict | None = None) -> int:
     from un2clip.train.recipes import run
 
-    cfg = _resolve_run_config(args, objective, objective_options)
+    cfg = _resolve_run_config(args, objective, objective_options, defaults)
     result = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
     print(f"run directory: {result.output}")
     print(f"  steps: {result.step}, last loss: {result.last_loss:.6f}, skipped images: {result.n_bad}")

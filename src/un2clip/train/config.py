@@ -21,7 +21,7 @@ from un2clip.files import atomic_write_text
 class RunConfig:
     """Everything a training run needs; defaults are the tiny CPU setting."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva
+    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva | llava
     # models
     preset: str = "tiny"
     clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)
@@ -32,6 +32,7 @@ class RunConfig:
     data: str | None = None
     image_column: str | None = None
     caption_column: str | None = None
+    image_folder: str | None = None  # a LLaVA JSON's image paths are relative to it (default: the JSON's folder)
     num_workers: int = 0
     # stop when more than this fraction of the last ``skip_window`` images drawn could not be read
     max_skip_rate: float = 0.5
