@@ -31,10 +31,13 @@ class LlavaChat:
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, prompt_template: str | None = None) -> LlavaChat:
-        """Load a transformers LLaVA folder (config.json of model type ``llava``, weights, processor files)."""
+        """Load a transformers LLaVA folder (config.json of model type ``llava``, weights, processor files), or the
+        ``llava/`` of a ``un2clip llava train`` run."""
         from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
         folder = Path(folder)
+        if not (folder / "config.json").is_file() and (folder / "llava" / "config.json").is_file():
+            folder = folder / "llava"
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} has no config.json: expected a transformers LLaVA folder "
                                     "(LlavaForConditionalGeneration weights, config and processor files)")

@@ -585,9 +585,12 @@ def generate_world(
     if mllm:  # absent from a world without the LLaVA sets
         from un2clip.world.mllm import write_mllm
 
+        talk_pairs = (mmvp_pairs(seed, mllm_pairs_per_pattern, talk_colors, split="mllm-mmvp-talk")
+                      if len(talk_colors) >= 2 else None)  # the control: the colours captions talk about
         params["mllm"] = write_mllm(root, seed, image_size=image_size, n_instruct=n_mllm_instruct,
-                                    pairs_per_pattern=mllm_pairs_per_pattern, n_cvbench_per_task=n_cvbench_per_task,
-                                    talk_colors=talk_colors, mmvp_colors=mmvp_colors)
+                                    n_cvbench_per_task=n_cvbench_per_task, talk_colors=talk_colors,
+                                    mmvp=mmvp_pairs(seed, mllm_pairs_per_pattern, mmvp_colors, split="mllm-mmvp"),
+                                    mmvp_talk=talk_pairs)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")

@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 from un2clip.world.downstream import DEPTH_RANGE, render_depth
-from un2clip.world.evalsets import MMVP_TYPES, mmvp_pairs
 from un2clip.world.render import render
 from un2clip.world.scenes import (
     COLORS,
@@ -201,15 +200,18 @@ def pair_question(attribute: str, a: Scene, b: Scene) -> tuple[str, tuple[str, s
     raise ValueError(f"no MMVP-MLLM question for attribute {attribute!r}")
 
 
-def write_mmvp_mllm(folder: Path, seed: int, pairs_per_pattern: int, colors: Sequence[str] | None, *,
-                    split: str, image_size: int) -> int:
-    """One world MMVP-MLLM set in the release layout; returns the number of questions."""
+ORDER_STREAM = 100  # the stream of option orders in an MMVP-MLLM split (the pattern streams are 0, 1, ...)
+
+
+def write_mmvp_mllm(folder: Path, seed: int, pairs: Sequence[dict], *, split: str, image_size: int) -> int:
+    """One world MMVP-MLLM set in the release layout from ``pairs`` (records of ``evalsets.mmvp_pairs`` drawn with
+    ``split``); returns the number of questions."""
     images = folder / "MMVP Images"
     images.mkdir(parents=True, exist_ok=True)
-    order_rng = split_rng(seed, split, len(MMVP_TYPES))  # option order, after the pattern streams
+    order_rng = split_rng(seed, split, ORDER_STREAM)
     rows = []
     with open(folder / "pairs.jsonl", "w", encoding="utf-8") as fj:
-        for k, rec in enumerate(mmvp_pairs(seed, pairs_per_pattern, colors, split=split)):
+        for k, rec in enumerate(pairs):
             a, b = rec["scenes"]
             text, options, right = pair_question(rec["attribute"], a, b)
             if right[0] == right[1]:
@@ -322,10 +324,12 @@ def write_cvbench(folder: Path, seed: int, per_task: int, *, image_size: int) ->
 
 # ----------------------------------------------------------------------------- all of it
 
-def write_mllm(root: Path, seed: int, *, image_size: int, n_instruct: int, pairs_per_pattern: int,
-               n_cvbench_per_task: int, talk_colors: Sequence[str] = (), mmvp_colors: Sequence[str] | None = None) -> dict:
+def write_mllm(root: Path, seed: int, *, image_size: int, n_instruct: int, n_cvbench_per_task: int,
+               mmvp: Sequence[dict], mmvp_talk: Sequence[dict] | None = None, talk_colors: Sequence[str] = ()) -> dict:
     """``root/mllm/``: the LLaVA training files and the world MMVP-MLLM and CV-Bench sets (see the module
-    docstring); the train split (``root/train/captions.csv``) must be written already. Returns the counts."""
+    docstring); the train split (``root/train/captions.csv``) must be written already. ``mmvp`` / ``mmvp_talk``: the
+    pairs of the two MMVP-MLLM sets (``evalsets.mmvp_pairs`` with the splits ``mllm-mmvp`` / ``mllm-mmvp-talk``).
+    Returns the counts."""
     folder = root / "mllm"
     (folder / "images").mkdir(parents=True, exist_ok=True)
     with open(root / "train" / "captions.csv", newline="", encoding="utf-8") as f:
@@ -344,10 +348,9 @@ def write_mllm(root: Path, seed: int, *, image_size: int, n_instruct: int, pairs
                          "conversations": conversation(scene, question_rng, talk_colors=talk_colors)})
     (folder / "instruct.json").write_text(json.dumps(instruct, indent=1) + "\n", encoding="utf-8")
     counts = {"n_pretrain": len(pretrain), "n_instruct": n_instruct,
-              "n_mmvp_mllm": write_mmvp_mllm(folder / "mmvp", seed, pairs_per_pattern, mmvp_colors, split="mllm-mmvp",
-                                             image_size=image_size)}
-    if len(set(talk_colors)) >= 2:
-        counts["n_mmvp_mllm_talk"] = write_mmvp_mllm(folder / "mmvp-talk", seed, pairs_per_pattern, list(talk_colors),
-                                                     split="mllm-mmvp-talk", image_size=image_size)
+              "n_mmvp_mllm": write_mmvp_mllm(folder / "mmvp", seed, mmvp, split="mllm-mmvp", image_size=image_size)}
+    if mmvp_talk:
+        counts["n_mmvp_mllm_talk"] = write_mmvp_mllm(folder / "mmvp-talk", seed, mmvp_talk, split="mllm-mmvp-talk",
+                                                     image_size=image_size)
     counts["n_cvbench"] = write_cvbench(folder / "cvbench", seed, n_cvbench_per_task, image_size=image_size)
     return counts
