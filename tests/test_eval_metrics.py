@@ -11,8 +11,10 @@ from un2clip.eval.core.metrics import (
     mmvp_pair_correct,
     mmvp_scores,
     mmvp_text_picks,
+    rank_summary,
     recall_at_k,
     retrieval_metrics,
+    retrieval_rank_metrics,
     timestep_buckets,
     topk_accuracy,
     zeroshot_metrics,
@@ -105,6 +107,35 @@ def test_retrieval_metrics_both_directions():
     # image 2: caption 3 (0.5) first -> hit
     assert m["image_to_text_recall@1"] == pytest.approx(2 / 3)
     assert m["image_to_text_recall@2"] == pytest.approx(2 / 3)
+
+
+def test_one_tie_rule_for_recall_and_ranks():
+    # issue 27.14: every score tied with the answer; recall@1 read top-k order (0.667) while the ranks said 1
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    caption_image = torch.arange(3)
+    ranks = retrieval_rank_metrics(scores, caption_image)
+    recall = retrieval_metrics(scores, caption_image, ks=(1, 2))
+    # a tie counts against the query: captions 0 and 1 rank 2nd, caption 2 first
+    assert (ranks["text_to_image_median_rank"], ranks["text_to_image_mean_rank"]) == (2.0, pytest.approx(5 / 3))
+    assert recall["text_to_image_recall@1"] == pytest.approx(1 / 3)
+    assert recall["text_to_image_recall@2"] == 1.0
+    assert recall["image_to_text_recall@1"] == pytest.approx(1 / 3)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    assert rank_summary(torch.tensor([4, 1, 2, 3])) == (2.5, 2.5)
+    assert rank_summary(torch.tensor([1, 1, 7])) == (1.0, 3.0)
+
+
+def test_acc1_and_mean_per_class_recall_break_ties_alike():
+    # issue 32.6: top-k order and argmax broke ties differently; a balanced set with tied logits
+    logits = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.0, 2.0, 2.0], [3.0, 0.0, 1.0],
+                           [0.0, 0.0, 1.0]])
+    targets = torch.tensor([0, 1, 1, 2, 0, 2])  # two samples a class; the first four are tied with a wrong class
+    m = zeroshot_metrics(logits, targets)
+    assert m["acc1"] == pytest.approx(2 / 6)  # only rows 4 and 5 win outright
+    assert m["mean_per_class_recall"] == pytest.approx(m["acc1"])
+    assert topk_accuracy(logits, targets, ks=(1, 2)) == {1: pytest.approx(2 / 6), 2: 1.0}
 
 
 # -- MMVP-VLM ----------------------------------------------------------------------------------------------------

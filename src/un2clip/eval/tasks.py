@@ -71,53 +71,159 @@ def _cvbench_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--limit", type=int, help="the first N questions only")
 
 
+# Numeric argparse types of the downstream flags. Local for now: issue 32 gives the CLI one shared module of
+# such types (positive int, fraction, finite float, ...); these move there once it lands.
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _densify_size(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 1 and (value % 2 == 0 or value > 257):
+        raise argparse.ArgumentTypeError(f"must be 0 or 1 (off) or an odd size up to 257, got {value}")
+    return value
+
+
+class _ViewWeights(argparse.Action):
+    """Six finite, non-negative view weights, not all 0 (all 0 would score every cloud 0 for every class)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if not any(values):
+            parser.error(f"{option_string}: the weights are all 0, so every class would score 0 (chance); give at "
+                         "least one positive weight")
+        setattr(namespace, self.dest, values)
+
+
 def _detect_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--images", metavar="DIR", help="image folder of the annotations' file_name entries "
                                                    "(default: DIR/images, or images/ beside --data FILE.json)")
     g.add_argument("--proposals", metavar="FILE",
                    help="boxes to classify instead of the ground truth: a JSON list of {image_id, bbox [x, y, w, h]} "
-                        "(COCO result format; scores ignored); a box with nothing inside its image is skipped and "
-                        "counted")
-    g.add_argument("--novel", metavar="FILE", help="novel class names, one a line (default: categories marked "
-                                                   "\"split\": \"novel\" in the annotations; none: no split)")
-    g.add_argument("--templates", metavar="FILE", help="prompt templates, {} or {c} for the class name "
-                                                       "(default: DIR/templates.txt, else CLIP's 80 ImageNet ones)")
+                        "(COCO result format; scores ignored); a box with nothing inside its image, or with zero or "
+                        "negative width or height, is skipped, counted and named; a non-finite coordinate is an error")
+    g.add_argument("--novel", metavar="FILE",
+                   help="the novel classes: a file of names, one a line, or a COCO JSON whose categories are marked "
+                        "\"split\": \"seen\"/\"unseen\" (OVR-CNN's 48/17 files) or \"base\"/\"novel\" (default: "
+                        "the annotations' own marks; none: no split). A split file with no category marked is an error")
+    g.add_argument("--templates", metavar="FILE",
+                   help="prompt templates: vild (ViLD's 63, 'This is a photo of a {}.' ...; the default unless "
+                        "DIR/templates.txt exists), imagenet (CLIP's 80), or a file, one a line with {} or {c}")
     g.add_argument("--background", action="store_true",
-                   help="add a 'background' class to the softmax (its probability is dropped), as ViLD does")
-    g.add_argument("--classes-per-box", type=int, help="detections per box: its N most probable classes (default 3)")
-    g.add_argument("--nms-iou", type=float, help="per-class NMS IoU for proposals (default 0.5)")
+                   help="add the embedding of the word 'background' (same templates) to the softmax as one more "
+                        "class, its probability dropped. ViLD learns its background embedding while training; this "
+                        "word embedding is a training-free stand-in (default: off)")
+    g.add_argument("--classes-per-box", type=_int_at_least(1),
+                   help="detections per box: its N most probable classes, N >= 1 (default 3)")
+    g.add_argument("--nms-iou", type=_fraction, help="per-class NMS IoU for proposals, in [0, 1] (default 0.5)")
+    g.add_argument("--region", choices=["vild", "unit-mean"],
+                   help="a box's embedding from its 1x and 1.5x crops: vild = the raw embeddings summed, then "
+                        "normalised (ViLD; default); unit-mean = the mean of the unit embeddings (ours before)")
+    g.add_argument("--crop-resize", choices=["clip", "squash"],
+                   help="each crop to the model input: clip = short side to the input size, centre crop, as CLIP "
+                        "preprocesses (ViLD; default); squash = stretched to a square (ours before)")
 
 
 def _depth_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--depth-scale", type=float,
+    g.add_argument("--depth-scale", type=_positive_float,
                    help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
-    g.add_argument("--min-depth", type=float, help="score pixels deeper than this, clamp predictions (default 1e-3)")
-    g.add_argument("--max-depth", type=float, help="score pixels nearer than this, clamp predictions (default 10)")
-    g.add_argument("--eigen-crop", action="store_true", help="score NYUv2's Eigen crop only (480 x 640 frames)")
-    g.add_argument("--short-side", type=int,
-                   help="resize each image's short side to this before the encoder (default: the model's input "
-                        "size; positions interpolated for other sizes)")
+    g.add_argument("--min-depth", type=_positive_float,
+                   help="score pixels deeper than this, clamp predictions (default 1e-3)")
+    g.add_argument("--max-depth", type=_positive_float,
+                   help="score pixels nearer than this, clamp predictions (default 10)")
+    g.add_argument("--eigen-crop", nargs="?", const="on", choices=["auto", "on", "off"],
+                   help="score NYUv2's Eigen crop (rows 45-470, columns 46-600 as DepthCLIP scores): auto = on for "
+                        "640x480 maps, off for other sizes (default); on (the flag alone) = a map of another size "
+                        "is an error naming the file; off = every valid pixel")
+    g.add_argument("--input", choices=["depthclip", "resize"],
+                   help="what the encoder sees: depthclip = DepthCLIP's 416x544 crop of a 640x480 frame (rows "
+                        "56-471, columns 60-603; other sizes whole, so large photos are better resized) at native "
+                        "resolution, ImageNet mean/std, only the crop scored (default); resize = the image resized to --short-side, the model's "
+                        "mean/std, the whole frame scored (ours before)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no test-time flip (default: averaged with the horizontally flipped input, as DepthCLIP)")
+    g.add_argument("--no-align-corners", dest="align_corners", action="store_false", default=None,
+                   help="upsample the depth grid with align_corners=False (default True, as DepthCLIP)")
+    g.add_argument("--short-side", type=_int_at_least(1),
+                   help="with --input resize: resize each image's short side to this before the encoder (default: "
+                        "the model's input size; positions interpolated for other sizes)")
 
 
 def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--split", help="subfolder of each class folder to read when it has one (default test)")
-    g.add_argument("--n-points", type=int, help="points per cloud, a seeded subset (default 1024)")
-    g.add_argument("--densify-size", type=int,
-                   help="fill empty depth pixels from this neighbourhood (default 3; 1: PointCLIP's sparse maps)")
-    g.add_argument("--view-weights", type=float, nargs=6, metavar="W",
-                   help="weights of the front, right, back, left, top, bottom views (default all 1)")
+    g.add_argument("--n-points", type=_int_at_least(1),
+                   help="points per cloud, >= 1 (default 1024; a mesh is sampled with this many)")
+    g.add_argument("--point-subset", choices=["first", "random"],
+                   help="which points of a longer cloud: first = its first N, as PointCLIP slices ModelNet40 "
+                        "(default); random = a seeded draw (ours before)")
+    g.add_argument("--densify-size", type=_densify_size,
+                   help="fill empty depth pixels from this odd neighbourhood (default 0: off, PointCLIP's sparse "
+                        "maps; 3 was ours before)")
+    g.add_argument("--view-image", choices=["raw", "intensity"],
+                   help="what the encoder sees of a view: raw = the depth values, not normalised, as PointCLIP "
+                        "feeds them (default); intensity = near bright, far dim, CLIP-normalised (ours)")
+    g.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
+                   help="take the points of files as they are too (default: clouds from .off/.txt/.npy files are "
+                        "centred and scaled into the unit sphere; ModelNet40's HDF5 clouds, already in it, are taken "
+                        "as they are, as PointCLIP takes them)")
+    g.add_argument("--view-weights", type=_non_negative_float, nargs=6, metavar="W", action=_ViewWeights,
+                   help="weights of the front, right, back, left, top, bottom views, >= 0 and not all 0 (default "
+                        "all 1)")
     g.add_argument("--template", help="prompt, {} for the class (default 'point cloud depth map of a {}.')")
 
 
 def _video_flags(g: argparse._ArgumentGroup, *, frames: int, sampling: str) -> None:
-    g.add_argument("--frames", type=int, help=f"frames encoded per video (default {frames}; every frame of a shorter "
-                                              "video with uniform sampling)")
+    g.add_argument("--frames", type=_int_at_least(1),
+                   help=f"frames encoded per video (default {frames}; every frame of a shorter video with uniform "
+                        "sampling)")
     g.add_argument("--sampling", choices=["uniform", "segments"],
                    help=f"which frames: uniform = evenly spaced from first to last (CLIP4Clip), segments = the middle "
                         f"frame of equal segments (ActionCLIP's test sampling); default {sampling}")
     g.add_argument("--skip-bad", action="store_true",
-                   help="skip a video that does not decode (or an empty frame folder) and count it "
-                        "(n_skipped_videos); default: such a video is an error naming the file")
+                   help="skip a video that does not decode (or an empty frame folder), count it (n_skipped_videos) "
+                        "and name it on the console; default: such a video is an error naming the file")
 
 
 def _video_retrieval_flags(g: argparse._ArgumentGroup) -> None:
@@ -125,6 +231,17 @@ def _video_retrieval_flags(g: argparse._ArgumentGroup) -> None:
                                                    "DIR/videos, or videos/ beside --data FILE.csv, else its folder)")
     g.add_argument("--video-column", help="table column holding video ids (default: video_id, video, vid, id, ...)")
     g.add_argument("--caption-column", help="table column holding captions (default: sentence, caption, text, title)")
+    g.add_argument("--extract-fps", type=_int_at_least(0),
+                   help="frames a second taken from a video file before the uniform pick, as CLIP4Clip extracts "
+                        "them (default 1; 0: every frame, ours before); a file whose frame rate is unknown gives "
+                        "every frame; a frame folder is taken as already extracted at this rate")
+    g.add_argument("--caption-tokens", type=_int_at_least(3),
+                   help="cut each caption at this many tokens, start and end included (default 32, CLIP4Clip's "
+                        "max_words; 77: CLIP's full context)")
+    g.add_argument("--video-to-text", choices=["clip4clip", "captions"],
+                   help="video->text with several captions per video: clip4clip = each video's best caption ranked "
+                        "among the V videos' best captions (default); captions = among all T captions, as image "
+                        "retrieval (keys video_to_caption_*)")
     _video_flags(g, frames=12, sampling="uniform")
 
 
@@ -243,47 +360,52 @@ register_task(EvalTask(
 ))
 register_task(EvalTask(
     "detect", "un2clip.eval.downstream.detect:evaluate", ("AP", "AP50", "AP_novel"),
-    "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops, prompt-ensembled "
-    "classes, COCO box AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a "
-    "split. Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data FILE.json --images DIR. "
-    "A ground-truth box with nothing inside its image is an error naming the file and annotation; "
-    "such a proposal is skipped and counted (n_skipped_boxes); an unreadable image is skipped and "
-    "counted (n_skipped_images)",
+    "open-vocabulary detection, ViLD's image branch on given boxes: 1x + 1.5x crops resized as CLIP "
+    "preprocesses, raw embeddings summed then normalised, classes ensembled over ViLD's 63 prompts, COCO box "
+    "AP/AP50 by pycocotools (pip install 'un2clip[detect]'); base/novel AP with a split (OVR-CNN's seen/unseen "
+    "marks read). Layout: DIR/annotations.json (COCO format) + DIR/images/, or --data FILE.json --images DIR. A "
+    "ground-truth box with nothing inside its image, a non-finite coordinate or a zero/negative size, and "
+    "duplicate ids, are errors naming the file and row; such a proposal is skipped, counted (n_skipped_boxes) "
+    "and named; an unreadable image is skipped, counted (n_skipped_images) and named",
     flags=_detect_flags, check_data="un2clip.eval.downstream.detect:read_detection_set", extras=("detect",),
     ignores=("num_workers",),
 ))
 register_task(EvalTask(
     "depth", "un2clip.eval.downstream.depth:evaluate", ("delta1", "abs_rel", "rmse"),
-    "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax "
-    "over the seven words weights DepthCLIP's bin depths (1-3 m), upsampled; delta1/2/3, abs_rel, rmse, "
-    "log10 per image, averaged. Layout: DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or "
-    "BTS's NYUv2 export (rgb_<n>.jpg + sync_depth_<n>.png). An image without its depth map, or a depth "
-    "map of another size than its image, is an error naming the files; an unreadable image is skipped "
-    "and counted (n_skipped_images)",
+    "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax over "
+    "the seven words weights DepthCLIP's bin depths (1-3 m); by default as DepthCLIP evaluates NYUv2 (640x480 "
+    "frames: its 416x544 crop at native resolution, ImageNet mean/std, flip averaged, align_corners=True, Eigen "
+    "crop); delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image, averaged. Layout: "
+    "DIR/images/<name>.jpg|png + DIR/depths/<name>.png (16-bit), or BTS's NYUv2 export (rgb_<n>.jpg + "
+    "sync_depth_<n>.png). An image without its depth map, a depth map of another size than its image, an 8-bit "
+    "depth map or a bad depth_scale.txt is an error naming the file; an unreadable image is skipped, counted "
+    "(n_skipped_images) and named",
     flags=_depth_flags, check_data="un2clip.eval.downstream.depth:read_depth_set",
     ignores=("batch_size", "num_workers"),
 ))
 register_task(EvalTask(
     "pointcloud", "un2clip.eval.downstream.pointcloud:evaluate", ("acc1",),
-    "zero-shot point-cloud classification, PointCLIP: six sparse depth views (densified), each "
-    "encoded, view logits summed with view weights, prompt 'point cloud depth map of a [CLASS].'; "
-    "acc1/acc5. Layout (ModelNet40): DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or "
-    "unreadable point file is skipped and counted (n_skipped_files)",
+    "zero-shot point-cloud classification, PointCLIP: the first 1,024 points, six sparse depth views by "
+    "PointCLIP's pixel rule, fed raw as PointCLIP feeds them, each encoded, view logits summed with view "
+    "weights, prompt 'point cloud depth map of a [CLASS].'; acc1/acc5. Layouts: ModelNet40's HDF5 release as "
+    "PointCLIP reads it (DIR/shape_names.txt, DIR/<split>_files.txt, ply_data_*.h5; pip install "
+    "'un2clip[pointcloud]'), or DIR/<class>/[<split>/]<file>.off|.txt|.npy. An empty or unreadable point file is "
+    "skipped, counted (n_skipped_files) and named",
     flags=_pointcloud_flags, check_data="un2clip.eval.downstream.pointcloud:read_pointcloud_set",
     ignores=("num_workers",),
 ))
 register_task(EvalTask(
     "video-retrieval", "un2clip.eval.downstream.video:evaluate_retrieval",
     ("text_to_video_recall@1", "video_to_text_recall@1"),
-    "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): --frames frames picked "
-    "uniformly (default 12, CLIP4Clip's MSR-VTT setting), each CLIP-encoded and L2-normalised, "
-    "averaged, normalised again; recall@1/5/10, median and mean rank, text->video and "
-    "video->text; several captions per video allowed. Layout (MSR-VTT style): DIR/captions.csv "
-    "+ DIR/videos/, or --data FILE.csv --videos DIR; an id names a frame folder (one folder of "
-    "images per video, natural order) or a video file (PyAV: pip install 'un2clip[video]'). "
-    "--batch-size counts videos. A video that does not decode, or an empty frame folder, is an "
-    "error naming the file (default) or, with --skip-bad, skipped and counted "
-    "(n_skipped_videos) with its captions; a caption naming a missing video is an error",
+    "text-video retrieval, CLIP4Clip's parameter-free variant (meanP): one frame a second, then --frames of "
+    "those picked uniformly (default 12, CLIP4Clip's MSR-VTT setting), each CLIP-encoded and L2-normalised, "
+    "averaged, normalised again; captions cut at 32 tokens; recall@1/5/10, median and mean rank, text->video and "
+    "video->text (CLIP4Clip's: each video's best caption among the V videos'); several captions per video "
+    "allowed. Layout (MSR-VTT style): DIR/captions.csv + DIR/videos/, or --data FILE.csv --videos DIR; an id "
+    "names a frame folder (one folder of images per video, natural order) or a video file (PyAV: pip install "
+    "'un2clip[video]'). --batch-size counts videos. A video that does not decode, or an empty frame folder, is "
+    "an error naming the file (default) or, with --skip-bad, skipped and counted (n_skipped_videos) with its "
+    "captions; a caption naming a missing video is an error",
     flags=_video_retrieval_flags, check_data="un2clip.eval.downstream.video:read_video_captions", extras=("video",),
 ))
 register_task(EvalTask(

@@ -10,8 +10,18 @@ exception: :mod:`un2clip.eval.seg.metrics`). Conventions follow the official pro
 - Zero-shot classification and retrieval (CLIP_benchmark): accuracies and recalls as
   fractions in [0, 1].
 - MMVP and CV-Bench with an MLLM: percent of pairs / questions answered right.
-- Monocular depth (BTS / AdaBins): delta1/2/3, abs_rel, rmse, log10 per image, then averaged.
+- Monocular depth (BTS / AdaBins): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image,
+  then averaged.
 - Detection: COCO box AP by pycocotools (the ``detect`` extra, imported when called).
+
+One tie rule for every accuracy, recall and rank here (:func:`positive_ranks`): a tie counts against the
+query. The rank of a query's answer is 1 + the number of wrong candidates scored at least as high as its
+best right one, so a collapsed model that scores everything alike ranks last, not first. ``acc1``,
+``acc5``, ``mean_per_class_recall``, ``recall@k`` and the median and mean ranks all read that rank (a hit
+at k is rank <= k), so acc1 and mean per-class recall agree on a balanced set whatever the ties. With
+real-valued scores ties are rare and the rule changes nothing; the references do not agree on one
+(CLIP_benchmark's top-k breaks ties by index order, CLIP4Clip's ``compute_metrics`` counts a tied row
+several times).
 """
 
 from __future__ import annotations
@@ -26,47 +36,73 @@ import torch
 # -- zero-shot classification -----------------------------------------------------------------------
 
 
-def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose target is among the k highest logits, for each k.
+def positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """(Q,) rank of each query's best positive: 1 + the number of negatives scored at least as high.
 
-    logits (N, C), targets (N,) integer class indices.
+    scores (Q, G) query-by-candidate scores, positives (Q, G) bool with at least one positive per row. The
+    module's tie rule: a negative tied with the best positive ranks before it; positives never push each
+    other down.
     """
+    if scores.shape != positives.shape or scores.ndim != 2:
+        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
+                         f"and {tuple(positives.shape)}")
+    positives = positives.to(scores.device)
+    if not positives.any(dim=1).all():
+        raise ValueError("every query needs at least one positive")
+    best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
+    return 1 + ((scores >= best) & ~positives).sum(dim=1)
+
+
+def class_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) rank of each target class among the (N, C) logits, by the module's tie rule."""
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (N, C) and targets (N,), got {tuple(logits.shape)} and "
                          f"{tuple(targets.shape)}")
-    n, c = logits.shape
-    if n == 0:
+    if logits.shape[0] == 0:
         raise ValueError("no samples to score")
-    k_max = max(ks)
-    if k_max > c:
-        raise ValueError(f"top-{k_max} accuracy needs at least {k_max} classes, got {c}")
-    top = logits.topk(k_max, dim=1).indices  # (N, k_max), best first
-    hit = top.eq(targets.reshape(-1, 1).to(top.device))  # (N, k_max)
-    return {k: int(hit[:, :k].any(dim=1).sum()) / n for k in ks}
+    positives = torch.zeros(logits.shape, dtype=torch.bool)
+    positives[torch.arange(logits.shape[0]), targets.cpu().long()] = True
+    return positive_ranks(logits.cpu(), positives)
 
 
-def mean_per_class_recall(preds: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean over the classes present in ``targets`` of the fraction of their samples predicted right.
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose target ranks k or better (a tie counts against it), for each k.
 
-    What scikit-learn's ``balanced_accuracy_score`` computes (CLIP_benchmark's metric).
-    preds (N,), targets (N,).
+    logits (N, C), targets (N,) integer class indices.
     """
-    if preds.shape != targets.shape or preds.numel() == 0:
-        raise ValueError(f"expected two non-empty (N,) tensors, got {tuple(preds.shape)} and {tuple(targets.shape)}")
-    preds, targets = preds.reshape(-1).cpu(), targets.reshape(-1).cpu()
-    recalls = [int((preds[targets == c] == c).sum()) / int((targets == c).sum()) for c in targets.unique().tolist()]
+    ranks = class_ranks(logits, targets)
+    k_max = max(ks)
+    if k_max > logits.shape[1]:
+        raise ValueError(f"top-{k_max} accuracy needs at least {k_max} classes, got {logits.shape[1]}")
+    return {k: int((ranks <= k).sum()) / len(ranks) for k in ks}
+
+
+def mean_per_class_recall(hits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over the classes present in ``targets`` of the fraction of their samples that are hits.
+
+    ``hits`` (N,) bool: the sample was classified right (from :func:`class_ranks`: rank 1). Given (N,)
+    predicted class indices instead, a hit is a prediction equal to the target: what scikit-learn's
+    ``balanced_accuracy_score`` computes (CLIP_benchmark's metric).
+    """
+    if hits.shape != targets.shape or hits.numel() == 0:
+        raise ValueError(f"expected two non-empty (N,) tensors, got {tuple(hits.shape)} and {tuple(targets.shape)}")
+    hits, targets = hits.reshape(-1).cpu(), targets.reshape(-1).cpu()
+    if hits.dtype != torch.bool:
+        hits = hits == targets
+    recalls = [float(hits[targets == c].double().mean()) for c in targets.unique().tolist()]
     return sum(recalls) / len(recalls)
 
 
 def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """CLIP_benchmark's classification metrics: acc1, acc5 (only with 5 or more classes), mean per-class recall.
+    """acc1, acc5 (only with 5 or more classes), mean per-class recall, all from one rank per sample.
 
-    logits (N, C) image-to-class scores, targets (N,).
+    logits (N, C) image-to-class scores, targets (N,). The module's tie rule: a class tied with the target
+    beats it, so acc1 and mean per-class recall agree on a balanced set.
     """
+    ranks = class_ranks(logits, targets)
     ks = (1, 5) if logits.shape[1] >= 5 else (1,)
-    acc = topk_accuracy(logits, targets, ks)
-    out = {f"acc{k}": v for k, v in acc.items()}
-    out["mean_per_class_recall"] = mean_per_class_recall(logits.argmax(dim=1), targets)
+    out = {f"acc{k}": int((ranks <= k).sum()) / len(ranks) for k in ks}
+    out["mean_per_class_recall"] = mean_per_class_recall(ranks == 1, targets)
     return out
 
 
@@ -74,20 +110,18 @@ def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, f
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Fraction of queries with at least one positive among their k best-scored candidates.
+    """Fraction of queries whose best positive ranks k or better (:func:`positive_ranks`; ties count against).
 
-    scores (Q, G) query-by-candidate similarities; positives (Q, G) bool. A k larger than
-    the number of candidates counts all of them.
+    scores (Q, G) query-by-candidate similarities; positives (Q, G) bool. A k larger than the number of
+    candidates counts all of them.
     """
     if scores.shape != positives.shape or scores.ndim != 2:
         raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
                          f"and {tuple(positives.shape)}")
     if scores.shape[0] == 0:
         raise ValueError("no queries to score")
-    k_max = min(max(ks), scores.shape[1])
-    top = scores.topk(k_max, dim=1).indices  # (Q, k_max)
-    hit = positives.to(top.device).gather(1, top)  # (Q, k_max) bool
-    return {k: int(hit[:, : min(k, k_max)].any(dim=1).sum()) / scores.shape[0] for k in ks}
+    ranks = positive_ranks(scores, positives)
+    return {k: int((ranks <= k).sum()) / scores.shape[0] for k in ks}
 
 
 def _caption_positives(scores: torch.Tensor, caption_item: torch.Tensor, name: str
@@ -101,13 +135,30 @@ def _caption_positives(scores: torch.Tensor, caption_item: torch.Tensor, name: s
     return scores.cpu(), positives
 
 
+def best_caption_scores(scores: torch.Tensor, caption_item: torch.Tensor) -> torch.Tensor:
+    """(I, I) item-by-item scores: entry [v, g] is item v's score with the best-scoring caption of item g.
+
+    CLIP4Clip's video->text with several captions per video (``tensor_video_to_text_sim``: the maximum
+    over each video's captions): each video ranks its own best caption among the other videos' best ones,
+    V candidates, not T. scores (T, I) caption-by-item, caption_item (T,).
+    """
+    scores, positives = _caption_positives(scores, caption_item, "caption_item")
+    n = scores.shape[1]
+    if not positives.any(dim=0).all():
+        raise ValueError("every item needs at least one caption")
+    out = torch.full((n, n), float("-inf"), dtype=scores.dtype)
+    for g in range(n):
+        out[:, g] = scores[positives[:, g]].max(dim=0).values
+    return out
+
+
 def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k both ways from caption-by-image scores (T, I) and each caption's image index (T,).
 
     ``text_to_image_recall@k``: a caption finds its image in the top k (CLIP_benchmark's
     ``image_retrieval_recall@k``). ``image_to_text_recall@k``: an image finds any of its
-    captions in the top k (CLIP_benchmark's ``text_retrieval_recall@k``).
+    captions in the top k among all T captions (CLIP_benchmark's ``text_retrieval_recall@k``).
     """
     scores, positives = _caption_positives(scores, caption_image, "caption_image")
     t2i = recall_at_k(scores, positives, ks)
@@ -118,24 +169,14 @@ def retrieval_metrics(scores: torch.Tensor, caption_image: torch.Tensor,
 
 
 def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """(Q,) rank of each query's best positive: 1 + the number of candidates scored strictly higher.
-
-    scores (Q, G), positives (Q, G) bool with at least one positive per row. Ties count in the query's
-    favour, as CLIP4Clip's ``compute_metrics`` (the first of equal scores in the sorted row) counts them.
-    """
-    if scores.shape != positives.shape or scores.ndim != 2:
-        raise ValueError(f"expected scores and positives of one (Q, G) shape, got {tuple(scores.shape)} "
-                         f"and {tuple(positives.shape)}")
-    positives = positives.to(scores.device)
-    if not positives.any(dim=1).all():
-        raise ValueError("every query needs at least one positive")
-    best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Q, 1)
-    return 1 + (scores > best).sum(dim=1)
+    """(Q,) rank of each query's best positive (:func:`positive_ranks`: a tie counts against the query)."""
+    return positive_ranks(scores, positives)
 
 
 def rank_summary(ranks: torch.Tensor) -> tuple[float, float]:
-    """(median, mean) of (Q,) ranks; the median of an even count is the mean of the two middle ranks
-    (``numpy.median``, as CLIP4Clip reports MdR)."""
+    """(median, mean) of (Q,) ranks. The median of an even count is the mean of the two middle ranks
+    (``numpy.median``, as CLIP4Clip's ``compute_metrics`` reports MdR; its several-captions text->video
+    path takes ``torch.median``, the lower middle rank, which can read 0.5 lower)."""
     r = ranks.double().reshape(-1).sort().values
     if r.numel() == 0:
         raise ValueError("no ranks")
@@ -156,6 +197,35 @@ def retrieval_rank_metrics(scores: torch.Tensor, caption_item: torch.Tensor, ite
     for name, s, p in ((f"text_to_{item}", scores, positives), (f"{item}_to_text", scores.T, positives.T)):
         median, mean = rank_summary(retrieval_ranks(s, p))
         out[f"{name}_median_rank"], out[f"{name}_mean_rank"] = median, mean
+    return out
+
+
+def video_retrieval_metrics(scores: torch.Tensor, caption_video: torch.Tensor, ks: Sequence[int] = (1, 5, 10), *,
+                            video_to_text: str = "clip4clip") -> dict[str, float]:
+    """Recall@k, median and mean rank both ways from caption-by-video scores (T, V) and each caption's video.
+
+    text->video: each caption ranks the V videos. video->text, ``clip4clip``: each video ranks its own best
+    caption among the V videos' best captions (:func:`best_caption_scores`);
+    ``captions``: among all T captions, keys ``video_to_caption_*``. With one caption per video the two agree.
+    """
+    if video_to_text not in ("clip4clip", "captions"):
+        raise ValueError(f"video_to_text must be clip4clip or captions, got {video_to_text!r}")
+    out = {k: v for k, v in retrieval_metrics(scores, caption_video, ks).items() if k.startswith("text_to")}
+    out = {k.replace("image", "video"): v for k, v in out.items()}
+    ranks = retrieval_rank_metrics(scores, caption_video, "video")
+    out.update({k: v for k, v in ranks.items() if k.startswith("text_to")})
+    if video_to_text == "clip4clip":
+        per_video = best_caption_scores(scores, caption_video)  # (V, V)
+        r = positive_ranks(per_video, torch.eye(per_video.shape[0], dtype=torch.bool))
+        name = "video_to_text"
+    else:
+        positives = torch.zeros(scores.shape, dtype=torch.bool)
+        positives[torch.arange(scores.shape[0]), caption_video.long()] = True
+        r = positive_ranks(scores.T.cpu(), positives.T)
+        name = "video_to_caption"
+    out.update({f"{name}_recall@{k}": int((r <= k).sum()) / len(r) for k in ks})
+    median, mean = rank_summary(r)
+    out.update({f"{name}_median_rank": median, f"{name}_mean_rank": mean})
     return out
 
 
@@ -289,7 +359,8 @@ def cvbench_scores(sources: Sequence[str], tasks: Sequence[str], correct: Sequen
 
 
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
-    """One image's metrics over ``valid`` pixels (default gt > 0): delta1/2/3, abs_rel, rmse, log10."""
+    """One image's metrics over ``valid`` pixels (default gt > 0): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log,
+    log10, silog (BTS / AdaBins definitions; silog = 100 sqrt(mean(e^2) - mean(e)^2), e = ln pred - ln gt)."""
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape")
     valid = gt > 0 if valid is None else valid & (gt > 0)
@@ -299,9 +370,12 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | No
     if (p <= 0).any():
         raise ValueError("predicted depths must be positive")
     ratio = torch.maximum(p / g, g / p)
+    e = p.log() - g.log()
     return {"delta1": float((ratio < 1.25).double().mean()), "delta2": float((ratio < 1.25 ** 2).double().mean()),
             "delta3": float((ratio < 1.25 ** 3).double().mean()), "abs_rel": float(((p - g).abs() / g).mean()),
-            "rmse": float(((p - g) ** 2).mean().sqrt()), "log10": float((p.log10() - g.log10()).abs().mean())}
+            "sq_rel": float(((p - g) ** 2 / g).mean()), "rmse": float(((p - g) ** 2).mean().sqrt()),
+            "rmse_log": float((e ** 2).mean().sqrt()), "log10": float((p.log10() - g.log10()).abs().mean()),
+            "silog": float(((e ** 2).mean() - e.mean() ** 2).clamp(min=0).sqrt() * 100)}
 
 
 def mean_metrics(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
