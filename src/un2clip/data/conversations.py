@@ -13,9 +13,9 @@ human / gpt, starting with the human; the first human turn holds the one ``<imag
 
 :func:`conversation_tokens` lays a conversation out as token ids with labels that are ``IGNORE_INDEX``
 everywhere but on the answers, following LLaVA's ``preprocess_plain`` (stage 1: ``<image>`` + caption + sep)
-and ``preprocess_v1`` (stage 2: ``SYSTEM USER: question ASSISTANT: answer</s>USER: ...``). The layout is built
-piece by piece (each piece tokenised on its own, without special tokens), so which tokens are supervised is
-known by construction rather than recovered by re-tokenising prefixes as LLaVA does.
+and ``preprocess_v1`` (stage 2: ``SYSTEM USER: question ASSISTANT: answer</s>USER: ...``). The conversation is
+tokenised as one string, as a prompt is at inference; the supervised tokens are those whose characters fall in
+an answer (the fast tokenizer's offsets), rather than counted by re-tokenising prefixes as LLaVA does.
 """
 
 from __future__ import annotations
@@ -149,19 +149,31 @@ def conversation_pieces(turns: Sequence[str], *, style: str, system: str = LLAVA
 
 def conversation_tokens(turns: Sequence[str], tokenizer: Any, *, style: str, n_image_tokens: int,
                         image_token_id: int, system: str = LLAVA_SYSTEM) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one conversation: BOS, then the pieces; ``<image>`` becomes ``n_image_tokens``
-    copies of ``image_token_id``; labels copy the ids of supervised pieces and are ``IGNORE_INDEX`` elsewhere."""
+    """(input ids, labels) of one conversation: BOS, then the conversation's text tokenised as one string (as the
+    processor tokenises a prompt at inference); ``<image>`` becomes ``n_image_tokens`` copies of ``image_token_id``.
+
+    Labels copy the ids of the tokens that overlap a supervised piece (by the fast tokenizer's character offsets)
+    and are ``IGNORE_INDEX`` elsewhere.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: answer tokens are found by character "
+                         "offsets, which only fast (Rust) tokenizers give")
+    text, spans = "", []
+    for piece, supervised in conversation_pieces(turns, style=style, system=system):
+        start = len(text)
+        text += tokenizer.eos_token if piece == "</s>" else piece
+        if supervised:
+            spans.append((start, len(text)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     labels: list[int] = [IGNORE_INDEX] * len(ids)
-    for piece, supervised in conversation_pieces(turns, style=style, system=system):
-        if piece == IMAGE_TOKEN:
-            new = [image_token_id] * n_image_tokens
-        elif piece == "</s>":
-            new = [tokenizer.eos_token_id]
-        else:
-            new = tokenizer(piece, add_special_tokens=False)["input_ids"]
-        ids += new
-        labels += new if supervised else [IGNORE_INDEX] * len(new)
+    for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        if token == image_token_id:
+            ids += [image_token_id] * n_image_tokens
+            labels += [IGNORE_INDEX] * n_image_tokens
+            continue
+        ids.append(token)
+        labels.append(token if any(a < end and b > start for start, end in spans) else IGNORE_INDEX)
     return ids, labels
 
 
