@@ -279,3 +279,32 @@ def test_training_refuses_other_data_and_other_objectives_refuse_conversations(w
     assert cli(TRAIN + ["--data", str(world / "mllm" / "pretrain.json"), "--output", str(tmp_path / "z")]) == 2
     assert "--stage is required" in capsys.readouterr().err
     random.seed(0)
+
+
+def test_answer_tokens_of_a_sentencepiece_style_tokenizer():
+    """Words carry the space before them ("▁red", as Llama's tokenizer): the answer tokens are still exactly the
+    answers and their end-of-sequence markers, the spaces included."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    corpus = ["USER: what color is the square? ASSISTANT: red", "is it a circle? yes no blue"] * 20
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>",
+                                                                                       "<image>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  additional_special_tokens=["<image>"])
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels = conversation_tokens(["<image>\nwhat color is the square?", "red", "is it a circle?", "no"], tok,
+                                      style="v1", n_image_tokens=2, image_token_id=image_id, system="")
+    assert ids.count(image_id) == 2 and ids[0] == tok.bos_token_id
+    supervised = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens(supervised) == ["▁red", "</s>", "▁no", "</s>"]
+    # the first question's tokens are those of the prompt the model is asked at inference
+    from un2clip.data.conversations import prompt_template
+
+    prompt = tok(prompt_template("v1", "").format(question="what color is the square?"))["input_ids"]
+    prompt = [x for t in prompt for x in ([t] * 2 if t == image_id else [t])]
+    if prompt[0] != tok.bos_token_id:
+        prompt = [tok.bos_token_id] + prompt
+    assert ids[:len(prompt)] == prompt and labels[len(prompt)] != IGNORE_INDEX
