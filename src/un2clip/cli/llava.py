@@ -75,7 +75,7 @@ def _add_llava_train(cmds: argparse._SubParsersAction) -> None:
                     "model. Stage pretrain trains the projector alone (LLaVA's 'plain' prompts: image, caption); "
                     "stage finetune trains projector and language model (Vicuna-v1 conversations), the loss on the "
                     "answer tokens only. Defaults follow LLaVA's scripts/v1_5: lr 1e-3 / 2e-5, global batch 256 / "
-                    "128, one epoch, cosine schedule with 3%% warm-up, no weight decay. The run writes llava/, a "
+                    "128, one epoch, cosine schedule with 3 % warm-up, no weight decay. The run writes llava/, a "
                     "transformers LLaVA folder for `un2clip eval mmvp-mllm | cvbench --model RUN/llava` and for "
                     "--init of the next stage.")
     _add_train_flags(t)

@@ -423,5 +423,6 @@ register(Preset(
 
 
 def describe_presets() -> str:
-    rows = [f"{p.name:16s} {p.clip} + {p.decoder or '(none)'}\n{'':16s} {p.description}" for p in PRESETS.values()]
+    rows = [f"{p.name:16s} {p.clip} + {p.language_model or p.decoder or '(none)'}\n{'':16s} {p.description}"
+            for p in PRESETS.values()]
     return "\n".join(rows)
