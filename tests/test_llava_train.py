@@ -228,6 +228,22 @@ def test_stage_one_trains_the_projector_only(world, pretrained):
     assert len(moved) == 4  # linear_1, linear_2: weights and biases
 
 
+def test_the_saved_processor_asks_as_training_laid_out(pretrained):
+    """The prompt LlavaChat builds with the run's processor tokenises to the training tokens before the answer."""
+    from un2clip.models.llava import LlavaChat
+    from un2clip.objectives.llava import LlavaObjective
+
+    chat = LlavaChat.from_pretrained(pretrained)  # the run folder: its llava/
+    objective = LlavaObjective(chat.model, chat.processor, stage="finetune", max_length=512)
+    question = "what color is the square?\nAnswer the question using a single word or phrase."
+    ids, labels = objective.tokens(["<image>\n" + question, "red"])
+    prompt = chat.processor(images=[Image.new("RGB", (32, 32))], text=[chat.prompt(question)],
+                            return_tensors="pt")["input_ids"][0].tolist()
+    first_answer = next(k for k, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    assert prompt == ids[:first_answer]
+    assert chat.processor.tokenizer.convert_ids_to_tokens(ids[first_answer:]) == ["red", "[EOS]"]
+
+
 def test_stage_one_step_counts_come_from_the_epoch(world, tmp_path):
     from un2clip.cli.llava import llava_defaults
 

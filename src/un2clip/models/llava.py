@@ -207,11 +207,16 @@ def llava_tiny_words() -> list[str]:
 
 def build_tiny_language_model(seed: int = 0, *, max_length: int = 512) -> tuple[Any, Any]:
     """(a 2-layer Llama of width 128 with random weights from ``seed``, its word tokenizer) for ``llava-tiny``."""
+    from tokenizers import processors
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from un2clip.models.tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(llava_tiny_words(), context_length=max_length)
+    # a causal LM's prompt starts with BOS and does not end: no EOS after it (the CLIP tokenizer ends with one)
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
     add_image_token(tokenizer)
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=max_length,
