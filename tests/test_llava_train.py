@@ -5,6 +5,7 @@ the world MMVP-MLLM pairs and CV-Bench, and both evaluations reading them."""
 import csv
 import json
 import random
+import re
 import shutil
 
 import pytest
@@ -167,6 +168,10 @@ def test_world_instruct_data_asks_every_attribute_and_answers_with_one_word(worl
     # silent colours: only colour and shape questions about their objects
     data = json.loads((world / "mllm" / "instruct.json").read_text())
     assert len(data) == 24 and len(open_source(world / "mllm" / "instruct.json")) == 24
+    # lettered questions in MMVP's prompt form (as `eval mmvp-mllm` asks: nothing after the options) and CV-Bench's
+    questions = [t["value"] for e in data for t in e["conversations"][::2]]
+    assert any(re.search(r"\? \(a\) [a-z0-9 ]+ \(b\) [a-z0-9 ]+$", q) for q in questions)
+    assert any(q.endswith("Answer with the option's letter from the given choices directly.") for q in questions)
     # every word the sets write is in llava-tiny's vocabulary (no unknown tokens)
     tok = build_word_tokenizer(llava_tiny_words())
     texts = [t["value"] for e in data for t in e["conversations"]]

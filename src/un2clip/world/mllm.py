@@ -7,7 +7,8 @@ other outputs do not change):
   caption as answer (the train split's own caption, so what captions name is what stage 1 teaches).
 - ``instruct.json`` + ``images/``: stage-2 conversations, three questions a scene about colour, shape, count,
   position, size, orientation, state, dot, glyph, relation and view, answered with one word or with the letter of
-  an option (MMVP's ``(a)`` and CV-Bench's ``(A)`` styles, with LLaVA-1.5's answer-format instructions). With talk
+  an option (MMVP's ``(a)`` style as the MMVP prompt has it, no instruction after the options, and CV-Bench's ``(A)``
+  style with LLaVA-1.5's instruction to answer with the letter). With talk
   colours, questions on attributes other than colour and shape are asked only of objects in talk colours (scene
   attributes: only when every object is), as the captions name them there.
 - ``mmvp/``: a world MMVP-MLLM in the release layout (``Questions.csv``: Index, Question, Options, Correct Answer;
@@ -124,8 +125,8 @@ def ask(question: Question, rng: np.random.Generator, style: str) -> tuple[str, 
                                                                                   if o != options[right]])]
     order = _shuffled(rng, shown)
     k = order.index(options[right])
-    if style == "mmvp":
-        return text + " " + " ".join(f"({chr(97 + i)}) {o}" for i, o in enumerate(order)) + LETTER_SUFFIX, chr(97 + k)
+    if style == "mmvp":  # MMVP's own prompt: the question, a space, the options; nothing after them
+        return text + " " + " ".join(f"({chr(97 + i)}) {o}" for i, o in enumerate(order)), chr(97 + k)
     if style == "cvbench":
         lines = "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(order))
         return f"{text} Select from the following choices.\n{lines}{LETTER_SUFFIX}", chr(65 + k)
