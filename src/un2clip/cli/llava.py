@@ -11,6 +11,17 @@ STAGE_DEFAULTS = {"pretrain": {"lr": 1e-3, "batch_size": 256}, "finetune": {"lr"
 WARMUP_RATIO = 0.03
 
 
+#: help of the shared training flags whose default `llava train` changes
+LLAVA_FLAG_HELP = {
+    "preset": "LLaVA preset: tower + language model of a new model (default llava-tiny)",
+    "lr": "learning rate (default: 1e-3 in stage pretrain, 2e-5 in finetune, as LLaVA-1.5)",
+    "batch_size": "global batch: all processes and accumulation steps (default: 256 pretrain, 128 finetune)",
+    "max_steps": "optimiser steps to run (default: --epochs passes over the data at --batch-size)",
+    "warmup_steps": "linear warm-up steps (default: --warmup-ratio of the steps, rounded up)",
+    "lr_schedule": "learning-rate schedule after warm-up (default cosine)",
+}
+
+
 def llava_defaults(stage: str, *, n_samples: int | None, batch_size: int | None, max_steps: int | None,
                    epochs: float = 1.0, warmup_ratio: float = WARMUP_RATIO) -> dict:
     """RunConfig defaults of a LLaVA stage: its learning rate and global batch, a cosine schedule, ``epochs`` over
@@ -79,6 +90,9 @@ def _add_llava_train(cmds: argparse._SubParsersAction) -> None:
                     "transformers LLaVA folder for `un2clip eval mmvp-mllm | cvbench --model RUN/llava` and for "
                     "--init of the next stage.")
     _add_train_flags(t)
+    for action in t._actions:  # the shared flags whose defaults this command sets otherwise
+        if action.dest in LLAVA_FLAG_HELP:
+            action.help = LLAVA_FLAG_HELP[action.dest]
     g = t.add_argument_group("LLaVA options")
     g.add_argument("--stage", choices=list(STAGE_DEFAULTS), required=False,
                    help="pretrain (projector only, captions) or finetune (projector + LM, instructions); "
