@@ -128,7 +128,7 @@ def _add_world_evaluate(wsub) -> None:
         decoder = Path(args.decoder) if args.decoder else None
         results = evaluate_models(out / "eval", Path(args.world), models, decoder, seed=args.seed,
                                   fresh=args.fresh, progress=not args.no_progress)
-        report = write_report(out, results)
+        report = write_report(out, results, Path(args.world))
         print(report.read_text())
         print(f"report: {report}")
         return 0
