@@ -311,7 +311,7 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, flags,
     assert f"not {named}" in err
     accepted = err.split("accepts only ")[1].split(" (and --no-progress)")[0].split(", ")
     assert sorted(accepted) == ["--lr", "--max-skip-rate", "--max-steps", "--num-workers", "--precision",
-                                "--save-every", "--skip-window"]
+                                "--report-to", "--save-every", "--skip-window"]
 
 
 # -- the Trainer's own rules (issue 34) -------------------------------------------------------------------

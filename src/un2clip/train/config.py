@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from un2clip.files import atomic_write_text
+from un2clip.train.trackers import REPORT_TO
 
 
 def flag(default: Any = MISSING, *, group: str, help: str, resumable: bool = False,
@@ -71,6 +72,9 @@ class RunConfig:
                                     help="CSV/TSV column holding image paths")
     caption_column: str | None = flag(None, group="data", default_text="a column named caption, text or title",
                                       help="CSV/TSV column holding captions")
+    image_folder: str | None = not_a_flag(None, by_command=True,
+                                          why="llava train adds --image-folder: the folder a LLaVA JSON's image "
+                                              "paths are relative to (default: the JSON's folder)")
     num_workers: int = flag(0, group="data", resumable=True, help="data-loader worker processes")
     max_skip_rate: float = flag(0.5, group="data", resumable=True, metavar="F",
                                 help="stop when more than this fraction of the last --skip-window images drawn "
@@ -105,6 +109,9 @@ class RunConfig:
     keep_checkpoints: int = flag(2, group="loop", metavar="N",
                                  help="keep the N newest checkpoints of the run, delete older ones")
     seed: int = flag(0, group="loop", help="seed of data order, augmentations and diffusion draws")
+    report_to: str = flag("none", group="loop", resumable=True, choices=REPORT_TO,
+                          help="also log each step's metrics to TensorBoard (RUN/un2clip), Weights & Biases (offline "
+                               "with WANDB_MODE=offline) or both (extras: un2clip[tensorboard], un2clip[wandb])")
     output: str = flag("runs/finetune", group="loop",
                        help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
     # options of the objective (keyword arguments of its constructor)

@@ -32,8 +32,9 @@ from un2clip.data.loader import make_loader
 from un2clip.data.sources import Source
 from un2clip.errors import RunStopped
 from un2clip.objectives.base import Objective
-from un2clip.train import perf
+from un2clip.train import perf, trackers
 from un2clip.train.config import RunConfig
+from un2clip.train.curves import write_curves
 from un2clip.train.skips import SkipMonitor, UnreadableDataError
 
 if TYPE_CHECKING:
@@ -163,6 +164,8 @@ class Trainer:
         self._micro_batches = 0  # micro-batches this process took from its loader
         self._step_images = 0  # readable images of the optimiser step being drawn (all processes)
         self._pending_note: dict[str, Any] | None = None
+        self._grad_norm = float("nan")  # gradient norm of the optimiser step just made (before clipping)
+        self.trackers = trackers.tracker_names(cfg.report_to)  # accelerate trackers (--report-to)
         # built by setup()
         self.accelerator: Accelerator | None = None
         self.micro = 0  # images per micro-batch and process
@@ -174,11 +177,13 @@ class Trainer:
         self.batches: Any = None  # iterator of micro-batches (None: all unreadable)
 
     def setup(self) -> Trainer:
+        trackers.check_tracker_packages(self.trackers)  # a missing package: a one-line error before any step
         self._setup_accelerator()
         self._setup_objective()
         self._setup_optimizer()
         if self.resume:
             self._restore()
+        self._setup_trackers()
         self.sched = self._scheduler()
         self._setup_data()
         return self
@@ -188,7 +193,8 @@ class Trainer:
 
         cfg = self.cfg
         self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision),
-                                       gradient_accumulation_steps=cfg.grad_accum)
+                                       gradient_accumulation_steps=cfg.grad_accum,
+                                       log_with=self.trackers or None, project_dir=str(self.output))
         world = self.accelerator.num_processes
         if cfg.batch_size % (world * cfg.grad_accum):
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by processes ({world}) x "
@@ -196,6 +202,22 @@ class Trainer:
         self.micro = cfg.batch_size // (world * cfg.grad_accum)
         if self.accelerator.is_main_process:
             self.output.mkdir(parents=True, exist_ok=True)
+
+    def _setup_trackers(self) -> None:
+        """Start the ``--report-to`` trackers on the main process; a resume continues their run (same
+        TensorBoard folder, steps after the checkpoint purged; the W&B run id kept in the run folder)."""
+        accelerator = self.accelerator
+        if not self.trackers or not accelerator.is_main_process:
+            return
+        init_kwargs = trackers.tracker_init_kwargs(self.trackers, self.output, resumed_step=self.step)
+        if "wandb" in init_kwargs:
+            import dataclasses
+
+            init_kwargs["wandb"]["config"] = dataclasses.asdict(self.cfg)
+            accelerator.print(trackers.wandb_mode_note())
+        accelerator.init_trackers(trackers.PROJECT, init_kwargs=init_kwargs)
+        if "tensorboard" in self.trackers:
+            accelerator.print(f"TensorBoard: tensorboard --logdir {self.output}")
 
     def _setup_objective(self) -> None:
         cfg, objective = self.cfg, self.objective
@@ -387,8 +409,10 @@ class Trainer:
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if self._step_images:  # a draw without one readable image updates nothing
-                    if self.cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(objective.trainable_parameters(), self.cfg.max_grad_norm)
+                    # the norm before clipping; no --max-grad-norm: an infinite bound measures and leaves them alone
+                    norm = accelerator.clip_grad_norm_(objective.trainable_parameters(),
+                                                       self.cfg.max_grad_norm or math.inf)
+                    self._grad_norm = float(norm) if norm is not None else float("nan")
                     self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
         extras = {k: v for k, v in out.items() if k != "loss"}
@@ -435,11 +459,15 @@ class Trainer:
                     now = time.perf_counter()
                     ips = cfg.batch_size / max(now - t_last, 1e-9)
                     record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
-                              "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
+                              "grad_norm": self._grad_norm, "images_per_s": ips, "n_bad": self.n_bad,
+                              "skip_rate": self.n_bad / max(self.samples, 1), "skipped_steps": self.skipped_steps,
+                              **extras}
                     if self._pending_note:
                         record.update(self._pending_note)
                     self._pending_note = None
                     metrics_error = self._append_metrics(record)
+                    if self.trackers:
+                        accelerator.log(trackers.scalars(record), step=self.step)
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
                     bar.update(1)
                     t_last = now
@@ -450,14 +478,28 @@ class Trainer:
                         self._stop_now(saved, signals.received, metrics_error)
             finally:
                 bar.close()
+                if self.trackers:
+                    accelerator.end_training()  # flush and close the trackers' files, also when the run stops
         self._stop_if_unreadable(self.skips.final_verdict())  # a run shorter than the window: all it drew
         self._write_models()
+        self._write_curves()
         if self.n_bad:
             skipped = f" ({self.skipped_steps} draw(s) without a readable image, not counted as steps)" \
                 if self.skipped_steps else ""
             accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training{skipped}")
         return TrainResult(step=self.step, samples_seen=self.samples, n_bad=self.n_bad,
                            last_loss=self.last_loss, output=self.output)
+
+    def _write_curves(self) -> None:
+        """curves.png (loss, learning rate) into the run folder (main process); a missing matplotlib or a
+        failed write is a note, not a failure: the run's models are written already."""
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            _, note = write_curves(self.output)
+        except (OSError, ValueError) as err:
+            note = f"no loss curve: {err}"
+        self.accelerator.print(note)
 
     def _stop_now(self, saved: bool, signal_name: str | None, metrics_error: OSError | None) -> None:
         """Checkpoint the step just finished (unless it was) and raise :class:`RunStopped` saying why."""
