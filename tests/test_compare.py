@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,9 +63,57 @@ def test_report_without_matplotlib_notes_it(tmp_path, monkeypatch):
 def test_variant_names_and_unknown_variant():
     names = [v.name for v in compare.variants_for(compare.CompareSettings())]
     assert names == ["original", "un2clip", "projector-random", "projector-identity", "update-decoder",
-                     "alpha0.25", "alpha0.5", "alpha0.75", "anchor0.1", "anchor1", "lora", "genhancer", "diva"]
+                     "alpha0.25", "alpha0.5", "alpha0.75", "anchor0.1", "anchor1", "lora", "genhancer", "genhancer-unet",
+                     "diva", "diva-adamw"]
     with pytest.raises(ValueError, match="unknown variant.*known: original"):
         select_variants(QUICK, ["un2clip", "nope"])
+
+
+def test_baselines_run_their_authors_recipes_and_keep_the_earlier_ones():
+    from un2clip.world.demo import DemoSettings
+
+    s = DemoSettings()  # 300 fine-tune steps of 32, the flow decoder 1000 of 64
+    by_name = {v.name: v for v in compare.variants_for(compare.CompareSettings())}
+    seed_dir, clip = Path("OUT/seed0"), Path("OUT/seed0/clip/clip")
+    # DIVA: its condition (added, template-long, two summed draws) and SGD momentum + cosine with 0.5 % warm-up
+    diva = by_name["diva"]
+    assert (diva.kind, diva.options) == ("diva", {"combine": "add", "n_patch_tokens": None, "draws_per_image": 2,
+                                                  "sum_draws": True})
+    run = compare._finetune_fields(s, 0, diva.lr_factor, diva)
+    assert {k: run[k] for k in ("optimizer", "lr", "weight_decay", "lr_schedule", "warmup_steps", "max_grad_norm",
+                                "max_steps", "batch_size")} == \
+        {"optimizer": "sgd", "lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "cosine", "warmup_steps": 2,
+         "max_grad_norm": 1.0, "max_steps": 300, "batch_size": 32}  # ceil(0.005 x 300) = 2 warm-up steps
+    # the earlier DIVA row: un²CLIP's fine-tune settings, concatenated tokens, one draw
+    adamw = by_name["diva-adamw"]
+    assert (adamw.kind, adamw.options, adamw.run) == ("diva", {}, {})
+    old = compare._finetune_fields(s, 0, adamw.lr_factor, adamw)
+    assert old == {"max_steps": 300, "batch_size": 32, "lr": 1e-5, "save_every": 100, "seed": 0}
+    # GenHancer: stage 2 LoRA r16 / alpha 16 / dropout 0.1 with AdamW lr 1e-5, weight decay 0.01
+    gen = by_name["genhancer"]
+    assert gen.kind == "genhancer" and gen.options == {"lora_rank": 16, "lora_alpha": 16.0, "lora_dropout": 0.1,
+                                                       "lora_bias": "lora_only", "logit_normal_scale": 1.0}
+    run = compare._finetune_fields(s, 0, gen.lr_factor, gen)
+    assert {k: run[k] for k in ("optimizer", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_steps")} == \
+        {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.01, "warmup_steps": 10, "lr_schedule": "constant",
+         "max_steps": 300}
+    # its stage 1: the light flow transformer from scratch on the shared VAE, AdamW lr 1e-4, weight decay 0.01
+    first = compare.DECODER_STAGES["flow-decoder"](seed_dir, clip, 0, s)
+    assert {k: first[k] for k in ("objective", "vae", "optimizer", "lr", "weight_decay", "warmup_steps",
+                                  "lr_schedule", "max_steps", "batch_size")} == \
+        {"objective": "flow-decoder", "vae": str(seed_dir / "decoder" / "decoder"), "optimizer": "adamw", "lr": 1e-4,
+         "weight_decay": 0.01, "warmup_steps": 10, "lr_schedule": "constant", "max_steps": 1000, "batch_size": 64}
+    assert first["objective_options"] == {"logit_normal_scale": 1.0}
+    # the earlier GenHancer-style row: un²CLIP's fine-tune through the half-width UNet
+    unet = by_name["genhancer-unet"]
+    assert (unet.kind, unet.options, unet.run) == ("genhancer-unet", {}, {})
+    assert compare.DECODER_STAGES["light-decoder"](seed_dir, clip, 0, s)["preset"] == "genhancer-tiny-latent"
+    # the report lists each variant's settings
+    table = "\n".join(compare.settings_lines([by_name[n] for n in ("diva", "diva-adamw", "genhancer")],
+                                              compare.CompareSettings()))
+    assert "| diva | 300 × 32, sgd lr 0.0001, wd 0, cosine (2 warm-up)" in table
+    assert "| diva-adamw | 300 × 32, adamw lr 1e-05, wd 0, constant," in table
+    assert "`flow-decoder` (flow-decoder): 1000 × 64, adamw lr 0.0001, wd 0.01" in table
 
 
 def test_stage_with_another_recipe_is_redone(tmp_path):
@@ -102,10 +151,11 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})
     out = tmp_path / "cmp"
     _untrained_demo_models(out / "seed0")
-    report = run_compare(out, seeds=[0], variants=["un2clip", "alpha0.5", "projector-random", "genhancer", "diva"],
+    report = run_compare(out, seeds=[0], variants=["un2clip", "alpha0.5", "projector-random", "genhancer",
+                                                   "genhancer-unet", "diva"],
                          settings=QUICK, progress=False)
     text = report.read_text()
-    for name in ("original", "un2clip", "alpha0.5", "projector-random", "genhancer"):
+    for name in ("original", "un2clip", "alpha0.5", "projector-random", "genhancer", "genhancer-unet"):
         assert f"| {name} |" in text, name
     assert "| diva |" not in text and "diva skipped: not registered (test)" in text
     assert (out / "mmvp_vs_zeroshot.png").exists()
@@ -113,8 +163,14 @@ def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     for name in ("original", "un2clip", "alpha0.5", "projector-random"):
         metrics = json.loads((seed / "eval" / f"{name}.json").read_text())["metrics"]
         assert 0.0 <= metrics["mmvp/average"] <= 100.0 and metrics["diffloss/loss_mean"] > 0, name
-    # GenHancer's encoder went through the light decoder it trained first, not the demo's decoder
-    light = json.loads((seed / "variants" / "genhancer" / "run" / "un2clip_run.json").read_text())
+    # GenHancer's encoder went through the flow decoder it trained first (on the demo decoder's VAE), with LoRA
+    gen = json.loads((seed / "variants" / "genhancer" / "run" / "un2clip_run.json").read_text())
+    assert (gen["kind"], gen["flow_decoder"]) == ("genhancer", str(seed / "flow-decoder" / "run"))
+    flow = json.loads((seed / "flow-decoder" / "run" / "un2clip_run.json").read_text())
+    assert (flow["kind"], flow["vae"]) == ("flow-decoder", str(seed / "decoder" / "decoder"))
+    assert (seed / "variants" / "genhancer" / "run" / "clip" / "config.json").exists()
+    # the earlier GenHancer-style row went through the light UNet it trained first, not the demo's decoder
+    light = json.loads((seed / "variants" / "genhancer-unet" / "run" / "un2clip_run.json").read_text())
     assert light["decoder"] == str(seed / "light-decoder" / "run")
     marker = json.loads((seed / "light-decoder" / "run" / "un2clip_run.json").read_text())
     # its own half-width UNet on the demo decoder's VAE (one first stage for every generator)

@@ -181,6 +181,65 @@ def test_step_trains_encoder_and_projection_only(tiny_diva):
         tiny_diva.draws_per_image = 1
 
 
+def test_add_condition_is_divas_own_computation():
+    """DIVA's condition, written from its description (models/SD_with_OpenAICLIP.py, condition/OpenAICLIP_for_...):
+    the vision transformer's class token and (77 - 1 there) patch tokens drawn uniformly with replacement, each
+    through ln_post and the visual projection, then a linear layer, added to the hidden states of 'a photo of a .'."""
+    objective = DivaObjective(build_tiny_clip(), build_tiny_t2i_decoder(), combine="add", n_patch_tokens=None)
+    text = build_tiny_t2i_decoder().encode_prompts(["a photo of a ."])  # (1, L, C): the template, as DIVA runs it
+    length = text.shape[1]
+    assert objective.n_patch_tokens == length - 1  # DIVA's int(77 - 1) for the world's template length
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    vision = objective.clip.model.vision_model
+    with torch.no_grad():
+        ours = objective.condition(pixels, gens([21, 22]))
+        hidden = vision(pixel_values=pixels).last_hidden_state  # (B, 1 + P, W) before ln_post
+        rows = []
+        for b, seed in enumerate((21, 22)):
+            picks = torch.randint(0, hidden.shape[1] - 1, (length - 1,), generator=torch.Generator().manual_seed(seed))
+            x = torch.cat([hidden[b, :1], hidden[b, 1:][picks]])  # class token, then the drawn patches
+            x = objective.clip.model.visual_projection(vision.post_layernorm(x))
+            rows.append(text[0] + objective.projection(x))  # context = context + image_features
+        theirs = torch.stack(rows)
+    assert ours.shape == (2, length, text.shape[-1])
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_summed_draws_are_k_times_the_mean(tiny_diva):
+    batch = {"clip_pixels": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+             "decoder_pixels": torch.rand(2, 3, 32, 32) * 2 - 1, "draw_seed": torch.tensor([3, 4])}
+    tiny_diva.draws_per_image = 2
+    try:
+        with torch.no_grad():
+            mean = tiny_diva(batch)["loss"]
+            tiny_diva.sum_draws = True
+            summed = tiny_diva(batch)
+    finally:
+        tiny_diva.draws_per_image, tiny_diva.sum_draws = 1, False
+    assert summed["loss"].item() == pytest.approx(2 * mean.item(), rel=1e-6)
+    assert summed["loss_per_draw"].item() == pytest.approx(mean.item(), rel=1e-6)
+
+
+def test_divas_mmvp_readout_is_class_token_plus_mean_of_drawn_patches():
+    from un2clip.eval.encoder.mmvp import DivaReadout, diva_readout
+
+    tokens = torch.tensor([[[1.0, 1.0], [0.0, 0.0], [2.0, 4.0], [4.0, 8.0]]])  # class, then three patches
+    # patches 0, 2, 2: mean (8/3, 16/3), plus the class token
+    assert torch.allclose(diva_readout(tokens, torch.tensor([[0, 2, 2]])), torch.tensor([[11 / 3, 19 / 3]]))
+    clip = build_tiny_clip()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ours = DivaReadout(clip, seed=5).encode_image(pixels)
+        # DIVA's forward: ln_post and proj on the class token and on 76 patches drawn with replacement, then
+        # global + local.mean
+        hidden = clip.model.vision_model(pixel_values=pixels).last_hidden_state
+        out = clip.model.visual_projection(clip.model.vision_model.post_layernorm(hidden))
+        picks = torch.randint(0, out.shape[1] - 1, (2, 76), generator=torch.Generator().manual_seed(5))
+        theirs = out[:, 0] + torch.stack([out[b, 1:][picks[b]].mean(0) for b in range(2)])
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, clip.encode_image(pixels), atol=1e-3)  # not the pooled embedding
+
+
 def test_presets_keep_decoder_kinds_apart():
     from un2clip.load import load_decoder, load_t2i_decoder
     from un2clip.models.presets import PRESETS

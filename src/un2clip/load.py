@@ -160,6 +160,20 @@ def load_vae(spec: str):
     return _fetch(from_source, src)
 
 
+def load_flow_decoder(spec: str):
+    """GenHancer's flow decoder: a finished `flow-decoder` run (its decoder/) or a folder it wrote."""
+    from un2clip.models.flow import FlowDecoder
+
+    path = Path(spec)
+    if is_run(path):
+        if not (path / "decoder" / "transformer").is_dir():
+            raise ValueError(f"{spec} is a run without decoder/transformer/: pass a finished `flow-decoder` run")
+        path = path / "decoder"
+    if not path.exists():
+        raise FileNotFoundError(f"flow decoder {spec} not found (a finished `flow-decoder` run or its decoder/)")
+    return FlowDecoder.from_pretrained(path)
+
+
 def _t2i_from_checkpoint(run_dir: Path) -> TextToImageDecoder:
     """An unfinished t2i-decoder run: its starting decoder (and text encoder) + the latest checkpoint's UNet."""
     info = read_run_marker(run_dir)

@@ -1,4 +1,4 @@
-"""`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva."""
+"""`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva, genhancer."""
 
 from __future__ import annotations
 
@@ -260,14 +260,51 @@ def _add_diva(sub: argparse._SubParsersAction) -> None:
                         "as DIVA's released code does (needs n-patch-tokens + 1 = text length)")
     g.add_argument("--draws-per-image", type=int,
                    help="timestep, noise and token draws per encoder pass, losses averaged (default 1)")
+    g.add_argument("--sum-draws", action="store_true", default=None,
+                   help="sum the losses of the --draws-per-image draws instead of averaging them, as DIVA's code "
+                        "(--train_steps 2) backpropagates each draw (default: averaged)")
 
     def run(args: argparse.Namespace) -> int:
         opts = {"n_patch_tokens": args.n_patch_tokens, "prompt": args.prompt, "combine": args.combine,
-                "draws_per_image": args.draws_per_image}
+                "draws_per_image": args.draws_per_image, "sum_draws": args.sum_draws}
         return _run_training(args, "diva", opts)
 
     p.set_defaults(func=run)
 
 
+def _add_genhancer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "genhancer", help="the GenHancer baseline: a light flow denoiser (stage 1), then the encoder through it "
+                          "with LoRA (stage 2)",
+        description="GenHancer (arXiv 2503.19480), continuous version. --stage 1: a small FLUX-style transformer "
+                    "(2 double + 4 single blocks) learns, by rectified flow with logit-normal timesteps, to denoise "
+                    "--vae's latents given the frozen CLIP's class token (through two LayerNorm-MLPs: the "
+                    "modulation vector and one attention token); theirs: AdamW lr 1e-4, weight decay 0.01. "
+                    "--stage 2: that denoiser (--decoder, the stage-1 run) frozen, the image tower tuned through "
+                    "LoRA adapters on every linear layer (rank 16, alpha 16, dropout 0.1); theirs: AdamW lr 1e-5, "
+                    "weight decay 0.01. Images only.")
+    _add_train_flags(p)
+    g = p.add_argument_group("GenHancer options")
+    g.add_argument("--stage", type=int, choices=[1, 2], required=True,
+                   help="1: train the flow denoiser (needs --vae); 2: tune the encoder (needs --decoder)")
+    g.add_argument("--vae", help="stage 1: the first stage whose latents the denoiser learns (a decoder folder, "
+                                 "a train-autoencoder run or a Hub id)")
+    g.add_argument("--logit-normal-scale", type=float,
+                   help="timesteps t = sigmoid(scale · N(0, 1)) (default 1, GenHancer's)")
+    g.add_argument("--lora-rank", type=int, help="stage 2: LoRA rank (default 16)")
+    g.add_argument("--lora-alpha", type=float, help="stage 2: LoRA alpha (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="stage 2: dropout on the adapters' input (default 0.1)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"logit_normal_scale": args.logit_normal_scale}
+        if args.stage == 1:
+            return _run_training(args, "flow-decoder", opts)
+        opts |= {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout}
+        return _run_training(args, "genhancer", opts)
+
+    p.set_defaults(func=run)
+
+
 # sub-commands of this group, in the order `un2clip --help` lists them
-COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva]
+COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva,
+            _add_genhancer]

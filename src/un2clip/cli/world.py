@@ -141,7 +141,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "compare", help="un²CLIP, its ablations and alignment keepers over world seeds: one table",
         description="Per world seed: the demo's stages (world, tiny CLIP, decoder, un²CLIP), then each variant as a "
                     "cached stage (original, un2clip, projector-random, projector-identity, update-decoder, "
-                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, genhancer, diva when registered), each "
+                    "alpha0.25/0.5/0.75 WiSE-FT exports, anchor0.1/anchor1, lora, genhancer and genhancer-unet, diva and "
+                    "diva-adamw when registered), each "
                     "evaluated like the demo (world-MMVP, zero-shot, held-out diffusion loss, probes). Writes "
                     "OUT/report.md (mean ± std over seeds), OUT/results.json, OUT/mmvp_vs_zeroshot.png.")
     p.add_argument("--output", default="runs/compare", help="where every seed and the report go (default runs/compare)")
@@ -149,6 +150,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all; original is "
                    "always evaluated, the un2clip run always made)")
     p.add_argument("--steps", type=int, help="fine-tune steps of every trained variant (default: the demo's)")
+    p.add_argument("--flow-decoder-steps", type=int, metavar="N",
+                   help="steps (of 64 images) of GenHancer's stage 1, its light flow denoiser trained from scratch "
+                        "(default 1000)")
     p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing finished ones")
     p.add_argument("--from-scratch", action="store_true",
                    help="retrain the tiny CLIP and decoder instead of starting from the shipped weights")
@@ -167,6 +171,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
         settings = QUICK if args.quick else CompareSettings()
         settings = replace(settings, demo=_world_settings(args, settings.demo))
+        if args.flow_decoder_steps is not None:
+            if args.flow_decoder_steps < 1:
+                raise ValueError(f"--flow-decoder-steps must be >= 1, got {args.flow_decoder_steps}")
+            settings = replace(settings, demo=replace(settings.demo, flow_decoder_steps=args.flow_decoder_steps))
         report = run_compare(Path(args.output), seeds=args.seeds, variants=args.variants,
                              settings=settings, steps=args.steps,
                              fresh=args.fresh, from_scratch=args.from_scratch, progress=not args.no_progress,

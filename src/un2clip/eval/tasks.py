@@ -20,6 +20,11 @@ from un2clip.eval.registry import EvalTask, register_task
 
 def _mmvp_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--prompt-prefix", help="put before each statement (default 'a photo of ')")
+    g.add_argument("--readout", choices=["pooled", "diva"],
+                   help="image embedding: pooled (the official script's, default) or diva (DIVA's own MMVP readout: "
+                        "class token + mean of 76 patch tokens drawn with replacement); diva's result is the task "
+                        "mmvp-diva")
+    g.add_argument("--readout-seed", type=int, help="seed of the diva readout's patch draws (default 0)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
                    help="autocast precision (default fp32 on every device, as the official MMVP-VLM script "
                         "runs: one pair is 0.74 points and bf16 autocast flipped up to 9 of 135 predictions "
@@ -59,6 +64,12 @@ def _diffloss_flags(g: argparse._ArgumentGroup) -> None:
                    help="own: each image conditioned on its own embedding (default); shuffled: on another "
                         "image's (a fixed derangement), same draws: how much the decoder uses its condition; "
                         "its result is the task diffloss-shuffled")
+
+
+def _mmvp_label(options: dict[str, Any]) -> str:
+    """MMVP under another image readout is another measurement: its own result file and report column."""
+    readout = options.get("readout") or "pooled"
+    return "mmvp" if readout == "pooled" else f"mmvp-{readout}"
 
 
 def _diffloss_label(options: dict[str, Any]) -> str:
@@ -340,7 +351,7 @@ register_task(EvalTask(
     "MMVP-VLM: CLIP-blind image pairs, 9 patterns; percent of pairs where both statements pick their own image "
     "(DIR/Questions.csv, DIR/MLLM_VLM Images/<Type>/<qid>.jpg)",
     flags=_mmvp_flags, check_data="un2clip.eval.encoder.mmvp:read_mmvp", item_csv="pairs_csv",
-    result_extras="un2clip.eval.encoder.mmvp:result_extras",
+    result_extras="un2clip.eval.encoder.mmvp:result_extras", label=_mmvp_label,
 ))
 register_task(EvalTask(
     "zeroshot", "un2clip.eval.encoder.zeroshot:evaluate", ("acc1", "acc5"),

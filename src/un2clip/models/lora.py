@@ -27,26 +27,46 @@ def _peft():
     return peft
 
 
+LORA_BIAS = ("none", "lora_only")
+
+
+def linear_layers(module: nn.Module, within: Sequence[str] = ("",)) -> list[str]:
+    """Full names of ``module``'s ``nn.Linear`` layers that are, or sit under, one of ``within`` ("" = all)."""
+    def inside(name: str) -> bool:
+        return any(not w or name == w or name.startswith(w + ".") for w in within)
+
+    return [name for name, m in module.named_modules() if isinstance(m, nn.Linear) and inside(name)]
+
+
 def add_lora(module: nn.Module, *, rank: int, alpha: float | None = None,
-             targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0) -> list[str]:
+             targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0, dropout: float = 0.0,
+             bias: str = "none") -> list[str]:
     """Inject LoRA adapters into ``module``'s linear layers named in ``targets``; returns the trainable names.
 
-    ``alpha`` defaults to ``rank`` (scale 1). Only the adapters train afterwards. The random init of
-    the ``A`` matrices comes from ``seed``, so every process (and a rebuilt run) starts identical.
+    A target is a layer's last name (``q_proj``: every such layer) or its full dotted name. ``alpha``
+    defaults to ``rank`` (scale 1); ``dropout`` is applied to the adapters' input; ``bias="lora_only"``
+    also trains the biases of the adapted layers (peft's option, GenHancer's setting). Everything else
+    is frozen. The random init of the ``A`` matrices comes from ``seed``, so every process (and a
+    rebuilt run) starts identical.
     """
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    if bias not in LORA_BIAS:
+        raise ValueError(f"LoRA bias must be one of {LORA_BIAS}, got {bias!r}")
     targets = list(targets)
     if not targets:
         raise ValueError("LoRA needs at least one target layer name")
     peft = _peft()
-    present = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-    unknown = sorted(set(targets) - present)
+    full = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+    present = {name.rsplit(".", 1)[-1] for name in full}
+    unknown = sorted(t for t in targets if t not in present and t not in full)
     if unknown:
         raise ValueError(f"LoRA target(s) {unknown} are not linear layers of the image tower; "
                          f"its linear layers: {sorted(present)}")
     config = peft.LoraConfig(r=rank, lora_alpha=float(rank if alpha is None else alpha),
-                             target_modules=targets, lora_dropout=0.0, bias="none")
+                             target_modules=targets, lora_dropout=float(dropout), bias="none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft.inject_adapter_in_model(config, module)
@@ -56,6 +76,14 @@ def add_lora(module: nn.Module, *, rank: int, alpha: float | None = None,
         if "lora_" in name:
             p.requires_grad_(True)
             names.append(name)
+    if bias == "lora_only":
+        from peft.tuners.lora import LoraLayer
+
+        for name, m in module.named_modules():
+            base = m.get_base_layer() if isinstance(m, LoraLayer) else None
+            if base is not None and getattr(base, "bias", None) is not None:
+                base.bias.requires_grad_(True)
+                names.append(f"{name}.base_layer.bias")
     return names
 
 

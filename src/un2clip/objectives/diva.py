@@ -10,7 +10,11 @@ then Linear(768 -> 1024)). Loss: MSE between predicted and true noise at t ~ U[0
 Gradients reach the encoder and the projection only.
 
 ``combine="add"`` instead adds the projected tokens to the text hidden states position by
-position (both 77 long for ViT-L/14 and SD 2.1), which is what DIVA's released code computes.
+position (both 77 long for ViT-L/14 and SD 2.1), which is what DIVA's released code computes;
+``n_patch_tokens=None`` draws as many patches as the template has positions after the first (76
+there, 31 for the shapes world's 32-token template). ``draws_per_image`` = 2 with ``sum_draws``
+is DIVA's ``--train_steps 2``: two timestep, noise and patch draws per image per step, the two
+losses' gradients summed (its first draw backpropagates inside the forward pass).
 """
 
 from __future__ import annotations
@@ -95,10 +99,11 @@ class DivaObjective(Objective):
         clip: ClipModel,
         t2i_decoder: TextToImageDecoder,
         *,
-        n_patch_tokens: int = 76,
+        n_patch_tokens: int | None = 76,
         prompt: str = DIVA_PROMPT,
         combine: str = "concat",
         draws_per_image: int = 1,
+        sum_draws: bool = False,
         random_crop: bool = True,
         projection_seed: int = 0,
     ):
@@ -108,17 +113,20 @@ class DivaObjective(Objective):
                              "class token")
         if combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
-        if n_patch_tokens < 1 or draws_per_image < 1:
+        if (n_patch_tokens is not None and n_patch_tokens < 1) or draws_per_image < 1:
             raise ValueError("n_patch_tokens and draws_per_image must be >= 1")
         self.clip = clip
         self.decoder = t2i_decoder
-        self.n_patch_tokens = n_patch_tokens
         self.prompt = prompt
         self.combine = combine
         self.draws_per_image = draws_per_image
+        self.sum_draws = bool(sum_draws)
         self.random_crop = random_crop
         # the template's context, once; then the text encoder goes
         context = t2i_decoder.encode_prompts([prompt])  # (1, L, C)
+        if n_patch_tokens is None:  # DIVA's rule: the template's length minus the class token
+            n_patch_tokens = context.shape[1] - 1
+        self.n_patch_tokens = n_patch_tokens
         if combine == "add":
             diva_condition(context, context.new_zeros(1, 1 + n_patch_tokens, context.shape[-1]), "add")
         self.register_buffer("text_context", context.detach().clone(), persistent=False)
@@ -170,6 +178,8 @@ class DivaObjective(Objective):
         generators = [torch.Generator().manual_seed(int(s) ^ _TOKEN_SALT) for s in seeds.tolist()]
         context = self.condition(pixels, generators, repeat=k)
         loss = self.decoder.diffusion_loss(latents, context, timesteps=t, noise=noise)
+        if self.sum_draws:  # the mean over B·k draws times k: the sum over draws of each draw's batch mean
+            return {"loss": loss * k, "loss_per_draw": loss.detach()}
         return {"loss": loss}
 
     # -- outputs -----------------------------------------------------------------------------------

@@ -157,6 +157,47 @@ def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+@register_objective("flow-decoder")
+def build_flow_decoder_run(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """GenHancer's stage 1: frozen CLIP + a light FLUX-style flow decoder, new on ``--vae``'s latents (or
+    ``--decoder``, a flow decoder to go on training)."""
+    from un2clip.load import load_flow_decoder
+    from un2clip.models.flow import build_flow_decoder
+    from un2clip.objectives.genhancer import FlowDecoderObjective
+
+    clip_spec, clip = _clip(cfg)
+    if cfg.decoder:
+        decoder = load_flow_decoder(cfg.decoder)
+        if cfg.vae:
+            decoder.set_vae(load_vae(cfg.vae))
+    elif cfg.vae:
+        vae = load_vae(cfg.vae)
+        decoder = build_flow_decoder(vae, embed_dim=clip.embed_dim, image_size=int(vae.config.sample_size),
+                                     seed=cfg.seed)
+    else:
+        raise ValueError("the flow-decoder objective needs --vae (the first stage whose latents it denoises) "
+                         "or --decoder (a flow decoder to continue)")
+    objective = _construct(FlowDecoderObjective, clip, decoder, options=cfg.objective_options)
+    info = {"kind": "flow-decoder", "clip": clip_spec, "flow_decoder": cfg.decoder, "vae": cfg.vae,
+            "random_weights": cfg.random_weights}
+    return objective, info
+
+
+@register_objective("genhancer")
+def build_genhancer(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """GenHancer's stage 2: the image tower through LoRA adapters, the stage-1 flow decoder (``--decoder``) frozen."""
+    from un2clip.load import load_flow_decoder
+    from un2clip.objectives.genhancer import GenHancerObjective
+
+    if not cfg.decoder:
+        raise ValueError("the genhancer objective needs --decoder: a finished `flow-decoder` run (stage 1)")
+    clip_spec, clip = _clip(cfg)
+    decoder = load_flow_decoder(cfg.decoder)
+    objective = _construct(GenHancerObjective, clip, decoder, options=cfg.objective_options)
+    # "flow_decoder", not "decoder": evaluators that need an unCLIP decoder must not pick this one
+    info = {"kind": "genhancer", "clip": clip_spec, "flow_decoder": cfg.decoder, "random_weights": cfg.random_weights}
+    return objective, info
+
 @register_objective("llava")
 def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """LLaVA-1.5: ``init`` (a LLaVA folder or an earlier llava run, e.g. stage 1 for stage 2), else a new model of

@@ -61,6 +61,7 @@ class Variant:
     options: dict = field(default_factory=dict)  # objective options of `un2clip finetune` (its flags)
     lr_factor: float = 1.0
     alpha: float | None = None
+    run: dict = field(default_factory=dict)  # RunConfig fields replacing the demo's fine-tune settings
 
 
 def variants_for(settings: CompareSettings) -> list[Variant]:
@@ -83,11 +84,56 @@ def variants_for(settings: CompareSettings) -> list[Variant]:
     out.append(Variant("lora", "finetune", f"un²CLIP through rank-{settings.lora_rank} LoRA adapters (merged), "
                        f"learning rate x{settings.lora_lr_factor:g}",
                        {"lora_rank": settings.lora_rank}, lr_factor=settings.lora_lr_factor))
-    out.append(Variant("genhancer", "genhancer", "GenHancer-style: a half-width denoiser trained on the CLIP's "
-                       "class-token embedding first (no noise augmentation), then frozen while the encoder is tuned"))
-    out.append(Variant("diva", "diva", "DIVA baseline: encoder trained through a frozen text-to-image decoder "
-                       "trained on the world's captions"))
+    out.append(Variant("genhancer", "genhancer",
+                       "GenHancer as its authors run it: stage 1 a small FLUX-style transformer (2 double + 4 single "
+                       "blocks) learns by rectified flow (logit-normal t) to denoise the shared VAE's latents from "
+                       "the frozen CLIP's class token (two LayerNorm-MLPs: modulation vector, one attention token); "
+                       "stage 2 it is frozen and the image tower trains through LoRA (r16, α16, dropout 0.1, every "
+                       "linear layer)", dict(GENHANCER_STAGE2["objective_options"]),
+                       run={k: v for k, v in GENHANCER_STAGE2.items() if k != "objective_options"}))
+    out.append(Variant("genhancer-unet", "genhancer-unet",
+                       "GenHancer-style with un²CLIP's recipe (the earlier row): a half-width latent UNet (DDPM "
+                       "v-prediction) trained on the CLIP's class-token embedding first (no noise augmentation), "
+                       "then frozen while the whole tower is fine-tuned like un²CLIP"))
+    out.append(Variant("diva", "diva",
+                       "DIVA as its authors run it: template hidden states + projected class and patch tokens "
+                       "added position by position, two draws per image summed, SGD + cosine with 0.5 % warm-up; "
+                       "through a frozen text-to-image decoder trained on the world's captions",
+                       dict(DIVA_OPTIONS), run=dict(DIVA_RUN)))
+    out.append(Variant("diva-adamw", "diva",
+                       "DIVA with un²CLIP's recipe (the earlier row): projected tokens appended after the template's "
+                       "text states, one draw, AdamW at the fine-tune's lr, constant"))
     return out
+
+
+#: DIVA's released recipe (DIVA_for_OpenAICLIP.sh, run_DIVA_with_OpenAICLIP.py): SGD momentum 0.9, lr 1e-4,
+#: no weight decay, cosine after warm-up over 0.5 % of the steps (HF's ceil), clipping at 1.0
+DIVA_RUN = {"optimizer": "sgd", "lr": 1e-4, "weight_decay": 0.0, "lr_schedule": "cosine", "max_grad_norm": 1.0}
+DIVA_WARMUP_RATIO = 0.005
+#: its condition: tokens added to the template's hidden states, as many as the template is long (None), and
+#: --train_steps 2 (two timestep / noise / patch draws per image per step, gradients summed)
+DIVA_OPTIONS = {"combine": "add", "n_patch_tokens": None, "draws_per_image": 2, "sum_draws": True}
+#: GenHancer's stage 1 (train_configs/test_OpenAICLIP_224_stage1.yaml): AdamW lr 1e-4, weight decay 0.01,
+#: 10 warm-up steps then constant, clipping at 1.0
+GENHANCER_STAGE1 = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 10,
+                    "lr_schedule": "constant", "max_grad_norm": 1.0, "objective_options": {"logit_normal_scale": 1.0}}
+#: its stage 2 (test_OpenAICLIP_224_stage2_only.yaml / train_OpenAICLIP_stage2_only.py): the same AdamW at lr 1e-5,
+#: LoRA r16 alpha16 dropout 0.1 on all linear layers (biases of the adapted layers train: bias "lora_only")
+GENHANCER_STAGE2 = {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.01, "warmup_steps": 10,
+                    "lr_schedule": "constant", "max_grad_norm": 1.0,
+                    "objective_options": {"lora_rank": 16, "lora_alpha": 16.0, "lora_dropout": 0.1,
+                                          "lora_bias": "lora_only", "logit_normal_scale": 1.0}}
+
+
+def run_settings(variant: Variant, s: DemoSettings) -> dict:
+    """The training settings of a trained variant's encoder run (steps, batch, optimiser, schedule, options)."""
+    fields = {"max_steps": s.finetune_steps, "batch_size": s.finetune_batch, "optimizer": "adamw",
+              "lr": float(f"{s.finetune_lr * variant.lr_factor:g}"), "weight_decay": 0.0, "warmup_steps": 0,
+              "lr_schedule": "constant", "max_grad_norm": 1.0}
+    fields.update(variant.run)
+    if variant.run.get("optimizer") == "sgd" and variant.kind == "diva":  # 0.5 % of the steps, rounded up as HF does
+        fields["warmup_steps"] = math.ceil(DIVA_WARMUP_RATIO * fields["max_steps"])
+    return fields
 
 
 def select_variants(settings: CompareSettings, names: Sequence[str] | None) -> list[Variant]:
@@ -138,9 +184,13 @@ def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
             (seed_dir / "eval" / stale).unlink(missing_ok=True)
 
 
-def _finetune_fields(s: DemoSettings, seed: int, lr_factor: float = 1.0) -> dict:
-    """The demo's fine-tune settings; the learning rate times ``lr_factor`` (as printed with %g)."""
-    return {**finetune_settings(s, seed), "lr": float(f"{s.finetune_lr * lr_factor:g}")}
+def _finetune_fields(s: DemoSettings, seed: int, lr_factor: float = 1.0, variant: Variant | None = None) -> dict:
+    """The demo's fine-tune settings; the learning rate times ``lr_factor`` (as printed with %g); a variant's own
+    optimiser and schedule (its ``run``) replace the demo's."""
+    fields = {**finetune_settings(s, seed), "lr": float(f"{s.finetune_lr * lr_factor:g}")}
+    if variant is not None and variant.run:
+        fields.update(run_settings(variant, s))
+    return fields
 
 
 def _shared_vae(seed_dir: Path, s: DemoSettings) -> dict:
@@ -167,8 +217,18 @@ def light_decoder_fields(seed_dir: Path, clip: Path, seed: int, s: DemoSettings)
             "save_every": 250, "seed": seed, "objective_options": {"max_noise_level": 0, "p_uncond": 0.0}}
 
 
+def flow_decoder_fields(seed_dir: Path, clip: Path, seed: int, s: DemoSettings) -> dict:
+    """GenHancer's stage 1 (`un2clip genhancer --stage 1`): a light flow transformer trained from scratch on the
+    frozen CLIP's class token, on the seed's shared VAE; GenHancer's optimiser, the world's steps and batch
+    (``s.flow_decoder_steps`` of ``s.flow_decoder_batch``)."""
+    return {"objective": "flow-decoder", "clip": str(clip), "vae": str(seed_dir / "decoder" / "decoder"),
+            "data": str(seed_dir / "world" / "train" / "images"), "max_steps": s.flow_decoder_steps,
+            "batch_size": s.flow_decoder_batch, "save_every": 250, "seed": seed, **GENHANCER_STAGE1}
+
+
 # decoders some variants train on the seed's CLIP first: stage name -> fields of its training run
-DECODER_STAGES = {"t2i-decoder": t2i_fields, "light-decoder": light_decoder_fields}
+DECODER_STAGES = {"t2i-decoder": t2i_fields, "light-decoder": light_decoder_fields,
+                  "flow-decoder": flow_decoder_fields}
 
 
 def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSettings, fresh: bool, progress: bool,
@@ -206,7 +266,12 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(decoder), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor), "objective_options": dict(variant.options)}
         return {"run": run, **upstream}, "run"
-    if variant.kind == "genhancer":  # stage 2: the encoder through its own frozen light decoder
+    if variant.kind == "genhancer":  # stage 2: the encoder through LoRA, its own flow decoder frozen
+        flow = _decoder_stage(seed_dir, "flow-decoder", clip, seed, s, fresh, progress)
+        run = {"objective": "genhancer", "clip": str(clip), "decoder": str(flow), "data": images,
+               **_finetune_fields(s, seed, variant.lr_factor, variant), "objective_options": dict(variant.options)}
+        return {"run": run, "clip": upstream["clip"], "flow-decoder": _made(seed_dir / "flow-decoder")}, "run"
+    if variant.kind == "genhancer-unet":  # stage 2: the encoder through its own frozen light UNet
         light = _decoder_stage(seed_dir, "light-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(light), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor)}
@@ -214,7 +279,9 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
     if variant.kind == "diva":
         t2i = _decoder_stage(seed_dir, "t2i-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "diva", "preset": s.t2i_preset, "clip": str(clip), "decoder": str(t2i), "data": images,
-               **_finetune_fields(s, seed, variant.lr_factor)}
+               **_finetune_fields(s, seed, variant.lr_factor, variant)}
+        if variant.options:
+            run["objective_options"] = dict(variant.options)
         return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"
     raise ValueError(f"unknown variant kind {variant.kind!r}")
 
@@ -379,6 +446,40 @@ def plot_tradeoff(summary: dict[str, dict[str, tuple[float, float, int]]], path:
     return path
 
 
+def _describe_run(fields: dict) -> str:
+    """'300 × 32, sgd lr 0.0001, wd 0, cosine (2 warm-up), clip 1' from RunConfig fields."""
+    warm = f" ({fields['warmup_steps']} warm-up)" if fields.get("warmup_steps") else ""
+    clip = fields.get("max_grad_norm", 1.0)
+    return (f"{fields['max_steps']} × {fields['batch_size']}, {fields.get('optimizer', 'adamw')} lr "
+            f"{fields['lr']:g}, wd {fields.get('weight_decay', 0.0):g}, {fields.get('lr_schedule', 'constant')}"
+            f"{warm}, grad clip {'none' if clip is None else f'{clip:g}'}")
+
+
+def settings_lines(variants: Sequence[Variant], settings: CompareSettings) -> list[str]:
+    """Markdown table: how each trained variant's encoder (and the decoder it trains first) was trained."""
+    s = settings.demo
+    lines = ["| variant | encoder run | objective options | trained first |", "|---|---|---|---|"]
+    first = {"genhancer": ("flow-decoder", flow_decoder_fields), "genhancer-unet": ("light-decoder",
+                                                                                   light_decoder_fields),
+             "diva": ("t2i-decoder", t2i_fields)}
+    for v in variants:
+        if v.kind in ("original", "export"):
+            continue
+        options = ", ".join(f"{k} {'template length − 1' if val is None else val}"
+                            for k, val in v.options.items()) or "–"
+        stage = "–"
+        if v.kind in first:
+            name, make = first[v.kind]
+            fields = make(Path("OUT"), Path("clip"), 0, s)
+            stage = f"`{name}` ({fields['objective']}): {_describe_run(fields)}"
+            if v.kind == "genhancer-unet":
+                stage += ", no noise augmentation"
+            if v.kind != "genhancer":
+                stage += " (seed 0: the shipped one, assets/tiny-world/README.md)"
+        lines.append(f"| {v.name} | {_describe_run(run_settings(v, s))} | {options} | {stage} |")
+    return lines
+
+
 def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], variants: Sequence[Variant], *,
                  settings: CompareSettings, notes: Sequence[str] = ()) -> Path:
     """OUT/report.md, OUT/results.json and (with matplotlib) OUT/mmvp_vs_zeroshot.png."""
@@ -392,14 +493,21 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
     s = settings.demo
     lines = ["# un²CLIP variants in the shapes world", "",
              f"World seeds {', '.join(map(str, per_seed))}; every fine-tune: {s.finetune_steps} steps of "
-             f"{s.finetune_batch} images, lr {s.finetune_lr:g} (LoRA x{settings.lora_lr_factor:g}), the world seed "
-             "as training seed. Cells: mean ± sample std over seeds; Δ: paired change against `original`, "
+             f"{s.finetune_batch} images, the world seed as training seed; lr {s.finetune_lr:g} (LoRA "
+             f"x{settings.lora_lr_factor:g}) except the baselines run with their authors' recipes (settings of "
+             "every trained variant below). Cells: mean ± sample std over seeds; Δ: paired change against `original`, "
              "same seed. Accuracies in %, diffusion loss on held-out images with the demo's frozen decoder.", "",
              *report_table(summary), ""]
     if chart:
         lines += [f"![MMVP vs zero-shot]({chart.name})", ""]
     lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed)]
     lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
+    lines += ["### Settings of the trained variants", "", *settings_lines(
+        [v for v in variants if v.name in summary], settings), "",
+        "Baselines follow their authors' recipes (optimiser, learning rate, schedule, condition, adapters); only "
+        "steps and batch are the world's: each encoder run the demo's fine-tune budget, each decoder trained first "
+        "the world decoders' budget. `diva-adamw` and `genhancer-unet` keep un²CLIP's fine-tune recipe, so that "
+        "the recipe's own effect is a row.", ""]
     lines += ["Projector variants are evaluated on the encoder alone (the projector sits between encoder and "
               "decoder); `update-decoder` is measured with the original decoder.", ""]
     if notes:

@@ -56,7 +56,9 @@ class DemoSettings:
     autoencoder_lr: float = 5e-4
     decoder_preset: str = "tiny-latent"
     t2i_preset: str = "diva-tiny-latent"  # DIVA's generator (compare)
-    light_preset: str = "genhancer-tiny-latent"  # GenHancer's lightweight denoiser (compare)
+    light_preset: str = "genhancer-tiny-latent"  # GenHancer-style light UNet (compare's genhancer-unet)
+    flow_decoder_steps: int = 1000  # GenHancer's light flow transformer, trained from scratch (compare's genhancer)
+    flow_decoder_batch: int = 64
     decoder_steps: int = 1500
     decoder_batch: int = 64
     decoder_lr: float = 5e-4
@@ -68,7 +70,8 @@ class DemoSettings:
 
 QUICK = DemoSettings(n_train=512, n_val=64, pairs_per_pattern=4, n_zeroshot_per_class=6, n_seg=8, pretrain_steps=4,
                      pretrain_batch=32, pretrain_warmup=2, autoencoder_steps=2, autoencoder_batch=8, decoder_steps=4,
-                     decoder_batch=16, finetune_steps=3, finetune_batch=8, sampling_steps=4)
+                     decoder_batch=16, flow_decoder_steps=4, flow_decoder_batch=16, finetune_steps=3, finetune_batch=8,
+                     sampling_steps=4)
 
 
 def _model_stage(out: Path, name: str, fresh: bool, source: str) -> tuple[Path, bool]:

@@ -19,6 +19,11 @@ Where the official script and this module could part, this module makes them agr
   warning names the pairs where the two disagree (other sizes have no official category).
 - Precision: the official script runs in fp32, and so does :func:`evaluate` by default:
   under bf16 autocast close pairs flip, and one pair of 135 is 0.74 points.
+
+The image side is the pooled, projected class embedding (``readout="pooled"``), as the official
+script and un²CLIP score. ``readout="diva"`` is DIVA's own MMVP readout (its modified OpenAI-CLIP
+``forward``): the class token plus the mean of 76 patch tokens drawn uniformly with replacement, every
+token after the final norm and the visual projection; the draws come from ``readout_seed``.
 """
 
 from __future__ import annotations
@@ -163,12 +168,43 @@ def _warn_official_category_mismatch(table: Path, pair_types: Sequence[str]) -> 
                   f"the official script's", UserWarning, stacklevel=2)
 
 
+READOUTS = ("pooled", "diva")
+DIVA_READOUT_PATCHES = 76  # DIVA's int(77 - 1)
+
+
+def diva_readout(tokens: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + P, D) class then patch tokens (after final norm and projection), (B, n) patch indices -> (B, D):
+    the class token plus the mean of the picked patch tokens."""
+    patches = torch.gather(tokens[:, 1:], 1, picks[..., None].expand(-1, -1, tokens.shape[-1]))
+    return tokens[:, 0] + patches.mean(1)
+
+
+class DivaReadout:
+    """``model`` with DIVA's MMVP image embedding as ``encode_image`` (other attributes are the model's)."""
+
+    def __init__(self, model: ClipModel, *, n_patches: int = DIVA_READOUT_PATCHES, seed: int = 0):
+        self.model = model
+        self.n_patches = n_patches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.image_tokens(pixels, keep_class=True).float()  # (B, 1 + P, D)
+        picks = torch.randint(0, tokens.shape[1] - 1, (tokens.shape[0], self.n_patches), generator=self.generator)
+        return diva_readout(tokens, picks.to(tokens.device))
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
 def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str = PROMPT_PREFIX,
                 batch_size: int = 32, num_workers: int = 0, precision: str = DEFAULT_PRECISION,
-                progress: bool = True) -> torch.Tensor:
+                progress: bool = True, readout: str = "pooled", readout_seed: int = 0) -> torch.Tensor:
     """(P, 2, 2) logits: ``[p, j, i]`` = logit scale x cos(text j, image i) of pair p."""
+    if readout not in READOUTS:
+        raise ValueError(f"MMVP readout must be one of {READOUTS}, got {readout!r}")
     paths = [im for p in pairs for im in p.images]
-    images = embed_images(model, ImageList(PathImages(paths), len(paths), model.processing),
+    reader = DivaReadout(model, seed=readout_seed) if readout == "diva" else model
+    images = embed_images(reader, ImageList(PathImages(paths), len(paths), model.processing),
                           batch_size=batch_size, num_workers=num_workers, precision=precision,
                           progress=progress, desc="MMVP images")
     if images.n_skipped:
@@ -185,11 +221,13 @@ def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str =
 
 def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_PREFIX, batch_size: int = 32,
              num_workers: int = 0, precision: str = DEFAULT_PRECISION, progress: bool = True,
-             pairs_csv: str | Path | None = None) -> dict[str, float]:
+             pairs_csv: str | Path | None = None, readout: str = "pooled",
+             readout_seed: int = 0) -> dict[str, float]:
     """MMVP-VLM scores in percent: one per pattern and their mean, ``average``.
 
     ``precision`` defaults to fp32 on every device, as the official script runs ("auto":
-    bf16 autocast on CUDA).
+    bf16 autocast on CUDA). ``readout``: "pooled" (the official script's image embedding) or
+    "diva" (DIVA's: class token + mean of 76 drawn patch tokens, draws from ``readout_seed``).
 
     With ``pairs_csv`` also write one row per pair: qid1, qid2, pred1, pred2, gt1, gt2,
     score, type and the two texts' probabilities of image 1.
@@ -197,7 +235,8 @@ def evaluate(model: ClipModel, data: str | Path, *, prompt_prefix: str = PROMPT_
     model.eval()
     pairs = read_mmvp(data)
     logits = mmvp_logits(model, pairs, prompt_prefix=prompt_prefix, batch_size=batch_size,
-                         num_workers=num_workers, precision=precision, progress=progress)
+                         num_workers=num_workers, precision=precision, progress=progress, readout=readout,
+                         readout_seed=readout_seed)
     p_first, picks = mmvp_text_picks(logits)
     correct = mmvp_pair_correct(picks)
     types = [p.pattern for p in pairs]
