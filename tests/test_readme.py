@@ -77,3 +77,14 @@ def test_the_block_finder_needs_the_marker():
     with pytest.raises(AssertionError, match="no ```python block"):
         python_api_block("```python\nprint(1)\n```\n")
     assert python_api_block(f"{MARKER}\n```python\nx = 1\n```\n") == "x = 1\n"
+
+
+def test_make_test_runs_everything_and_test_fast_leaves_out_the_slow_tier():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipes = dict(re.findall(r"^([\w-]+): \$\(STAMP\)\n\t(.*)$", makefile, flags=re.M))
+    assert "pytest" in recipes["test"] and "slow" not in recipes["test"], recipes["test"]  # every tier
+    assert '-m "not slow"' in recipes["test-fast"], recipes.get("test-fast")
+    for target in ("test", "test-fast"):  # pytest's exit 5 (nothing collected) is not a failure
+        assert "$(PYTEST_OK5)" in recipes[target]
+    assert re.search(r"^PYTEST_OK5 = .*-eq 5 \]; then .*exit 0", makefile, flags=re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
