@@ -346,13 +346,27 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="merge `un2clip eval` results into a Markdown table, a CSV and a chart")
-    p.add_argument("results", metavar="RESULTS_DIR", help="folder of result files (searched recursively)")
-    p.add_argument("--output", help="where report.md, report.csv, mmvp_patterns.png go (default RESULTS_DIR)")
+    p = sub.add_parser("report", help="merge `un2clip eval` results into a Markdown table, a CSV and a chart; "
+                                      "for a training run folder, draw its loss and learning-rate curves",
+                       description="RESULTS_DIR holding `un2clip eval` result files: report.md, report.csv and "
+                                   "mmvp_patterns.png. A training run folder (it holds metrics.jsonl): curves.png, "
+                                   "its loss and learning-rate curves (also written at the end of every run).")
+    p.add_argument("results", metavar="RESULTS_DIR",
+                   help="folder of result files (searched recursively), or a training run folder")
+    p.add_argument("--output", help="where report.md, report.csv, mmvp_patterns.png or curves.png go "
+                                    "(default RESULTS_DIR)")
 
     def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
         from un2clip.eval.report import write_report
 
+        if (Path(args.results) / "metrics.jsonl").is_file():  # a training run: its curves
+            from un2clip.train.curves import write_curves
+
+            path, note = write_curves(args.results, args.output)
+            print(note)
+            return 0 if path is not None or "matplotlib" in note else 2
         files = write_report(args.results, args.output)
         print(files.text)
         written = [files.markdown, files.csv] + ([files.chart] if files.chart else [])

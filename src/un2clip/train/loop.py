@@ -20,10 +20,9 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +32,13 @@ from un2clip.data.loader import make_loader
 from un2clip.data.sources import Source
 from un2clip.errors import RunStopped
 from un2clip.objectives.base import Objective
-from un2clip.train import perf
+from un2clip.train import perf, trackers
 from un2clip.train.config import RunConfig
+from un2clip.train.curves import write_curves
+from un2clip.train.skips import SkipMonitor, UnreadableDataError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class NonFiniteLossError(RunStopped):
@@ -73,11 +77,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
-
-
-class UnreadableDataError(ValueError):
-    """Too many of the images drawn could not be read; the run stopped before writing its models. Bad input
-    (exit status 2 at the command line), not a :class:`RunStopped`: the data must change before a resume."""
 
 
 @dataclass
@@ -142,10 +141,9 @@ class Trainer:
     (``resume_changes``, ``{field: [old, new]}``, is written into the first metrics line after the resume).
 
     Unreadable images are skipped and counted. A draw of a global batch none of whose images could be
-    read is not an optimiser step: nothing is updated and the next batch is drawn. When more than
-    ``cfg.max_skip_rate`` of the last ``cfg.skip_window`` images drawn (of all images drawn, for a run
-    that draws fewer) were unreadable, or none was readable over a whole pass, the run stops with
-    :class:`UnreadableDataError` naming some of them.
+    read is not an optimiser step: nothing is updated and the next batch is drawn. A
+    :class:`~un2clip.train.skips.SkipMonitor` (``cfg.max_skip_rate``, ``cfg.skip_window``) judges the counts;
+    when it says stop, the run raises :class:`UnreadableDataError` naming some of the unreadable images.
 
     ``cfg.compile``: ``torch.compile`` the objective's ``compile_targets()``, tried on the first batch,
     eager with a warning if compilation fails; ``cfg.channels_last``: NHWC convolution weights.
@@ -153,8 +151,7 @@ class Trainer:
 
     def __init__(self, objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
                  progress: bool = True, resume_changes: dict[str, list[Any]] | None = None):
-        if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+        cfg.validate()  # the config's rules (precision, step counts, skip rate, choices) are checked here only
         self.objective, self.source, self.cfg = objective, source, cfg
         self.resume, self.progress = resume, progress
         self.resume_changes = dict(resume_changes or {})
@@ -163,18 +160,31 @@ class Trainer:
         self.step, self.n_bad, self.last_loss = 0, 0, float("nan")
         self.samples = 0  # global samples drawn, skipped draws included: the data position
         self.skipped_steps = 0  # draws of a global batch without one readable image
-        self._draws: deque[tuple[int, int]] = deque()  # (drawn, unreadable) per micro-step, the recent window
-        self._all_bad_run = 0  # images drawn since the last readable one
-        self._bad_keys: deque[str] = deque(maxlen=5)  # this process's most recent unreadable images
+        self.skips = SkipMonitor(max_rate=cfg.max_skip_rate, window=cfg.skip_window, source_size=len(source))
         self._micro_batches = 0  # micro-batches this process took from its loader
+        self._step_images = 0  # readable images of the optimiser step being drawn (all processes)
         self._pending_note: dict[str, Any] | None = None
+        self._grad_norm = float("nan")  # gradient norm of the optimiser step just made (before clipping)
+        self.trackers = trackers.tracker_names(cfg.report_to)  # accelerate trackers (--report-to)
+        # built by setup()
+        self.accelerator: Accelerator | None = None
+        self.micro = 0  # images per micro-batch and process
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.model: torch.nn.Module | None = None  # the objective as accelerate prepared it (DDP-wrapped when many)
+        self.sampler: Any = None  # the loader's sampler: which samples a micro-batch drew
+        self._loader_start = 0  # the data position the loader started from
+        self.batches: Any = None  # iterator of micro-batches (None: all unreadable)
 
     def setup(self) -> Trainer:
+        trackers.check_tracker_packages(self.trackers)  # a missing package: a one-line error before any step
         self._setup_accelerator()
         self._setup_objective()
         self._setup_optimizer()
         if self.resume:
             self._restore()
+        self._setup_trackers()
+        self.sched = self._scheduler()
         self._setup_data()
         return self
 
@@ -183,7 +193,8 @@ class Trainer:
 
         cfg = self.cfg
         self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.precision, cfg.precision),
-                                       gradient_accumulation_steps=cfg.grad_accum)
+                                       gradient_accumulation_steps=cfg.grad_accum,
+                                       log_with=self.trackers or None, project_dir=str(self.output))
         world = self.accelerator.num_processes
         if cfg.batch_size % (world * cfg.grad_accum):
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by processes ({world}) x "
@@ -191,6 +202,22 @@ class Trainer:
         self.micro = cfg.batch_size // (world * cfg.grad_accum)
         if self.accelerator.is_main_process:
             self.output.mkdir(parents=True, exist_ok=True)
+
+    def _setup_trackers(self) -> None:
+        """Start the ``--report-to`` trackers on the main process; a resume continues their run (same
+        TensorBoard folder, steps after the checkpoint purged; the W&B run id kept in the run folder)."""
+        accelerator = self.accelerator
+        if not self.trackers or not accelerator.is_main_process:
+            return
+        init_kwargs = trackers.tracker_init_kwargs(self.trackers, self.output, resumed_step=self.step)
+        if "wandb" in init_kwargs:
+            import dataclasses
+
+            init_kwargs["wandb"]["config"] = dataclasses.asdict(self.cfg)
+            accelerator.print(trackers.wandb_mode_note())
+        accelerator.init_trackers(trackers.PROJECT, init_kwargs=init_kwargs)
+        if "tensorboard" in self.trackers:
+            accelerator.print(f"TensorBoard: tensorboard --logdir {self.output}")
 
     def _setup_objective(self) -> None:
         cfg, objective = self.cfg, self.objective
@@ -206,8 +233,20 @@ class Trainer:
         cfg = self.cfg
         self.opt = make_optimizer(self.objective.trainable_parameters(), name=cfg.optimizer, lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(
-            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule))
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """The schedule of this run's settings, at optimiser step ``self.step`` (0, or the restored step).
+
+        Its base rate is ``cfg.lr`` and the next step's rate ``cfg.lr`` x the schedule's factor at ``self.step``
+        (a resume may change --lr and --max-steps); with unchanged settings a resumed run gets back exactly
+        the rates it saved (the same product). LambdaLR's ``last_epoch`` counts the optimiser steps.
+        """
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["initial_lr"] = cfg.lr
+        return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule),
+            last_epoch=self.step - 1)
 
     def _restore(self) -> None:
         found = runs.newest_intact_checkpoint(self.output)  # partial and damaged ones: passed over, with a warning
@@ -216,34 +255,18 @@ class Trainer:
         saved = runs.load_checkpoint(found, verify=False)  # just verified
         device = self.accelerator.device
         self.objective.load_trainable_state_dict({k: v.to(device) for k, v in saved["trainable"].items()})
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
+        self.opt.load_state_dict(saved["optimizer"])  # the schedule is rebuilt at the restored step (setup)
         torch.set_rng_state(saved["rng"]["torch"])
         state = saved["state"]
         self.step, self.n_bad = int(state["step"]), int(state.get("n_bad", 0))
         self.samples = int(state.get("samples_seen", self.step * self.cfg.batch_size))
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._override_lr(self.cfg.lr)
         if self.accelerator.is_main_process:
             _truncate_metrics(self.metrics_path, self.step)
         if self.resume_changes:
             self._pending_note = {"resumed_at": self.step, "changed": self.resume_changes}
         changed = "".join(f", {k} {a} -> {b}" for k, (a, b) in self.resume_changes.items())
         self.accelerator.print(f"resuming from {found} (step {self.step}{changed})")
-
-    def _override_lr(self, lr: float) -> None:
-        """Make ``lr`` the base learning rate of the restored optimiser and scheduler, and the next step's rate
-        ``lr`` x the schedule's factor under this run's settings (a resume may change --lr and --max-steps).
-
-        Unchanged settings give back exactly the restored rates (the same product LambdaLR computes).
-        """
-        sched = self.sched
-        sched.base_lrs = [lr] * len(sched.base_lrs)
-        factor = lr_factor(sched.last_epoch, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps,
-                           schedule=self.cfg.lr_schedule)
-        for group in self.opt.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
-        sched._last_lr = [group["lr"] for group in self.opt.param_groups]
 
     def _setup_data(self) -> None:
         cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
@@ -325,41 +348,28 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _note_unreadable(self, batch: dict[str, Any] | None) -> None:
-        """Remember the keys of the unreadable images of the micro-batch just drawn (for the error message)."""
+        """Give the skip monitor the keys of the unreadable images of the micro-batch just drawn (for the error)."""
         drawn = self.sampler.batch_indices(self._loader_start, self._micro_batches - 1, self.micro)
         readable = [] if batch is None else batch["index"].tolist()
         for index in readable:
             if index in drawn:
                 drawn.remove(index)
-        self._bad_keys.extend(self.source.key(i) for i in drawn)
+        self.skips.remember(self.source.key(i) for i in drawn)
 
     def _count_draws(self, drawn: int, bad: int) -> None:
-        """Add one micro-step's global counts to the skip window; stop the run when too many were unreadable."""
-        cfg = self.cfg
+        """Add one micro-step's global counts to the run's totals and the skip monitor; stop when it says so."""
         self.samples += drawn
         self.n_bad += bad
-        self._all_bad_run = self._all_bad_run + drawn if bad == drawn else 0
-        self._draws.append((drawn, bad))
-        while len(self._draws) > 1 and sum(d for d, _ in self._draws) - self._draws[0][0] >= cfg.skip_window:
-            self._draws.popleft()
-        if self._all_bad_run >= max(len(self.source), cfg.skip_window):
-            self._stop_unreadable(f"none of the last {self._all_bad_run} images drawn could be read")
-        n = sum(d for d, _ in self._draws)
-        if n >= cfg.skip_window:
-            self._check_skip_rate()
+        self._stop_if_unreadable(self.skips.record(drawn, bad))
 
-    def _check_skip_rate(self) -> None:
-        n, bad = sum(d for d, _ in self._draws), sum(b for _, b in self._draws)
-        if n and bad / n > self.cfg.max_skip_rate:
-            self._stop_unreadable(f"{bad} of the last {n} images drawn ({bad / n:.0%}) could not be read, "
-                                  f"more than --max-skip-rate {self.cfg.max_skip_rate:g}")
-
-    def _stop_unreadable(self, what: str) -> None:
+    def _stop_if_unreadable(self, why: str | None) -> None:
+        if why is None:
+            return
         last = runs.latest_checkpoint(self.output)
-        examples = ", ".join(dict.fromkeys(reversed(self._bad_keys)))
+        examples = ", ".join(self.skips.examples())
         where = f" under {self.source.spec}" if self.source.kind == "folder" else ""
         raise UnreadableDataError(
-            f"{what} (missing, empty or corrupt files{where}, e.g. {examples or 'on other processes'}); "
+            f"{why} (missing, empty or corrupt files{where}, e.g. {examples or 'on other processes'}); "
             f"the run stopped at step {self.step}, last checkpoint: {last or 'none written yet'}. "
             f"Check the paths in {self.cfg.data}, or raise --max-skip-rate / --skip-window to train on what "
             "is readable.")
@@ -399,8 +409,10 @@ class Trainer:
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 if self._step_images:  # a draw without one readable image updates nothing
-                    if self.cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(objective.trainable_parameters(), self.cfg.max_grad_norm)
+                    # the norm before clipping; no --max-grad-norm: an infinite bound measures and leaves them alone
+                    norm = accelerator.clip_grad_norm_(objective.trainable_parameters(),
+                                                       self.cfg.max_grad_norm or math.inf)
+                    self._grad_norm = float(norm) if norm is not None else float("nan")
                     self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
         extras = {k: v for k, v in out.items() if k != "loss"}
@@ -447,11 +459,15 @@ class Trainer:
                     now = time.perf_counter()
                     ips = cfg.batch_size / max(now - t_last, 1e-9)
                     record = {"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
-                              "images_per_s": ips, "n_bad": self.n_bad, "skipped_steps": self.skipped_steps, **extras}
+                              "grad_norm": self._grad_norm, "images_per_s": ips, "n_bad": self.n_bad,
+                              "skip_rate": self.n_bad / max(self.samples, 1), "skipped_steps": self.skipped_steps,
+                              **extras}
                     if self._pending_note:
                         record.update(self._pending_note)
                     self._pending_note = None
                     metrics_error = self._append_metrics(record)
+                    if self.trackers:
+                        accelerator.log(trackers.scalars(record), step=self.step)
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{ips:.1f}")
                     bar.update(1)
                     t_last = now
@@ -462,15 +478,28 @@ class Trainer:
                         self._stop_now(saved, signals.received, metrics_error)
             finally:
                 bar.close()
-        if sum(d for d, _ in self._draws) < cfg.skip_window:  # a run shorter than the window: judge all it drew
-            self._check_skip_rate()
+                if self.trackers:
+                    accelerator.end_training()  # flush and close the trackers' files, also when the run stops
+        self._stop_if_unreadable(self.skips.final_verdict())  # a run shorter than the window: all it drew
         self._write_models()
+        self._write_curves()
         if self.n_bad:
             skipped = f" ({self.skipped_steps} draw(s) without a readable image, not counted as steps)" \
                 if self.skipped_steps else ""
             accelerator.print(f"skipped {self.n_bad} unreadable image(s) during training{skipped}")
         return TrainResult(step=self.step, samples_seen=self.samples, n_bad=self.n_bad,
                            last_loss=self.last_loss, output=self.output)
+
+    def _write_curves(self) -> None:
+        """curves.png (loss, learning rate) into the run folder (main process); a missing matplotlib or a
+        failed write is a note, not a failure: the run's models are written already."""
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            _, note = write_curves(self.output)
+        except (OSError, ValueError) as err:
+            note = f"no loss curve: {err}"
+        self.accelerator.print(note)
 
     def _stop_now(self, saved: bool, signal_name: str | None, metrics_error: OSError | None) -> None:
         """Checkpoint the step just finished (unless it was) and raise :class:`RunStopped` saying why."""

@@ -18,6 +18,7 @@ from un2clip.objectives.base import Objective
 from un2clip.registry import Registry
 from un2clip.train.config import RESUMABLE, RunConfig, changed_fields, config_notes, load_config
 from un2clip.train.loop import TrainResult, dump_run_info, train
+from un2clip.train.trackers import check_tracker_packages, tracker_names
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     from un2clip.data import open_source
 
     build = OBJECTIVES.lookup(cfg.objective)
+    check_tracker_packages(tracker_names(cfg.report_to))  # before any model loads
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
     source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from un2clip.train.curves import CURVES_PNG
+
 ZEROSHOT_SETS = ("shape", "color")
 # ClearCLIP on the world's 64 px segmentation scenes: the tiny CLIP sees 32 px (a 4 x 4 patch grid),
 # so a 32 px window sliding by 16 px. A pixel whose top probability is under 0.7 becomes background
@@ -280,6 +282,11 @@ def write_report(out: Path, results: dict[str, dict[str, float]]) -> Path:
         lines += ["![reconstructions](eval/reconstructions.png)", "",
                   "Rows: a held-out image, then the decoder's sample from each model's embedding "
                   f"({', '.join(results)}), same seed.", ""]
+    curves = out / "finetune" / CURVES_PNG  # written at the end of the fine-tune run
+    if curves.exists():
+        lines += ["## Fine-tune", "", f"![fine-tune loss and learning rate](finetune/{CURVES_PNG})", "",
+                  "The un²CLIP fine-tune's training loss (the frozen decoder's diffusion loss) and learning rate "
+                  "per step (finetune/metrics.jsonl).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
