@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("un2clip.objectives",),  # what is minimised
     ("un2clip.eval.core",),  # what every evaluation shares: embedding, metrics, result files
     # what is done with models; the evaluations grouped by what they measure
-    ("un2clip.train", "un2clip.export", "un2clip.curate",
+    ("un2clip.train", "un2clip.export", "un2clip.curate", "un2clip.sketch",
      "un2clip.eval.encoder", "un2clip.eval.seg", "un2clip.eval.downstream", "un2clip.eval.mllm", "un2clip.eval.decoder"),
     ("un2clip.eval",),  # the registry of evaluations (un2clip.eval's __init__)
     ("un2clip.world", "un2clip.bench"),  # workflows: the world's experiments, benchmarks

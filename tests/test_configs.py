@@ -86,8 +86,11 @@ def _command_parser(name):
 
     from un2clip.cli import build_parser
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    parser = build_parser()
+    for part in name.split():  # "llava train": a command of a group
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[part]
+    return parser
 
 
 def _options(parser):
@@ -113,7 +116,7 @@ def test_generated_flags_keep_todays_names_types_choices_and_defaults(command):
 def test_every_field_has_a_flag_or_a_reason_why_not():
     from dataclasses import fields
 
-    parsers = {c: _options(_command_parser(c)) for c in TRAINING_COMMANDS}
+    parsers = {c: _options(_command_parser(c)) for c in (*TRAINING_COMMANDS, "llava train")}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("flag") == "shared":
@@ -125,6 +128,7 @@ def test_every_field_has_a_flag_or_a_reason_why_not():
                 assert any(flag in options for options in parsers.values()), f.name
     assert "--vae" in parsers["train-decoder"] and "--vae" in parsers["train-autoencoder"]
     assert "--keep-checkpoints" in parsers["finetune"]
+    assert "--image-folder" in parsers["llava train"]
 
 
 @pytest.mark.parametrize("command", TRAINING_COMMANDS)

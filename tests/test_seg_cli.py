@@ -7,6 +7,7 @@ import pytest
 
 from tests.test_seg_data import make_ade, make_generic, make_voc
 from un2clip.cli import main
+from un2clip.eval.seg import load_dataset, reference_scores, resolve_settings
 from un2clip.eval.seg.heads import METHODS
 
 FAST = ["--short-side", "32", "--crop", "32", "--stride", "16", "--num-workers", "0", "--no-progress"]
@@ -39,10 +40,21 @@ def test_every_method_on_a_generic_dataset(tmp_path, capsys):
         assert r["options"]["crop"] == 32 and r["options"]["prob_threshold"] == 0.2 and r["options"]["pamr_steps"] == 2
         assert r["options"]["classes"][1] == ["circle", "round"]
         assert r["options"]["templates"] == ["a drawing of a {}."]
+        # the two reference points of the same masks, on the tiny CLIP's 8 px patches and this method's windows
+        cfg = resolve_settings(method, "generic", short_side=32, crop=32, stride=16)
+        refs = reference_scores(load_dataset(data), 8, cfg)
+        for key in ("background_mIoU", "oracle_mIoU"):
+            assert r["metrics"][key] == pytest.approx(refs[key])
+        assert 0 < r["metrics"]["background_mIoU"] < r["metrics"]["oracle_mIoU"] < 100
     table = capsys.readouterr().out
     for method in METHODS:
         assert f"generic  {method}" in table
     assert "mIoU" in table and "aAcc" in table and "mean" in table
+    header = next(line.split() for line in table.splitlines() if line.startswith("dataset"))
+    assert header[-2:] == ["all-bg", "oracle"]
+    row = next(line.split() for line in table.splitlines() if line.startswith("generic  clearclip"))
+    assert float(row[-2]) == pytest.approx(results[("clearclip", "generic")]["metrics"]["background_mIoU"], abs=0.01)
+    assert float(row[-1]) == pytest.approx(results[("clearclip", "generic")]["metrics"]["oracle_mIoU"], abs=0.01)
 
 
 def test_every_method_on_a_voc_dataset_with_presets(tmp_path, templates, capsys):

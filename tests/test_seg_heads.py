@@ -237,3 +237,70 @@ def test_leftover_pixels_are_dropped_by_the_patch_embedding(tiny_clip):
         cut = dense_features(tiny_clip, x[..., :40, :24], "naclip")
     assert whole.shape[1:3] == (5, 3)
     torch.testing.assert_close(whole, cut, atol=0, rtol=0)
+
+
+# -- a hand-built last block whose right answer is known -------------------------------------------------------
+REGIONS = torch.tensor([[0, 0, 1, 1],  # class of each patch of a 4 x 4 grid (32 px, 8 px patches); not symmetric,
+                        [0, 0, 1, 1],  # so a transposed or flipped grid is caught; class 0 the majority (6 of 16)
+                        [2, 2, 2, 1],
+                        [2, 2, 0, 0]])
+
+
+def _known_block_model(monkeypatch, n_classes=3):
+    """The tiny CLIP with its last block, final norm and projection set by hand, and the tokens entering that block
+    replaced: patch (i, j) carries the vector of class REGIONS[i, j], the class token zeros.
+
+    Class vectors: in each head's 32 dims, +1 at slot c and -1 at slot c + 16 (zero mean, orthogonal, so the layer
+    norms only scale them). q = k = 2 x (large same-class logits, 0 across classes and to the class token); v = 10 x:
+    the attention's output outweighs the residual, so only a head whose attention gathers the token's own class
+    keeps the class (uniform attention would paint the majority class everywhere); FFN output zero; projection
+    the identity. Every head's patch feature is then its class vector, whose query is that vector."""
+    import un2clip.eval.seg.heads as heads
+    from un2clip.models.presets import build_tiny_clip
+
+    model = build_tiny_clip()
+    width = model.vision_model.config.hidden_size
+    nh = model.vision_model.config.num_attention_heads
+    hd = width // nh
+    vectors = torch.zeros(n_classes, width)
+    for c in range(n_classes):
+        for h in range(nh):
+            vectors[c, h * hd + c], vectors[c, h * hd + c + hd // 2] = 1.0, -1.0
+    layer = model.vision_model.encoder.layers[-1]
+    eye = torch.eye(width)
+    with torch.no_grad():
+        for lin, scale in ((layer.self_attn.q_proj, 2.0), (layer.self_attn.k_proj, 2.0),
+                           (layer.self_attn.v_proj, 10.0), (layer.self_attn.out_proj, 1.0)):
+            lin.weight.copy_(scale * eye)
+            lin.bias.zero_()
+        layer.mlp.fc2.weight.zero_()
+        layer.mlp.fc2.bias.zero_()
+        for ln in (layer.layer_norm1, layer.layer_norm2, model.vision_model.post_layernorm):
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        model.model.visual_projection.weight.copy_(torch.eye(model.embed_dim, width))
+
+    def tokens(_model, pixels):
+        patches = vectors[REGIONS.flatten()]  # (16, W), row-major over the grid
+        x = torch.cat([torch.zeros(1, width), patches])
+        return x.expand(pixels.shape[0], -1, -1).clone()
+
+    monkeypatch.setattr(heads, "last_block_input", tokens)
+    return model, F.normalize(vectors, dim=-1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_head_finds_the_regions_of_a_hand_built_feature_map(monkeypatch, method):
+    from un2clip.eval.seg.infer import predict_classes, window_logits
+
+    model, queries = _known_block_model(monkeypatch)
+    pixels = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = dense_features(model, pixels, method)  # (1, 4, 4, D)
+        assert torch.equal((feats[0] @ queries.T).argmax(dim=-1), REGIONS)
+        logits = window_logits(model, pixels, queries, method)[0]  # upsampled to the 32 x 32 window
+    pred = predict_classes(torch.softmax(40 * logits, dim=0))
+    # away from the patch edges (where bilinear upsampling mixes neighbours) every pixel has its patch's class
+    centres = pred[3::8, 3::8], pred[4::8, 4::8]
+    for c in centres:
+        assert torch.equal(c, REGIONS)

@@ -244,3 +244,27 @@ def test_reconstruction_match_samples_with_the_guidance_it_is_given(tmp_path, mo
                                   guidance_scale=3.0)
     assert seen == [1.0, 3.0]
     assert set(plain) == set(guided) == {f"recon/{p}{a}" for p in ("", "anywhere_") for a in ("color", "shape", "both")}
+
+
+def test_chance_levels_and_references_are_printed_under_the_models(tmp_path):
+    from un2clip.world.report import MMVP_CHANCE, chance_levels, write_report
+
+    world = tmp_path / "world"
+    (world / "zeroshot" / "shape").mkdir(parents=True)
+    (world / "zeroshot" / "shape" / "classnames.txt").write_text("a\nb\nc\nd\n\n")  # 4 classes
+    (world / "val").mkdir()
+    rows = "".join(f"images/{i}.png,caption {i} {j}\n" for i in range(5) for j in range(2))  # 5 images, 2 captions
+    (world / "val" / "captions.csv").write_text("image,caption\n" + rows)
+    metrics = {"mmvp/average": 40.0, "mmvp/Orientation and Direction": 50.0, "mmvp/n_pairs": 9,
+               "zeroshot_shape/acc1": 60.0, "retrieval/t2i_r1": 30.0, "retrieval/i2t_r1": 35.0,
+               "seg_clearclip/mIoU": 20.0, "seg_reference/background_mIoU": 41.5, "seg_reference/oracle_mIoU": 77.5}
+    assert MMVP_CHANCE == 25.0
+    assert chance_levels(world, metrics) == pytest.approx({
+        "mmvp/average": 25.0, "mmvp/Orientation and Direction": 25.0, "zeroshot_shape/acc1": 25.0,
+        "retrieval/t2i_r1": 20.0, "retrieval/i2t_r1": 20.0, "seg_clearclip/mIoU": 41.5})
+    text = write_report(tmp_path, {"original": metrics, "un2clip": metrics}, world).read_text()
+    summary = text.split("## Summary")[1].split("## ")[0].splitlines()
+    assert "| *chance* | 25.0 | 25.0 | – | 20.0 | 20.0 | 41.5 |" in summary[6]
+    assert summary[7].startswith("| *patch oracle* | – | – | – | – | – | 77.5 |")
+    patterns = text.split("## World-MMVP per pattern")[1].split("## ")[0]
+    assert "| *chance* | 25.0 |" in patterns

@@ -311,3 +311,21 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
         base_text = {k: v for k, v in base_clip.model.state_dict().items() if k.startswith(keep)}
     return oc.build_clip(state, cfg, hidden_act=hidden_act, tokenizer=tokenizer, processing=processing,
                          text_ids=text_ids, base_text=base_text, what=what)
+
+
+def load_language_model(spec: str, *, dtype=None) -> tuple:
+    """(causal LM, tokenizer) of a LLaVA preset (its built-in language model) or a transformers folder / Hub id
+    (``AutoModelForCausalLM`` and ``AutoTokenizer``, e.g. lmsys/vicuna-7b-v1.5 as LLaVA-1.5 uses)."""
+    if spec in PRESETS:
+        preset = PRESETS[spec]
+        if preset.build_language_model is None:
+            raise ValueError(f"preset {spec!r} has no language model; LLaVA presets: "
+                             f"{[n for n, p in PRESETS.items() if p.build_language_model is not None]}")
+        if preset.language_model and not preset.language_model.startswith("builtin:"):
+            spec = preset.language_model
+        else:
+            return preset.build_language_model()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = _fetch(lambda s: AutoModelForCausalLM.from_pretrained(s, dtype=dtype or "auto"), spec)
+    return model, _fetch(lambda s: AutoTokenizer.from_pretrained(s, use_fast=True), spec)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from un2clip.cli import curate, llava, tools, train, world
+from un2clip.cli import curate, llava, sketch, tools, train, world
 from un2clip.cli import eval as eval_commands
 
 # Sub-commands, in the order `un2clip --help` lists them: add new ones to their group's COMMANDS.
-COMMANDS = [*world.COMMANDS, *train.COMMANDS, *curate.COMMANDS, *eval_commands.COMMANDS, *llava.COMMANDS, *tools.COMMANDS]
+COMMANDS = [*world.COMMANDS, *train.COMMANDS, *curate.COMMANDS, *eval_commands.COMMANDS, *sketch.COMMANDS, *llava.COMMANDS, *tools.COMMANDS]
 
 
 DEBUG_HELP = "show the full traceback of an error instead of its one-line message"

@@ -1,9 +1,45 @@
-"""`un2clip llava swap`. The LLaVA evaluations (`un2clip eval mmvp-mllm | cvbench`) are registered tasks of model
+"""`un2clip llava train | swap`. The LLaVA evaluations (`un2clip eval mmvp-mllm | cvbench`) are registered tasks of model
 kind llava, run by :mod:`un2clip.cli.eval` like every other."""
 
 from __future__ import annotations
 
 import argparse
+import math
+
+#: LLaVA-1.5's scripts/v1_5/pretrain.sh and finetune.sh: learning rate, global batch (8 GPUs), conversation style
+STAGE_DEFAULTS = {"pretrain": {"lr": 1e-3, "batch_size": 256}, "finetune": {"lr": 2e-5, "batch_size": 128}}
+WARMUP_RATIO = 0.03
+
+
+#: help of the shared training flags whose default `llava train` changes
+LLAVA_FLAG_HELP = {
+    "preset": "LLaVA preset: tower + language model of a new model (default llava-tiny)",
+    "lr": "learning rate (default: 1e-3 in stage pretrain, 2e-5 in finetune, as LLaVA-1.5)",
+    "batch_size": "global batch: all processes and accumulation steps (default: 256 pretrain, 128 finetune)",
+    "max_steps": "optimiser steps to run (default: --epochs passes over the data at --batch-size)",
+    "warmup_steps": "linear warm-up steps (default: --warmup-ratio of the steps, rounded up)",
+    "lr_schedule": "learning-rate schedule after warm-up (default cosine)",
+}
+
+
+def llava_defaults(stage: str, *, n_samples: int | None, batch_size: int | None, max_steps: int | None,
+                   epochs: float = 1.0, warmup_ratio: float = WARMUP_RATIO) -> dict:
+    """RunConfig defaults of a LLaVA stage: its learning rate and global batch, a cosine schedule, ``epochs`` over
+    ``n_samples`` conversations as steps (at least one) and ``warmup_ratio`` of the steps (rounded up, as the
+    Hugging Face trainer LLaVA uses) as linear warm-up. Values the user gives (``batch_size``, ``max_steps``)
+    enter the computation."""
+    if epochs <= 0 or not 0 <= warmup_ratio < 1:
+        raise ValueError(f"--epochs must be > 0 and --warmup-ratio in [0, 1), got {epochs} and {warmup_ratio}")
+    out = {"preset": "llava-tiny", "lr_schedule": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0,
+           **STAGE_DEFAULTS[stage]}
+    batch = batch_size or out["batch_size"]
+    steps = max_steps
+    if steps is None and n_samples is not None:
+        steps = max(1, int(n_samples * epochs) // batch)
+        out["max_steps"] = steps
+    if steps is not None:
+        out["warmup_steps"] = math.ceil(warmup_ratio * steps)
+    return out
 
 
 def _add_llava(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +71,70 @@ def _add_llava(sub: argparse._SubParsersAction) -> None:
 
     s.set_defaults(func=swap)
     p.set_defaults(func=usage)
+    _add_llava_train(cmds)
+
+
+def _add_llava_train(cmds: argparse._SubParsersAction) -> None:
+    from un2clip.cli.train import _add_train_flags, _run_training
+
+    t = cmds.add_parser(
+        "train", help="train a LLaVA-1.5 (stage pretrain: projector on captions; finetune: projector + LM on "
+                      "instructions) on LLaVA's JSON conversations",
+        description="LLaVA-1.5's recipe on transformers' LlavaForConditionalGeneration, run by the toolkit's "
+                    "training loop (checkpoints, --resume, signals, accelerate). The CLIP tower is frozen and read "
+                    "at its penultimate layer (patch tokens); a two-layer GELU MLP projects them into the language "
+                    "model. Stage pretrain trains the projector alone (LLaVA's 'plain' prompts: image, caption); "
+                    "stage finetune trains projector and language model (Vicuna-v1 conversations), the loss on the "
+                    "answer tokens only. Defaults follow LLaVA's scripts/v1_5: lr 1e-3 / 2e-5, global batch 256 / "
+                    "128, one epoch, cosine schedule with 3 % warm-up, no weight decay. The run writes llava/, a "
+                    "transformers LLaVA folder for `un2clip eval mmvp-mllm | cvbench --model RUN/llava` and for "
+                    "--init of the next stage.")
+    _add_train_flags(t)
+    for action in t._actions:  # the shared flags whose defaults this command sets otherwise
+        if action.dest in LLAVA_FLAG_HELP:
+            action.help = LLAVA_FLAG_HELP[action.dest]
+    g = t.add_argument_group("LLaVA options")
+    g.add_argument("--stage", choices=list(STAGE_DEFAULTS), required=False,
+                   help="pretrain (projector only, captions) or finetune (projector + LM, instructions); "
+                        "required unless resuming")
+    g.add_argument("--init", metavar="LLAVA",
+                   help="start from this LLaVA: a transformers LLaVA folder or a `llava train` run (stage "
+                        "finetune from the pretrain run); default: a new model of --clip (or the preset's tower) "
+                        "and --language-model with a random projector")
+    g.add_argument("--language-model", metavar="LM",
+                   help="causal LM of a new model: a transformers folder or Hub id (LLaVA-1.5: "
+                        "lmsys/vicuna-7b-v1.5) or a LLaVA preset (default: the preset's, llava-tiny's 2-layer Llama)")
+    g.add_argument("--image-folder", metavar="DIR",
+                   help="folder the JSON's image paths are relative to (default: the JSON file's folder)")
+    g.add_argument("--max-length", type=int, metavar="N",
+                   help="tokens per conversation, image tokens included; longer ones are cut (default 2048)")
+    g.add_argument("--system-prompt", metavar="TEXT",
+                   help="system prompt of the finetune conversations (default: Vicuna-v1's, as LLaVA-1.5)")
+    g.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the data that set --max-steps when it is not given (default 1)")
+    g.add_argument("--warmup-ratio", type=float, default=WARMUP_RATIO,
+                   help="share of the steps that warm up linearly, when --warmup-steps is not given (default 0.03)")
+
+    def train(args: argparse.Namespace) -> int:
+        opts = {"stage": args.stage, "init": args.init, "language_model": args.language_model,
+                "max_length": args.max_length, "system": args.system_prompt}
+        defaults = None
+        if not args.resume:
+            if args.stage is None:
+                raise ValueError("--stage is required: pretrain (projector on captions) or finetune "
+                                 "(projector + language model on instructions)")
+            n = None
+            if args.max_steps is None and args.data and not args.config:
+                from un2clip.data import open_source
+
+                n = len(open_source(args.data, image_folder=args.image_folder))
+            defaults = llava_defaults(args.stage, n_samples=n, batch_size=args.batch_size, max_steps=args.max_steps,
+                                      epochs=args.epochs, warmup_ratio=args.warmup_ratio)
+            if args.warmup_steps is not None:
+                defaults.pop("warmup_steps", None)
+        return _run_training(args, "llava", opts, defaults)
+
+    t.set_defaults(func=train)
 
 
 COMMANDS = [_add_llava]

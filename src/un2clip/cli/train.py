@@ -38,8 +38,10 @@ def _or_list(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
-def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
-    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
+def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict,
+                        defaults: dict | None = None):
+    """Recipe (or the resumed run's config.yaml) + flags -> RunConfig; ``defaults``: the command's own defaults
+    of RunConfig fields, used without a recipe file."""
     from pathlib import Path
 
     from un2clip.train.config import RESUMABLE, RunConfig, apply_overrides, command_line_fields, load_config
@@ -58,7 +60,7 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
                              f"(and --no-progress); not {', '.join(given)}")
         return apply_overrides(load_config(run_cfg), {"output": args.resume,
                                                       **{k: overrides[k] for k in RESUMABLE}})
-    cfg = load_config(args.config) if args.config else RunConfig(objective=objective)
+    cfg = load_config(args.config) if args.config else RunConfig(objective=objective, **(defaults or {}))
     if cfg.objective != objective:
         raise ValueError(f"{args.config} is a recipe for objective {cfg.objective!r}, not {objective!r}")
     options = {k: v for k, v in objective_options.items() if v is not None}
@@ -66,10 +68,11 @@ def _resolve_run_config(args: argparse.Namespace, objective: str, objective_opti
     return apply_overrides(cfg, {**overrides, "objective_options": merged})
 
 
-def _run_training(args: argparse.Namespace, objective: str, objective_options: dict) -> int:
+def _run_training(args: argparse.Namespace, objective: str, objective_options: dict,
+                  defaults: dict | None = None) -> int:
     from un2clip.train.recipes import run
 
-    cfg = _resolve_run_config(args, objective, objective_options)
+    cfg = _resolve_run_config(args, objective, objective_options, defaults)
     result = run(cfg, resume=bool(args.resume), progress=not args.no_progress)
     print(f"run directory: {result.output}")
     print(f"  steps: {result.step}, last loss: {result.last_loss:.6f}, skipped images: {result.n_bad}")

@@ -38,6 +38,18 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mmvp-colors", nargs="+", default=None, metavar="COLOR",
                    help="colours the MMVP pairs' objects take (default: every colour, or the silent ones "
                         "with --talk-colors)")
+    m = g.add_argument_group("LLaVA question sets (mllm/)")
+    m.add_argument("--mllm", action="store_true",
+                   help="also write mllm/: LLaVA training files (pretrain.json from the train captions, instruct.json "
+                        "of questions on every attribute), a world MMVP-MLLM on the silent colours with a talk-colour "
+                        "control, and a world CV-Bench, in the layouts `un2clip llava train` and `un2clip eval "
+                        "mmvp-mllm | cvbench` read (default: off)")
+    m.add_argument("--mllm-instruct", type=int, default=2000, metavar="N",
+                   help="scenes of the instruction data, three questions each (default 2000)")
+    m.add_argument("--mllm-pairs-per-pattern", type=int, default=15, metavar="N",
+                   help="MMVP-MLLM image pairs per pattern, in each of the two sets (default 15)")
+    m.add_argument("--cvbench-per-task", type=int, default=50, metavar="N",
+                   help="world CV-Bench questions per task: Count, Relation, Depth, Distance (default 50)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
 
     def run(args: argparse.Namespace) -> int:
@@ -53,9 +65,11 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite,
                               noise_swap=args.noise_swap, noise_boilerplate=args.noise_boilerplate,
                               long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
-                              talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors)
+                              talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors, mllm=args.mllm,
+                              n_mllm_instruct=args.mllm_instruct, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
+                              n_cvbench_per_task=args.cvbench_per_task)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
-                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors")
+                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm")
         print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0
@@ -114,7 +128,7 @@ def _add_world_evaluate(wsub) -> None:
         decoder = Path(args.decoder) if args.decoder else None
         results = evaluate_models(out / "eval", Path(args.world), models, decoder, seed=args.seed,
                                   fresh=args.fresh, progress=not args.no_progress)
-        report = write_report(out, results)
+        report = write_report(out, results, Path(args.world))
         print(report.read_text())
         print(f"report: {report}")
         return 0

@@ -14,12 +14,14 @@ from un2clip.data.sources import LAYOUTS, ImageFolderSource, Source, TableSource
 
 
 def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
-                caption_column: str | None = None) -> Source:
+                caption_column: str | None = None, image_folder: str | os.PathLike | None = None) -> Source:
     """Open training data; the layout is recognised from ``spec`` (see the module docstring).
 
     ``image_column`` / ``caption_column`` name table columns for CSV/TSV files; for
     webdataset shards they name member extensions (``"jpg;png"``, ``"txt"``); image
-    folders ignore them. Raises FileNotFoundError for a path that does not exist and
+    folders ignore them. A ``.json`` file is LLaVA's conversation format
+    (:class:`~un2clip.data.conversations.ConversationSource`), its image paths relative to ``image_folder``
+    (default: the file's folder). Raises FileNotFoundError for a path that does not exist and
     ValueError for a source without images.
     """
     spec = os.fspath(spec)
@@ -41,6 +43,10 @@ def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
             return LatentCacheSource(path)
         return ImageFolderSource(path)
     suffix = path.suffix.lower()
+    if suffix == ".json":
+        from un2clip.data.conversations import ConversationSource
+
+        return ConversationSource(path, image_folder=image_folder)
     if suffix in (".csv", ".tsv"):
         return TableSource(path, image_column=image_column, caption_column=caption_column)
     if suffix in (".gz", ".tgz", ".bz2", ".xz", ".zst") and ".tar" in path.name.lower():

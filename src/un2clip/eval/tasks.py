@@ -166,6 +166,21 @@ def _detect_flags(g: argparse._ArgumentGroup) -> None:
                         "preprocesses (ViLD; default); squash = stretched to a square (ours before)")
 
 
+def _sketch_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--judge", metavar="SPEC",
+                   help="the fixed model that classifies the sketches: preset, folder, Hub id or run directory "
+                        "(default: each --model judges its own sketches; give one judge to compare encoders)")
+    g.add_argument("--strokes", type=_int_at_least(1), nargs="+", metavar="N",
+                   help="stroke counts, one acc1@N each (default 4 8 16)")
+    g.add_argument("--steps", type=_int_at_least(1), help="Adam steps per sketch (default 500, CLIPasso's)")
+    g.add_argument("--limit", type=_int_at_least(1), help="images per class (default 10)")
+    g.add_argument("--seed", type=int, help="seed of image i's sketch is SEED + i (default 0)")
+    g.add_argument("--canvas", type=_int_at_least(8), help="canvas side in pixels (default 224, CLIPasso's)")
+    g.add_argument("--templates", metavar="FILE",
+                   help="one template a line, {c} or {} for the class name (default: the dataset's "
+                        "templates.txt, else CLIP's 80 ImageNet templates)")
+
+
 def _depth_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--depth-scale", type=_positive_float,
                    help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
@@ -418,6 +433,16 @@ register_task(EvalTask(
     "--batch-size counts videos. A video that does not decode, or an empty frame folder, is an "
     "error naming the file (default) or, with --skip-bad, skipped and counted (n_skipped_videos)",
     flags=_video_zeroshot_flags, check_data="un2clip.eval.downstream.video:read_video_classes", extras=("video",),
+))
+register_task(EvalTask(
+    "sketch", "un2clip.eval.downstream.sketch:evaluate", ("acc1@4", "acc1@8", "acc1@16"),
+    "sketch recognisability, CLIPasso: each image (at most --limit per class of an ImageFolder or CLIP_benchmark "
+    "webdataset) sketched under the model with 4, 8 and 16 cubic Bezier strokes (CLIPasso's loss on the image "
+    "tower's middle blocks + 0.1 x semantic, saliency-initialised, Adam lr 1.0), then classified zero-shot by a "
+    "fixed --judge; acc1@N per stroke count and acc1_photo, the judge on the images themselves. An unreadable "
+    "image is skipped and counted (n_skipped_images)",
+    flags=_sketch_flags, check_data="un2clip.eval.downstream.sketch:read_sketch_set",
+    ignores=("precision", "batch_size", "num_workers"),
 ))
 register_task(EvalTask(
     "seg", "un2clip.eval.seg:evaluate", ("mIoU", "aAcc", "mAcc"),

@@ -31,10 +31,13 @@ class LlavaChat:
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, prompt_template: str | None = None) -> LlavaChat:
-        """Load a transformers LLaVA folder (config.json of model type ``llava``, weights, processor files)."""
+        """Load a transformers LLaVA folder (config.json of model type ``llava``, weights, processor files), or the
+        ``llava/`` of a ``un2clip llava train`` run."""
         from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
         folder = Path(folder)
+        if not (folder / "config.json").is_file() and (folder / "llava" / "config.json").is_file():
+            folder = folder / "llava"
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} has no config.json: expected a transformers LLaVA folder "
                                     "(LlavaForConditionalGeneration weights, config and processor files)")
@@ -114,3 +117,112 @@ def swap_vision_tower(model: Any, tower: torch.nn.Module) -> list[str]:
     getattr(model, "model", model).vision_tower = fresh.to(device, dtype)
     model.config.vision_config = config
     return notes
+
+
+# -- building a LLaVA for training ------------------------------------------------------------------------------
+
+#: LLaVA-1.5's choices: the penultimate layer of the tower, its patch tokens (CLS dropped), a 2-layer GELU MLP
+VISION_FEATURE_LAYER = -2
+VISION_FEATURE_SELECT = "default"
+PROJECTOR_ACT = "gelu"
+LLAVA_TINY_VOCAB_FILE = "llava_tiny_vocab.txt"
+
+
+def add_image_token(tokenizer: Any) -> int:
+    """Give ``tokenizer`` the ``<image>`` special token (and a pad token: its unk, as LLaVA does for Vicuna, else
+    a new one) and return the image token's id."""
+    from un2clip.data.conversations import IMAGE_TOKEN
+
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+
+
+def build_llava(tower: torch.nn.Module, language_model: Any, tokenizer: Any, *, seed: int = 0) -> Any:
+    """A LlavaForConditionalGeneration of LLaVA-1.5's design around a CLIP image tower and a causal LM.
+
+    ``tower``: a CLIP vision transformer (``ClipModel.vision_model``); ``language_model``: a transformers causal
+    LM (its weights are copied; its embeddings grow by the tokens :func:`add_image_token` added to ``tokenizer``).
+    The projector (``linear_1``, GELU, ``linear_2``: LLaVA's ``mlp2x_gelu``) starts from ``seed``.
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    image_token = add_image_token(tokenizer)
+    if language_model.get_input_embeddings().num_embeddings < len(tokenizer):
+        language_model.resize_token_embeddings(len(tokenizer))
+    vision = tower.config
+    text = language_model.config
+    text.pad_token_id = tokenizer.pad_token_id
+    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token,
+                         image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+                         vision_feature_layer=VISION_FEATURE_LAYER,
+                         vision_feature_select_strategy=VISION_FEATURE_SELECT, projector_hidden_act=PROJECTOR_ACT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    swap_vision_tower(model, tower)
+    inner = getattr(language_model, "model", None)
+    if inner is None or not hasattr(language_model, "lm_head"):
+        raise ValueError(f"{type(language_model).__name__} is not a decoder-only causal LM with .model and .lm_head")
+    model.model.language_model.load_state_dict(inner.state_dict())
+    model.lm_head.load_state_dict(language_model.lm_head.state_dict())
+    return model.to(next(language_model.parameters()).dtype)
+
+
+def llava_processor(model: Any, tokenizer: Any, *, size: int, mean: tuple, std: tuple,
+                    chat_template: str | None = None) -> Any:
+    """The LlavaProcessor of a model built by :func:`build_llava`: CLIP resize + centre crop to ``size``, the
+    tokenizer, and as many image tokens as the tower gives patches."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                               image_mean=list(mean), image_std=list(std))
+    return LlavaProcessor(image_processor=image, tokenizer=tokenizer,
+                          patch_size=model.config.vision_config.patch_size,
+                          vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                          num_additional_image_tokens=1, chat_template=chat_template)
+
+
+def chat_template_for(prompt: str) -> str:
+    """A one-question chat template (jinja) that writes ``prompt`` (a ``{question}`` template holding
+    ``<image>``) for the user's text, so that :class:`LlavaChat` asks as the model was trained."""
+    head, tail = prompt.split("{question}")
+    esc = lambda s: s.replace("\n", "\\n").replace("'", "\\'")  # noqa: E731
+    return ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '" + esc(head) + "' }}"
+            "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+            "{{ '" + esc(tail) + "' }}{% endif %}{% endfor %}")
+
+
+def llava_tiny_words() -> list[str]:
+    """The word vocabulary of ``llava-tiny``'s language model (``models/data/llava_tiny_vocab.txt``): the shapes
+    world's words and those of its question sets and of LLaVA's prompts (a test keeps it complete)."""
+    text = (Path(__file__).parent / "data" / LLAVA_TINY_VOCAB_FILE).read_text(encoding="utf-8")
+    return [w for w in text.splitlines() if w]
+
+
+def build_tiny_language_model(seed: int = 0, *, max_length: int = 512) -> tuple[Any, Any]:
+    """(a 2-layer Llama of width 128 with random weights from ``seed``, its word tokenizer) for ``llava-tiny``."""
+    from tokenizers import processors
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from un2clip.models.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(llava_tiny_words(), context_length=max_length)
+    # a causal LM's prompt starts with BOS and does not end: no EOS after it (the CLIP tokenizer ends with one)
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
+    add_image_token(tokenizer)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=max_length,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer

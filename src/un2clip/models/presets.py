@@ -18,6 +18,7 @@ import torch
 
 from un2clip.models.clip import ClipMeta, ClipModel, ImageProcessing
 from un2clip.models.diffusion import DiffusionDecoder
+from un2clip.models.llava import build_tiny_language_model
 from un2clip.models.t2i import TextToImageDecoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.registry import Registry
@@ -37,6 +38,8 @@ class Preset:
     build_decoder: Callable[[], DiffusionDecoder] | None
     description: str = ""
     decoder_kind: str = "unclip"  # "unclip" (UnclipDecoder) | "t2i" (TextToImageDecoder)
+    language_model: str | None = None  # LLaVA presets: the causal LM (Hub id or ``builtin:<name>``)
+    build_language_model: Callable[[], tuple] | None = None  # -> (causal LM, tokenizer), random weights
 
 
 PRESETS: Registry[Preset] = Registry("preset")
@@ -411,8 +414,15 @@ register(Preset(
     "DIVA baseline: OpenAI ViT-L/14 @224 through frozen text-to-image SD 2.1-base (512 px, epsilon)",
     decoder_kind="t2i",
 ))
+register(Preset(
+    "llava-tiny", "builtin:tiny", None, build_tiny_clip, None,
+    "LLaVA in the shapes world: the tiny CLIP as tower + a 2-layer Llama (width 128) on the world's words; "
+    "`un2clip llava train` (--clip picks the tower, e.g. a world pretrain run)",
+    language_model="builtin:llava-tiny", build_language_model=lambda: build_tiny_language_model(),
+))
 
 
 def describe_presets() -> str:
-    rows = [f"{p.name:16s} {p.clip} + {p.decoder or '(none)'}\n{'':16s} {p.description}" for p in PRESETS.values()]
+    rows = [f"{p.name:16s} {p.clip} + {p.language_model or p.decoder or '(none)'}\n{'':16s} {p.description}"
+            for p in PRESETS.values()]
     return "\n".join(rows)

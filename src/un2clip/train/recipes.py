@@ -157,6 +157,54 @@ def build_diva(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     return objective, info
 
 
+@register_objective("llava")
+def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """LLaVA-1.5: ``init`` (a LLaVA folder or an earlier llava run, e.g. stage 1 for stage 2), else a new model of
+    the tower ``--clip`` (or the preset's) and the language model ``language_model`` (or the preset's)."""
+    from un2clip.objectives.llava import LlavaObjective
+
+    opts = dict(cfg.objective_options)
+    init, lm_spec = opts.pop("init", None), opts.pop("language_model", None)
+    if init:
+        if cfg.clip or lm_spec:
+            raise ValueError("--init starts from a LLaVA that has its tower and language model: "
+                             "--clip and --language-model do not go with it")
+        model, processor = load_llava(init)
+        info = {"kind": "llava", "init": init}
+    else:
+        from un2clip.data.conversations import LLAVA_SYSTEM, prompt_template
+        from un2clip.load import load_language_model
+        from un2clip.models.llava import build_llava, chat_template_for, llava_processor
+
+        clip_spec, clip = _clip(cfg)
+        if clip.family != "clip":
+            raise ValueError(f"{clip_spec} is a {clip.family} model; LLaVA's tower here is a CLIP ViT")
+        lm_spec = lm_spec or cfg.preset
+        language_model, tokenizer = load_language_model(lm_spec)
+        model = build_llava(clip.vision_model, language_model, tokenizer, seed=cfg.seed)
+        proc = clip.processing
+        template = chat_template_for(prompt_template("v1", opts.get("system", LLAVA_SYSTEM)))
+        processor = llava_processor(model, tokenizer, size=proc.size, mean=proc.mean, std=proc.std,
+                                    chat_template=template)
+        info = {"kind": "llava", "clip": clip_spec, "language_model": lm_spec, "random_weights": cfg.random_weights}
+    objective = _construct(LlavaObjective, model, processor, options=opts)
+    info["stage"] = objective.stage
+    return objective, info
+
+
+def load_llava(spec: str) -> tuple[Any, Any]:
+    """(LlavaForConditionalGeneration, processor) of a LLaVA folder or of a llava run (its ``llava/``)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    folder = Path(spec)
+    if (folder / "llava" / "config.json").is_file():
+        folder = folder / "llava"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{spec} is neither a LLaVA folder nor a `un2clip llava train` run (no config.json, "
+                                "no llava/config.json)")
+    return LlavaForConditionalGeneration.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+
+
 def _output_lock(output: Path):
     """The run folder's lock, taken by the process of global rank 0 only (``RANK``, as torchrun and
     ``accelerate launch`` set it; unset: a single process)."""
@@ -175,7 +223,11 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     check_tracker_packages(tracker_names(cfg.report_to))  # before any model loads
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
-    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column)
+    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
+                         image_folder=cfg.image_folder)
+    if (source.kind == "conversations") != (cfg.objective == "llava"):
+        raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
+                         f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")

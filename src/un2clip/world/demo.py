@@ -249,4 +249,4 @@ def run_demo(out: Path, *, seed: int = 0, fresh: bool = False, from_scratch: boo
     models = {"original": str(clip), "un2clip": str(finetune)}
     results = evaluate_models(out / "eval", world, models, decoder, seed=seed, fresh=fresh, progress=progress,
                               sampling_steps=s.sampling_steps)
-    return write_report(out, results)
+    return write_report(out, results, world)

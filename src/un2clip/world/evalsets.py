@@ -173,17 +173,19 @@ def color_weights(colors: Sequence[str] | None) -> Weights:
     return {"color": {c: (1.0 / len(colors) if c in colors else 0.0) for c in COLORS}}
 
 
-def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15, colors: Sequence[str] | None = None) -> list[dict]:
+def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15, colors: Sequence[str] | None = None, *,
+               split: str = "mmvp") -> list[dict]:
     """The paired benchmark as records: type, attribute, the two scenes, the two statements.
 
     Each pattern draws from its own stream, so more pairs per pattern extend the same
     benchmark (the first 15 pairs stay the first 15). ``colors``: the objects of every pair take
-    only these colours (context transfer measures the pairs of the silent colours); None: all.
+    only these colours (context transfer measures the pairs of the silent colours); None: all. ``split``: the
+    family of random streams (another one, e.g. ``"mllm-mmvp"``, draws other pairs of the same kinds).
     """
     weights = color_weights(colors)
     records = []
     for k, pattern in enumerate(MMVP_TYPES):
-        rng = split_rng(seed, "mmvp", k)
+        rng = split_rng(seed, split, k)
         for index in range(pairs_per_pattern):
             a, b, named, attribute = _mmvp_pair(rng, pattern, index, weights)
             s1, s2 = phrase(a, named), phrase(b, named)
@@ -211,7 +213,7 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "world.json",
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "mllm", "world.json",
                 "swap_groups.txt", "metadata.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
@@ -471,6 +473,10 @@ def generate_world(
     talk_colors: Sequence[str] = (),
     talk_rate: float = 0.5,
     mmvp_colors: Sequence[str] | None = None,
+    mllm: bool = False,
+    n_mllm_instruct: int = 2000,
+    mllm_pairs_per_pattern: int = 15,
+    n_cvbench_per_task: int = 50,
 ) -> dict:
     """Write a shapes world under ``out_dir`` and return its parameters (also ``world.json``).
 
@@ -496,6 +502,10 @@ def generate_world(
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
                           training a DFN-style filter (`un2clip train-filter`)
+        mllm/             (``mllm``) LLaVA data: pretrain.json (the train captions), instruct.json + images/
+                          (``n_mllm_instruct`` scenes, three questions each), mmvp/ (world MMVP-MLLM, silent
+                          colours), mmvp-talk/ (the talk-colour control), cvbench/ (world CV-Bench); see
+                          :mod:`un2clip.world.mllm`
 
     A noisy pool (the train split only; val, trusted and the benchmarks stay clean and uniform):
     ``noise_swap`` of the captions are another image's, ``noise_boilerplate`` are boilerplate
@@ -521,7 +531,9 @@ def generate_world(
                                           "n_seg": n_seg, "n_zeroshot_per_class": n_zeroshot_per_class,
                                           "n_trusted": n_trusted, "long_tail": long_tail, "n_detect": n_detect,
                                           "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class,
-                                          "n_video_per_class": n_video_per_class})
+                                          "n_video_per_class": n_video_per_class, "n_mllm_instruct": n_mllm_instruct,
+                                          "mllm_pairs_per_pattern": mllm_pairs_per_pattern,
+                                          "n_cvbench_per_task": n_cvbench_per_task})
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
@@ -570,6 +582,15 @@ def generate_world(
                       n_trusted=n_trusted)
     if talk_colors or mmvp_colors is not None:
         params.update(talk_colors=talk_colors, talk_rate=talk_rate, mmvp_colors=list(mmvp_colors or COLORS))
+    if mllm:  # absent from a world without the LLaVA sets
+        from un2clip.world.mllm import write_mllm
+
+        talk_pairs = (mmvp_pairs(seed, mllm_pairs_per_pattern, talk_colors, split="mllm-mmvp-talk")
+                      if len(talk_colors) >= 2 else None)  # the control: the colours captions talk about
+        params["mllm"] = write_mllm(root, seed, image_size=image_size, n_instruct=n_mllm_instruct,
+                                    n_cvbench_per_task=n_cvbench_per_task, talk_colors=talk_colors,
+                                    mmvp=mmvp_pairs(seed, mllm_pairs_per_pattern, mmvp_colors, split="mllm-mmvp"),
+                                    mmvp_talk=talk_pairs)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")

@@ -39,6 +39,7 @@ from un2clip.eval.seg.infer import (
 )
 from un2clip.eval.seg.metrics import SegHistogram, intersect_and_union
 from un2clip.eval.seg.presets import SegSettings, resolve_settings
+from un2clip.eval.seg.reference import SegReferences, geometry_of, reference_scores
 
 if TYPE_CHECKING:
     from un2clip.models.clip import ClipModel
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BENCHMARKS", "BENCHMARK_DIRS", "DATASETS", "HEADS", "METHODS", "HeadSpec", "SegDataset", "SegHistogram",
     "SegSettings", "TextClassifier", "dense_features", "evaluate", "gaussian_bias", "intersect_and_union",
-    "load_dataset", "resolve_settings", "segment_image", "text_classifier",
+    "SegReferences", "load_dataset", "reference_scores", "resolve_settings", "segment_image", "text_classifier",
 ]
 
 
@@ -81,7 +82,10 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
              split: str = "val", max_images: int | None = None, classifier: TextClassifier | None = None,
              batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
              resize_masks: bool = False, **settings) -> dict[str, float]:
-    """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method`` on a dataset.
+    """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method`` on a dataset,
+    with the two reference points of the same label maps (``reference``): background_mIoU and background_aAcc of the
+    constant predictor (the background class, else the most frequent one), oracle_mIoU and oracle_aAcc of the
+    patch-resolution oracle on the model's patch grid and this method's windows.
 
     A label map must have its image's size (ValueError naming the pair), unless ``resize_masks``
     (nearest neighbour). Label values outside the classes are left out like the ignore index, with a
@@ -113,6 +117,7 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     if classifier.num_classes != ds.num_classes:
         raise ValueError(f"the text classifier has {classifier.num_classes} classes, the dataset {ds.num_classes}")
     hist = SegHistogram(ds.num_classes)
+    refs = SegReferences(ds.num_classes, geometry_of(model.patch_size, cfg), background=ds.background)
     loader = torch.utils.data.DataLoader(SegPairs(ds, resize_masks=resize_masks), batch_size=None, shuffle=False,
                                          num_workers=num_workers)
     skipped, outside_masks = 0, []
@@ -130,12 +135,14 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
                                  out_size=tuple(label.shape), background=ds.background, batch_size=batch_size)
             if hist.update(pred, label):
                 outside_masks.append(i)
+            refs.update(label)
     if hist.n_images == 0:
         raise ValueError(f"none of the {len(ds)} images of {ds.root} could be read")
     _check_labels(ds, hist, outside_masks)
     out = hist.summary(ds.display)
     out["n_skipped"] = float(skipped)
     out["n_out_of_range"] = float(hist.n_out_of_range)
+    out.update(refs.summary())
     return out
 
 

@@ -3,7 +3,9 @@
 Result files use the evaluation suite's format (``un2clip-eval-result/1``, one file
 ``<model>__seg_<method>__<dataset>.json`` per run) so that ``un2clip report`` merges them
 with the other evaluations: task ``seg/<method>``, the headline numbers under
-``metrics`` (mIoU, aAcc, mAcc in percent; n_images, n_skipped), the settings used under
+``metrics`` (mIoU, aAcc, mAcc in percent; n_images, n_skipped; the two reference points of the same masks:
+``background_mIoU`` of the all-background predictor and ``oracle_mIoU`` of the patch-resolution oracle, see
+``eval.seg.reference``), the settings used under
 ``options`` (with the precision the run used: fp32, fp16 or bf16, and the one requested), and ``per_class_iou`` (``null`` for a class absent from both predictions and
 labels).
 """
@@ -24,7 +26,8 @@ from un2clip.eval.seg.presets import resolve_settings
 from un2clip.files import atomic_write_text
 
 RESULT_FORMAT = "un2clip-eval-result/1"
-HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "n_out_of_range")
+HEADLINE = ("mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "n_out_of_range", "background_mIoU", "background_aAcc",
+            "oracle_mIoU", "oracle_aAcc")
 
 
 @dataclass(frozen=True)
@@ -87,33 +90,50 @@ def write_record(output: str | Path, record: dict[str, Any]) -> Path:
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """Rows dataset x method, one mIoU column per model (and aAcc for a single model), then the mean mIoU."""
+    """Rows dataset x method, one mIoU column per model (and aAcc for a single model), then the two reference
+    points of each row: ``all-bg`` (the all-background, or most-frequent-class, predictor) and ``oracle`` (the
+    patch-resolution oracle; one column per model when the models' patch grids give different values); last
+    the mean mIoU."""
     models = list(dict.fromkeys(r["model"] for r in records))
     rows = list(dict.fromkeys((r["dataset"], r["method"]) for r in records))
     by_key = {(r["dataset"], r["method"], r["model"]): r["metrics"] for r in records}
     single = len(models) == 1
 
-    def cell(dataset: str, method: str, model: str, key: str) -> str:
-        value = by_key.get((dataset, method, model), {}).get(key)
-        return "-" if value is None else f"{value:.2f}"
+    def value(dataset: str, method: str, model: str, key: str) -> float | None:
+        return by_key.get((dataset, method, model), {}).get(key)
 
-    header = ["dataset", "method"] + (["mIoU", "aAcc"] if single else [f"mIoU {m}" for m in models])
+    def cell(dataset: str, method: str, model: str, key: str) -> str:
+        v = value(dataset, method, model, key)
+        return "-" if v is None else f"{v:.2f}"
+
+    def first(dataset: str, method: str, key: str) -> str:
+        found = [value(dataset, method, m, key) for m in models]
+        return next((f"{v:.2f}" for v in found if v is not None), "-")
+
+    oracle_varies = any(len({value(d, me, m, "oracle_mIoU") for m in models} - {None}) > 1 for d, me in rows)
+    oracle_models = models if oracle_varies else models[:1]
+    header = (["dataset", "method"] + (["mIoU", "aAcc"] if single else [f"mIoU {m}" for m in models]) + ["all-bg"]
+              + ([f"oracle {m}" for m in models] if oracle_varies else ["oracle"]))
     body = []
     for dataset, method in rows:
         body.append([dataset, method] + [cell(dataset, method, m, "mIoU") for m in models]
-                    + ([cell(dataset, method, models[0], "aAcc")] if single else []))
+                    + ([cell(dataset, method, models[0], "aAcc")] if single else [])
+                    + [first(dataset, method, "background_mIoU")]
+                    + [cell(dataset, method, m, "oracle_mIoU") for m in oracle_models])
     if len(rows) > 1:
         means = []
         for m in models:
-            values = [by_key.get((d, me, m), {}).get("mIoU") for d, me in rows]
+            values = [value(d, me, m, "mIoU") for d, me in rows]
             means.append("-" if None in values else f"{sum(values) / len(values):.2f}")
-        body.append(["mean", ""] + means + ([""] if single else []))
+        body.append(["mean", ""] + means + ([""] if single else []) + [""] * (1 + len(oracle_models)))
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
+    note = ("all-bg: every pixel the background class (the most frequent class where a dataset has none); "
+            "oracle: the ground truth pooled to the patch grid by majority and upsampled as the heads' logits are")
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body] + [note])
 
 
 def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSpec], *,
