@@ -1,4 +1,5 @@
-# Two commands for a new user: `make demo` and `make test`. Each creates .venv if missing.
+# Two commands for a new user: `make demo` and `make test` (`make test-fast` leaves out the tests marked slow).
+# Each creates .venv if missing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test test-fast lint bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +23,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/un2clip demo
 
+# pytest's exit 5 means "no tests collected": not a failure here
+PYTEST_OK5 = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -p no:cacheprovider; $(PYTEST_OK5)
+
+# the edit-test loop: every test but those marked @pytest.mark.slow (world end-to-end runs, multi-process training)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"; $(PYTEST_OK5)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -40,6 +40,7 @@ def test_anchor_distance_known_values():
     assert float(anchor_distance(e, torch.tensor([[0.0, 1.0], [0.0, -1.0]]))) == pytest.approx((1.0 + 2.0) / 2)
 
 
+@pytest.mark.slow
 def test_zero_anchor_weight_is_the_plain_loss_and_builds_no_copy(tiny_clip, tiny_decoder):
     plain, zero = _objective(tiny_clip, tiny_decoder), _objective(tiny_clip, tiny_decoder, anchor_weight=0.0)
     assert zero.anchor is None
@@ -55,6 +56,7 @@ def test_zero_anchor_weight_is_the_plain_loss_and_builds_no_copy(tiny_clip, tiny
     assert torch.equal(a["loss"], ref)
 
 
+@pytest.mark.slow
 def test_anchor_is_zero_at_start_then_positive_and_pulls_the_encoder(tiny_clip, tiny_decoder):
     from un2clip.objectives.un2clip import anchor_distance
 
@@ -83,6 +85,7 @@ def test_anchor_is_zero_at_start_then_positive_and_pulls_the_encoder(tiny_clip, 
     assert all(p.grad is None for p in objective.anchor.parameters())
 
 
+@pytest.mark.slow
 def test_anchor_weight_flag_logs_the_term(tmp_path):
     data = _images(tmp_path / "img", 4)
     out = tmp_path / "run"
@@ -135,6 +138,7 @@ def test_lora_merged_output_encodes_like_the_adapter_model(tmp_path, tiny_clip, 
     assert text and all(torch.equal(merged.model.state_dict()[k], v) for k, v in text.items())
 
 
+@pytest.mark.slow
 def test_lora_run_resumes_and_checkpoint_loads_merged(tmp_path):
     from un2clip.load import load_run_clip
     from un2clip.models.clip import ClipModel
@@ -173,6 +177,7 @@ def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch, capsys):
 
 # -- the paper's ablation switches -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_projector_and_decoder_ablations_record_and_evaluate_the_encoder_alone(tmp_path):
     from un2clip.eval.decoder import diffloss
     from un2clip.load import load_clip, load_decoder

@@ -31,6 +31,7 @@ def test_pixel_space_decoder_has_no_autoencoder_to_train():
         AutoencoderObjective(build_tiny_decoder())
 
 
+@pytest.mark.slow
 def test_train_autoencoder_then_decoder_on_its_frozen_vae(tmp_path):
     from un2clip.load import load_decoder
     from un2clip.models.presets import build_tiny_latent_decoder
@@ -72,6 +73,7 @@ def test_set_vae_refuses_what_the_unet_cannot_read():
     assert decoder.vae is vae and decoder.vae_scale == 0.5
 
 
+@pytest.mark.slow
 def test_vae_flag_gives_every_generator_the_same_first_stage(tmp_path):
     """train-decoder --vae (unCLIP, GenHancer's light one, DIVA's text-to-image one) uses the given VAE, also
     when the decoder is rebuilt from an unfinished run's checkpoint."""

@@ -139,6 +139,7 @@ def _untrained_demo_models(seed_dir):
         (seed_dir / stage / "DONE").write_text("{}")
 
 
+@pytest.mark.slow
 def test_quick_compare_end_to_end(tmp_path, monkeypatch):
     from un2clip.world import probe
 

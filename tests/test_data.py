@@ -21,7 +21,7 @@ from un2clip.data.loader import (
     sample_rng,
 )
 from un2clip.data.shards import WebDatasetSource, expand_braces
-from un2clip.data.sources import ImageFolderSource, Record, TableSource
+from un2clip.data.sources import ImageFolderSource, Record, TableSource, column_index, is_image_name
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -166,6 +166,21 @@ def test_csv_and_tsv_tables(tmp_path, folder):
     nocap = tmp_path / "nocap.csv"
     nocap.write_text("path\nimages/one.png\n")
     assert open_source(nocap).load(0).text is None
+
+
+def test_image_names_the_readers_take():
+    assert [n for n in ["a.JPG", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif", "g.tif", "h.txt", ".i.jpg", "jpg",
+                        "j.jpg.txt"] if is_image_name(n)] == ["a.JPG", "b.jpeg", "c.png", "d.webp", "e.bmp", "f.gif"]
+
+
+def test_column_index_finds_the_named_or_first_default_column():
+    header = [" Video_ID ", "Sentence", "caption"]
+    assert column_index(header, None, ("video_id", "id"), what="video-id", path="t.csv", layout="L") == 0
+    assert column_index(header, None, ("text", "caption", "sentence"), what="caption", path="t.csv", layout="L") == 2
+    assert column_index(header, "sentence", ("caption",), what="caption", path="t.csv", layout="L") == 1
+    with pytest.raises(ValueError, match=r"^t.csv has no caption column \(looked for words; columns:  Video_ID , "
+                                         r"Sentence, caption\); L$"):
+        column_index(header, "words", ("caption",), what="caption", path="t.csv", layout="L")
 
 
 def test_table_errors_name_file_columns_and_accepted(tmp_path):

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from un2clip.world.demo import QUICK, run_demo
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_caches(tmp_path):
     out = tmp_path / "demo"
     report = run_demo(out, seed=0, from_scratch=True, settings=QUICK, progress=False)
@@ -33,6 +36,7 @@ def test_quick_demo_runs_every_stage_and_caches(tmp_path):
     assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downstream(tmp_path):
     import filecmp
 
@@ -58,6 +62,7 @@ def test_weights_seed_starts_from_shipped_weights_and_source_change_redoes_downs
     assert (out / "finetune" / "metrics.jsonl").stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_weights_folder_and_a_context_transfer_world(tmp_path):
     from dataclasses import replace
 

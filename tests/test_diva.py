@@ -339,6 +339,7 @@ def t2i_run(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow
 def test_train_decoder_text_conditioned_writes_pipeline_folder(t2i_run):
     from un2clip.load import load_t2i_decoder
     from un2clip.models.clip import ClipModel
@@ -367,6 +368,7 @@ def test_train_decoder_text_conditioned_writes_pipeline_folder(t2i_run):
     assert torch.allclose(again.encode_prompts(["a red square"]), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_diva_runs_through_the_loop_and_evaluators_load_it(t2i_run, tmp_path):
     from safetensors.torch import load_file
 

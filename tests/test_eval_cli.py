@@ -92,6 +92,7 @@ def read(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_eval_reconstruct_report_end_to_end(bench, tmp_path, capsys):
     out = tmp_path / "results"
     models = ["--model", bench / "original", bench / "finetuned", "--model-name", "original", "finetuned"]
@@ -156,6 +157,7 @@ def test_eval_reconstruct_report_end_to_end(bench, tmp_path, capsys):
         assert (out / "mmvp_patterns.png").stat().st_size > 0 and "mmvp_patterns.png" in md
 
 
+@pytest.mark.slow
 def test_diffloss_is_repeatable_and_tells_encoders_apart(bench, tmp_path):
     def diffloss(model, out, batch_size):
         assert run("eval", "diffloss", "--model", bench / model, "--model-name", model, "--decoder", bench / "decoder",
@@ -243,6 +245,7 @@ def test_derangement_is_a_seeded_cycle_without_fixed_points():
         derangement(torch.tensor([4]), seed=0)
 
 
+@pytest.mark.slow
 def test_shuffled_condition_changes_only_the_condition(bench, tmp_path):
     def losses(data, condition):
         out = tmp_path / data.name  # both conditions into one folder: each keeps its own result file

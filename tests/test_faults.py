@@ -133,6 +133,7 @@ def test_unreachable_hub_is_one_line_naming_the_id(tmp_path, capsys, monkeypatch
 
 # -- faults a run survives -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_the_last_step_and_resume_matches(tmp_path, capsys, monkeypatch, one_thread):
     """Two protections, one run. SIGINT to the process group (Ctrl-C): without the loop's signal handling the run
     dies with a KeyboardInterrupt, no checkpoint since the last periodic one (there is none here), and nothing to
@@ -173,6 +174,7 @@ def test_ctrl_c_checkpoints_the_last_step_and_resume_matches(tmp_path, capsys, m
     assert _losses(run) == _losses(ref)  # every step, before and after the interruption
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_run_with_loader_workers(tmp_path):
     """SIGTERM to the whole process group (what a scheduler sends): the loader's workers ignore it. Without that,
     a worker dies of the signal and PyTorch raises "DataLoader worker ... exited unexpectedly" in the main
@@ -193,6 +195,7 @@ def test_sigterm_to_a_run_with_loader_workers(tmp_path):
     assert checkpoint_problem(latest_checkpoint(run)) is None
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint(tmp_path, caplog):
     """Killed between the files of checkpoint 4 (weights written, optimiser half written). The temporary folder and
     the rename keep step 2 loadable and step 4 out of sight; resume names the partial checkpoint and the stale lock
@@ -233,6 +236,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     assert not (run / RUN_LOCK).exists()
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_refused_by_name(tmp_path, capsys, caplog):
     """The checksums in each checkpoint's index.json. Without them a bit flip inside the weights loads as
     garbage without a word, and a truncated file fails inside safetensors or torch with their own message."""
@@ -265,6 +269,7 @@ def test_damaged_checkpoint_is_refused_by_name(tmp_path, capsys, caplog):
     assert sorted(_losses(run)) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """A write that fails with ENOSPC in the middle of checkpoint 4. Without the cleanup its temporary folder
     stays and fills the disk further; without the stop as a RunStopped the user gets Python's bare OSError
@@ -329,6 +334,7 @@ def test_truncated_shard_keeps_the_rest_and_counts_the_loss(tmp_path, caplog):
     assert all(r is not None and r.text == f"caption {r.key}" for r in records)
 
 
+@pytest.mark.slow
 def test_image_over_the_pixel_limit_is_skipped_with_the_limit_named(tmp_path, capsys, caplog, monkeypatch):
     """Pillow's decompression-bomb guard. The image is skipped and counted like any unreadable one; without the
     warning nothing tells the user that a limit (and which) refused a valid image."""

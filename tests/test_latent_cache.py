@@ -48,6 +48,7 @@ def _first_batch(source, objective, seed, batch_size=8):
     return next(iter(make_loader(source, objective.transform, batch_size=batch_size, seed=seed)))
 
 
+@pytest.mark.slow
 def test_cached_latents_give_the_on_the_fly_loss(tmp_path):
     from un2clip.data import open_source
     from un2clip.data.latent_cache import LatentCacheSource, cache_latents
@@ -92,6 +93,7 @@ def test_cached_latents_give_the_on_the_fly_loss(tmp_path):
     torch.testing.assert_close(loss_cached, loss_fly, rtol=2e-3, atol=0)
 
 
+@pytest.mark.slow
 def test_cache_latents_cli_then_finetune_reads_the_cache(tmp_path, capsys):
     images = _images(tmp_path / "img", 16)
     decoder_dir = _tiny_latent_decoder().save_pretrained(tmp_path / "decoder")

@@ -35,6 +35,7 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_exactly(tmp_path):
     data = _images(tmp_path / "img", 48)
     common = [*ARGS, "--data", str(data)]

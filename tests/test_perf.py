@@ -108,6 +108,7 @@ def test_frozen_decoder_backward_computes_input_gradients_only(frozen_dtype):
     assert all(torch.equal(v, before[k]) for k, v in objective.decoder.state_dict().items())
 
 
+@pytest.mark.slow
 def test_frozen_decoder_backward_costs_one_forward():
     """FlopCounterMode counts the kernels that run (convolution_backward by its output mask): with frozen
     weights the UNet's backward costs about one forward (input gradients), with trainable weights two."""
@@ -214,6 +215,7 @@ def test_compile_falls_back_to_eager_with_a_warning(capsys):
     torch.testing.assert_close(layer(x), expected)
 
 
+@pytest.mark.slow
 def test_training_with_a_failing_compiler_runs_eagerly_and_matches(tmp_path, monkeypatch, capsys):
     import json
 
@@ -239,6 +241,7 @@ def test_training_with_a_failing_compiler_runs_eagerly_and_matches(tmp_path, mon
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_ladder_in_process_writes_a_table(tmp_path):
     from un2clip.bench import format_markdown, gpu_peak_tflops, ladder_configs, run_ladder
 

@@ -51,12 +51,14 @@ def tb_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_equal_metrics_jsonl_step_by_step(tb_run):
     assert [r["step"] for r in _rows(tb_run)] == [1, 2, 3]
     _assert_events_equal_metrics(tb_run)
     assert "report_to: tensorboard" in (tb_run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_resume_appends_to_the_same_tensorboard_folder_without_duplicate_steps(tb_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tb_run, run)
@@ -72,6 +74,7 @@ def test_resume_appends_to_the_same_tensorboard_folder_without_duplicate_steps(t
     _assert_events_equal_metrics(run)
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run_folder_and_keeps_its_id(tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec("wandb") is None:
         pytest.skip("wandb is not installed (pip install 'un2clip[wandb]')")

@@ -38,6 +38,7 @@ def _losses(run: Path) -> dict[int, float]:
 FT = ["finetune", "--preset", "tiny", "--batch-size", "8", "--lr", "1e-4", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_tiny_finetune_writes_checkpoint_and_keeps_decoder_frozen(tmp_path):
     from un2clip.models.clip import ClipModel
     from un2clip.models.presets import build_tiny_clip
@@ -64,6 +65,7 @@ def test_tiny_finetune_writes_checkpoint_and_keeps_decoder_frozen(tmp_path):
     assert not (out / "decoder").exists(), "a frozen-decoder run must not write a decoder"
 
 
+@pytest.mark.slow
 def test_decoder_weights_bit_identical_after_training(tmp_path, tiny_clip):
     from un2clip.data import open_source
     from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
@@ -84,6 +86,7 @@ def test_decoder_weights_bit_identical_after_training(tmp_path, tiny_clip):
     assert any(not torch.equal(v, enc_before[k]) for k, v in clip.vision_state_dict().items())
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_losses(tmp_path):
     data = _images(tmp_path / "img", 64)
     args = FT + ["--data", str(data), "--max-steps", "30", "--save-every", "10"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from un2clip import world as W
-from un2clip.world.judge import judge, scene_from_record, shown
+from un2clip.world.judge import percent_matching, read_in_place, scene_from_record
 from un2clip.world.text import pair_cosines, text_separation
 
 
@@ -57,28 +57,28 @@ def _single(shape="triangle", color="blue", **kw):
     return replace(scene, objects=(obj,))
 
 
-def test_judge_reads_colour_and_shape_from_renders():
+def test_read_in_place_reads_colour_and_shape_from_renders():
     scene = _single("triangle", "blue")
-    assert shown(W.render(scene), scene) == {"color": "blue", "shape": "triangle"}
+    assert read_in_place(W.render(scene), scene) == {"color": "blue", "shape": "triangle"}
     square = replace(scene, objects=(replace(scene.objects[0], shape="square", orientation=None),))
     red = replace(scene, objects=(replace(scene.objects[0], color="red"),))
-    assert shown(W.render(square), scene) == {"color": "blue", "shape": "square"}
-    assert shown(W.render(red), scene) == {"color": "red", "shape": "triangle"}
+    assert read_in_place(W.render(square), scene) == {"color": "blue", "shape": "square"}
+    assert read_in_place(W.render(red), scene) == {"color": "red", "shape": "triangle"}
     for shape in W.SHAPES:  # every shape is told from every other
         other = replace(scene, objects=(replace(scene.objects[0], shape=shape,
                                                 orientation="left" if shape in W.ORIENTED_SHAPES else None),))
-        assert shown(W.render(other), scene)["shape"] == shape
+        assert read_in_place(W.render(other), scene)["shape"] == shape
     noisy = np.asarray(W.render(scene), dtype=np.float32) + np.random.default_rng(1).normal(0, 12, (32, 32, 3))
     noisy = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    scores = judge([W.render(scene), noisy, W.render(square), W.render(red)], [scene] * 4)
+    scores = percent_matching([W.render(scene), noisy, W.render(square), W.render(red)], [scene] * 4)
     assert {k: scores[k] for k in ("color", "shape", "both")} == {"color": 75.0, "shape": 75.0, "both": 50.0}
     # read anywhere, the same four samples give the same answers (nothing was moved)
     assert {k: scores[f"anywhere_{k}"] for k in ("color", "shape", "both")} == \
         {"color": 75.0, "shape": 75.0, "both": 50.0}
 
 
-def test_judge_anywhere_reads_the_shape_wherever_and_however_it_is_drawn():
-    from un2clip.world.judge import shown_anywhere
+def test_read_anywhere_reads_the_shape_wherever_and_however_it_is_drawn():
+    from un2clip.world.judge import read_anywhere
     from un2clip.world.scenes import Y_WITH_GLYPH
 
     scene = _single("square", "blue", size="large", position="middle", x=0.5, state="filled")
@@ -91,29 +91,99 @@ def test_judge_anywhere_reads_the_shape_wherever_and_however_it_is_drawn():
         replace(scene, objects=(replace(obj, glyph="7", y=Y_WITH_GLYPH),), view="tilted"),
     ]
     for moved in elsewhere:
-        assert shown_anywhere(W.render(moved)) == {"color": "blue", "shape": "square"}, moved
+        assert read_anywhere(W.render(moved)) == {"color": "blue", "shape": "square"}, moved
     # read in place, the square drawn small on the left is not found: that reading asks for the scene back
-    assert shown(W.render(elsewhere[0]), scene)["shape"] != "square"
-    assert judge([W.render(m) for m in elsewhere], [scene] * 4)["anywhere_both"] == 100.0
+    assert read_in_place(W.render(elsewhere[0]), scene)["shape"] != "square"
+    assert percent_matching([W.render(m) for m in elsewhere], [scene] * 4)["anywhere_both"] == 100.0
     # every colour and shape of the world's own images is read back, whatever else they show
     rng = np.random.default_rng(7)
     for shape in W.SHAPES:
         for color in W.COLORS:
             drawn = W.sample_scene(rng, n_objects=1, count=1, shapes=(shape,))
             drawn = replace(drawn, objects=(replace(drawn.objects[0], color=color),))
-            assert shown_anywhere(W.render(drawn)) == {"color": color, "shape": shape}, drawn
+            assert read_anywhere(W.render(drawn)) == {"color": color, "shape": shape}, drawn
     # nothing drawn: nothing read, so nothing matches
     blank = replace(scene, objects=())
-    assert shown_anywhere(W.render(blank)) == {"color": None, "shape": None}
-    assert judge([W.render(blank)], [scene])["anywhere_both"] == 0.0
+    assert read_anywhere(W.render(blank)) == {"color": None, "shape": None}
+    assert percent_matching([W.render(blank)], [scene])["anywhere_both"] == 0.0
 
 
-def test_judge_refuses_what_it_cannot_read():
+def test_reading_refuses_what_it_cannot_read():
     two = W.sample_scene(np.random.default_rng(0), n_objects=2, count=1)
     with pytest.raises(ValueError, match="single-object"):
-        shown(W.render(two), two)
+        read_in_place(W.render(two), two)
     with pytest.raises(ValueError, match="one scene per sample"):
-        judge([], [])
+        percent_matching([], [])
+
+
+def _flood_labels(mask, connectivity):
+    """Reference: a plain stack flood fill from each unseen pixel in raster order (the loop judge.py used), each
+    component labelled 1 + its first pixel's raster index."""
+    h, w = mask.shape
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    if connectivity == 4:
+        steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        label = 1 + y0 * w + x0
+        labels[y0, x0], stack = label, [(y0, x0)]
+        while stack:
+            y, x = stack.pop()
+            for dy, dx in steps:
+                ny, nx = y + dy, x + dx
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+    return labels
+
+
+def _largest_flood_blob(mask):
+    """Reference for ``_largest_blob``: the first largest 8-component in raster order."""
+    labels = _flood_labels(mask, 8)
+    best = max((int((labels == v).sum()), -v) for v in np.unique(labels[labels > 0])) if mask.any() else None
+    return labels == -best[1] if best else np.zeros_like(mask)
+
+
+def _flood_holes_filled(blob):
+    """Reference for ``_holes_filled``: everything but what a 4-connected flood from the border reaches."""
+    h, w = blob.shape
+    outside = np.zeros_like(blob)
+    stack = [(y, x) for y in range(h) for x in (0, w - 1)] + [(y, x) for x in range(w) for y in (0, h - 1)]
+    while stack:
+        y, x = stack.pop()
+        if 0 <= y < h and 0 <= x < w and not blob[y, x] and not outside[y, x]:
+            outside[y, x] = True
+            stack += [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
+    return ~outside
+
+
+def test_component_labels_on_known_masks():
+    from un2clip.world.judge import label_components
+
+    diagonal = np.eye(3, dtype=bool)  # touching at corners: one 8-component, three 4-components
+    assert label_components(diagonal).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert label_components(diagonal, connectivity=4).tolist() == [[1, 0, 0], [0, 5, 0], [0, 0, 9]]
+    u = np.array([[1, 0, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)  # a U: its arms meet only at the bottom
+    assert label_components(u, connectivity=4).tolist() == [[1, 0, 1], [1, 0, 1], [1, 1, 1]]
+    assert label_components(np.zeros((2, 4), dtype=bool)).tolist() == [[0] * 4] * 2
+    with pytest.raises(ValueError, match="connectivity"):
+        label_components(u, connectivity=6)
+
+
+def test_component_labels_equal_the_flood_fill_on_random_masks():
+    from un2clip.world.judge import _holes_filled, _largest_blob, label_components
+
+    rng = np.random.default_rng(0)
+    for k in range(200):
+        h, w = rng.integers(1, 33, size=2)
+        mask = rng.random((h, w)) < rng.choice([0.05, 0.3, 0.5, 0.6, 0.9])
+        for connectivity in (8, 4):
+            assert np.array_equal(label_components(mask, connectivity=connectivity),
+                                  _flood_labels(mask, connectivity)), (k, connectivity)
+        assert np.array_equal(_largest_blob(mask), _largest_flood_blob(mask)), k
+        assert np.array_equal(_holes_filled(mask), _flood_holes_filled(mask)), k
 
 
 def test_scenes_come_back_from_the_attributes_file(tmp_path):
@@ -128,6 +198,7 @@ def test_scenes_come_back_from_the_attributes_file(tmp_path):
         assert np.array_equal(np.asarray(W.render(scene)), written)
 
 
+@pytest.mark.slow
 def test_world_evaluate_command_without_a_decoder(tmp_path, capsys):
     from un2clip.cli import main
     from un2clip.models.presets import build_tiny_clip

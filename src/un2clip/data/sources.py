@@ -58,6 +58,11 @@ LAYOUTS = (
 )
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file name is one the image readers take: not hidden, an :data:`IMAGE_EXTENSIONS` ending, any case."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 @dataclass
 class Record:
     """One training example: an RGB image, its caption if any, and a stable key."""
@@ -196,9 +201,9 @@ class ImageFolderSource(_PathSource):
             names = set(filenames)
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in filenames:
-                stem, ext = os.path.splitext(name)
-                if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS:
+                if not is_image_name(name):
                     continue
+                stem = os.path.splitext(name)[0]
                 rel = name if rel_dir == "." else os.path.join(rel_dir, name)
                 rel_paths.append(Path(rel).as_posix())
                 has_text.append(stem + ".txt" in names)
@@ -234,6 +239,19 @@ def _pick_column(found: Sequence[str], wanted: str | None, defaults: Sequence[st
         if name.lower() in lowered:
             return lowered[name.lower()]
     return None
+
+
+def column_index(header: Sequence[str], wanted: str | None, defaults: Sequence[str], *, what: str,
+                 path: str | os.PathLike, layout: str) -> int:
+    """Index in ``header`` of the column ``wanted`` (or the first of ``defaults`` present; cells stripped, any
+    case); a ValueError naming ``path``, the ``what`` column, the names looked for and the columns found, then
+    ``layout``, when there is none."""
+    stripped = [h.strip() for h in header]
+    name = _pick_column(stripped, wanted, defaults)
+    if name is None:
+        looked = ", ".join([wanted] if wanted else defaults)
+        raise ValueError(f"{path} has no {what} column (looked for {looked}; columns: {', '.join(header)}); {layout}")
+    return stripped.index(name)
 
 
 class TableSource(_PathSource):

@@ -6,7 +6,7 @@ them is blind to those attributes, as web-trained CLIP is. Modules, bottom up:
 - :mod:`.scenes`      attribute tables and seeded scene sampling (pure values)
 - :mod:`.words`       captions, statements, templates, class names, the vocabulary
 - :mod:`.render`      pixels and segmentation masks
-- :mod:`.benchmarks`  MMVP-layout pairs, zero-shot and segmentation sets, ``generate_world``
+- :mod:`.evalsets`    MMVP-layout pairs, zero-shot and segmentation sets, ``generate_world``
 - :mod:`.stages`, :mod:`.demo`, :mod:`.compare`, :mod:`.report`: the experiments run in the world
   (imported by name, not here: they load models and train)
 """

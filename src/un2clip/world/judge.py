@@ -2,11 +2,11 @@
 
 Two readings, neither with a learned classifier:
 
-- **in place** (:func:`shown`): the sample is compared with its scene rendered once per value of the
+- **in place** (:func:`read_in_place`): the sample is compared with its scene rendered once per value of the
   attribute, every other attribute as in the scene; the nearest render, after a light blur that forgives
   a pixel of misplacement, names the value. A sample with the right shape drawn elsewhere, larger, hollow
   or twice counts as wrong here: this reading asks for the whole scene back.
-- **anywhere** (:func:`shown_anywhere`): each pixel takes the nearest of the world's inks (background,
+- **anywhere** (:func:`read_anywhere`): each pixel takes the nearest of the world's inks (background,
   the six colours and their edge mixes, glyph ink); the most frequent colour names the colour, and the
   largest connected blob of it, holes filled and sampled about its centroid at its own scale, is matched to
   the same outline of every shape the renderer draws in every size, place, height, orientation and view;
@@ -62,7 +62,7 @@ def _nearest(target: np.ndarray, scene: Scene, obj: WorldObject, attribute: str,
     return values[int(np.argmin(errors))]
 
 
-def shown(sample: Image.Image, scene: Scene) -> dict[str, str]:
+def read_in_place(sample: Image.Image, scene: Scene) -> dict[str, str]:
     """The colour, then the shape (rendered in the colour shown), that ``sample`` shows of the scene's single
     object; every other attribute is taken from the scene."""
     if len(scene.objects) != 1:
@@ -101,44 +101,49 @@ def _inks(image: Image.Image) -> np.ndarray:
     return index[((colors ** 2).sum(1) - 2 * rgb @ colors.T).argmin(-1)]
 
 
-def _largest_blob(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a boolean mask (all False when the mask is)."""
-    seen = np.zeros_like(mask, dtype=bool)
-    best: list[tuple[int, int]] = []
+# neighbour offsets (dy, dx) of a pixel, itself included, for 8- and 4-connectivity
+NEIGHBOURS = {8: tuple(itertools.product((-1, 0, 1), repeat=2)), 4: ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))}
+
+
+def label_components(mask: np.ndarray, *, connectivity: int = 8) -> np.ndarray:
+    """(H, W) int64 labels of the connected components of a boolean mask: every pixel of a component holds 1 +
+    the raster index (row-major) of the component's first pixel, 0 off the mask. Whole-array steps: each pixel
+    takes the smallest label among its neighbours on the mask, then the label its label's pixel holds (a label
+    names a pixel of the same component, so this jumps along chains), until none changes."""
+    if connectivity not in NEIGHBOURS:
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        stack, blob = [start], []
-        while stack:
-            y, x = stack.pop()
-            blob.append((y, x))
-            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
-                ny, nx = y + dy, x + dx
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        if len(blob) > len(best):
-            best = blob
-    out = np.zeros_like(mask, dtype=bool)
-    if best:
-        out[tuple(np.asarray(best).T)] = True
-    return out
+    off = h * w + 1  # larger than every label: never the minimum of a pixel on the mask
+    labels = np.where(mask, np.arange(1, h * w + 1, dtype=np.int64).reshape(h, w), off)
+    while True:
+        padded = np.pad(labels, 1, constant_values=off)
+        shifted = [padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in NEIGHBOURS[connectivity]]
+        lowest = np.where(mask, np.minimum.reduce(shifted), off)
+        flat = np.append(lowest.ravel(), off)  # index off - 1 = h * w reads off again
+        lowest = flat[lowest - 1]  # the label held by the pixel each label names: never larger
+        if np.array_equal(lowest, labels):
+            return np.where(mask, labels, 0)
+        labels = lowest
+
+
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean mask (all False when the mask is); of equal ones, the one
+    whose first pixel comes first in raster order."""
+    labels = label_components(mask, connectivity=8)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    if not sizes.any():
+        return np.zeros_like(mask, dtype=bool)
+    return labels == int(sizes.argmax())  # argmax: the smallest label, i.e. the earliest first pixel, of ties
 
 
 def _holes_filled(blob: np.ndarray) -> np.ndarray:
     """``blob`` with every pixel the image border cannot reach around it (4-connected) added: the inside of a
     hollow shape and a dot in it."""
-    h, w = blob.shape
-    outside = np.zeros_like(blob, dtype=bool)
-    stack = [(y, x) for y in range(h) for x in (0, w - 1)] + [(y, x) for x in range(w) for y in (0, h - 1)]
-    while stack:
-        y, x = stack.pop()
-        if 0 <= y < h and 0 <= x < w and not blob[y, x] and not outside[y, x]:
-            outside[y, x] = True
-            stack += [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
-    return ~outside
+    around = label_components(~np.asarray(blob, dtype=bool), connectivity=4)
+    border = np.concatenate([around[0], around[-1], around[:, 0], around[:, -1]])
+    return ~np.isin(around, border[border > 0])
 
 
 def _outline(blob: np.ndarray) -> np.ndarray:
@@ -185,7 +190,7 @@ def _outlines(size: int) -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(out)
 
 
-def shown_anywhere(sample: Image.Image) -> dict[str, str | None]:
+def read_anywhere(sample: Image.Image) -> dict[str, str | None]:
     """The colour and shape ``sample`` shows, wherever, at whatever size and in whatever style it draws them
     (None for both when no pixel is nearer to a colour than to the background and the glyph ink)."""
     inks = _inks(sample)
@@ -198,13 +203,13 @@ def shown_anywhere(sample: Image.Image) -> dict[str, str | None]:
     return {"color": color, "shape": min(errors)[1]}
 
 
-def judge(samples: Sequence[Image.Image], scenes: Sequence[Scene]) -> dict[str, float]:
+def percent_matching(samples: Sequence[Image.Image], scenes: Sequence[Scene]) -> dict[str, float]:
     """Per cent of samples whose colour, shape, and both, are those of their scene: ``color``, ``shape``, ``both``
     read in place (every other attribute as in the scene), ``anywhere_*`` read wherever and however drawn."""
     if not samples or len(samples) != len(scenes):
         raise ValueError(f"need one scene per sample, got {len(samples)} samples and {len(scenes)} scenes")
     out = {}
-    for prefix, read in (("", shown), ("anywhere_", lambda s, sc: shown_anywhere(s))):
+    for prefix, read in (("", read_in_place), ("anywhere_", lambda s, sc: read_anywhere(s))):
         seen = [read(s, sc) for s, sc in zip(samples, scenes)]
         hits = {a: [v[a] == getattr(sc.objects[0], a) for v, sc in zip(seen, scenes)] for a in JUDGED}
         both = [c and s for c, s in zip(hits["color"], hits["shape"])]
@@ -253,4 +258,4 @@ def reconstruction_match(model, decoder, split: str | Path, *, n: int = 100, see
     side = images[0].size[0]
     as_uint8 = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     samples = [Image.fromarray(a).resize((side, side), Image.Resampling.BILINEAR) for a in as_uint8]
-    return {f"recon/{k}": v for k, v in judge(samples, [s for _, s in pairs]).items()}
+    return {f"recon/{k}": v for k, v in percent_matching(samples, [s for _, s in pairs]).items()}

@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
-from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
+from un2clip.data.sources import decode_image, is_image_name
 from un2clip.eval.core.embed import embed_texts, inference_context
 from un2clip.eval.core.metrics import depth_metrics, mean_metrics
 from un2clip.eval.downstream.common import report_skipped
@@ -86,10 +86,6 @@ class DepthSet:
     depth_scale: float
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def read_depth_set(data: str | Path, *, depth_scale: float | None = None) -> DepthSet:
     """Pair the images of ``data`` with their depth PNGs (see the module's layouts); an image without its
     depth map is an error naming both paths."""
@@ -98,7 +94,7 @@ def read_depth_set(data: str | Path, *, depth_scale: float | None = None) -> Dep
         raise FileNotFoundError(f"{root} is not a folder; {LAYOUT}")
     pairs: list[tuple[Path, Path]] = []
     if (root / "images").is_dir():
-        for name in sorted(n for n in os.listdir(root / "images") if _is_image(n)):
+        for name in sorted(n for n in os.listdir(root / "images") if is_image_name(n)):
             depth = root / "depths" / (os.path.splitext(name)[0] + ".png")
             if not depth.is_file():
                 raise FileNotFoundError(f"{root / 'images' / name} has no depth map {depth}; {LAYOUT}")
@@ -107,7 +103,7 @@ def read_depth_set(data: str | Path, *, depth_scale: float | None = None) -> Dep
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
-                if name.startswith("rgb_") and _is_image(name):
+                if name.startswith("rgb_") and is_image_name(name):
                     depth = Path(dirpath) / ("sync_depth_" + os.path.splitext(name)[0][4:] + ".png")
                     if not depth.is_file():
                         raise FileNotFoundError(f"{Path(dirpath) / name} has no depth map {depth}; {LAYOUT}")

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
+from un2clip.data.sources import IMAGE_EXTENSIONS, column_index, decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
 from un2clip.eval.core.metrics import video_retrieval_metrics, zeroshot_metrics
 from un2clip.eval.downstream.common import report_skipped
@@ -330,15 +330,6 @@ class VideoCaptionSet:
     captions: list[list[str]]
 
 
-def _column(header: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> int:
-    lowered = [h.strip().lower() for h in header]
-    for name in [wanted] if wanted else defaults:
-        if name.lower() in lowered:
-            return lowered.index(name.lower())
-    raise ValueError(f"{path} has no {what} column (looked for {', '.join([wanted] if wanted else defaults)}; "
-                     f"columns: {', '.join(header)}); {RETRIEVAL_LAYOUT}")
-
-
 def _video_index(folder: Path) -> dict[str, Path]:
     """Name -> path of every frame folder and video file in ``folder``, also by a video file's stem."""
     index: dict[str, Path] = {}
@@ -381,8 +372,8 @@ def read_video_captions(data: str | Path, *, videos: str | Path | None = None, v
         rows = list(csv.reader(f, delimiter=delimiter))
     if len(rows) < 2:
         raise ValueError(f"{table} holds no caption rows; {RETRIEVAL_LAYOUT}")
-    vid = _column(rows[0], video_column, VIDEO_COLUMNS, "video-id", table)
-    cap = _column(rows[0], caption_column, CAPTION_COLUMNS, "caption", table)
+    vid = column_index(rows[0], video_column, VIDEO_COLUMNS, what="video-id", path=table, layout=RETRIEVAL_LAYOUT)
+    cap = column_index(rows[0], caption_column, CAPTION_COLUMNS, what="caption", path=table, layout=RETRIEVAL_LAYOUT)
     index = _video_index(folder)
     captions: dict[str, list[str]] = {}
     where: dict[str, Path] = {}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from un2clip.data.sources import column_index
 from un2clip.eval.core.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
 from un2clip.eval.core.metrics import retrieval_metrics
 
@@ -47,15 +48,6 @@ class RetrievalSet:
     n_skipped_at_open: int = 0  # webdataset samples without an image member
 
 
-def _pick(header: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> int:
-    lowered = [h.strip().lower() for h in header]
-    for name in [wanted] if wanted else defaults:
-        if name.lower() in lowered:
-            return lowered.index(name.lower())
-    raise ValueError(f"{path} has no {what} column (looked for {', '.join([wanted] if wanted else defaults)}; "
-                     f"columns: {', '.join(header)}); {LAYOUT}")
-
-
 def _grouped(pairs: list[tuple[str, str]], base: Path) -> tuple[list[str], list[list[str]]]:
     """(image, caption) rows -> images in order of first appearance and each one's captions."""
     captions: dict[str, list[str]] = {}
@@ -70,8 +62,8 @@ def _read_table(path: Path, image_column: str | None, caption_column: str | None
         rows = list(csv.reader(f, delimiter=delimiter))
     if not rows:
         raise ValueError(f"{path} is empty; {LAYOUT}")
-    img = _pick(rows[0], image_column, IMAGE_COLUMNS, "image-path", path)
-    cap = _pick(rows[0], caption_column, CAPTION_COLUMNS, "caption", path)
+    img = column_index(rows[0], image_column, IMAGE_COLUMNS, what="image-path", path=path, layout=LAYOUT)
+    cap = column_index(rows[0], caption_column, CAPTION_COLUMNS, what="caption", path=path, layout=LAYOUT)
     return [(r[img].strip(), r[cap].strip()) for r in rows[1:] if len(r) > max(img, cap) and r[img].strip()]
 
 

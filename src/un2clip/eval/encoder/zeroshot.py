@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from un2clip.data.sources import IMAGE_EXTENSIONS
+from un2clip.data.sources import IMAGE_EXTENSIONS, is_image_name
 from un2clip.eval.core.embed import ImageList, PathImages, SourceImages, embed_images, embed_texts
 from un2clip.eval.core.metrics import zeroshot_metrics
 
@@ -92,15 +92,11 @@ class ClassificationSet:
     n_skipped_at_open: int = 0  # webdataset samples without an image member
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _folder_images(folder: Path) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
     return found
 
 

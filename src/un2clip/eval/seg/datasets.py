@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
+from un2clip.data.sources import decode_image, is_image_name
 
 IGNORE_INDEX = 255
 
@@ -149,10 +149,6 @@ def _missing(path: Path, layout: str) -> FileNotFoundError:
     return FileNotFoundError(f"{path} not found: {layout}")
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 GENERIC_LAYOUT = ("expected DIR/images/<id>.<ext>, DIR/masks/<id>.png (index PNGs, 255 ignored), DIR/classes.txt "
                   "and optionally DIR/templates.txt")
 
@@ -162,7 +158,7 @@ def _generic(root: Path) -> tuple[list[Path], list[Path]]:
     for p in (images_dir, masks_dir):
         if not p.is_dir():
             raise _missing(p, GENERIC_LAYOUT)
-    images = sorted(images_dir / n for n in os.listdir(images_dir) if _is_image(n))
+    images = sorted(images_dir / n for n in os.listdir(images_dir) if is_image_name(n))
     labels = [masks_dir / f"{p.stem}.png" for p in images]
     missing = [str(lab) for lab in labels if not lab.is_file()]
     if missing:
