@@ -6,6 +6,9 @@ Python + torch start). A mutant is *killed* when a test fails, *survives* when t
 as killed on a *timeout* (it hung or looped: the tests noticed a change). The score is
 killed / (mutants - equivalent), with the equivalent mutants listed below by key, each with its reason.
 
+Each mutant runs only the tests that execute its lines (recorded per test on the unmutated module; a
+change to a line that runs at import runs them all); a mutant no test executes survives without running.
+
 Operators (one at a time): ``+ -``, ``* /``, ``// -> *``, ``% -> //``, ``** -> *`` (also in ``+=`` ...);
 comparisons ``< <=``, ``> >=``, ``== !=``, ``is / is not``, ``in / not in``; integer and float constants
 ± 1; ``True / False``; ``and / or``; dropping ``not`` and unary minus; ``min <-> max``; a call with
@@ -56,7 +59,21 @@ CORE = {
 # Equivalent mutants: changes that no test can observe because the program computes the same thing.
 # Keyed by module, then by the mutant's key (``function: original -> mutated``, as --list prints it).
 EQUIVALENT: dict[str, dict[str, str]] = {
-    "src/un2clip/curate/rules.py": {},
+    "src/un2clip/curate/rules.py": {
+        "balance_probabilities: np.asarray(counts, dtype=np.float64) -> counts":
+            "np.maximum turns a list or an integer array into float64 itself; t / that is the same array",
+        "balance_keep: bool((rng.random(len(ids)) < probabilities[np.asarray(ids, dtype=np.int64)]).any()) -> "
+        "(rng.random(len(ids)) < probabilities[np.asarray(ids, dtype=np.int64)]).any()":
+            "a numpy bool stored into a bool array is the same value",
+        "balance_keep: rng.random(len(ids)) < probabilities[np.asarray(ids, dtype=np.int64)] -> "
+        "rng.random(len(ids)) <= probabilities[np.asarray(ids, dtype=np.int64)]":
+            "differs only when a uniform draw in [0, 1) equals the probability exactly (about 2^-53 per draw)",
+        "top_fraction: int(round(fraction * len(scores))) -> round(fraction * len(scores))":
+            "round() of a float already returns an int",
+        "count_histogram: int(c) -> c": "counts are whole numbers; int() changes only their type, not a comparison",
+        "count_histogram: 0 -> -1": "max(values, default=-1) of no values: top = -1 takes the same `else 0` branch",
+        "count_histogram: 0 -> -1 #4": "`else -1` decades: range(-1) is as empty as range(0)",
+    },
     "src/un2clip/eval/seg/metrics.py": {},
     "src/un2clip/eval/core/metrics.py": {},
     "src/un2clip/eval/encoder/mmvp.py": {},
@@ -235,34 +252,57 @@ def _module_name(path: Path) -> str:
     return ".".join(rel.parts)
 
 
+class _TestCoverage:
+    """A pytest plugin and line tracer: which lines of one file each test runs (``""``: at import/collection)."""
+
+    def __init__(self, target: str):
+        self.target, self.current = target, ""
+        self.lines: dict[str, set[int]] = {"": set()}
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.current = nodeid
+        self.lines.setdefault(nodeid, set())
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.current = "<between tests>"
+        self.lines.setdefault(self.current, set())
+
+    def tracer(self, frame, event, arg):
+        if frame.f_code.co_filename != self.target:
+            return None
+        lines = self.lines[self.current]
+
+        def local(frame, event, arg):
+            lines.add(frame.f_lineno)
+            return local
+
+        lines.add(frame.f_lineno)
+        return local
+
+
 def _run_child(name: str, path: Path, source: str | None, pytest_args: list[str], log: Path) -> int:
     """In a forked child: serve the (mutated) module, run pytest quietly, exit with its code.
 
-    Unmutated (``source`` None), it also writes the module's executed lines next to the log.
+    Unmutated (``source`` None), it also writes, next to the log, the lines of the module each test runs
+    (json) and the modules imported.
     """
     fd = os.open(str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    executed: set[int] = set()
+    plugins = []
     if source is not None:
         sys.meta_path.insert(0, _MutantFinder(name, path, source))
     else:
-        target = str(path)
-
-        def lines(frame, event, arg):
-            executed.add(frame.f_lineno)
-            return lines
-
-        def calls(frame, event, arg):
-            return lines if frame.f_code.co_filename == target else None
-
-        sys.settrace(calls)
+        coverage = _TestCoverage(str(path))
+        plugins.append(coverage)
+        sys.settrace(coverage.tracer)
     import pytest
 
-    code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *pytest_args])
+    flags = ["-q", "-p", "no:cacheprovider", "-W", "ignore"] + (["-x"] if source is not None else [])
+    code = pytest.main([*flags, *pytest_args], plugins=plugins)
     sys.settrace(None)
     if source is None:
-        log.with_suffix(".lines").write_text(" ".join(map(str, sorted(executed))))
+        log.with_suffix(".lines").write_text(json.dumps({k: sorted(v) for k, v in coverage.lines.items()}))
         log.with_suffix(".modules").write_text("\n".join(sorted(sys.modules)))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -322,7 +362,8 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
     status, base_s, code = run_one(name, path, None, pytest_args, 3600, log)  # with the line tracer
     if status != "survived":
         raise SystemExit(f"the tests fail on the unmutated {rel} (exit {code}); see {log}")
-    executed = {int(x) for x in log.with_suffix(".lines").read_text().split()}
+    per_test = {k: set(v) for k, v in json.loads(log.with_suffix(".lines").read_text()).items()}
+    at_import = per_test.pop("", set()) | per_test.pop("<between tests>", set())
     _preload(log.with_suffix(".modules"))
     _, base_s, _ = run_one(name, path, source, pytest_args, 3600, log)  # timed, without the tracer
     timeout = 3 * base_s + 10
@@ -334,13 +375,18 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
         if m.key in equivalent:
             m.status = "equivalent"
             continue
-        if not executed & set(range(m.line, m.end_line + 1)):  # no test runs this code: it cannot be killed
+        lines = set(range(m.line, m.end_line + 1))
+        if lines & at_import:  # runs when the module is imported: every test may see it
+            selection = pytest_args
+        else:  # only the tests that run these lines can see the change
+            selection = [test for test, seen in per_test.items() if seen & lines]
+        if not selection:  # no test runs this code: it cannot be killed
             m.status = "survived"
             m.uncovered = True
             if progress:
                 print(f"  survived  line {m.line} (not run by the tests): {m.key}", flush=True)
             continue
-        m.status, m.seconds, _ = run_one(name, path, mutated_source(source, m), pytest_args, timeout, log)
+        m.status, m.seconds, _ = run_one(name, path, mutated_source(source, m), selection, timeout, log)
         if progress and m.status == "survived":
             print(f"  survived  line {m.line}: {m.key}", flush=True)
     counts = {s: sum(m.status == s for m in mutants) for s in ("killed", "timeout", "survived", "equivalent")}
