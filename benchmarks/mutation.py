@@ -74,7 +74,19 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "count_histogram: 0 -> -1": "max(values, default=-1) of no values: top = -1 takes the same `else 0` branch",
         "count_histogram: 0 -> -1 #4": "`else -1` decades: range(-1) is as empty as range(0)",
     },
-    "src/un2clip/eval/seg/metrics.py": {},
+    "src/un2clip/eval/seg/metrics.py": {
+        "SegHistogram.per_class_iou: 1 -> 0 #2":
+            "clamp(min=0) only changes the branch torch.where discards (empty unions, NaN either way)",
+        "SegHistogram.summary: 1 -> 0":
+            "clamp(min=0) only changes the branch torch.where discards (classes without labels, NaN either way)",
+        "SegHistogram.summary: bool((~iou.isnan()).any()) -> (~iou.isnan()).any()":
+            "a one-element bool tensor as the condition of `if ... else` is read as the same bool",
+        "SegHistogram.summary: bool((~acc.isnan()).any()) -> (~acc.isnan()).any()":
+            "a one-element bool tensor as the condition of `if ... else` is read as the same bool",
+        "SegHistogram.summary: list(class_names) -> class_names":
+            "any Sequence has len() and iterates the same; the list() is a copy",
+        "SegHistogram.summary: str(c) -> c": "the names go into f'IoU.{name}', which formats an int as str() does",
+    },
     "src/un2clip/eval/core/metrics.py": {},
     "src/un2clip/eval/encoder/mmvp.py": {},
     "src/un2clip/objectives/un2clip.py": {},
