@@ -111,6 +111,35 @@ def test_retrieval_metrics_both_directions():
     assert m["image_to_text_recall@2"] == pytest.approx(2 / 3)
 
 
+def test_one_tie_rule_for_recall_and_ranks():
+    # issue 27.14: every score tied with the answer; recall@1 read top-k order (0.667) while the ranks said 1
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    caption_image = torch.arange(3)
+    ranks = retrieval_rank_metrics(scores, caption_image)
+    recall = retrieval_metrics(scores, caption_image, ks=(1, 2))
+    # a tie counts against the query: captions 0 and 1 rank 2nd, caption 2 first
+    assert (ranks["text_to_image_median_rank"], ranks["text_to_image_mean_rank"]) == (2.0, pytest.approx(5 / 3))
+    assert recall["text_to_image_recall@1"] == pytest.approx(1 / 3)
+    assert recall["text_to_image_recall@2"] == 1.0
+    assert recall["image_to_text_recall@1"] == pytest.approx(1 / 3)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    assert rank_summary(torch.tensor([4, 1, 2, 3])) == (2.5, 2.5)
+    assert rank_summary(torch.tensor([1, 1, 7])) == (1.0, 3.0)
+
+
+def test_acc1_and_mean_per_class_recall_break_ties_alike():
+    # issue 32.6: top-k order and argmax broke ties differently; a balanced set with tied logits
+    logits = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.0, 2.0, 2.0], [3.0, 0.0, 1.0],
+                           [0.0, 0.0, 1.0]])
+    targets = torch.tensor([0, 1, 1, 2, 0, 2])  # two samples a class; the first four are tied with a wrong class
+    m = zeroshot_metrics(logits, targets)
+    assert m["acc1"] == pytest.approx(2 / 6)  # only rows 4 and 5 win outright
+    assert m["mean_per_class_recall"] == pytest.approx(m["acc1"])
+    assert topk_accuracy(logits, targets, ks=(1, 2)) == {1: pytest.approx(2 / 6), 2: 1.0}
+
+
 # -- MMVP-VLM ----------------------------------------------------------------------------------------------------
 
 
@@ -204,32 +233,34 @@ def test_mean_per_class_recall_refuses_bad_input():
         mean_per_class_recall(torch.zeros(2), torch.zeros(3))
 
 
-def test_a_query_without_positive_is_a_miss_and_k_beyond_the_candidates_counts_all():
+def test_k_beyond_the_candidates_counts_all_and_a_query_without_positive_is_refused():
     scores = torch.tensor([
         [0.1, 0.9, 0.5],  # positive 0: third
         [0.9, 0.1, 0.5],  # positive 0: first
-        [0.3, 0.2, 0.1],  # no positive at all: never found
     ])
-    positives = torch.tensor([[True, False, False], [True, False, False], [False, False, False]])
-    assert recall_at_k(scores, positives, ks=(1, 2, 3, 10)) == {1: 1 / 3, 2: 1 / 3, 3: 2 / 3, 10: 2 / 3}
+    positives = torch.tensor([[True, False, False], [True, False, False]])
+    assert recall_at_k(scores, positives, ks=(1, 2, 3, 10)) == {1: 0.5, 2: 0.5, 3: 1.0, 10: 1.0}
     with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
         recall_at_k(scores, positives[:, :2])
     with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
         recall_at_k(scores[0], positives[0])
     with pytest.raises(ValueError, match="no queries"):
         recall_at_k(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="every query needs at least one positive"):
-        retrieval_ranks(scores, positives)
+    no_positive = torch.tensor([[True, False, False], [False, False, False]])
+    for metric in (recall_at_k, retrieval_ranks):
+        with pytest.raises(ValueError, match="every query needs at least one positive"):
+            metric(scores, no_positive)
 
 
-def test_retrieval_ranks_ties_in_the_querys_favour_and_the_best_positive():
+def test_retrieval_ranks_ties_against_the_query_and_the_best_positive():
     scores = torch.tensor([
-        [1.0, 1.0, 0.0],  # positive 1 ties with 0: rank 1
+        [1.0, 1.0, 0.0],  # positive 1 ties with 0: rank 2 (a tie counts against the query)
         [3.0, 1.0, 2.0],  # positive 1: two scored higher, rank 3
-        [0.5, 0.9, 0.7],  # positives 0 and 2: the best (0.7) has one above, rank 2
+        [0.5, 0.9, 0.7],  # positives 0 and 2: the best (0.7) has one negative above, rank 2
+        [0.7, 0.9, 0.7],  # positives 0 and 2 tie with each other: they do not push each other down
     ])
-    positives = torch.tensor([[False, True, False], [False, True, False], [True, False, True]])
-    assert retrieval_ranks(scores, positives).tolist() == [1, 3, 2]
+    positives = torch.tensor([[False, True, False], [False, True, False], [True, False, True], [True, False, True]])
+    assert retrieval_ranks(scores, positives).tolist() == [2, 3, 2, 2]
     with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
         retrieval_ranks(scores, positives[:2])
 
@@ -320,3 +351,17 @@ def test_default_ks_and_plain_float_results():
     assert wide == {5: 1.0}
     both = retrieval_metrics(torch.eye(12), torch.arange(12))
     assert sorted(both) == sorted(f"{d}_recall@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10))
+
+
+def test_every_metric_lives_in_the_metrics_module():
+    """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
+    from un2clip.eval.core import metrics
+    from un2clip.eval.downstream import depth, detect
+    from un2clip.eval.mllm import cvbench, mmvp_mllm
+
+    moved = {depth: ["depth_metrics", "mean_metrics"], detect: ["coco_box_ap"], cvbench: ["cvbench_scores"],
+             mmvp_mllm: ["mmvp_mllm_scores"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(module, name) is getattr(metrics, name) and getattr(metrics, name).__module__ == \
+                "un2clip.eval.core.metrics", name
