@@ -365,3 +365,48 @@ def test_every_metric_lives_in_the_metrics_module():
         for name in names:
             assert getattr(module, name) is getattr(metrics, name) and getattr(metrics, name).__module__ == \
                 "un2clip.eval.core.metrics", name
+
+
+# -- monocular depth (moved here from eval/depth.py) ------------------------------------------------------------
+
+
+def test_depth_metrics_under_and_over_prediction_and_every_delta_threshold():
+    from un2clip.eval.core.metrics import depth_metrics
+
+    # (pred, gt): ratios max(p/g, g/p) of 1, 1.4 (under), 1.8 (over), 2.2 (under), 1.2 (over) and exactly 1.25,
+    # 1.25^2 (under) and 1.25^3: a delta counts ratios strictly below its threshold
+    pred = torch.tensor([1.0, 1.0, 1.8, 1.0, 1.2, 1.25, 1.0, 1.953125])
+    gt = torch.tensor([1.0, 1.4, 1.0, 2.2, 1.0, 1.0, 1.5625, 1.0])
+    m = depth_metrics(pred, gt)
+    assert (m["delta1"], m["delta2"], m["delta3"]) == (2 / 8, 4 / 8, 6 / 8)
+    pairs = list(zip(pred.double().tolist(), gt.double().tolist()))
+    assert m["abs_rel"] == pytest.approx(sum(abs(p - g) / g for p, g in pairs) / 8, rel=1e-12)
+    assert m["abs_rel"] == pytest.approx((0 + 0.4 / 1.4 + 0.8 + 1.2 / 2.2 + 0.2 + 0.25 + 0.36 + 0.953125) / 8, rel=1e-6)
+    assert m["sq_rel"] == pytest.approx(sum((p - g) ** 2 / g for p, g in pairs) / 8, rel=1e-12)
+    assert m["rmse"] == pytest.approx(math.sqrt(sum((p - g) ** 2 for p, g in pairs) / 8), rel=1e-12)
+    assert m["log10"] == pytest.approx(sum(abs(math.log10(p / g)) for p, g in pairs) / 8, rel=1e-12)
+    e = [math.log(p) - math.log(g) for p, g in pairs]
+    assert m["rmse_log"] == pytest.approx(math.sqrt(sum(x * x for x in e) / 8), rel=1e-12)
+    var = sum(x * x for x in e) / 8 - (sum(e) / 8) ** 2
+    assert m["silog"] == pytest.approx(100 * math.sqrt(var), rel=1e-9)
+    assert all(type(v) is float for v in m.values())
+    # the same errors the other way round (pred and gt swapped) give the same deltas
+    swapped = depth_metrics(gt, pred)
+    assert (swapped["delta1"], swapped["delta2"], swapped["delta3"]) == (2 / 8, 4 / 8, 6 / 8)
+
+
+def test_depth_metrics_valid_pixels_and_refusals():
+    from un2clip.eval.core.metrics import depth_metrics, mean_metrics
+
+    pred, gt = torch.tensor([2.0, 1.0, 5.0]), torch.tensor([1.0, 0.0, 5.0])  # gt 0: no measurement
+    assert depth_metrics(pred, gt)["abs_rel"] == pytest.approx(0.5)
+    assert depth_metrics(pred, gt, torch.tensor([False, True, True]))["abs_rel"] == 0.0  # mask and gt > 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        depth_metrics(pred, gt[:2])
+    with pytest.raises(ValueError, match="no valid ground-truth pixels"):
+        depth_metrics(pred, torch.zeros(3))
+    with pytest.raises(ValueError, match="predicted depths must be positive"):
+        depth_metrics(torch.tensor([0.0, 1.0, 1.0]), torch.ones(3))
+    assert mean_metrics([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 6.0}]) == {"a": 2.0, "b": 4.0}
+    with pytest.raises(ValueError, match="no images scored"):
+        mean_metrics([])
