@@ -21,7 +21,8 @@ Usage (from the repository root, on the shared machine with ``nice``)::
     nice -n 10 python benchmarks/mutation.py src/un2clip/curate/rules.py tests/test_curate.py -k align
     nice -n 10 python benchmarks/mutation.py --all          # the six core modules, table for the README
 
-``--list`` prints the mutants without running them; ``--show KEY`` prints one mutant's diff.
+``--list`` prints the mutants without running them; ``--show KEY`` prints one mutant's diff. Options go
+before the module (what follows the module is passed to pytest).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # kept small: the CPU is shared). A selection is pytest arguments.
 CORE = {
     "src/un2clip/objectives/un2clip.py": ["tests/test_un2clip_objective.py"],
-    "src/un2clip/eval/encoder/mmvp.py": ["tests/test_eval_data.py", "-k", "mmvp"],
+    "src/un2clip/eval/encoder/mmvp.py": ["tests/test_eval_data.py", "-k", "mmvp or published"],
     "src/un2clip/eval/core/metrics.py": ["tests/test_eval_metrics.py"],
     "src/un2clip/curate/rules.py": ["tests/test_curate.py", "-k",
                                     "(align or balanc or histogram or top_fraction) and not score_filter"],

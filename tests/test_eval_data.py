@@ -235,7 +235,7 @@ def test_mmvp_reader_tolerates_a_bom_blank_rows_and_padded_cells(tmp_path):
     root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
     table = root / "Questions.csv"
     table.write_text("\ufeffQuestion ID , Type,Statement\n\n 1 , Texts , blue \n,,\n2,Texts,red\n", encoding="utf-8")
-    (pair,) = mmvp.read_mmvp(root)
+    (pair,) = mmvp.read_mmvp(str(root))  # a str path is as good as a Path
     assert pair.qids == ("1", "2") and pair.pattern == "Texts" and pair.statements == ("blue", "red")
     assert pair.images == (root / "MLLM_VLM Images" / "Texts" / "1.jpg", root / "MLLM_VLM Images" / "Texts" / "2.jpg")
 

@@ -258,6 +258,14 @@ def test_frozen_tower_encodes_like_the_model_also_at_another_size(tiny_clip):
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
             torch.testing.assert_close(tower(x), tiny_clip.encode_image(x).float(), rtol=1e-5, atol=1e-6)
+    # a copy: training the model's tower and projection leaves the anchor where it was
+    clip = copy.deepcopy(tiny_clip)
+    tower = FrozenImageTower(clip)
+    with torch.no_grad():
+        before = tower(x)
+        for p in list(clip.vision_model.parameters()) + list(clip.visual_projection.parameters()):
+            p.add_(0.1)
+        assert torch.equal(tower(x), before)
 
 
 # -- data: crops and seeds --------------------------------------------------------------------------------
