@@ -88,7 +88,15 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "src/un2clip/eval/core/metrics.py": {},
     "src/un2clip/eval/encoder/mmvp.py": {},
-    "src/un2clip/objectives/un2clip.py": {},
+    "src/un2clip/objectives/un2clip.py": {
+        "anchor_distance: -1 -> 1": "cosine_similarity over dim 1 of (B, D) embeddings is dim -1",
+        "FrozenImageTower.forward: -1 -> 1": "HF's interpolate_pos_encoding returns the position embeddings "
+                                             "unchanged at the native square size, so asking for it always is the same",
+        "FrozenImageTower.forward: 1 -> 2": "shape[-2] of the square CLIP input is shape[-1]",
+        "FrozenImageTower.forward: 1 -> 0": "as '-1 -> 1': interpolating at the native size changes nothing",
+        "two_views: T.to_rgb(record.image) -> record.image":
+            "the CLIP processing and decoder_view convert to RGB with the same to_rgb themselves",
+    },
     "src/un2clip/eval/downstream/depth.py": {},
 }
 
@@ -384,6 +392,10 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
         raise SystemExit(f"the tests fail on the unmutated {rel} (exit {code}); see {log}")
     per_test = {k: set(v) for k, v in json.loads(log.with_suffix(".lines").read_text()).items()}
     at_import = per_test.pop("", set()) | per_test.pop("<between tests>", set())
+    for node in ast.walk(ast.parse(source)):  # a def's header (defaults, decorators) runs when its def line does
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.lineno in at_import:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            at_import |= set(range(first, node.body[0].lineno))
     _preload(log.with_suffix(".modules"))
     _, base_s, _ = run_one(name, path, source, pytest_args, 3600, log)  # timed, without the tracer
     timeout = 3 * base_s + 10
