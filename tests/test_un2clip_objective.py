@@ -314,6 +314,7 @@ def test_cached_views_draw_the_crop_first_as_two_views_does(tiny_clip):
         fly = two_views(record, random.Random(5), tiny_clip.processing, 16, random_crop=random_crop)
         cached = cached_views(sample, random.Random(5), tiny_clip.processing, random_crop=random_crop)
         assert int(fly["draw_seed"]) == int(cached["draw_seed"])
+        assert fly["draw_seed"].dtype == cached["draw_seed"].dtype == torch.int64  # tensors, for the loader
         assert torch.equal(cached["latents"], sample.latents)
         assert torch.equal(cached["clip_pixels"], tiny_clip.processing.from_uint8(sample.clip_pixels))
     # random crops by default on both paths: the crop box consumes the rng before the seed is drawn
