@@ -373,8 +373,18 @@ def _preload(listing: Path) -> None:
             pass
 
 
-def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = None, workdir: Path,
-               progress: bool = True) -> dict:
+def _summary(rel: str, pytest_args: list[str], base_s: float, mutants: list[Mutant]) -> dict:
+    counts = {s: sum(m.status == s for m in mutants) for s in ("killed", "timeout", "survived", "equivalent")}
+    counts["mutants"] = sum(m.status != "pending" for m in mutants)
+    denominator = counts["mutants"] - counts["equivalent"]
+    score = 100.0 * (counts["killed"] + counts["timeout"]) / denominator if denominator else float("nan")
+    return {"module": rel, "tests": pytest_args, "test_seconds": round(base_s, 2), **counts,
+            "score": round(score, 1), "mutants_detail": [asdict(m) for m in mutants]}
+
+
+def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = None,
+               within: list[str] | None = None, workdir: Path, progress: bool = True,
+               partial: Path | None = None) -> dict:
     path = (ROOT / module).resolve()
     rel = str(path.relative_to(ROOT))
     source = path.read_text()
@@ -404,6 +414,11 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
     for m in mutants:
         if only is not None and m.key not in only:
             continue
+        if within is not None and not any(m.key.startswith(f"{name}: ") or m.key.startswith(f"{name}.")
+                                          for name in within):
+            continue
+        if partial is not None:  # what has run so far, for a run stopped early
+            partial.write_text(json.dumps([_summary(rel, pytest_args, base_s, mutants)], indent=1) + "\n")
         if m.key in equivalent:
             m.status = "equivalent"
             continue
@@ -421,12 +436,7 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
         m.status, m.seconds, _ = run_one(name, path, mutated_source(source, m), selection, timeout, log)
         if progress and m.status == "survived":
             print(f"  survived  line {m.line}: {m.key}", flush=True)
-    counts = {s: sum(m.status == s for m in mutants) for s in ("killed", "timeout", "survived", "equivalent")}
-    counts["mutants"] = sum(m.status != "pending" for m in mutants)
-    denominator = counts["mutants"] - counts["equivalent"]
-    score = 100.0 * (counts["killed"] + counts["timeout"]) / denominator if denominator else float("nan")
-    return {"module": rel, "tests": pytest_args, "test_seconds": round(base_s, 2), **counts,
-            "score": round(score, 1), "mutants_detail": [asdict(m) for m in mutants]}
+    return _summary(rel, pytest_args, base_s, mutants)
 
 
 def _table(results: list[dict]) -> str:
@@ -451,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", metavar="KEY", help="print the diff of the mutant with this key and exit")
     parser.add_argument("--only", metavar="KEY", action="append",
                         help="run only the mutant(s) with this key (repeatable)")
-    parser.add_argument("--json", type=Path, help="also write the results (every mutant's status) to this file")
+    parser.add_argument("--within", metavar="NAME", action="append",
+                        help="mutate only inside this top-level function or class (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the results (every mutant's status) to this file "
+                                                 "(updated after every mutant while the run goes on)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"un2clip-mutation-{os.getpid()}",
                         help="folder for the test logs (default: /tmp/un2clip-mutation-<pid>)")
     args = parser.parse_args(argv)
@@ -479,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         pytest_args = args.pytest_args or CORE.get(module)
         if not pytest_args:
             parser.error(f"no test selection for {module}: name the test files")
-        results.append(run_module(module, pytest_args, only=args.only, workdir=args.workdir))
+        results.append(run_module(module, pytest_args, only=args.only, within=args.within, workdir=args.workdir,
+                                  partial=args.json))
         print(_table(results[-1:]), flush=True)
     if len(results) > 1:
         print(_table(results))
