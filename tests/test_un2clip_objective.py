@@ -28,7 +28,7 @@ def _micro_clip():
     return build_clip_from_config(vision, text, 16, processing=ImageProcessing(size=16), seed=0)
 
 
-def _micro_decoder():
+def _micro_decoder(embed_dim: int = 16):
     """Pixel-space UNet on 16 px, channels (8, 16), conditioned on 16-d embeddings; v-prediction, 1000 steps."""
     from un2clip.models.presets import TINY_SCHEDULER, build_decoder_from_config
 
@@ -36,7 +36,7 @@ def _micro_decoder():
             "block_out_channels": (8, 16), "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32,
             "attention_head_dim": 8, "norm_num_groups": 8}
-    return build_decoder_from_config(unet, embed_dim=16, scheduler=TINY_SCHEDULER, context_shape=(1, 32),
+    return build_decoder_from_config(unet, embed_dim=embed_dim, scheduler=TINY_SCHEDULER, context_shape=(1, 32),
                                      image_size=16, seed=0)
 
 
@@ -346,6 +346,21 @@ def test_invalid_options_are_refused_with_a_clear_error(tiny_clip, tiny_decoder,
     with pytest.raises(ValueError) as info:
         _objective(tiny_clip, tiny_decoder, **{option: value})
     assert words in str(info.value)
+
+
+def test_defaults_are_the_papers_setting(tiny_clip, tiny_decoder):
+    from un2clip.models.lora import has_lora
+
+    objective = _objective(tiny_clip, tiny_decoder)
+    assert isinstance(objective.projector, torch.nn.Identity) and objective.projector_kind == "none"
+    assert objective.anchor is None and objective.anchor_weight == 0.0 and not has_lora(objective.clip.vision_model)
+    assert (objective.timesteps_per_image, objective.t_range, objective.noise_level) == (1, None, 0)
+    assert objective.random_crop is True and objective.train_decoder is False
+
+
+def test_an_encoder_and_decoder_of_different_widths_are_refused(tiny_clip):
+    with pytest.raises(ValueError, match="encoder and decoder do not fit"):
+        _objective(tiny_clip, _micro_decoder(embed_dim=24))
 
 
 def test_the_smallest_valid_options_are_accepted(tiny_clip, tiny_decoder):
