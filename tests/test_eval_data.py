@@ -127,6 +127,7 @@ def test_malformed_mmvp_folder_names_path_and_layout(tmp_path, breakage, error, 
     ([(2, 1), (3, 4)], 2, "the Question IDs 2 and 1"),
     ([(1, 2), (3, 5)], 5, "the Question IDs 3 and 5"),  # odd then odd: the official script has no image 2
     ([(1, 2), ("3a", 4)], 4, "Question ID '3a' is not a whole number"),
+    ([(1, 2), (3, "4b")], 5, "Question ID '4b' is not a whole number"),
 ])
 def test_mmvp_pair_must_be_an_odd_then_an_even_question_id(tmp_path, ids, row, words):
     root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red"), ("Texts", "red", "blue", "red", "blue")],
@@ -248,11 +249,13 @@ def test_mmvp_reader_tolerates_a_bom_blank_rows_and_padded_cells(tmp_path):
 def test_mmvp_header_only_empty_or_short_rows_are_refused(tmp_path, content, words):
     root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
     (root / "Questions.csv").write_text(content)
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match=words) as info:
         mmvp.read_mmvp(root)
+    assert "with the columns Question ID, Type, Statement (two consecutive rows per pair)" in str(info.value)
 
 
-@pytest.mark.parametrize("n_missing, tail", [(3, "3.jpg; expected"), (5, "3.jpg and 2 more; expected")])
+@pytest.mark.parametrize("n_missing, tail", [(3, "3.jpg; expected"), (4, "3.jpg and 1 more; expected"),
+                                             (5, "3.jpg and 2 more; expected")])
 def test_mmvp_missing_images_names_three_and_counts_the_rest(tmp_path, n_missing, tail):
     root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")] * 3)
     for q in range(1, n_missing + 1):
