@@ -308,4 +308,62 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys, flags,
     assert cli(["finetune", "--resume", str(out), *flags, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert f"not {named}" in err and "accepts only --lr, --max-steps, --save-every, --precision" in err
+    assert f"not {named}" in err
+    accepted = err.split("accepts only ")[1].split(" (and --no-progress)")[0].split(", ")
+    assert sorted(accepted) == ["--lr", "--max-skip-rate", "--max-steps", "--num-workers", "--precision",
+                                "--save-every", "--skip-window"]
+
+
+# -- the Trainer's own rules (issue 34) -------------------------------------------------------------------
+
+
+def test_schedule_rebuilt_at_a_step_continues_with_the_rates_of_an_uninterrupted_one():
+    """A resume rebuilds the schedule at the restored step (no write into LambdaLR's private state)."""
+    from un2clip.train.loop import Trainer, lr_factor
+
+    cfg = RunConfig(lr=2e-3, warmup_steps=3, max_steps=10, lr_schedule="cosine")
+    trainer = Trainer(object(), [0] * 4, cfg)  # only the schedule is used here
+    param = torch.nn.Parameter(torch.zeros(2))
+    trainer.opt = torch.optim.SGD([param], lr=cfg.lr)
+    straight = trainer._scheduler()
+    rates = [straight.get_last_lr()[0]]
+    for _ in range(6):
+        trainer.opt.step()
+        straight.step()
+        rates.append(straight.get_last_lr()[0])
+    assert rates == [2e-3 * lr_factor(s, warmup_steps=3, max_steps=10, schedule="cosine") for s in range(7)]
+    trainer.opt = torch.optim.SGD([param], lr=123.0)  # a restored optimiser: its saved rate is replaced
+    trainer.step = 4
+    resumed = trainer._scheduler()
+    assert resumed.base_lrs == [2e-3] and trainer.opt.param_groups[0]["initial_lr"] == 2e-3
+    assert [resumed.get_last_lr()[0], trainer.opt.param_groups[0]["lr"]] == [rates[4]] * 2
+    trainer.opt.step()
+    resumed.step()
+    trainer.opt.step()
+    resumed.step()
+    assert resumed.get_last_lr()[0] == rates[6]
+
+
+def test_trainer_sets_every_attribute_in_init():
+    import ast
+    import inspect
+
+    from un2clip.train import loop
+
+    cls = next(n for n in ast.parse(inspect.getsource(loop)).body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+
+    def assigned(node):
+        names = set()
+        for sub in ast.walk(node):
+            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target] if isinstance(
+                sub, ast.AnnAssign | ast.AugAssign) else []
+            for t in targets:
+                for el in t.elts if isinstance(t, ast.Tuple) else [t]:
+                    if isinstance(el, ast.Attribute) and isinstance(el.value, ast.Name) and el.value.id == "self":
+                        names.add(el.attr)
+        return names
+
+    methods = [n for n in cls.body if isinstance(n, ast.FunctionDef)]
+    in_init = assigned(next(m for m in methods if m.name == "__init__"))
+    later = set().union(*(assigned(m) for m in methods if m.name != "__init__"))
+    assert later <= in_init, sorted(later - in_init)

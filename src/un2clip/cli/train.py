@@ -5,78 +5,55 @@ from __future__ import annotations
 import argparse
 
 
+def _dashed(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every training command; each overrides the recipe's value when given."""
+    """Flags shared by every training command, generated from :class:`~un2clip.train.config.RunConfig`'s fields:
+    each overrides the recipe's value when given (so every flag's parser default is None)."""
+    from un2clip.train.config import RESUMABLE, flag_fields, flag_help, flag_type
+
     p.add_argument("config", nargs="?", help="YAML recipe (see configs/); flags below override it")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, with its own recipe; only "
-                        "--lr, --max-steps, --save-every, --precision, --num-workers, --max-skip-rate and "
-                        "--skip-window may be given (recorded in config.yaml and metrics.jsonl)")
-    g = p.add_argument_group("models")
-    g.add_argument("--preset", help="named encoder + decoder pair (see `un2clip presets`); default tiny")
-    g.add_argument("--clip", help="encoder: preset, HF folder, Hub id or run directory (overrides the preset's)")
-    g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or train-decoder run (overrides the preset's)")
-    g.add_argument("--random-weights", action="store_true", default=None,
-                   help="build the preset's real architecture with random weights (no download)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="image folder, CSV/TSV file with an image column, webdataset shards, or "
-                                  "(finetune) a folder written by `un2clip cache-latents`")
-    g.add_argument("--image-column", help="CSV/TSV column holding image paths")
-    g.add_argument("--caption-column", help="CSV/TSV column holding captions")
-    g.add_argument("--num-workers", type=int, help="data-loader worker processes (default 0)")
-    g.add_argument("--max-skip-rate", type=float, metavar="F",
-                   help="stop when more than this fraction of the last --skip-window images drawn could not be "
-                        "read (default 0.5; 1: never, unless no image at all is readable)")
-    g.add_argument("--skip-window", type=int, metavar="N", help="images drawn over which --max-skip-rate is "
-                                                                "judged (default 100)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, help="learning rate (paper: 3e-7 for ViT-L/14)")
-    g.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (default adamw)")
-    g.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], help="after warm-up (default constant)")
-    g.add_argument("--max-grad-norm", type=float, help="clip gradients to this norm (default 1.0)")
-    g = p.add_argument_group("loop")
-    g.add_argument("--max-steps", type=int, help="optimiser steps to run (default 200)")
-    g.add_argument("--batch-size", type=int, help="global batch: all processes and accumulation steps (default 32)")
-    g.add_argument("--grad-accum", type=int, help="gradient accumulation micro-steps per optimiser step")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
-    g.add_argument("--grad-checkpointing", action="store_true", default=None,
-                   help="recompute encoder activations in the backward pass (less memory)")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the encoder and the UNet (first step slower; eager with a warning "
-                        "if compilation fails)")
-    g.add_argument("--channels-last", action="store_true", default=None,
-                   help="convolution weights (UNet, VAE) in channels-last memory format")
-    g.add_argument("--save-every", type=int, help="checkpoint every N steps (default 500, and at the end)")
-    g.add_argument("--seed", type=int, help="seed of data order, augmentations and diffusion draws")
-    g.add_argument("--output", help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        f"{_or_list([_dashed(k) for k in RESUMABLE])} may be given "
+                        "(recorded in config.yaml and metrics.jsonl)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in flag_fields():
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        kind = flag_type(f)
+        options: dict = {"help": flag_help(f), "default": None}
+        if kind is bool:
+            options["action"] = "store_true"
+        else:
+            options.update(type=None if kind is str else kind, choices=meta["choices"], metavar=meta["metavar"])
+        group.add_argument(_dashed(f.name), **options)
+    groups["loop"].add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-TRAIN_KEYS = ("preset", "clip", "decoder", "vae", "random_weights", "data", "image_column", "caption_column",
-              "num_workers", "max_skip_rate", "skip_window", "lr", "optimizer", "weight_decay", "warmup_steps",
-              "lr_schedule", "max_grad_norm",
-              "max_steps", "batch_size", "grad_accum", "precision", "grad_checkpointing", "compile", "channels_last",
-              "save_every", "seed", "output")
+def _or_list(items: list[str]) -> str:
+    """``a, b and c``."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
 def _resolve_run_config(args: argparse.Namespace, objective: str, objective_options: dict):
     """Recipe (or the resumed run's config.yaml) + flags -> RunConfig."""
     from pathlib import Path
 
-    from un2clip.train.config import RESUMABLE, RunConfig, apply_overrides, load_config
+    from un2clip.train.config import RESUMABLE, RunConfig, apply_overrides, command_line_fields, load_config
 
-    overrides = {k: getattr(args, k, None) for k in TRAIN_KEYS}
+    overrides = {k: getattr(args, k, None) for k in command_line_fields()}
     if args.resume:
         run_cfg = Path(args.resume) / "config.yaml"
         if not run_cfg.exists():
             raise FileNotFoundError(f"{run_cfg} not found: --resume takes the run directory of an earlier run")
         # a resumed run keeps its recipe: only settings that leave the model, objective and data order alone
         given = [k for k, v in {**overrides, **objective_options}.items() if v is not None and k not in RESUMABLE]
-        given = (["a recipe file"] if args.config else []) + ["--" + k.replace("_", "-") for k in given]
+        given = (["a recipe file"] if args.config else []) + [_dashed(k) for k in given]
         if given:
-            accepted = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
+            accepted = ", ".join(_dashed(k) for k in RESUMABLE)
             raise ValueError(f"--resume continues {args.resume} with its own recipe and accepts only {accepted} "
                              f"(and --no-progress); not {', '.join(given)}")
         return apply_overrides(load_config(run_cfg), {"output": args.resume,

@@ -1,70 +1,127 @@
 """Typed run configuration: YAML recipes and command-line flags resolve into one dataclass.
 
-Only entry points (``cli.py``, recipes) see a ``RunConfig``; library functions take named
-arguments. Every key of a YAML recipe must be a field here, so a typo fails before training.
+``RunConfig`` is the one source of a training setting: each field's metadata gives its command-line flag
+(help text, help group, choices; the help shows the field's default) and whether a resumed run may change
+it (:data:`RESUMABLE`). ``un2clip``'s training commands generate their shared flags from it, so a new field
+gets its flag, its default in the help and its resume rule where it is declared. Every key of a YAML recipe
+must be a field here, so a typo fails before training.
+
+House rule (DESIGN.md): only ``cli/``, the recipes (:mod:`un2clip.train.recipes`) and the training loop
+(:mod:`un2clip.train.loop`: :class:`~un2clip.train.loop.Trainer`, whose entry point ``train()`` takes the
+config) see a ``RunConfig``; every other library function takes named arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
 from un2clip.files import atomic_write_text
 
 
+def flag(default: Any = MISSING, *, group: str, help: str, resumable: bool = False,
+         choices: Sequence[str] | None = None, metavar: str | None = None, default_text: str | None = None,
+         default_factory: Any = MISSING) -> Any:
+    """A field with a shared command-line flag ``--name-with-dashes`` in help group ``group``.
+
+    ``help`` may hold ``{default}`` where the default goes; else `` (default ...)`` is appended. The default
+    shown is ``default_text`` when given (needed for a default of None), else the field's default.
+    ``resumable``: ``--resume`` accepts the flag (the setting leaves the model, objective and data order alone).
+    ``choices``: the values a recipe or the flag may take, checked by :meth:`RunConfig.validate`.
+    """
+    meta = {"flag": "shared", "group": group, "help": help, "resumable": resumable,
+            "choices": tuple(choices) if choices else None, "metavar": metavar, "default_text": default_text}
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def not_a_flag(default: Any = MISSING, *, why: str, by_command: bool = False, default_factory: Any = MISSING) -> Any:
+    """A field without a shared flag, and why. ``by_command``: the commands that need it add a flag of their own
+    (read like a shared one); otherwise only a recipe sets it."""
+    meta = {"flag": "command" if by_command else None, "why": why, "resumable": False}
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    """Everything a training run needs; defaults are the tiny CPU setting."""
+    """Everything a training run needs; defaults are the tiny CPU setting. Add a field with :func:`flag` (or
+    :func:`not_a_flag`, saying why): its flag, help default and resume rule follow."""
 
-    objective: str = "un2clip"  # un2clip | contrastive | autoencoder | decoder | t2i-decoder | diva
+    objective: str = not_a_flag("un2clip", why="each training command sets its own objective (finetune: "
+                                               "un2clip, pretrain: contrastive, ...; names in train.recipes)")
     # models
-    preset: str = "tiny"
-    clip: str | None = None  # overrides the preset's encoder (preset, folder, Hub id, run dir)
-    decoder: str | None = None  # overrides the preset's decoder
-    vae: str | None = None  # replaces the decoder's VAE (a train-autoencoder run, a folder, a Hub id)
-    random_weights: bool = False
+    preset: str = flag("tiny", group="models", help="named encoder + decoder pair (see `un2clip presets`)")
+    clip: str | None = flag(None, group="models", default_text="the preset's",
+                            help="encoder: preset, HF folder, Hub id or run directory")
+    decoder: str | None = flag(None, group="models", default_text="the preset's",
+                               help="unCLIP decoder: preset, folder, Hub id or train-decoder run")
+    vae: str | None = not_a_flag(None, by_command=True,
+                                 why="train-decoder and train-autoencoder add --vae, each with its own meaning")
+    random_weights: bool = flag(False, group="models",
+                                help="build the preset's real architecture with random weights (no download)")
     # data
-    data: str | None = None
-    image_column: str | None = None
-    caption_column: str | None = None
-    num_workers: int = 0
-    # stop when more than this fraction of the last ``skip_window`` images drawn could not be read
-    max_skip_rate: float = 0.5
-    skip_window: int = 100
+    data: str | None = flag(None, group="data", default_text="none: a recipe or this flag must name it",
+                            help="image folder, CSV/TSV file with an image column, webdataset shards, or "
+                                 "(finetune) a folder written by `un2clip cache-latents`")
+    image_column: str | None = flag(None, group="data", default_text="a column named image, filepath, path, ...",
+                                    help="CSV/TSV column holding image paths")
+    caption_column: str | None = flag(None, group="data", default_text="a column named caption, text or title",
+                                      help="CSV/TSV column holding captions")
+    num_workers: int = flag(0, group="data", resumable=True, help="data-loader worker processes")
+    max_skip_rate: float = flag(0.5, group="data", resumable=True, metavar="F",
+                                help="stop when more than this fraction of the last --skip-window images drawn "
+                                     "could not be read (default {default}; 1: never, unless no image at all is "
+                                     "readable)")
+    skip_window: int = flag(100, group="data", resumable=True, metavar="N",
+                            help="images drawn over which --max-skip-rate is judged")
     # optimisation
-    optimizer: str = "adamw"
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    max_grad_norm: float | None = 1.0
+    optimizer: str = flag("adamw", group="optimisation", choices=("adamw", "sgd"), help="optimiser")
+    lr: float = flag(1e-5, group="optimisation", resumable=True,
+                     help="learning rate (default {default}; paper: 3e-7 for ViT-L/14)")
+    weight_decay: float = flag(0.0, group="optimisation", help="weight decay")
+    warmup_steps: int = flag(0, group="optimisation", help="linear warm-up steps")
+    lr_schedule: str = flag("constant", group="optimisation", choices=("constant", "cosine"),
+                            help="learning-rate schedule after warm-up")
+    max_grad_norm: float | None = flag(1.0, group="optimisation",
+                                       help="clip gradients to this norm (default {default}; 0: no clipping)")
     # loop
-    max_steps: int = 200
-    batch_size: int = 32
-    grad_accum: int = 1
-    precision: str = "fp32"
-    grad_checkpointing: bool = False
-    compile: bool = False  # torch.compile the encoder and the UNet (eager with a warning if it fails)
-    channels_last: bool = False  # convolution weights in NHWC memory format
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
-    output: str = "runs/finetune"
+    max_steps: int = flag(200, group="loop", resumable=True, help="optimiser steps to run")
+    batch_size: int = flag(32, group="loop", help="global batch: all processes and accumulation steps")
+    grad_accum: int = flag(1, group="loop", help="gradient accumulation micro-steps per optimiser step")
+    precision: str = flag("fp32", group="loop", resumable=True, choices=("fp32", "bf16", "fp16"),
+                          help="autocast precision")
+    grad_checkpointing: bool = flag(False, group="loop",
+                                    help="recompute encoder activations in the backward pass (less memory)")
+    compile: bool = flag(False, group="loop", help="torch.compile the encoder and the UNet (first step slower; "
+                                                   "eager with a warning if compilation fails)")
+    channels_last: bool = flag(False, group="loop",
+                               help="convolution weights (UNet, VAE) in channels-last memory format")
+    save_every: int = flag(500, group="loop", resumable=True, metavar="N",
+                           help="checkpoint every N steps (default {default}, and at the end)")
+    keep_checkpoints: int = flag(2, group="loop", metavar="N",
+                                 help="keep the N newest checkpoints of the run, delete older ones")
+    seed: int = flag(0, group="loop", help="seed of data order, augmentations and diffusion draws")
+    output: str = flag("runs/finetune", group="loop",
+                       help="run directory (metrics.jsonl, config.yaml, checkpoints/, trained models)")
     # options of the objective (keyword arguments of its constructor)
-    objective_options: dict[str, Any] = field(default_factory=dict)
+    objective_options: dict[str, Any] = not_a_flag(
+        default_factory=dict, why="each command adds its objective's own flags (e.g. finetune --anchor-weight)")
 
     def validate(self) -> RunConfig:
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
         if self.save_every < 1:
             raise ValueError("save_every must be >= 1")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.max_skip_rate <= 1:
@@ -82,8 +139,45 @@ class RunConfig:
         atomic_write_text(Path(path), head + self.to_yaml())
 
 
-#: settings a resumed run may change: none of them alters the model, the objective or the data order
-RESUMABLE = ("lr", "max_steps", "save_every", "precision", "num_workers", "max_skip_rate", "skip_window")
+#: settings a resumed run may change (fields declared ``resumable``): none alters the model, objective or data order
+RESUMABLE: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.metadata["resumable"])
+
+
+def flag_fields() -> list[Field]:
+    """The fields with a shared command-line flag, in declaration order."""
+    return [f for f in fields(RunConfig) if f.metadata.get("flag") == "shared"]
+
+
+def command_line_fields() -> tuple[str, ...]:
+    """Names of the fields a training command line may set: the shared flags and the commands' own (``--vae``)."""
+    return tuple(f.name for f in fields(RunConfig) if f.metadata.get("flag") in ("shared", "command"))
+
+
+def flag_type(f: Field) -> type:
+    """The Python type of a field's value, None taken away (``float | None`` -> float)."""
+    hint = get_type_hints(RunConfig)[f.name]
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    return args[0] if len(args) == 1 and hint is not bool else hint
+
+
+def shown_default(f: Field) -> str:
+    """The default a field's help shows: its ``default_text``, else its default value (bool: off or on)."""
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    value = f.default
+    if value is MISSING or value is None:
+        raise ValueError(f"RunConfig.{f.name}: a flag whose default is None or computed needs default_text")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
+    return str(value)
+
+
+def flag_help(f: Field) -> str:
+    """A field's help text with its default in it."""
+    text, shown = f.metadata["help"], shown_default(f)
+    return text.format(default=shown) if "{default}" in text else f"{text} (default {shown})"
 
 
 def changed_fields(old: RunConfig, new: RunConfig) -> dict[str, list[Any]]:

@@ -20,10 +20,9 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +34,10 @@ from un2clip.errors import RunStopped
 from un2clip.objectives.base import Objective
 from un2clip.train import perf
 from un2clip.train.config import RunConfig
+from un2clip.train.skips import SkipMonitor, UnreadableDataError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class NonFiniteLossError(RunStopped):
@@ -73,11 +76,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
-
-
-class UnreadableDataError(ValueError):
-    """Too many of the images drawn could not be read; the run stopped before writing its models. Bad input
-    (exit status 2 at the command line), not a :class:`RunStopped`: the data must change before a resume."""
 
 
 @dataclass
@@ -142,10 +140,9 @@ class Trainer:
     (``resume_changes``, ``{field: [old, new]}``, is written into the first metrics line after the resume).
 
     Unreadable images are skipped and counted. A draw of a global batch none of whose images could be
-    read is not an optimiser step: nothing is updated and the next batch is drawn. When more than
-    ``cfg.max_skip_rate`` of the last ``cfg.skip_window`` images drawn (of all images drawn, for a run
-    that draws fewer) were unreadable, or none was readable over a whole pass, the run stops with
-    :class:`UnreadableDataError` naming some of them.
+    read is not an optimiser step: nothing is updated and the next batch is drawn. A
+    :class:`~un2clip.train.skips.SkipMonitor` (``cfg.max_skip_rate``, ``cfg.skip_window``) judges the counts;
+    when it says stop, the run raises :class:`UnreadableDataError` naming some of the unreadable images.
 
     ``cfg.compile``: ``torch.compile`` the objective's ``compile_targets()``, tried on the first batch,
     eager with a warning if compilation fails; ``cfg.channels_last``: NHWC convolution weights.
@@ -153,8 +150,7 @@ class Trainer:
 
     def __init__(self, objective: Objective, source: Source, cfg: RunConfig, *, resume: bool = False,
                  progress: bool = True, resume_changes: dict[str, list[Any]] | None = None):
-        if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+        cfg.validate()  # the config's rules (precision, step counts, skip rate, choices) are checked here only
         self.objective, self.source, self.cfg = objective, source, cfg
         self.resume, self.progress = resume, progress
         self.resume_changes = dict(resume_changes or {})
@@ -163,11 +159,19 @@ class Trainer:
         self.step, self.n_bad, self.last_loss = 0, 0, float("nan")
         self.samples = 0  # global samples drawn, skipped draws included: the data position
         self.skipped_steps = 0  # draws of a global batch without one readable image
-        self._draws: deque[tuple[int, int]] = deque()  # (drawn, unreadable) per micro-step, the recent window
-        self._all_bad_run = 0  # images drawn since the last readable one
-        self._bad_keys: deque[str] = deque(maxlen=5)  # this process's most recent unreadable images
+        self.skips = SkipMonitor(max_rate=cfg.max_skip_rate, window=cfg.skip_window, source_size=len(source))
         self._micro_batches = 0  # micro-batches this process took from its loader
+        self._step_images = 0  # readable images of the optimiser step being drawn (all processes)
         self._pending_note: dict[str, Any] | None = None
+        # built by setup()
+        self.accelerator: Accelerator | None = None
+        self.micro = 0  # images per micro-batch and process
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.model: torch.nn.Module | None = None  # the objective as accelerate prepared it (DDP-wrapped when many)
+        self.sampler: Any = None  # the loader's sampler: which samples a micro-batch drew
+        self._loader_start = 0  # the data position the loader started from
+        self.batches: Any = None  # iterator of micro-batches (None: all unreadable)
 
     def setup(self) -> Trainer:
         self._setup_accelerator()
@@ -175,6 +179,7 @@ class Trainer:
         self._setup_optimizer()
         if self.resume:
             self._restore()
+        self.sched = self._scheduler()
         self._setup_data()
         return self
 
@@ -206,8 +211,20 @@ class Trainer:
         cfg = self.cfg
         self.opt = make_optimizer(self.objective.trainable_parameters(), name=cfg.optimizer, lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(
-            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule))
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """The schedule of this run's settings, at optimiser step ``self.step`` (0, or the restored step).
+
+        Its base rate is ``cfg.lr`` and the next step's rate ``cfg.lr`` x the schedule's factor at ``self.step``
+        (a resume may change --lr and --max-steps); with unchanged settings a resumed run gets back exactly
+        the rates it saved (the same product). LambdaLR's ``last_epoch`` counts the optimiser steps.
+        """
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["initial_lr"] = cfg.lr
+        return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.lr_schedule),
+            last_epoch=self.step - 1)
 
     def _restore(self) -> None:
         found = runs.newest_intact_checkpoint(self.output)  # partial and damaged ones: passed over, with a warning
@@ -216,34 +233,18 @@ class Trainer:
         saved = runs.load_checkpoint(found, verify=False)  # just verified
         device = self.accelerator.device
         self.objective.load_trainable_state_dict({k: v.to(device) for k, v in saved["trainable"].items()})
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
+        self.opt.load_state_dict(saved["optimizer"])  # the schedule is rebuilt at the restored step (setup)
         torch.set_rng_state(saved["rng"]["torch"])
         state = saved["state"]
         self.step, self.n_bad = int(state["step"]), int(state.get("n_bad", 0))
         self.samples = int(state.get("samples_seen", self.step * self.cfg.batch_size))
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._override_lr(self.cfg.lr)
         if self.accelerator.is_main_process:
             _truncate_metrics(self.metrics_path, self.step)
         if self.resume_changes:
             self._pending_note = {"resumed_at": self.step, "changed": self.resume_changes}
         changed = "".join(f", {k} {a} -> {b}" for k, (a, b) in self.resume_changes.items())
         self.accelerator.print(f"resuming from {found} (step {self.step}{changed})")
-
-    def _override_lr(self, lr: float) -> None:
-        """Make ``lr`` the base learning rate of the restored optimiser and scheduler, and the next step's rate
-        ``lr`` x the schedule's factor under this run's settings (a resume may change --lr and --max-steps).
-
-        Unchanged settings give back exactly the restored rates (the same product LambdaLR computes).
-        """
-        sched = self.sched
-        sched.base_lrs = [lr] * len(sched.base_lrs)
-        factor = lr_factor(sched.last_epoch, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps,
-                           schedule=self.cfg.lr_schedule)
-        for group in self.opt.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
-        sched._last_lr = [group["lr"] for group in self.opt.param_groups]
 
     def _setup_data(self) -> None:
         cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
@@ -325,41 +326,28 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _note_unreadable(self, batch: dict[str, Any] | None) -> None:
-        """Remember the keys of the unreadable images of the micro-batch just drawn (for the error message)."""
+        """Give the skip monitor the keys of the unreadable images of the micro-batch just drawn (for the error)."""
         drawn = self.sampler.batch_indices(self._loader_start, self._micro_batches - 1, self.micro)
         readable = [] if batch is None else batch["index"].tolist()
         for index in readable:
             if index in drawn:
                 drawn.remove(index)
-        self._bad_keys.extend(self.source.key(i) for i in drawn)
+        self.skips.remember(self.source.key(i) for i in drawn)
 
     def _count_draws(self, drawn: int, bad: int) -> None:
-        """Add one micro-step's global counts to the skip window; stop the run when too many were unreadable."""
-        cfg = self.cfg
+        """Add one micro-step's global counts to the run's totals and the skip monitor; stop when it says so."""
         self.samples += drawn
         self.n_bad += bad
-        self._all_bad_run = self._all_bad_run + drawn if bad == drawn else 0
-        self._draws.append((drawn, bad))
-        while len(self._draws) > 1 and sum(d for d, _ in self._draws) - self._draws[0][0] >= cfg.skip_window:
-            self._draws.popleft()
-        if self._all_bad_run >= max(len(self.source), cfg.skip_window):
-            self._stop_unreadable(f"none of the last {self._all_bad_run} images drawn could be read")
-        n = sum(d for d, _ in self._draws)
-        if n >= cfg.skip_window:
-            self._check_skip_rate()
+        self._stop_if_unreadable(self.skips.record(drawn, bad))
 
-    def _check_skip_rate(self) -> None:
-        n, bad = sum(d for d, _ in self._draws), sum(b for _, b in self._draws)
-        if n and bad / n > self.cfg.max_skip_rate:
-            self._stop_unreadable(f"{bad} of the last {n} images drawn ({bad / n:.0%}) could not be read, "
-                                  f"more than --max-skip-rate {self.cfg.max_skip_rate:g}")
-
-    def _stop_unreadable(self, what: str) -> None:
+    def _stop_if_unreadable(self, why: str | None) -> None:
+        if why is None:
+            return
         last = runs.latest_checkpoint(self.output)
-        examples = ", ".join(dict.fromkeys(reversed(self._bad_keys)))
+        examples = ", ".join(self.skips.examples())
         where = f" under {self.source.spec}" if self.source.kind == "folder" else ""
         raise UnreadableDataError(
-            f"{what} (missing, empty or corrupt files{where}, e.g. {examples or 'on other processes'}); "
+            f"{why} (missing, empty or corrupt files{where}, e.g. {examples or 'on other processes'}); "
             f"the run stopped at step {self.step}, last checkpoint: {last or 'none written yet'}. "
             f"Check the paths in {self.cfg.data}, or raise --max-skip-rate / --skip-window to train on what "
             "is readable.")
@@ -462,8 +450,7 @@ class Trainer:
                         self._stop_now(saved, signals.received, metrics_error)
             finally:
                 bar.close()
-        if sum(d for d, _ in self._draws) < cfg.skip_window:  # a run shorter than the window: judge all it drew
-            self._check_skip_rate()
+        self._stop_if_unreadable(self.skips.final_verdict())  # a run shorter than the window: all it drew
         self._write_models()
         if self.n_bad:
             skipped = f" ({self.skipped_steps} draw(s) without a readable image, not counted as steps)" \
