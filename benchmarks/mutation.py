@@ -298,7 +298,8 @@ class _TestCoverage:
     def tracer(self, frame, event, arg):
         if frame.f_code.co_filename != self.target:
             return None
-        lines = self.lines[self.current]
+        # module and class bodies (code without CO_OPTIMIZED) run at import, whichever test first imports them
+        lines = self.lines[self.current if frame.f_code.co_flags & 0x1 else ""]
 
         def local(frame, event, arg):
             lines.add(frame.f_lineno)
