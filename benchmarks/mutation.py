@@ -96,6 +96,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "FrozenImageTower.forward: 1 -> 0": "as '-1 -> 1': interpolating at the native size changes nothing",
         "two_views: T.to_rgb(record.image) -> record.image":
             "the CLIP processing and decoder_view convert to RGB with the same to_rgb themselves",
+        "Un2ClipObjective.__init__: int(max_timestep) -> max_timestep":
+            "max_timestep is an int (the CLI's type=int, the recipe's int field); int() returns it unchanged",
+        "Un2ClipObjective.__init__: float(anchor_weight) -> anchor_weight":
+            "an int or float weight multiplies the anchor term to the same float loss",
     },
     "src/un2clip/eval/downstream/depth.py": {},
 }
