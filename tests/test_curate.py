@@ -115,6 +115,85 @@ def test_align_defaults_are_the_published_ones_and_a_clean_pair_passes():
     assert align_tripped(400, 300, "a dog on a sunny beach", 10, r) == []
 
 
+SIX_WORDS = "a dog on a sunny beach"
+
+
+@pytest.mark.parametrize("width, height, text, shared, tripped", [
+    (200, 400, SIX_WORDS, 1, ["min_side"]),  # the shorter side must be over 200 px
+    (201, 400, SIX_WORDS, 1, []),
+    (400, 200, SIX_WORDS, 1, ["min_side"]),  # whichever side is the shorter one
+    (201, 603, SIX_WORDS, 1, ["max_aspect"]),  # 603 / 201 = 3: the ratio must be under 3
+    (201, 602, SIX_WORDS, 1, []),
+    (603, 201, SIX_WORDS, 1, ["max_aspect"]),
+    (400, 400, "dog on beach", 1, []),  # 3 words is enough
+    (400, 400, "dog  beach", 1, ["min_words"]),
+    (400, 400, "a  dog\ton\nthe beach", 1, []),  # any whitespace separates words: 5
+    (400, 400, " ".join(["word"] * 20), 1, []),  # 20 words is not too many
+    (400, 400, " ".join(["word"] * 21), 1, ["max_words"]),
+    (400, 400, SIX_WORDS, 10, []),  # shared by 10 images is allowed
+    (400, 400, SIX_WORDS, 11, ["max_caption_shared"]),
+    (150, 1000, "dog", 12, ["min_side", "max_aspect", "min_words", "max_caption_shared"]),
+])
+def test_align_rules_on_both_sides_of_each_threshold(width, height, text, shared, tripped):
+    assert align_tripped(width, height, text, shared, AlignRules()) == tripped
+
+
+def test_align_boilerplate_is_matched_after_normalising_case_and_punctuation():
+    rules = AlignRules(min_words=0)
+    assert align_tripped(400, 400, "  PHOTO! ", 1, rules) == ["boilerplate"]
+    assert align_tripped(400, 400, "Click_to ENLARGE...", 1, rules) == ["boilerplate"]  # "click to enlarge"
+    assert align_tripped(400, 400, "photo of a dog", 1, rules) == []
+    assert align_tripped(400, 400, "dog", 1, AlignRules(min_words=0, boilerplate=("Dog!",))) == ["boilerplate"]
+
+
+def test_align_rules_switched_off_trip_nothing():
+    off = AlignRules(min_side=0, max_aspect=0, min_words=0, max_words=0, max_caption_shared=0, boilerplate=())
+    assert align_tripped(1, 100, "image", 1000, off) == []
+
+
+def test_balance_probabilities_known_values_and_threshold_check():
+    assert balance_probabilities(np.array([0, 1, 2, 4]), 0.5).tolist() == [0.5, 0.5, 0.25, 0.125]
+    assert balance_probabilities([0, 1, 2, 5, 10], 2.5).tolist() == [1.0, 1.0, 1.0, 0.5, 0.25]
+    assert balance_probabilities([3], 1e-3).tolist() == pytest.approx([1e-3 / 3])
+    for t in (0, -1.0):
+        with pytest.raises(ValueError, match="threshold t must be positive"):
+            balance_probabilities([1], t)
+
+
+def test_balance_keep_draws_one_uniform_per_matched_entry_in_order():
+    probs = np.array([0.3, 0.6, 0.0, 1.0])
+    matched = [[0], [1, 0], [], [2], [3], [0, 1, 2]]
+    keep = balance_keep(matched, probs, np.random.default_rng(7))
+    rng, want = np.random.default_rng(7), []
+    for ids in matched:  # the documented rule, drawn by hand
+        want.append(bool(ids) and any(rng.random() < probs[e] for e in ids))
+    assert keep.dtype == bool and keep.tolist() == want
+    assert keep[3] == False and keep[4] == True  # noqa: E712 - p = 0 never keeps, p = 1 always does
+    assert balance_keep([[2]] * 200, probs, np.random.default_rng(0)).sum() == 0
+    assert balance_keep([[3]] * 200, probs, np.random.default_rng(0)).all()
+    # entries as any sequence: a tuple, a numpy array of one entry (its truth value is not its length)
+    sure = np.array([1.0, 0.0])
+    assert balance_keep([(1, 0), np.array([0]), (1,)], sure, np.random.default_rng(0)).tolist() == [True, True, False]
+
+
+def test_top_fraction_bounds_and_rounding():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert top_fraction(scores, 0.5).tolist() == [False, True, False, True, False]  # round(2.5) = 2
+    assert top_fraction(scores, 0.7).tolist() == [False, True, True, True, True]  # round(3.5) = 4 (to even)
+    assert top_fraction([3, 1, 2], 1 / 3).tolist() == [True, False, False]
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match="keep fraction must be in"):
+            top_fraction(scores, bad)
+
+
+def test_count_histogram_edges():
+    assert count_histogram([]) == {"0": 0}
+    assert count_histogram([0, 0]) == {"0": 2}
+    assert count_histogram([1]) == {"0": 0, "1-9": 1}
+    assert count_histogram([9, 10]) == {"0": 0, "1-9": 1, "10-99": 1}
+    assert count_histogram([1000, 99]) == {"0": 0, "1-9": 0, "10-99": 1, "100-999": 0, "1000-9999": 1}
+
+
 # ----------------------------------------------------------------------------- score filter
 
 

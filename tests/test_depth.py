@@ -226,3 +226,170 @@ def test_unreadable_images_are_named_on_the_console(tmp_path, capsys):
     assert m["n_skipped_images"] == 1
     err = capsys.readouterr().err
     assert "skipped 1 images" in err and "0002.jpg" in err
+
+
+# -- issue 36: DepthCLIP's constants written out, every switch and boundary pinned ------------------------------
+
+
+def test_depthclip_constants_written_out():
+    assert Dp.BIN_DEPTHS == (1.00, 1.50, 2.00, 2.25, 2.50, 2.75, 3.00)
+    assert Dp.DEPTH_WORDS == ("giant", "extremely close", "close", "not in distance", "a little remote", "far",
+                              "unseen")
+    assert Dp.DEPTH_TEMPLATE.format("far") == "This object is far" and Dp.TEMPERATURE == 0.1
+    assert Dp.EIGEN_CROP == (45, 471, 46, 601) and Dp.DEPTHCLIP_CROP == (56, 472, 60, 604)
+    assert Dp.NYU_SIZE == (480, 640)
+    assert Dp.IMAGENET_MEAN == (0.485, 0.456, 0.406) and Dp.IMAGENET_STD == (0.229, 0.224, 0.225)
+    words = torch.eye(7, 8)
+    assert Dp.depthclip_depth(words, words).tolist() == pytest.approx([1.0, 1.5, 2.0, 2.25, 2.5, 2.75, 3.0], abs=1e-4)
+
+
+def test_depthclip_temperature_on_a_patch_between_two_words():
+    words = torch.eye(7, 8)
+    patch = torch.tensor([0.1, 0.101, 0, 0, 0, 0, 0, 0])
+    patch[7] = math.sqrt(1 - 0.1**2 - 0.101**2)
+    # logits 100 * cos / 0.1: 100 and 101 for "giant" (1.0 m) and "extremely close" (1.5 m), 0 for the others
+    want = (1.0 + 1.5 * math.e) / (1 + math.e)
+    assert float(Dp.depthclip_depth(patch, words)) == pytest.approx(want, abs=2e-3)
+    assert float(Dp.depthclip_depth(patch, words, temperature=1.0)) == pytest.approx(
+        float((torch.softmax(100 * words @ patch, 0) * torch.tensor(Dp.BIN_DEPTHS)).sum()), abs=1e-5)
+
+
+def test_score_mask_eigen_crop_edges_and_modes(tmp_path):
+    gt = torch.ones(480, 640)
+    mask = Dp.score_mask(gt, min_depth=1e-3, max_depth=10.0, eigen_crop="auto", where=tmp_path)
+    assert int(mask.sum()) == 426 * 555  # rows 45-470, columns 46-600
+    assert mask[45, 46] and mask[470, 600] and not mask[44, 46] and not mask[471, 46]
+    assert not mask[45, 45] and not mask[45, 601]
+    assert torch.equal(Dp.score_mask(gt, min_depth=1e-3, max_depth=10.0, eigen_crop="on", where=tmp_path), mask)
+    assert bool(Dp.score_mask(gt, min_depth=1e-3, max_depth=10.0, eigen_crop="off", where=tmp_path).all())
+    small = torch.tensor([[0.5, 1.0, 2.0, 3.0]])  # (min, max) is open at both ends
+    assert Dp.score_mask(small, min_depth=1.0, max_depth=3.0, eigen_crop="auto", where=tmp_path).tolist() == [
+        [False, False, True, False]]
+    with pytest.raises(ValueError, match="unknown eigen_crop 'yes'"):
+        Dp.score_mask(small, min_depth=1.0, max_depth=3.0, eigen_crop="yes", where=tmp_path)
+
+
+def test_input_crop_and_depthclip_input_sizes():
+    assert Dp.input_crop(480, 640) == (56, 472, 60, 604)
+    assert Dp.input_crop(640, 480) == (0, 640, 0, 480) and Dp.input_crop(20, 50) == (0, 20, 0, 50)
+    x, region = Dp.depthclip_input(Image.new("RGB", (50, 20)), 16)
+    assert tuple(x.shape) == (1, 3, 16, 48) and region == (0, 20, 0, 50)  # cut down to whole patches
+    x, _ = Dp.depthclip_input(Image.new("RGB", (16, 16), (255, 255, 255)), 16)  # one patch exactly
+    assert torch.allclose(x[0, :, 0, 0], (1 - torch.tensor(Dp.IMAGENET_MEAN)) / torch.tensor(Dp.IMAGENET_STD))
+    for size in ((15, 16), (16, 15)):
+        with pytest.raises(ValueError, match="smaller than one 16-pixel patch"):
+            Dp.depthclip_input(Image.new("RGB", size), 16)
+
+
+def test_predict_depth_defaults_and_refusals():
+    image, words = Image.new("RGB", (64, 32)), torch.eye(8)[:7]
+    model = WordModel(column_words=(0, 6))
+    out = Dp.predict_depth(model, image, words, (32, 64), short_side=32)  # default: resize, no flip, unaligned
+    assert tuple(model.inputs[0].shape) == (1, 3, 32, 64) and len(model.inputs) == 1
+    grid = torch.tensor([[[1.0, 3.0, 3.0, 3.0]]]).expand(1, 2, 4)  # columns: word 0, then word 6
+    torch.testing.assert_close(out, Dp.upsample(grid, (32, 64), align_corners=False), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="unknown depth input 'crop'"):
+        Dp.predict_depth(model, image, words, (32, 64), short_side=32, input="crop")
+    with pytest.raises(ValueError, match="predicts at the image's size 32x64, asked \\(16, 32\\)"):
+        Dp.predict_depth(model, image, words, (16, 32), short_side=32, input="depthclip")
+
+
+def _two_column_set(folder, value=2000):
+    (folder / "images").mkdir(parents=True)
+    (folder / "depths").mkdir()
+    Image.new("RGB", (64, 32)).save(folder / "images" / "a.png")
+    Image.fromarray(np.full((32, 64), value, dtype=np.uint16)).save(folder / "depths" / "a.png")
+    return folder
+
+
+def test_evaluate_defaults_are_depthclips_and_each_switch_changes_the_result(tmp_path):
+    folder = _two_column_set(tmp_path / "set")
+
+    def run(**kw):
+        model = WordModel(column_words=(0, 6, 3, 2))  # 1.0, 3.0, 2.25, 2.0 m across the four grid columns
+        m = Dp.evaluate(model, folder, progress=False, **kw)
+        run.first = model.inputs[0]
+        return m, [tuple(x.shape) for x in model.inputs]
+
+    default, shapes = run()
+    assert shapes == [(1, 3, 32, 64), (1, 3, 32, 64)]  # native size, then its flip
+    black = -torch.tensor(Dp.IMAGENET_MEAN) / torch.tensor(Dp.IMAGENET_STD)  # a black frame, ImageNet statistics
+    assert torch.allclose(run.first[0, :, 0, 0], black)
+    explicit, _ = run(input="depthclip", flip=True, align_corners=True, eigen_crop="auto")
+    assert default == explicit
+    assert run(flip=False)[0] != default and run(align_corners=False)[0] != default
+    _, shapes = run(input="resize")
+    assert shapes == [(1, 3, 32, 64), (1, 3, 32, 64)]  # resize flips too by default
+    assert not torch.allclose(run.first[0, :, 0, 0], black)  # CLIP's statistics
+    _, shapes = run(input="resize", short_side=64)
+    assert shapes[0] == (1, 3, 64, 128)  # the short side asked for, not the model's 32
+    assert default["n_images"] == 1 and default["n_skipped_images"] == 0
+    assert run(eigen_crop=False)[0] == default  # a 64 x 32 frame has no Eigen crop either way
+
+
+def test_evaluate_depth_range_and_refusals(tmp_path):
+    far = _two_column_set(tmp_path / "far", value=12000)  # 12 m: beyond the default 10 m
+    with pytest.raises(ValueError, match="has no pixel within \\(0.001, 10.0\\) m"):
+        Dp.evaluate(WordModel(), far, progress=False)
+    assert Dp.evaluate(WordModel(column_words=(6,)), far, progress=False, max_depth=20.0)["abs_rel"] == \
+        pytest.approx(9 / 12, abs=1e-4)  # every patch says 3 m
+    near = _two_column_set(tmp_path / "near", value=2000)
+    clamped = Dp.evaluate(WordModel(column_words=(6,)), near, progress=False, max_depth=2.5)
+    assert clamped["abs_rel"] == pytest.approx(0.25, abs=1e-4)  # 3 m clamped to the 2.5 m maximum
+    for kw, words in [({"min_depth": 0.0}, "need 0 < min_depth < max_depth"),
+                      ({"min_depth": 2.0, "max_depth": 2.0}, "need 0 < min_depth < max_depth"),
+                      ({"max_depth": math.inf}, "need 0 < min_depth < max_depth"),
+                      ({"eigen_crop": "yes"}, "eigen_crop must be one of"),
+                      ({"input": "crop"}, "input one of")]:
+        with pytest.raises(ValueError, match=words):
+            Dp.evaluate(WordModel(), near, progress=False, **kw)
+
+
+def test_reader_scale_hidden_files_and_bad_folders(tmp_path):
+    write_pair(tmp_path / "a", "0001")
+    (tmp_path / "a" / "depth_scale.txt").write_text(" 256 \n")
+    assert Dp.read_depth_set(tmp_path / "a").depth_scale == 256.0
+    assert Dp.read_depth_set(tmp_path / "a", depth_scale=5000).depth_scale == 5000.0
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="depth scale must be a positive number"):
+            Dp.read_depth_set(tmp_path / "a", depth_scale=bad)
+    for text in ("0", "inf"):
+        (tmp_path / "a" / "depth_scale.txt").write_text(text)
+        with pytest.raises(ValueError, match="must hold a positive number"):
+            Dp.read_depth_set(tmp_path / "a")
+    (tmp_path / "a" / "depth_scale.txt").unlink()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "images" / ".hidden.png")  # no depth, but hidden: ignored
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "images" / "0002.JPG")
+    Image.fromarray(np.ones((8, 8), dtype=np.uint16)).save(tmp_path / "a" / "depths" / "0002.png")
+    assert [p[0].name for p in Dp.read_depth_set(tmp_path / "a").pairs] == ["0001.jpg", "0002.JPG"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image \\+ depth pairs"):
+        Dp.read_depth_set(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        Dp.read_depth_set(tmp_path / "missing")
+    bts = tmp_path / "bts" / "kitchen"
+    bts.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(bts / "rgb_00007.jpg")
+    with pytest.raises(FileNotFoundError, match="rgb_00007\\.jpg has no depth map .*sync_depth_00007\\.png"):
+        Dp.read_depth_set(tmp_path / "bts")
+
+
+def test_depth_png_channels_and_one_bit_are_refused(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="has 3 channels"):
+        Dp.read_depth_png(tmp_path / "rgb.png", 1000.0)
+    Image.new("1", (4, 4)).save(tmp_path / "bits.png")
+    with pytest.raises(ValueError, match="is 1-bit"):
+        Dp.read_depth_png(tmp_path / "bits.png", 1000.0)
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk\\.png cannot be read"):
+        Dp.read_depth_png(tmp_path / "junk.png", 1000.0)
+    Image.fromarray(np.array([[500, 2500]], dtype=np.uint16)).save(tmp_path / "d.png")
+    assert Dp.read_depth_png(tmp_path / "d.png", 1000.0).tolist() == [[0.5, 2.5]]
+
+
+def test_evaluate_with_no_readable_image_says_so(tmp_path):
+    write_pair(tmp_path, "0001")
+    (tmp_path / "images" / "0001.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="none of the 1 images of .* could be read"):
+        Dp.evaluate(WordModel(), tmp_path, progress=False)

@@ -127,6 +127,7 @@ def test_malformed_mmvp_folder_names_path_and_layout(tmp_path, breakage, error, 
     ([(2, 1), (3, 4)], 2, "the Question IDs 2 and 1"),
     ([(1, 2), (3, 5)], 5, "the Question IDs 3 and 5"),  # odd then odd: the official script has no image 2
     ([(1, 2), ("3a", 4)], 4, "Question ID '3a' is not a whole number"),
+    ([(1, 2), (3, "4b")], 5, "Question ID '4b' is not a whole number"),
 ])
 def test_mmvp_pair_must_be_an_odd_then_an_even_question_id(tmp_path, ids, row, words):
     root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red"), ("Texts", "red", "blue", "red", "blue")],
@@ -205,6 +206,83 @@ def test_mmvp_duplicate_question_id_or_empty_statement_names_the_row(tmp_path, b
     with pytest.raises(ValueError) as info:
         mmvp.read_mmvp(root)
     assert words in str(info.value) and str(table) in str(info.value)
+
+
+def test_mmvp_more_or_fewer_than_135_pairs_have_no_official_category():
+    official = [t for t in mmvp.PATTERNS for _ in range(15)]
+    assert mmvp.official_category_mismatches(official + ["Texts"]) is None  # 136 pairs
+    assert mmvp.official_category_mismatches(official * 2) is None
+    assert mmvp.official_category_mismatches([]) is None
+
+
+def test_mmvp_category_warning_names_the_first_three_rows_and_counts_the_rest(tmp_path):
+    types = [t for t in mmvp.PATTERNS for _ in range(15)]
+    types[0], types[15] = types[15], types[0]
+    types[30], types[45] = types[45], types[30]  # pairs 0, 15, 30 and 45 disagree
+    with pytest.warns(UserWarning) as caught:
+        mmvp._warn_official_category_mismatch(tmp_path / "Questions.csv", types)
+    message = str(caught[0].message)
+    assert message.startswith(f"{tmp_path / 'Questions.csv'}: 4 of its 135 pairs have a Type other than")
+    assert ("rows 2-3 'Presence of Specific Features' vs 'Orientation and Direction'; "
+            "rows 32-33 'Orientation and Direction' vs 'Presence of Specific Features'; "
+            "rows 62-63 'Quantity and Count' vs 'State and Condition' and 1 more.") in message
+    assert "pattern k // 15 of the official order" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mmvp._warn_official_category_mismatch(tmp_path / "Questions.csv", types[:-1])  # 134: silent
+
+
+def test_mmvp_reader_tolerates_a_bom_blank_rows_and_padded_cells(tmp_path):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
+    table = root / "Questions.csv"
+    table.write_text("\ufeffQuestion ID , Type,Statement\n\n 1 , Texts , blue \n,,\n2,Texts,red\n", encoding="utf-8")
+    (pair,) = mmvp.read_mmvp(str(root))  # a str path is as good as a Path
+    assert pair.qids == ("1", "2") and pair.pattern == "Texts" and pair.statements == ("blue", "red")
+    assert pair.images == (root / "MLLM_VLM Images" / "Texts" / "1.jpg", root / "MLLM_VLM Images" / "Texts" / "2.jpg")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("Question ID,Type,Statement\n", "has 0 question rows, not a positive even number"),
+    ("", "is empty"),
+    ("Question ID,Type,Statement\n1,Texts,blue\n2,Texts\n", "row 3 has 2 fields instead of 3"),
+])
+def test_mmvp_header_only_empty_or_short_rows_are_refused(tmp_path, content, words):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
+    (root / "Questions.csv").write_text(content)
+    with pytest.raises(ValueError, match=words) as info:
+        mmvp.read_mmvp(root)
+    assert "with the columns Question ID, Type, Statement (two consecutive rows per pair)" in str(info.value)
+
+
+@pytest.mark.parametrize("n_missing, tail", [(3, "3.jpg; expected"), (4, "3.jpg and 1 more; expected"),
+                                             (5, "3.jpg and 2 more; expected")])
+def test_mmvp_missing_images_names_three_and_counts_the_rest(tmp_path, n_missing, tail):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")] * 3)
+    for q in range(1, n_missing + 1):
+        (root / "MLLM_VLM Images" / "Texts" / f"{q}.jpg").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        mmvp.read_mmvp(root)
+    message = str(info.value)
+    assert message.startswith(f"{n_missing} MMVP image(s) missing: ") and tail in message
+    assert "1.jpg" in message and "4.jpg" not in message
+
+
+def test_mmvp_unreadable_image_is_an_error(tmp_path):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")])
+    (root / "MLLM_VLM Images" / "Texts" / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"1 MMVP image\(s\) cannot be read: .*2\.jpg; the benchmark needs every"):
+        mmvp.evaluate(ColourClip(), root, progress=False)
+
+
+def test_mmvp_unknown_patterns_come_after_the_official_ones(tmp_path):
+    root = make_mmvp(tmp_path / "mmvp", [("Zebra", "blue", "red", "blue", "red"),
+                                         ("Texts", "red", "green", "red", "red"),
+                                         ("Alpha", "green", "blue", "green", "blue")])
+    scores = mmvp.evaluate(ColourClip(), root, progress=False)
+    assert list(scores) == ["Texts", "Zebra", "Alpha", "average", "n_pairs"]
+    assert scores == {"Texts": 0.0, "Zebra": 100.0, "Alpha": 100.0, "average": pytest.approx(200 / 3), "n_pairs": 3}
+    assert mmvp.average_definition(scores).startswith("the mean of the 3 pattern scores")
+    assert mmvp.average_definition({"A": 1.0, "average": 1.0}).startswith("the mean of the 1 pattern scores")
 
 
 def test_published_anchor_only_for_the_original_hub_model():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from un2clip.eval.core.metrics import (
+    bucket_key,
     diffusion_loss_summary,
     mean_per_class_recall,
     mmvp_pair_correct,
@@ -15,6 +16,7 @@ from un2clip.eval.core.metrics import (
     recall_at_k,
     retrieval_metrics,
     retrieval_rank_metrics,
+    retrieval_ranks,
     timestep_buckets,
     topk_accuracy,
     zeroshot_metrics,
@@ -197,6 +199,160 @@ def test_draw_seeds_depend_on_seed_image_and_draw_only():
     assert all(0 <= s < 2**62 for s in both.tolist())
 
 
+# -- boundaries and known answers pinned for mutation testing (issue 36) ----------------------------------------
+
+
+def test_acc5_is_reported_with_exactly_five_classes():
+    logits = torch.tensor([
+        [0.0, 5.0, 4.0, 3.0, 2.0],  # target 0 ranks 5th: a top-5 hit, not a top-1 hit
+        [1.0, 0.0, 0.0, 0.0, 0.0],  # target 0 ranks 1st
+        [0.0, 0.0, 0.0, 0.0, 1.0],  # target 3: tied with three others behind class 4
+    ])
+    targets = torch.tensor([0, 0, 3])
+    five = zeroshot_metrics(logits, targets)
+    assert set(five) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert five["acc1"] == pytest.approx(1 / 3) and five["acc5"] == 1.0
+    assert five["mean_per_class_recall"] == pytest.approx((1 / 2 + 0) / 2)  # class 0: 1 of 2, class 3: 0 of 1
+    assert topk_accuracy(logits, targets, ks=(5,)) == {5: 1.0}  # k equal to the class count is allowed
+
+
+@pytest.mark.parametrize("logits, targets, words", [
+    (torch.zeros(3), torch.zeros(3, dtype=torch.long), "expected logits"),
+    (torch.zeros(2, 3), torch.zeros(3, dtype=torch.long), "expected logits"),
+    (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), "no samples"),
+])
+def test_topk_refuses_bad_shapes_and_no_samples(logits, targets, words):
+    with pytest.raises(ValueError, match=words):
+        topk_accuracy(logits, targets, ks=(1,))
+
+
+def test_mean_per_class_recall_refuses_bad_input():
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_per_class_recall(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_per_class_recall(torch.zeros(2), torch.zeros(3))
+
+
+def test_k_beyond_the_candidates_counts_all_and_a_query_without_positive_is_refused():
+    scores = torch.tensor([
+        [0.1, 0.9, 0.5],  # positive 0: third
+        [0.9, 0.1, 0.5],  # positive 0: first
+    ])
+    positives = torch.tensor([[True, False, False], [True, False, False]])
+    assert recall_at_k(scores, positives, ks=(1, 2, 3, 10)) == {1: 0.5, 2: 0.5, 3: 1.0, 10: 1.0}
+    with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
+        recall_at_k(scores, positives[:, :2])
+    with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
+        recall_at_k(scores[0], positives[0])
+    with pytest.raises(ValueError, match="no queries"):
+        recall_at_k(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool))
+    no_positive = torch.tensor([[True, False, False], [False, False, False]])
+    for metric in (recall_at_k, retrieval_ranks):
+        with pytest.raises(ValueError, match="every query needs at least one positive"):
+            metric(scores, no_positive)
+
+
+def test_retrieval_ranks_ties_against_the_query_and_the_best_positive():
+    scores = torch.tensor([
+        [1.0, 1.0, 0.0],  # positive 1 ties with 0: rank 2 (a tie counts against the query)
+        [3.0, 1.0, 2.0],  # positive 1: two scored higher, rank 3
+        [0.5, 0.9, 0.7],  # positives 0 and 2: the best (0.7) has one negative above, rank 2
+        [0.7, 0.9, 0.7],  # positives 0 and 2 tie with each other: they do not push each other down
+    ])
+    positives = torch.tensor([[False, True, False], [False, True, False], [True, False, True], [True, False, True]])
+    assert retrieval_ranks(scores, positives).tolist() == [2, 3, 2, 2]
+    with pytest.raises(ValueError, match="one \\(Q, G\\) shape"):
+        retrieval_ranks(scores, positives[:2])
+
+
+def test_rank_summary_median_of_odd_and_even_counts():
+    assert rank_summary(torch.tensor([3, 1, 2])) == (2.0, 2.0)
+    assert rank_summary(torch.tensor([10, 1, 3, 2])) == (2.5, 4.0)
+    assert rank_summary(torch.tensor([7])) == (7.0, 7.0)
+    with pytest.raises(ValueError, match="no ranks"):
+        rank_summary(torch.tensor([]))
+
+
+def test_retrieval_rank_metrics_both_ways_by_hand():
+    caption_item = torch.tensor([0, 0, 1])  # captions 0, 1 -> item 0; caption 2 -> item 1
+    scores = torch.tensor([
+        [0.9, 0.1],  # caption 0: its item first
+        [0.2, 0.8],  # caption 1: its item second
+        [0.6, 0.4],  # caption 2: its item second
+    ])
+    m = retrieval_rank_metrics(scores, caption_item, item="video")
+    assert m == {"text_to_video_median_rank": 2.0, "text_to_video_mean_rank": 5 / 3,
+                 # item 0: best caption 0 (0.9) first; item 1: caption 2 (0.4) behind 0.8 -> rank 2
+                 "video_to_text_median_rank": 1.5, "video_to_text_mean_rank": 1.5}
+    with pytest.raises(ValueError, match="caption_item must be \\(3,\\)"):
+        retrieval_rank_metrics(scores, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="caption_image must be \\(3,\\)"):
+        retrieval_metrics(scores, torch.tensor([[0, 1, 1]]))
+
+
+def test_mmvp_picks_refuse_other_shapes_and_a_small_margin_picks_image_one():
+    with pytest.raises(ValueError, match="expected \\(P, 2, 2\\) logits"):
+        mmvp_text_picks(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="expected \\(P, 2, 2\\) logits"):
+        mmvp_text_picks(torch.zeros(1, 2, 3))
+    _, picks = mmvp_text_picks(torch.tensor([[[1e-3, 0.0], [0.0, 1e-3]]]))
+    assert picks.tolist() == [[0, 1]]
+
+
+def test_mmvp_scores_default_order_tensor_input_and_refusals():
+    s = mmvp_scores(torch.tensor([True, True, False, True]), ["B", "A", "A", "B"])
+    assert list(s) == ["B", "A", "average"] and s == {"B": 100.0, "A": 50.0, "average": 75.0}
+    three = mmvp_scores([True, False, False], ["A", "B", "C"])
+    assert three["average"] == pytest.approx(100 / 3)  # mean over patterns, not over pairs
+    with pytest.raises(ValueError, match="2 pair results but 3 pair types"):
+        mmvp_scores([True, False], ["A", "A", "B"])
+    with pytest.raises(ValueError, match="no pairs to score"):
+        mmvp_scores([], [])
+
+
+def test_timestep_bucket_bounds_and_names():
+    assert timestep_buckets(4, 4) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert timestep_buckets(7, 1) == [(0, 6)]
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="num_buckets must be in \\[1, 4\\]"):
+            timestep_buckets(4, bad)
+    assert bucket_key(0, 99, 3) == "loss_t000-099"
+    assert bucket_key(7, 12, 4) == "loss_t0007-0012"
+
+
+def test_diffusion_loss_summary_single_draw_bucket_edges_and_bad_input():
+    one = diffusion_loss_summary(torch.tensor([2.5]), torch.tensor([100]), 1000, 10)
+    assert one == {"loss_mean": 2.5, "loss_sem": 0.0, "loss_t100-199": 2.5}
+    two = diffusion_loss_summary(torch.tensor([1.0, 3.0]), torch.tensor([99, 100]), 1000, 10)
+    assert two["loss_sem"] == pytest.approx(math.sqrt(2.0) / math.sqrt(2))  # std 1.414 (n - 1), / sqrt(2)
+    assert two["loss_t000-099"] == 1.0 and two["loss_t100-199"] == 3.0
+    assert set(diffusion_loss_summary(torch.tensor([1.0]), torch.tensor([9]), 10, 2)) == {
+        "loss_mean", "loss_sem", "loss_t5-9"}  # width of the names from the last timestep, 9: one digit
+    with pytest.raises(ValueError, match="non-empty"):
+        diffusion_loss_summary(torch.tensor([]), torch.tensor([]), 1000)
+    with pytest.raises(ValueError, match="non-empty"):
+        diffusion_loss_summary(torch.tensor([1.0, 2.0]), torch.tensor([1]), 1000)
+
+
+def test_default_ks_and_plain_float_results():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    acc = topk_accuracy(logits, torch.tensor([1, 1]))  # ranks 5 and 2
+    assert acc == {1: 0.0, 5: 1.0} and all(type(v) is float for v in acc.values())
+    recall = mean_per_class_recall(torch.tensor([1, 0, 1]), torch.tensor([1, 1, 0]))
+    assert type(recall) is float and recall == pytest.approx(0.25)
+    scores = torch.arange(24, dtype=torch.float32).reshape(2, 12)  # candidate 11 scores highest, 0 lowest
+    positives = torch.zeros(2, 12, dtype=torch.bool)
+    positives[0, 11], positives[1, 6] = True, True  # ranks 1 and 6
+    r = recall_at_k(scores, positives)
+    assert r == {1: 0.5, 5: 0.5, 10: 1.0} and all(type(v) is float for v in r.values())
+    # k is capped by the candidates (3), not by the queries (2): the third-ranked positive is found
+    wide = recall_at_k(torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.2, 0.3]]),
+                       torch.tensor([[False, False, True], [False, False, True]]), ks=(5,))
+    assert wide == {5: 1.0}
+    both = retrieval_metrics(torch.eye(12), torch.arange(12))
+    assert sorted(both) == sorted(f"{d}_recall@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10))
+
+
 def test_every_metric_lives_in_the_metrics_module():
     """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
     from un2clip.eval.core import metrics
@@ -209,3 +365,48 @@ def test_every_metric_lives_in_the_metrics_module():
         for name in names:
             assert getattr(module, name) is getattr(metrics, name) and getattr(metrics, name).__module__ == \
                 "un2clip.eval.core.metrics", name
+
+
+# -- monocular depth (moved here from eval/depth.py) ------------------------------------------------------------
+
+
+def test_depth_metrics_under_and_over_prediction_and_every_delta_threshold():
+    from un2clip.eval.core.metrics import depth_metrics
+
+    # (pred, gt): ratios max(p/g, g/p) of 1, 1.4 (under), 1.8 (over), 2.2 (under), 1.2 (over) and exactly 1.25,
+    # 1.25^2 (under) and 1.25^3: a delta counts ratios strictly below its threshold
+    pred = torch.tensor([1.0, 1.0, 1.8, 1.0, 1.2, 1.25, 1.0, 1.953125])
+    gt = torch.tensor([1.0, 1.4, 1.0, 2.2, 1.0, 1.0, 1.5625, 1.0])
+    m = depth_metrics(pred, gt)
+    assert (m["delta1"], m["delta2"], m["delta3"]) == (2 / 8, 4 / 8, 6 / 8)
+    pairs = list(zip(pred.double().tolist(), gt.double().tolist()))
+    assert m["abs_rel"] == pytest.approx(sum(abs(p - g) / g for p, g in pairs) / 8, rel=1e-12)
+    assert m["abs_rel"] == pytest.approx((0 + 0.4 / 1.4 + 0.8 + 1.2 / 2.2 + 0.2 + 0.25 + 0.36 + 0.953125) / 8, rel=1e-6)
+    assert m["sq_rel"] == pytest.approx(sum((p - g) ** 2 / g for p, g in pairs) / 8, rel=1e-12)
+    assert m["rmse"] == pytest.approx(math.sqrt(sum((p - g) ** 2 for p, g in pairs) / 8), rel=1e-12)
+    assert m["log10"] == pytest.approx(sum(abs(math.log10(p / g)) for p, g in pairs) / 8, rel=1e-12)
+    e = [math.log(p) - math.log(g) for p, g in pairs]
+    assert m["rmse_log"] == pytest.approx(math.sqrt(sum(x * x for x in e) / 8), rel=1e-12)
+    var = sum(x * x for x in e) / 8 - (sum(e) / 8) ** 2
+    assert m["silog"] == pytest.approx(100 * math.sqrt(var), rel=1e-9)
+    assert all(type(v) is float for v in m.values())
+    # the same errors the other way round (pred and gt swapped) give the same deltas
+    swapped = depth_metrics(gt, pred)
+    assert (swapped["delta1"], swapped["delta2"], swapped["delta3"]) == (2 / 8, 4 / 8, 6 / 8)
+
+
+def test_depth_metrics_valid_pixels_and_refusals():
+    from un2clip.eval.core.metrics import depth_metrics, mean_metrics
+
+    pred, gt = torch.tensor([2.0, 1.0, 5.0]), torch.tensor([1.0, 0.0, 5.0])  # gt 0: no measurement
+    assert depth_metrics(pred, gt)["abs_rel"] == pytest.approx(0.5)
+    assert depth_metrics(pred, gt, torch.tensor([False, True, True]))["abs_rel"] == 0.0  # mask and gt > 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        depth_metrics(pred, gt[:2])
+    with pytest.raises(ValueError, match="no valid ground-truth pixels"):
+        depth_metrics(pred, torch.zeros(3))
+    with pytest.raises(ValueError, match="predicted depths must be positive"):
+        depth_metrics(torch.tensor([0.0, 1.0, 1.0]), torch.ones(3))
+    assert mean_metrics([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 6.0}]) == {"a": 2.0, "b": 4.0}
+    with pytest.raises(ValueError, match="no images scored"):
+        mean_metrics([])

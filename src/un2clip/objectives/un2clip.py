@@ -132,7 +132,9 @@ class Un2ClipObjective(Objective):
         super().__init__()
         check_pair(clip, decoder)
         if timesteps_per_image < 1:
-            raise ValueError("timesteps_per_image must be >= 1")
+            raise ValueError(f"timesteps_per_image must be >= 1, got {timesteps_per_image}")
+        if max_timestep is not None and not 1 <= max_timestep <= decoder.num_train_timesteps:
+            raise ValueError(f"max_timestep must be in [1, {decoder.num_train_timesteps}], got {max_timestep}")
         if anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
         if lora_rank < 0:

@@ -210,7 +210,7 @@ def mmvp_logits(model: ClipModel, pairs: list[MmvpPair], *, prompt_prefix: str =
     if images.n_skipped:
         bad = sorted(set(range(len(paths))) - set(images.index.tolist()))
         raise ValueError(f"{images.n_skipped} MMVP image(s) cannot be read: "
-                         f"{', '.join(paths[i] for i in bad[:3])}; the benchmark needs every image")
+                         f"{', '.join(str(paths[i]) for i in bad[:3])}; the benchmark needs every image")
     texts = [prompt_prefix + s for p in pairs for s in p.statements]
     text_embeds = embed_texts(model, texts, batch_size=batch_size, precision=precision, progress=progress,
                               desc="MMVP texts")
