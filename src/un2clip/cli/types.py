@@ -1,0 +1,100 @@
+"""Argparse types shared by every command: a numeric option is checked when the arguments are parsed.
+
+Each type turns the option's text into a number or raises ``argparse.ArgumentTypeError`` with a message that
+says what the value must be, so argparse prints ``argument --batch-size: must be a positive integer, not '0'``
+and exits 2 before anything loads. Use them as ``type=positive_int``; for a weight list that must not be all
+zero, check the parsed list with :func:`not_all_zero`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+
+__all__ = ["positive_int", "nonneg_int", "fraction", "open_fraction", "positive_float", "nonneg_float",
+           "finite_float", "int_at_least", "float_in", "not_all_zero"]
+
+
+def _parse_int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+
+
+def _parse_float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+    return value
+
+
+def int_at_least(low: int, what: str | None = None) -> Callable[[str], int]:
+    """A type for integers ``>= low``."""
+    what = what or f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        value = _parse_int(text, what)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+
+    parse.__name__ = f"int_at_least_{low}"  # argparse names the type in some messages
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+             what: str | None = None) -> Callable[[str], float]:
+    """A type for finite floats in the interval [low, high] (an end excluded with ``low_open``/``high_open``)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    what = what or f"a number in {interval}"
+
+    def parse(text: str) -> float:
+        value = _parse_float(text, what)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+
+    parse.__name__ = f"float_in_{interval}"
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+positive_int.__name__ = "positive_int"
+nonneg_int = int_at_least(0, "an integer >= 0")
+nonneg_int.__name__ = "nonneg_int"
+fraction = float_in(0.0, 1.0, what="a fraction in [0, 1]")
+fraction.__name__ = "fraction"
+open_fraction = float_in(0.0, 1.0, low_open=True, what="a fraction in (0, 1]")
+open_fraction.__name__ = "open_fraction"
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    value = _parse_float(text, "a positive number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite float >= 0."""
+    value = _parse_float(text, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite float (no nan, inf)."""
+    return _parse_float(text, "a finite number")
+
+
+def not_all_zero(values: Sequence[float] | None, option: str) -> None:
+    """Raise ``ValueError`` naming ``option`` when every weight in ``values`` is zero (``None``: not given)."""
+    if values is not None and not any(values):
+        raise ValueError(f"{option}: the weights are all zero; at least one must be non-zero")
