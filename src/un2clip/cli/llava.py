@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from un2clip.cli.types import positive_int, template_with
+
 MLLM_HELP = {
     "mmvp-mllm": "MMVP with a LLaVA: 300 two-option questions on CLIP-blind pairs (DIR/Questions.csv with Index, "
                  "Question, Options, Correct Answer; DIR/MMVP Images/<Index>.jpg); pairs scored as the paper does",
@@ -58,15 +60,16 @@ def add_eval_tasks(tasks: argparse._SubParsersAction, *, data_name, model_name) 
         tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
         tp.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="weights' dtype (default auto: as saved)")
-        tp.add_argument("--batch-size", type=int, default=8, help="questions generated at once (default 8)")
-        tp.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
+        tp.add_argument("--batch-size", type=positive_int, default=8, help="questions generated at once (default 8)")
+        tp.add_argument("--max-new-tokens", type=positive_int, default=16, help="answer length limit (default 16)")
         tp.add_argument("--prompt-suffix", help="text after each question (mmvp-mllm default: none, as the official "
                                                 "script; cvbench default: answer with the option's letter)")
-        tp.add_argument("--prompt-template", help="whole prompt with {question} (default: the processor's chat "
-                                                  "template, else LLaVA-1.5's 'USER: <image>\\n{question} ASSISTANT:')")
+        tp.add_argument("--prompt-template", type=template_with("question"),
+                        help="whole prompt, which must contain {question} (default: the processor's chat "
+                             "template, else LLaVA-1.5's 'USER: <image>\\n{question} ASSISTANT:')")
         if task == "cvbench":
-            tp.add_argument("--limit", type=int, help="the first N questions only")
-        tp.add_argument("--no-progress", action="store_true", help="no progress bars")
+            tp.add_argument("--limit", type=positive_int, help="the first N questions only, N >= 1 (default: all)")
+        tp.add_argument("--no-progress", action="store_true", help="no progress bars (transformers' included)")
         tp.set_defaults(func=_run_mllm_eval, data_name=data_name, model_name_of=model_name)
 
 
@@ -95,15 +98,20 @@ def _run_mllm_eval(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in params
                if k not in ("model", "data", "samples_csv") and getattr(args, k, None) is not None}
     options["progress"] = not args.no_progress
+    # every setting that changes an answer is recorded with its effective value, defaults included
+    effective = {k: options.get(k, p.default) for k, p in params.items()
+                 if k not in ("model", "data", "samples_csv", "progress")}
     for spec, name in zip(args.model, names):
         model = LlavaChat.from_pretrained(spec, device=device, dtype=dtype, prompt_template=args.prompt_template)
         path = result_path(args.output, name, task.name, dataset)
         samples = path.with_name(path.stem + ".samples.csv")
         metrics = task.evaluate(model, args.data, **options, samples_csv=samples)
-        recorded = {**options, "samples_csv": samples, "prompt_template": args.prompt_template, "dtype": args.dtype}
+        recorded = {**effective, "samples_csv": samples, "prompt_template": args.prompt_template,
+                    "prompt": model.prompt("{question}"), "dtype": args.dtype}
         write_result(args.output, model=name, task=task.name, dataset=dataset, metrics=metrics, options=recorded,
                      extra={"model_spec": spec, "data": str(Path(args.data).resolve()), "device": str(device),
-                            "units": "percent", "answer_matching": "option letter, else option text (no LLM judge)"})
+                            "units": "percent", "answer_matching": "option letter, else option text (no LLM judge); "
+                                                                   "an answer naming several letters matches none"})
         print(f"{name} | {task.name} | {dataset}")
         for k in (k for k in metrics if not k.startswith("n_")):
             print(f"  {k}: {format_value(metrics[k])}")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 __all__ = ["positive_int", "nonneg_int", "fraction", "open_fraction", "positive_float", "nonneg_float",
-           "finite_float", "int_at_least", "float_in", "not_all_zero"]
+           "finite_float", "int_at_least", "float_in", "not_all_zero", "template_with"]
 
 
 def _parse_int(text: str, what: str) -> int:
@@ -98,3 +98,22 @@ def not_all_zero(values: Sequence[float] | None, option: str) -> None:
     """Raise ``ValueError`` naming ``option`` when every weight in ``values`` is zero (``None``: not given)."""
     if values is not None and not any(values):
         raise ValueError(f"{option}: the weights are all zero; at least one must be non-zero")
+
+
+def template_with(field: str) -> Callable[[str], str]:
+    """A type for a ``str.format`` template that must hold ``{field}`` (and no other replacement field): a template
+    without it would give every item the same text."""
+
+    def parse(text: str) -> str:
+        if "{" + field + "}" not in text:
+            raise argparse.ArgumentTypeError(f"must contain {{{field}}} (where each item's {field} goes), "
+                                             f"not {text!r}")
+        try:
+            text.format(**{field: ""})
+        except (KeyError, IndexError, ValueError) as err:
+            raise argparse.ArgumentTypeError(f"must be a template whose only field is {{{field}}} (write a literal "
+                                             f"brace as {{{{ or }}}}), not {text!r}: {err!r}") from None
+        return text
+
+    parse.__name__ = f"template_with_{field}"
+    return parse
