@@ -45,7 +45,7 @@ def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = 
     if clip.family != "clip":
         raise ValueError(f"the open_clip layout holds CLIP ViTs; this is a {clip.family} model")
     state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
-    cfg = oc.openclip_config(clip.model.config)
+    cfg = oc.openclip_config(clip.model.config, visual_only=visual_only)
     output = Path(output)
     if output.suffix in oc.CHECKPOINT_SUFFIXES:
         return oc.write_state_dict(state, output, metadata={"open_clip_config": json.dumps(cfg)})
@@ -86,8 +86,20 @@ def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: 
         if clip.family != "clip":
             raise ValueError(f"the open_clip layout holds CLIP ViTs; {src} is a {clip.family} model")
         state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
-        named = oc.hf_config(oc.resolve_config(config), hidden_act="gelu")
+        wanted = oc.resolve_config(config)
+        named = oc.hf_config(wanted, hidden_act="gelu")
         oc.check_shapes(state, oc.expected_shapes(named, visual_only=visual_only), what=f"the config {config}")
+        # the config also names the activation (open_clip reads ViT-B-32 as GELU): a model with another is refused
+        acts = {clip.model.config.vision_config.hidden_act} | (
+            set() if visual_only else {clip.model.config.text_config.hidden_act})
+        if acts != {oc.config_activation(wanted)}:
+            if config.removesuffix(oc.QUICKGELU_SUFFIX) in oc.OPENCLIP_CONFIGS:
+                fix = "pass --config " + (f"{config}{oc.QUICKGELU_SUFFIX}" if acts == {"quick_gelu"}
+                                          else config.removesuffix(oc.QUICKGELU_SUFFIX))
+            else:
+                fix = f"set quick_gelu to {str(acts == {'quick_gelu'}).lower()} in {config}"
+            raise ValueError(f"--config {config} means {oc.config_activation(wanted)} but {src} uses "
+                             f"{'/'.join(sorted(acts))}: open_clip would build it with the wrong activation; {fix}")
     return export_openclip(clip, output, visual_only=visual_only)
 
 
