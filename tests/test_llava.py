@@ -104,6 +104,21 @@ def test_swap_refuses_an_encoder_of_another_image_size_or_width(setup, capsys):
     assert not (tmp / "x").exists()
 
 
+def test_swap_never_writes_over_its_llava_and_refuses_an_existing_output(setup, capsys):
+    tmp, clip_dir, llava = setup
+    before = _weights(llava)
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(llava),
+                "--overwrite"]) == 2
+    assert f"--output {llava} would write over the input {llava}" in capsys.readouterr().err
+    assert all(torch.equal(before[k], v) for k, v in _weights(llava).items())
+    out = tmp / "twice"
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out)]) == 0
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out)]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out),
+                "--overwrite"]) == 0
+
+
 # -- answers and scores on hand-built inputs ----------------------------------------------------------
 
 @pytest.mark.parametrize(("answer", "expected"), [

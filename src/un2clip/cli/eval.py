@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from un2clip.cli.types import OVERWRITE_HELP, finite_float, nonneg_int, positive_int
+
 _EVAL_HELP = {
     "mmvp": "MMVP-VLM: CLIP-blind image pairs (DIR/Questions.csv, DIR/MLLM_VLM Images/<Type>/<qid>.jpg)",
     "zeroshot": "zero-shot classification, CLIP_benchmark protocol (ImageFolder or CLIP_benchmark webdataset)",
@@ -68,10 +70,10 @@ def _eval_task_flags(task: str, p: argparse.ArgumentParser) -> None:
         g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or run directory "
                                          "(default: the model's own when it is a preset or a fine-tune run)")
         g.add_argument("--seed", type=int, help="seed of the per-image draws (default 0)")
-        g.add_argument("--draws-per-image", type=int, help="timestep/noise draws per image (default 1)")
-        g.add_argument("--num-buckets", type=int, help="timestep buckets reported (default 10)")
-        g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
-        g.add_argument("--limit", type=int, help="use the first N images only")
+        g.add_argument("--draws-per-image", type=positive_int, help="timestep/noise draws per image (default 1)")
+        g.add_argument("--num-buckets", type=positive_int, help="timestep buckets reported (default 10)")
+        g.add_argument("--noise-level", type=nonneg_int, help="noise augmentation level of the embedding (default 0)")
+        g.add_argument("--limit", type=positive_int, help="use the first N images only, N >= 1 (default: all)")
         g.add_argument("--condition", choices=["own", "shuffled"],
                        help="own: each image conditioned on its own embedding (default); shuffled: on another "
                             "image's (a fixed derangement), same draws: how much the decoder uses its condition; "
@@ -173,8 +175,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         else:
             tp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                             help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
-        tp.add_argument("--batch-size", type=int, help="images per batch")
-        tp.add_argument("--num-workers", type=int, help="image-reading processes (default 0)")
+        tp.add_argument("--batch-size", type=positive_int, help="images per batch")
+        tp.add_argument("--num-workers", type=nonneg_int, help="image-reading processes (default 0)")
         tp.add_argument("--no-progress", action="store_true", help="no progress bars")
         _eval_task_flags(task, tp)
         tp.set_defaults(func=_run_eval)
@@ -307,7 +309,7 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", metavar="FILE", help="class-name file (one class per line, synonyms comma-separated)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
-    p.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    p.add_argument("--max-images", type=positive_int, help="evaluate the first N images only, N >= 1")
     p.add_argument("--resize-masks", action="store_true",
                    help="resize a mask whose size differs from its image's to the image's, nearest neighbour "
                         "(default: such a pair is an error naming both files). Mask labels outside the class list "
@@ -327,8 +329,8 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    g.add_argument("--num-workers", type=int, default=2, help="image-reading processes (default 2)")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (default 16)")
+    g.add_argument("--num-workers", type=nonneg_int, default=2, help="image-reading processes (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -369,13 +371,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="PNG file to write (a folder gets reconstructions.png)")
     p.add_argument("--decoder", help="unCLIP decoder (default: that of the first model that is a preset or run)")
     p.add_argument("--labels", nargs="+", help="column titles of the models (default: their specs)")
-    p.add_argument("--num-images", type=int, default=8, help="rows: the first N readable images (default 8)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--num-images", type=positive_int, default=8, help="rows: the first N readable images (default 8)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (default 1: none)")
-    p.add_argument("--noise-level", type=int, default=0, help="embedding noise augmentation level (default 0)")
-    p.add_argument("--cell-size", type=int, help="pixels per grid cell (default: the decoder's resolution)")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded at once (default 8)")
+    p.add_argument("--guidance-scale", type=finite_float, default=1.0, help="classifier-free guidance (default 1: none)")
+    p.add_argument("--noise-level", type=nonneg_int, default=0, help="embedding noise augmentation level (default 0)")
+    p.add_argument("--cell-size", type=positive_int, help="pixels per grid cell (default: the decoder's resolution)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images decoded at once (default 8)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--random-weights", action="store_true", help="presets' architectures, random weights")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="autocast precision")
@@ -387,11 +390,16 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         from un2clip.eval.core.embed import pick_device
         from un2clip.eval.decoder.diffloss import default_decoder_spec
         from un2clip.eval.decoder.reconstruct import first_images, reconstruction_grid
+        from un2clip.files import check_output
         from un2clip.load import load_clip, load_decoder
 
         labels = args.labels or [_model_name(m) for m in args.models]
         if len(labels) != len(args.models):
             raise ValueError(f"{len(args.models)} models but {len(labels)} --labels")
+        out = Path(args.output)
+        if out.is_dir() or not out.suffix:
+            out = out / "reconstructions.png"
+        check_output(out, inputs=[args.images, *args.models], overwrite=args.overwrite)
         dec_spec = args.decoder or next((s for s in map(default_decoder_spec, args.models) if s), None)
         if dec_spec is None:
             raise ValueError("no model is a preset or a run directory with a decoder: pass --decoder")
@@ -403,9 +411,6 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                                    num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                    noise_level=args.noise_level, batch_size=args.batch_size,
                                    precision=args.precision, progress=not args.no_progress)
-        out = Path(args.output)
-        if out.is_dir() or not out.suffix:
-            out = out / "reconstructions.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         grid.save(out)
         print(f"{len(images)} images x {len(models)} models, decoder {dec_spec}, seed {args.seed} -> {out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from un2clip.cli.types import positive_int, template_with
+from un2clip.cli.types import OVERWRITE_HELP, positive_int, template_with
 
 MLLM_HELP = {
     "mmvp-mllm": "MMVP with a LLaVA: 300 two-option questions on CLIP-blind pairs (DIR/Questions.csv with Index, "
@@ -26,12 +26,13 @@ def _add_llava(sub: argparse._SubParsersAction) -> None:
                     "processor) is kept as it is.")
     s.add_argument("--llava", required=True, metavar="LLAVA_DIR", help="transformers LLaVA folder")
     s.add_argument("--encoder", required=True, metavar="EXPORT", help="the new image encoder")
-    s.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    s.add_argument("--output", required=True, metavar="DIR", help="folder to write (not --llava itself)")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def swap(args: argparse.Namespace) -> int:
         from un2clip.export import swap_llava_tower
 
-        out, notes = swap_llava_tower(args.llava, args.encoder, args.output)
+        out, notes = swap_llava_tower(args.llava, args.encoder, args.output, overwrite=args.overwrite)
         print(f"wrote LLaVA with the vision tower of {args.encoder} to {out}")
         for note in notes:
             print(f"  note: {note}")

@@ -12,8 +12,12 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 
+OVERWRITE_HELP = ("replace OUTPUT if it exists (default: an existing file or non-empty folder is refused); an input "
+                  "is never written over")
+
 __all__ = ["positive_int", "nonneg_int", "fraction", "open_fraction", "positive_float", "nonneg_float",
-           "finite_float", "int_at_least", "float_in", "not_all_zero", "template_with"]
+           "finite_float", "int_at_least", "float_in", "not_all_zero", "template_with",
+           "OVERWRITE_HELP"]
 
 
 def _parse_int(text: str, what: str) -> int:
