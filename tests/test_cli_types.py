@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from un2clip.cli.types import (
+from un2clip.argtypes import (
     finite_float,
     float_in,
     fraction,

@@ -223,7 +223,7 @@ def test_curate_refuses_conflicting_options():
     (["--batch-size", "0"], "argument --batch-size: must be a positive integer, not '0'"),
     (["--rows-per-shard", "0"], "argument --rows-per-shard: must be a positive integer"),
     (["--min-score", "nan"], "argument --min-score: must be a finite number, not 'nan'"),
-    (["--balance-t", "-3"], "argument --balance-t: must be a positive number"),
+    (["--balance-t", "-3"], "argument --balance-t: must be a finite number > 0"),
 ])
 def test_curate_checks_numbers_when_parsed(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -103,3 +103,126 @@ def test_world_depth_set_and_evaluate(tmp_path, tiny_clip):
     folder = write_depth(tmp_path, seed=1, n=2)
     m = Dp.evaluate(tiny_clip, folder, progress=False)
     assert m["n_images"] == 2 and 0 <= m["delta1"] <= 1 and m["rmse"] > 0
+
+
+# -- issue 27 (DepthCLIP's defaults) and issue 32 (bad input) ----------------------------------------------
+
+
+class WordModel:
+    """A stand-in CLIP: the seven distance words are one-hot text embeddings; the patch in grid column j is the
+    word ``column_words[j]``. It records every image input it is given."""
+
+    patch_size = 16
+    image_size = 32
+    device = torch.device("cpu")
+
+    def __init__(self, column_words=(2,)):
+        from un2clip.models.clip import ImageProcessing
+
+        self.processing = ImageProcessing(size=32)
+        self.column_words = column_words
+        self.inputs = []
+
+    def eval(self):
+        return self
+
+    def encode_text(self, texts):
+        return torch.stack([torch.eye(8)[[w in t for w in Dp.DEPTH_WORDS].index(True) if t.endswith(
+            tuple(Dp.DEPTH_WORDS)) else 7] for t in texts])
+
+    def image_tokens(self, x):
+        self.inputs.append(x.clone())
+        h, w = x.shape[-2] // 16, x.shape[-1] // 16
+        words = [self.column_words[min(j, len(self.column_words) - 1)] for j in range(w)]
+        return torch.eye(8)[torch.tensor(words)].repeat(h, 1)[None]  # (1, h * w, 8), row-major
+
+
+def test_encode_text_of_the_stand_in_picks_each_word():
+    texts = [Dp.DEPTH_TEMPLATE.format(w) for w in Dp.DEPTH_WORDS]
+    assert WordModel().encode_text(texts).argmax(dim=1).tolist() == list(range(7))
+
+
+def test_a_nyu_frame_is_fed_as_depthclips_416x544_crop_with_imagenet_statistics_and_its_flip(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "depths").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "f.png")
+    Image.fromarray(np.full((480, 640), 2000, dtype=np.uint16)).save(tmp_path / "depths" / "f.png")
+    model = WordModel(column_words=(2,))  # every patch says "close": 2.0 m, the truth
+    m = Dp.evaluate(model, tmp_path, progress=False)
+    fed, flipped = model.inputs
+    assert tuple(fed.shape) == (1, 3, 416, 544)  # native resolution, no resize
+    crop = torch.from_numpy(pixels[56:472, 60:604].astype(np.float32) / 255).permute(2, 0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(fed[0], (crop - mean[:, None, None]) / std[:, None, None], atol=1e-5)
+    assert torch.equal(flipped, fed.flip(-1))  # test-time flip
+    assert m["delta1"] == 1.0 and m["abs_rel"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_prediction_covers_the_crop_only_and_flip_averages_mirrored_columns():
+    model = WordModel(column_words=(0, 3, 6))  # grid columns say 1.0, 2.25, 3.0 m
+    image = Image.new("RGB", (48, 16))
+    x, region = Dp.depthclip_input(image, 16)
+    assert region == (0, 16, 0, 48)  # not a NYU frame: fed whole
+    plain = Dp.grid_depth(model, x, torch.eye(8)[:7])
+    both = Dp.grid_depth(model, x, torch.eye(8)[:7], flip=True)
+    assert plain[0, 0].tolist() == pytest.approx([1.0, 2.25, 3.0], abs=1e-4)
+    assert both[0, 0].tolist() == pytest.approx([2.0, 2.25, 2.0], abs=1e-4)  # (1 + 3) / 2 at both ends
+    nyu = Dp.predict_depth(WordModel(), Image.new("RGB", (640, 480)), torch.eye(8)[:7], (480, 640), short_side=32,
+                           input="depthclip")
+    assert float(nyu[:56].abs().sum()) == 0 and float(nyu[:, 604:].abs().sum()) == 0
+    assert torch.allclose(nyu[56:472, 60:604], torch.full((416, 544), 2.0), atol=1e-4)
+
+
+def test_upsampling_aligns_corners_as_depthclip():
+    up = Dp.upsample(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]), (3, 3))
+    assert up.flatten().tolist() == pytest.approx([1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0])
+    row = torch.tensor([[[1.0, 2.0]]])  # 2 -> 4 columns: aligned corners step by 1/3, unaligned by 1/4 inside
+    assert Dp.upsample(row, (1, 4))[0].tolist() == pytest.approx([1.0, 4 / 3, 5 / 3, 2.0])
+    assert Dp.upsample(row, (1, 4), align_corners=False)[0].tolist() == pytest.approx([1.0, 1.25, 1.75, 2.0])
+
+
+def test_sq_rel_rmse_log_and_silog_as_bts_and_adabins():
+    gt = torch.tensor([1.0, 2.0, 4.0])
+    m = Dp.depth_metrics(torch.tensor([2.0, 2.0, 2.0]), gt)
+    ln2 = math.log(2)
+    assert m["sq_rel"] == pytest.approx(2 / 3)  # (1 / 1 + 0 + 4 / 4) / 3
+    assert m["rmse_log"] == pytest.approx(ln2 * math.sqrt(2 / 3))  # e = (ln 2, 0, -ln 2)
+    assert m["silog"] == pytest.approx(100 * ln2 * math.sqrt(2 / 3))  # mean(e) = 0
+    shifted = Dp.depth_metrics(gt * 3, gt)  # a pure scale error: silog is scale-invariant
+    assert shifted["silog"] == pytest.approx(0.0, abs=1e-6) and shifted["rmse_log"] == pytest.approx(math.log(3))
+
+
+def test_eigen_crop_on_a_frame_that_is_not_640x480_is_an_error_naming_it(tmp_path):
+    write_pair(tmp_path, "0001", size=(64, 64))
+    with pytest.raises(ValueError, match=r"depths/0001\.png is 64x64.*640x480"):
+        Dp.evaluate(WordModel(), tmp_path, eigen_crop=True, progress=False)
+    assert Dp.evaluate(WordModel(), tmp_path, progress=False)["n_images"] == 1  # auto: scored whole
+
+
+def test_an_8_bit_depth_png_is_refused_naming_the_file(tmp_path):
+    write_pair(tmp_path, "0001")
+    Image.fromarray(np.full((16, 24), 150, dtype=np.uint8)).save(tmp_path / "depths" / "0001.png")
+    with pytest.raises(ValueError, match=r"0001\.png is 8-bit; expected a 16-bit PNG"):
+        Dp.read_depth_png(tmp_path / "depths" / "0001.png", 1000.0)
+
+
+def test_a_non_numeric_depth_scale_file_is_named(tmp_path):
+    write_pair(tmp_path, "0001")
+    (tmp_path / "depth_scale.txt").write_text("millimetres\n")
+    with pytest.raises(ValueError, match=r"depth_scale\.txt must hold one number.*'millimetres'"):
+        Dp.read_depth_set(tmp_path)
+    (tmp_path / "depth_scale.txt").write_text("-5")
+    with pytest.raises(ValueError, match=r"depth_scale\.txt must hold a positive number"):
+        Dp.read_depth_set(tmp_path)
+
+
+def test_unreadable_images_are_named_on_the_console(tmp_path, capsys):
+    write_pair(tmp_path, "0001")
+    write_pair(tmp_path, "0002")
+    (tmp_path / "images" / "0002.jpg").write_bytes(b"not an image")
+    m = Dp.evaluate(WordModel(), tmp_path, progress=False)
+    assert m["n_skipped_images"] == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 images" in err and "0002.jpg" in err

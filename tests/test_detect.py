@@ -91,7 +91,7 @@ def test_detections_top_classes_and_nms():
 
 
 def write_set(tmp_path, annotations: dict, proposals: list | None = None):
-    (tmp_path / "images").mkdir()
+    (tmp_path / "images").mkdir(parents=True)
     for im in annotations["images"]:
         Image.new("RGB", (im["width"], im["height"]), (200, 30, 30)).save(tmp_path / "images" / im["file_name"])
     (tmp_path / "annotations.json").write_text(json.dumps(annotations))
@@ -159,3 +159,97 @@ def test_cli_eval_detect_writes_one_result_per_model(tmp_path):
     record = json.loads(path.read_text())
     assert record["task"] == "detect" and "AP_novel" in record["metrics"]
     assert record["options"]["classes_per_box"] == 1
+
+
+# -- issue 27 (ViLD / OVR-CNN defaults) and issue 32 (bad input) -------------------------------------------
+
+
+def test_ovr_cnn_seen_unseen_marks_give_the_split(tmp_path):
+    ann = coco(GT)
+    ann["categories"][0]["split"], ann["categories"][1]["split"] = "seen", "seen"
+    ann["categories"][2]["split"] = "unseen"  # OVR-CNN's 48/17 files write seen/unseen, not novel
+    write_set(tmp_path, ann)
+    assert D.read_detection_set(tmp_path).novel == [3]
+    split_file = tmp_path / "split.json"  # the same marks given as a split file
+    split_file.write_text(json.dumps({"categories": [{"name": "class1", "split": "unseen"},
+                                                     {"name": "class2", "split": "seen"}]}))
+    ds = D.read_detection_set(tmp_path, novel=split_file)
+    assert (ds.novel, ds.base) == ([1], [2])  # class3 is in neither group of this split file
+    assert D.read_detection_set(tmp_path).base == [1, 2]
+
+
+def test_a_split_with_no_novel_category_is_refused(tmp_path):
+    ann = coco(GT)
+    for c in ann["categories"]:
+        c["split"] = "seen"
+    write_set(tmp_path, ann)
+    with pytest.raises(ValueError, match="none novel/unseen"):
+        D.read_detection_set(tmp_path)
+    unmarked = tmp_path / "unmarked.json"
+    unmarked.write_text(json.dumps({"categories": [{"name": "class1"}, {"name": "class2"}]}))
+    with pytest.raises(ValueError, match="marks no category"):
+        D.read_detection_set(tmp_path, novel=unmarked)
+
+
+def test_vild_region_sums_the_raw_crop_embeddings_then_normalises():
+    crops = torch.tensor([[[3.0, 0.0]], [[0.0, 1.0]]])  # (2 scales, 1 box, D=2): the 1x crop's embedding is longer
+    assert D.combine_crops(crops)[0].tolist() == pytest.approx([3 / 10**0.5, 1 / 10**0.5])  # ViLD: (3, 1) normalised
+    assert D.combine_crops(crops, "unit-mean")[0].tolist() == pytest.approx([2**-0.5, 2**-0.5])  # ours before
+
+
+def test_crops_are_resized_as_clip_preprocesses_not_squashed():
+    from types import SimpleNamespace
+
+    from un2clip.models.clip import ImageProcessing
+
+    model = SimpleNamespace(processing=ImageProcessing(size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    image = Image.new("RGB", (40, 20), (0, 255, 0))
+    image.paste((255, 0, 0), (0, 0, 10, 20))  # red left quarter, blue right quarter, green middle half
+    image.paste((0, 0, 255), (30, 0, 40, 20))
+    x = D.crop_inputs(image, [[0, 0, 40, 20]], model, scales=(1.0,))  # short side 20 -> 8, width 16, centre 8
+    assert tuple(x.shape) == (1, 3, 8, 8)
+    assert x[0, 1].min() > 0.9 and x[0, 0].max() < 0.1 and x[0, 2].max() < 0.1  # the green middle only
+    squashed = D.crop_inputs(image, [[0, 0, 40, 20]], model, scales=(1.0,), crop_resize="squash")
+    assert squashed[0, 0, :, 0].min() > 0.9  # a squash keeps the red edge
+
+
+def test_vild_prompts_are_the_default_templates(tmp_path):
+    prompts = D.vild_prompts("Traffic_light")
+    assert len(prompts) == len(D.VILD_TEMPLATES) == 63
+    assert prompts[0] == "There is a traffic light in the scene."
+    assert "This is a photo of a traffic light." in prompts and "This is the toy traffic light." in prompts
+    assert "itap of my traffic light." in prompts  # does not start with a / the: no "This is"
+    assert D.vild_prompts("apple")[0] == "There is an apple in the scene."
+    write_set(tmp_path, coco(GT))
+    assert D.read_detection_set(tmp_path).templates == list(D.VILD_TEMPLATES)
+    assert len(D.read_detection_set(tmp_path, templates="imagenet").templates) == 80
+
+
+def test_duplicate_annotation_ids_are_refused_with_the_id(tmp_path):
+    ann = coco(GT)
+    ann["annotations"][2]["id"] = ann["annotations"][0]["id"]
+    write_set(tmp_path, ann)
+    with pytest.raises(ValueError, match=r"annotations id 1 appears twice \(entries 0 and 2\)"):
+        D.read_detection_set(tmp_path)
+
+
+def test_non_finite_and_empty_boxes_are_refused_saying_what_is_wrong(tmp_path):
+    for box, message in (([2, float("nan"), 20, 20], "non-finite"), ([2, 2, 0, 20], "zero width"),
+                         ([2, 2, -5, 20], "negative width"), ([2, 2, 20, -1], "negative height")):
+        folder = write_set(tmp_path / message.replace(" ", "_"), coco({1: [(box, 1), ([30, 30, 20, 20], 2)]}))
+        with pytest.raises(ValueError, match=rf"annotation 1 of image 1: box .* {message}"):
+            D.read_detection_set(folder)
+    folder = write_set(tmp_path / "proposals", coco({1: [([2, 2, 20, 20], 1)]}),
+                       [{"image_id": 1, "bbox": [1, 1, float("inf"), 3]}])
+    with pytest.raises(ValueError, match=r"proposal 0 \(image 1\): box .* non-finite"):
+        D.read_detection_set(folder, proposals=folder / "proposals.json")
+
+
+def test_classes_per_box_below_one_is_refused_when_parsing(tmp_path, capsys):
+    from un2clip.cli import main
+
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit) as err:
+            main(["eval", "detect", "--model", "tiny", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                  "--classes-per-box", bad])
+        assert err.value.code == 2 and "--classes-per-box: must be an integer >= 1" in capsys.readouterr().err

@@ -11,8 +11,10 @@ from un2clip.eval.core.metrics import (
     mmvp_pair_correct,
     mmvp_scores,
     mmvp_text_picks,
+    rank_summary,
     recall_at_k,
     retrieval_metrics,
+    retrieval_rank_metrics,
     timestep_buckets,
     topk_accuracy,
     zeroshot_metrics,
@@ -107,6 +109,35 @@ def test_retrieval_metrics_both_directions():
     assert m["image_to_text_recall@2"] == pytest.approx(2 / 3)
 
 
+def test_one_tie_rule_for_recall_and_ranks():
+    # issue 27.14: every score tied with the answer; recall@1 read top-k order (0.667) while the ranks said 1
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    caption_image = torch.arange(3)
+    ranks = retrieval_rank_metrics(scores, caption_image)
+    recall = retrieval_metrics(scores, caption_image, ks=(1, 2))
+    # a tie counts against the query: captions 0 and 1 rank 2nd, caption 2 first
+    assert (ranks["text_to_image_median_rank"], ranks["text_to_image_mean_rank"]) == (2.0, pytest.approx(5 / 3))
+    assert recall["text_to_image_recall@1"] == pytest.approx(1 / 3)
+    assert recall["text_to_image_recall@2"] == 1.0
+    assert recall["image_to_text_recall@1"] == pytest.approx(1 / 3)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    assert rank_summary(torch.tensor([4, 1, 2, 3])) == (2.5, 2.5)
+    assert rank_summary(torch.tensor([1, 1, 7])) == (1.0, 3.0)
+
+
+def test_acc1_and_mean_per_class_recall_break_ties_alike():
+    # issue 32.6: top-k order and argmax broke ties differently; a balanced set with tied logits
+    logits = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.0, 2.0, 2.0], [3.0, 0.0, 1.0],
+                           [0.0, 0.0, 1.0]])
+    targets = torch.tensor([0, 1, 1, 2, 0, 2])  # two samples a class; the first four are tied with a wrong class
+    m = zeroshot_metrics(logits, targets)
+    assert m["acc1"] == pytest.approx(2 / 6)  # only rows 4 and 5 win outright
+    assert m["mean_per_class_recall"] == pytest.approx(m["acc1"])
+    assert topk_accuracy(logits, targets, ks=(1, 2)) == {1: pytest.approx(2 / 6), 2: 1.0}
+
+
 # -- MMVP-VLM ----------------------------------------------------------------------------------------------------
 
 
@@ -164,3 +195,17 @@ def test_draw_seeds_depend_on_seed_image_and_draw_only():
     assert len(set(both.tolist())) == 4
     assert draw_seeds(1, [3], 2).tolist() != draw_seeds(0, [3], 2).tolist()
     assert all(0 <= s < 2**62 for s in both.tolist())
+
+
+def test_every_metric_lives_in_the_metrics_module():
+    """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
+    from un2clip.eval.core import metrics
+    from un2clip.eval.downstream import depth, detect
+    from un2clip.eval.mllm import cvbench, mmvp_mllm
+
+    moved = {depth: ["depth_metrics", "mean_metrics"], detect: ["coco_box_ap"], cvbench: ["cvbench_scores"],
+             mmvp_mllm: ["mmvp_mllm_scores"]}
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(module, name) is getattr(metrics, name) and getattr(metrics, name).__module__ == \
+                "un2clip.eval.core.metrics", name

@@ -116,3 +116,105 @@ def test_world_primitives_lie_on_their_surfaces():
     assert np.allclose(np.hypot(ring - 1, torus[:, 2]), 0.35)
     r = random_rotation(rng)
     assert np.allclose(r @ r.T, np.eye(3), atol=1e-8) and np.linalg.det(r) == pytest.approx(1)
+
+
+# -- issue 27 (PointCLIP's defaults) and issue 32 (bad input) ---------------------------------------------
+
+
+def test_projection_takes_the_row_from_x_and_rounds_as_pointclip():
+    # one camera looking down +z (no rotation), 128 px: r = (x / z + 1) * 64, c = (y / z + 1) * 64, z = 0 + 1.6;
+    # PointCLIP's pixel is (ceil(r - 0.5), ceil(c - 0.5)); the cloud is asymmetric so a transpose shows
+    pts = torch.tensor([[0.5, 0.0, 0.0],  # r = 84, c = 64 -> (84, 64)
+                        [0.515, -0.25, 0.0],  # r = 84.6 -> 85 (a floor gives 84), c = 54 -> (85, 54)
+                        [-0.8, 0.3, 0.0]])  # r = 32, c = 76 -> (32, 76)
+    depth = P.project_views(pts, resolution=128, views=((0.0, 0.0, 0.0),))[0]
+    assert sorted(map(tuple, (depth > 0).nonzero().tolist())) == [(32, 76), (84, 64), (85, 54)]
+    assert depth[84, 64] == pytest.approx(1.6) and depth[85, 54] == pytest.approx(1.6)
+
+
+def test_the_first_points_of_a_long_cloud_are_read_not_a_random_draw(tmp_path):
+    cloud = np.arange(6000, dtype=np.float64).reshape(2000, 3)
+    np.save(tmp_path / "long.npy", cloud)
+    assert P.read_points(tmp_path / "long.npy").numpy().tolist() == cloud[:1024].tolist()  # PointCLIP: impath[:1024]
+    drawn = P.read_points(tmp_path / "long.npy", subset="random").numpy()
+    assert drawn.shape == (1024, 3) and drawn.tolist() != cloud[:1024].tolist()
+
+
+def test_default_views_are_the_raw_sparse_depth_maps_upsampled_with_align_corners():
+    from types import SimpleNamespace
+
+    from un2clip.models.clip import ImageProcessing
+
+    rng = np.random.default_rng(0)
+    pts = torch.from_numpy(rng.normal(size=(300, 3)) * np.array([1.0, 0.4, 0.2]))
+    same_size = SimpleNamespace(processing=ImageProcessing(size=P.RESOLUTION))
+    x = P.view_inputs(pts, same_size)  # at the map's own size the upsampling is the identity
+    raw = P.project_views(P.normalize_points(pts))
+    assert torch.allclose(x, raw[:, None].expand(-1, 3, -1, -1), atol=1e-6)  # no densify, no intensity, no norm
+    # 2 x 2 -> 3 x 3: the corners keep the map's corner values (align_corners=True)
+    big = P.view_images(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]), 3)
+    assert big[0, 0].flatten().tolist() == pytest.approx([1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0])
+
+
+def test_huge_coordinates_do_not_collapse_the_cloud():
+    pts = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    for scale in (1e20, 1e30):  # a float32 norm overflows past ~1.8e19
+        huge = P.normalize_points(pts * scale)
+        assert torch.isfinite(huge).all() and torch.allclose(huge, P.normalize_points(pts), atol=1e-6)
+    assert float(P.normalize_points(pts).norm(dim=1).max()) == pytest.approx(1.0)
+
+
+def test_view_weights_all_zero_and_bad_numeric_options_are_refused(tmp_path, capsys):
+    from un2clip.cli import main
+
+    views = torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=-1)
+    with pytest.raises(ValueError, match="all 0"):
+        P.view_logits(views, torch.eye(4, 3), [0.0] * 6)
+    with pytest.raises(ValueError, match="odd"):
+        P.densify(torch.zeros(8, 8), 2)  # an even window used to fail on a reshape
+    with pytest.raises(ValueError, match="n_points must be >= 1"):
+        P.read_points(tmp_path / "a.npy", n_points=0)
+    base = ["eval", "pointcloud", "--model", "tiny", "--data", str(tmp_path), "--output", str(tmp_path / "o")]
+    for extra, message in ((["--view-weights", "0", "0", "0", "0", "0", "0"], "all 0"),
+                           (["--densify-size", "2"], "odd"), (["--densify-size", "-1"], ">= 0"),
+                           (["--n-points", "0"], ">= 1"), (["--view-weights", "1", "1", "nan", "1", "1", "1"],
+                                                           "finite")):
+        with pytest.raises(SystemExit) as err:
+            main(base + extra)
+        assert err.value.code == 2 and message in capsys.readouterr().err, extra
+
+
+def test_skipped_point_files_are_named_on_the_console(tmp_path, tiny_clip, capsys):
+    from un2clip.world.downstream import write_pointcloud
+
+    folder = write_pointcloud(tmp_path, seed=0, per_class=1, n_points=64)
+    for k in range(5):
+        (folder / "cube" / f"broken{k}.txt").write_text("")
+    m = P.evaluate(tiny_clip, folder, progress=False)
+    err = capsys.readouterr().err
+    assert m["n_skipped_files"] == 5
+    assert "skipped 5 point files" in err and "broken0.txt" in err and "and 2 more" in err
+
+
+def test_modelnet40_hdf5_release_is_read_as_pointclip_reads_it(tmp_path, tiny_clip):
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "shape_names.txt").write_text("airplane\nflower_pot\nchair\n")
+    rng = np.random.default_rng(0)
+    clouds = rng.uniform(-0.5, 0.5, (5, 2048, 3)).astype(np.float32)
+    for k, rows in enumerate(((0, 1, 2), (3, 4))):
+        with h5py.File(tmp_path / f"ply_data_test{k}.h5", "w") as f:
+            f["data"] = clouds[list(rows)]
+            f["label"] = np.array([[2], [0], [1], [1], [0]], dtype=np.uint8)[list(rows)]
+    # PointCLIP's list names the files under its own data/ folder: found by name in DIR
+    (tmp_path / "test_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_test0.h5\n"
+                                             "data/modelnet40_ply_hdf5_2048/ply_data_test1.h5\n")
+    ds = P.read_pointcloud_set(tmp_path)
+    assert ds.classnames == ["airplane", "flower pot", "chair"] and ds.labels == [2, 0, 1, 1, 0]
+    assert ds.rows == [0, 1, 2, 0, 1] and ds.paths[3].name == "ply_data_test1.h5"
+    first = P.read_h5_cloud(ds.paths[3], ds.rows[3])  # cloud 3: the first 1,024 of its 2,048 points
+    assert first.numpy().tolist() == clouds[3, :1024].astype(np.float64).tolist()
+    m = P.evaluate(tiny_clip, tmp_path, progress=False)
+    assert m["n_clouds"] == 5 and m["n_classes"] == 3 and m["n_skipped_files"] == 0
+    (tmp_path / "test_files.txt").write_text("ply_data_test9.h5\n")
+    with pytest.raises(FileNotFoundError, match="ply_data_test9.h5"):
+        P.read_pointcloud_set(tmp_path)

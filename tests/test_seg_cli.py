@@ -59,6 +59,26 @@ def test_every_method_on_a_voc_dataset_with_presets(tmp_path, templates, capsys)
     assert r["model"] == "tiny-clip" and len(r["per_class_iou"]) == 21 and "background" in r["per_class_iou"]
     assert r["metrics"]["n_images"] == 2
     assert "voc21    naclip" in capsys.readouterr().out
+    # each method's own repo's class names: ClearCLIP's single names, SCLIP's synonym sets for the others
+    assert results[("clearclip", "voc21")]["options"]["classes"][15] == ["person"]
+    assert results[("clearclip", "voc21")]["options"]["class_names"] == "clearclip"
+    assert len(results[("sclip", "voc21")]["options"]["classes"][15]) > 1
+    assert results[("naclip", "voc21")]["options"]["pamr_dilations"] == [8, 16]
+    for r in results.values():  # the precision used, not the request; every run here is on the CPU
+        assert r["options"]["precision"] == "fp32" and r["options"]["precision_requested"] == "auto"
+
+
+def test_reference_settings_are_one_flag_away(tmp_path, templates):
+    data = make_voc(tmp_path / "VOCdevkit" / "VOC2012", h=40, w=56)
+    out = tmp_path / "out"
+    assert main(["seg", "--method", "clearclip", "naclip", "--model", "tiny", "--data", str(data),
+                 "--dataset", "voc21", "--output", str(out), "--templates", templates, "--class-names", "sclip",
+                 "--pamr-dilations", "1", "2", "--no-pad-windows", "--precision", "fp32", *FAST]) == 0
+    results = _results(out)
+    for method in ("clearclip", "naclip"):
+        opts = results[(method, "voc21")]["options"]
+        assert opts["class_names"] == "sclip" and len(opts["classes"][15]) > 1
+        assert opts["pamr_dilations"] == [1, 2] and opts["pad_windows"] is False and opts["precision"] == "fp32"
 
 
 def test_benchmarks_root_runs_several_benchmarks_in_one_table(tmp_path, templates, capsys):

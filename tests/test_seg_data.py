@@ -180,5 +180,29 @@ def test_shipped_class_files():
     assert len(builtin_classes("voc21")[0]) > 1  # background by its synonyms (sky, wall, ...)
 
 
+CLEARCLIP_VOC20 = ["aeroplane", "bicycle", "bird", "ship", "bottle", "bus", "car", "cat", "chair", "cow", "table",
+                   "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+def test_clearclip_reads_its_own_single_name_files():
+    """ClearCLIP's configs/cls_*.txt: one name per class (SCLIP's: synonym sets); five files are the same."""
+    assert builtin_classes("voc20", "clearclip") == [[n] for n in CLEARCLIP_VOC20]
+    assert builtin_classes("voc21", "clearclip") == [["background"]] + [[n] for n in CLEARCLIP_VOC20]
+    coco = builtin_classes("coco_object", "clearclip")
+    assert len(coco) == 81 and all(len(names) == 1 for names in coco)
+    assert coco[:4] == [["background"], ["person"], ["bicycle"], ["car"]] and coco[-1] == ["toothbrush"]
+    assert builtin_classes("voc20", "sclip") != builtin_classes("voc20", "clearclip")
+    for name in ("context60", "context59", "coco_stuff", "cityscapes", "ade20k"):
+        assert builtin_classes(name, "clearclip") == builtin_classes(name, "sclip"), name
+    with pytest.raises(ValueError, match="class-name set"):
+        builtin_classes("voc20", "gem")
+
+
+def test_load_dataset_reads_the_named_class_set(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    assert load_dataset(root, "voc21", class_names="clearclip").classes[15] == ["person"]
+    assert load_dataset(root, "voc21").classes[15] == builtin_classes("voc21")[15] != ["person"]
+
+
 def test_parse_class_lines():
     assert parse_class_lines(["a, b ,c", "", " d "]) == [["a", "b", "c"], ["d"]]

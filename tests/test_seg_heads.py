@@ -28,11 +28,35 @@ def _omega(gh, gw, std):
     return out
 
 
+def sclip_pos_embed(pos, width, height, patch, has_cls=True):
+    """SCLIP's / NACLIP's / ClearCLIP's ``interpolate_pos_encoding(x, w, h)`` as they write it (w: the
+    image's height, h: its width): bicubic, scale_factor ((w // p + 0.1) / sqrt(N), (h // p + 0.1) / sqrt(N))."""
+    cls, patches = (pos[:1], pos[1:]) if has_cls else (pos[:0], pos)
+    n = patches.shape[0]
+    w0, h0 = width // patch + 0.1, height // patch + 0.1
+    grid = patches.reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), -1).permute(0, 3, 1, 2)
+    out = F.interpolate(grid, scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)), mode="bicubic")
+    assert int(w0) == out.shape[-2] and int(h0) == out.shape[-1]
+    return torch.cat([cls, out.permute(0, 2, 3, 1).reshape(-1, pos.shape[-1])])
+
+
 def reference_features(model, pixels, method, std=5.0):
-    """The issue's formulas, from HF's own forward up to the last block and the raw weights after it."""
+    """The issue's formulas, from HF's own forward up to the last block (with the reference repos' position
+    embeddings at a non-native size) and the raw weights after it."""
     vm = model.vision_model
+    emb = vm.embeddings
+    has_cls = model.family == "clip"
+
+    def pos_embed(embeddings, height, width):
+        return sclip_pos_embed(emb.position_embedding.weight, height, width, model.patch_size, has_cls)[None]
+
+    emb.interpolate_pos_encoding = pos_embed  # an instance attribute: the class's method is left alone
+    try:
+        with torch.no_grad():
+            x = vm(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states[-2]
+    finally:
+        del emb.interpolate_pos_encoding
     with torch.no_grad():
-        x = vm(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states[-2]
         layer = vm.encoder.layers[-1]
         attn = layer.self_attn
         b, t, w = x.shape
@@ -158,3 +182,58 @@ def test_siglip_vanilla_is_the_model_as_it_is(tiny_siglip):
         theirs = F.normalize(tiny_siglip.image_tokens(x), dim=-1)
         torch.testing.assert_close(dense_features(tiny_siglip, x, "vanilla").flatten(1, 2), theirs,
                                    atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("grid", [(5, 3), (6, 6), (4, 7), (13, 9)])
+def test_position_embeddings_are_interpolated_as_the_references_do(tiny_clip, grid):
+    from un2clip.eval.seg.heads import reference_position_embedding
+
+    pos = tiny_clip.vision_model.embeddings.position_embedding.weight.detach()  # native 4 x 4 grid + class
+    gh, gw = grid
+    got = reference_position_embedding(pos, grid, has_class_token=True)
+    want = sclip_pos_embed(pos, gh * 8, gw * 8, 8)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    exact_size = F.interpolate(pos[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2), size=grid, mode="bicubic",
+                               align_corners=False).permute(0, 2, 3, 1).reshape(gh * gw, -1)
+    assert (got[1:] - exact_size).abs().max() > 1e-3  # transformers' rule is another one
+    assert torch.equal(reference_position_embedding(pos, (4, 4), has_class_token=True), pos)  # native: unchanged
+
+
+def test_heads_use_the_reference_position_embeddings(tiny_clip):
+    """A non-native size through dense_features: the references' bicubic scale factor, not an exact size."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 3, 56, 40)  # 7 x 5 patches
+    with torch.no_grad():
+        got = dense_features(tiny_clip, x, "clearclip")
+        hf = dense_features_with_hf_positions(tiny_clip, x)
+    torch.testing.assert_close(got, reference_features(tiny_clip, x, "clearclip"), atol=2e-5, rtol=0)
+    assert (got - hf).abs().max() > 1e-4
+
+
+def dense_features_with_hf_positions(model, pixels):
+    """ClearCLIP's features from transformers' own interpolation (the exact-size rule), for contrast."""
+    vm = model.vision_model
+    with torch.no_grad():
+        x = vm(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states[-2]
+        layer = vm.encoder.layers[-1]
+        attn = layer.self_attn
+        b, t, w = x.shape
+        nh = attn.num_heads
+        d = w // nh
+        y = _layer_norm(x, layer.layer_norm1)
+        q, v = (_linear(y, lin).reshape(b, t, nh, d) for lin in (attn.q_proj, attn.v_proj))
+        weights = torch.softmax(torch.einsum("bthd,bshd->bhts", q, q) / math.sqrt(d), dim=-1)
+        out = _linear(torch.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, w), attn.out_proj)[:, 1:]
+        out = _layer_norm(out, vm.post_layernorm) @ model.model.visual_projection.weight.T
+        gh, gw = pixels.shape[-2] // model.patch_size, pixels.shape[-1] // model.patch_size
+        return F.normalize(out, dim=-1).reshape(b, gh, gw, -1)
+
+
+def test_leftover_pixels_are_dropped_by_the_patch_embedding(tiny_clip):
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, 45, 30)  # 5 x 3 whole patches and 5 rows, 6 columns left over
+    with torch.no_grad():
+        whole = dense_features(tiny_clip, x, "naclip")
+        cut = dense_features(tiny_clip, x[..., :40, :24], "naclip")
+    assert whole.shape[1:3] == (5, 3)
+    torch.testing.assert_close(whole, cut, atol=0, rtol=0)

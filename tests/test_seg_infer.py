@@ -94,12 +94,43 @@ def test_windows_are_padded_to_the_patch_size(tiny_clip):
     queries = F.normalize(torch.randn(2, tiny_clip.embed_dim), dim=-1)
     crops = torch.randn(2, 3, 30, 37)
     with torch.no_grad():
-        out = window_logits(tiny_clip, crops, queries, "clearclip")
+        out = window_logits(tiny_clip, crops, queries, "clearclip", pad=True)
         padded = F.pad(crops, (1, 2, 1, 1))  # zero padding to 32 x 40, centred, as ClearCLIP pads
         full = torch.einsum("bhwd,qd->bqhw", dense_features(tiny_clip, padded, "clearclip"), queries)
         full = F.interpolate(full, size=(32, 40), mode="bilinear", align_corners=False)
     assert out.shape == (2, 2, 30, 37)
     torch.testing.assert_close(out, full[:, :, 1:31, 1:38], atol=1e-5, rtol=0)
+
+
+def _unpadded_logits(model, image, queries, method):
+    """SCLIP's / NACLIP's forward_feature: the conv's h // p x w // p grid, its logits stretched over the image."""
+    h, w = image.shape[-2:]
+    p = model.patch_size
+    feats = dense_features(model, image[..., :h // p * p, :w // p * p], method)
+    logits = torch.einsum("bhwd,qd->bqhw", feats, queries)
+    return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def test_whole_image_is_not_padded(tiny_clip):
+    """NACLIP's whole-image inference on a size that is not a multiple of the patch: no padding."""
+    torch.manual_seed(5)
+    image = torch.randn(1, 3, 30, 37)  # 3 x 4 whole patches of 8
+    queries = F.normalize(torch.randn(3, tiny_clip.embed_dim), dim=-1)
+    with torch.no_grad():
+        want = _unpadded_logits(tiny_clip, image, queries, "naclip")[0]
+        got = slide_logits(lambda c: window_logits(tiny_clip, c, queries, "naclip"), image, 3, crop=0, stride=1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # through segment_image: a preset that pads its windows (ClearCLIP's) still runs the whole image unpadded
+    clf = TextClassifier(queries, torch.arange(3), 3)
+    pixels = torch.randint(0, 256, (3, 30, 37), dtype=torch.uint8)
+    cfg = resolve_settings("naclip", "voc20", short_side=0, pad_windows=True, pamr_steps=0)
+    assert cfg.crop == 0
+    proc = tiny_clip.processing
+    with torch.no_grad():
+        pred = segment_image(tiny_clip, pixels, clf, method="naclip", settings=cfg)
+        x = prepare_image(pixels, 0, proc.mean, proc.std)
+        want = (_unpadded_logits(tiny_clip, x, queries, "naclip")[0] * cfg.logit_scale).softmax(0).argmax(0)
+    assert torch.equal(pred, want)
 
 
 def test_resize_like_mmsegmentation():
@@ -111,6 +142,25 @@ def test_resize_like_mmsegmentation():
     assert x.shape == (1, 3, 10, 15)
     same = prepare_image(pixels, 0, (0.5,) * 3, (0.25,) * 3)
     torch.testing.assert_close(same[0], (pixels.float() / 255 - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize("size, short", [((37, 53), 24), ((31, 47), 64), ((375, 500), 336)])
+def test_resize_is_opencv_bilinear_on_uint8_as_mmcv(size, short):
+    """mmcv's imrescale: cv2.resize(uint8 HWC, (w, h), INTER_LINEAR), then the model's mean/std."""
+    import cv2
+
+    g = torch.Generator().manual_seed(6)
+    pixels = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g)
+    h, w = resized_shape(*size, short)
+    want = cv2.resize(pixels.permute(1, 2, 0).numpy().copy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    want = torch.from_numpy(want).permute(2, 0, 1)
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    x = prepare_image(pixels, short, mean, std)[0]
+    m, s = torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255
+    torch.testing.assert_close(x, (want.float() - m) / s, atol=1e-5, rtol=0)
+    from un2clip.eval.seg.infer import resize_uint8
+
+    assert torch.equal(resize_uint8(pixels, (h, w)), want)
 
 
 def test_class_probability_is_the_max_over_its_names():
@@ -153,7 +203,13 @@ def test_presets_and_overrides():
     assert resolve_settings("sclip", "voc21").area_threshold == 0.1
     assert resolve_settings("naclip", "coco_object", prob_threshold=0.3).prob_threshold == 0.3
     assert resolve_settings("vanilla", "ade20k").crop == 224
-    assert resolve_settings("naclip", "voc21").pamr_steps == 0 and resolve_settings("naclip", pamr_steps=10).pamr_steps == 10
+    assert resolve_settings("sclip", "voc21").pamr_steps == 0 and resolve_settings("sclip", pamr_steps=10).pamr_steps == 10
+    assert resolve_settings("naclip", "voc21", pamr_steps=0).pamr_steps == 0
+    assert resolve_settings("naclip", pamr_dilations=[1, 2]).pamr_dilations == (1, 2)
+    with pytest.raises(ValueError, match="pamr_dilations"):
+        resolve_settings("naclip", pamr_dilations=(0, 8))
+    with pytest.raises(ValueError, match="class_names"):
+        resolve_settings("naclip", class_names="gem")
     with pytest.raises(ValueError, match="pamr_steps"):
         resolve_settings("naclip", pamr_steps=-1)
     with pytest.raises(ValueError, match="unknown setting"):
@@ -210,3 +266,68 @@ def test_pamr_snaps_a_blurred_boundary_to_the_colour_edge():
     # a flat image gives equal weights: a constant map stays the same
     flat = torch.full((1, 2, 16, 16), 0.3)
     torch.testing.assert_close(pamr(torch.ones(1, 3, 16, 16), flat, steps=2), flat)
+
+
+# every preset value below is copied from the reference repo's configs/cfg_<dataset>.py and segmentor defaults
+SCLIP_CFG = {  # clip_segmentor.py: logit_scale=40, slide 224 / 112, pamr_steps=0, pamr_stride=(8, 16)
+    "voc21": dict(short_side=336, crop=224, stride=112, logit_scale=65.0, prob_threshold=0.1, area_threshold=0.1),
+    "voc20": dict(short_side=336, crop=224, stride=112, logit_scale=40.0, prob_threshold=0.0, area_threshold=0.0),
+    "context60": dict(short_side=336, crop=224, logit_scale=50.0, prob_threshold=0.1),
+    "coco_object": dict(short_side=336, crop=224, logit_scale=50.0, prob_threshold=0.1),
+    "coco_stuff": dict(short_side=448, crop=224, logit_scale=40.0),
+    "cityscapes": dict(short_side=560, crop=224, logit_scale=40.0),
+    "ade20k": dict(short_side=336, crop=224, logit_scale=40.0),
+}
+NACLIP_CFG = {  # naclip.py: logit_scale=40, slide 224 / 112, pamr_steps=10 (README: --pamr on), pamr_stride=(8, 16)
+    "voc21": dict(short_side=336, crop=0, logit_scale=40.0, prob_threshold=0.1, pamr_steps=10),
+    "voc20": dict(short_side=336, crop=0, prob_threshold=0.0, pamr_steps=10),
+    "context60": dict(short_side=336, crop=224, stride=112, prob_threshold=0.1, pamr_steps=10),
+    "context59": dict(short_side=336, crop=224, stride=112, prob_threshold=0.0, pamr_steps=10),
+    "coco_object": dict(short_side=336, crop=224, prob_threshold=0.1, pamr_steps=10),
+    "coco_stuff": dict(short_side=336, crop=224, stride=112, pamr_steps=10),
+    "cityscapes": dict(short_side=560, crop=224, pamr_steps=10),
+    "ade20k": dict(short_side=336, crop=224, pamr_steps=10),
+}
+CLEARCLIP_CFG = {  # clearclip_segmentor.py: logit_scale=50, slide 448 / 224, windows padded to the patch
+    "voc21": dict(short_side=448, crop=448, stride=224, logit_scale=50.0, prob_threshold=0.5),
+    "voc20": dict(short_side=448, crop=448, stride=224, prob_threshold=0.0),
+    "context60": dict(short_side=448, prob_threshold=0.15),
+    "coco_object": dict(short_side=448, prob_threshold=0.4),
+    "coco_stuff": dict(short_side=448, crop=448),
+    "cityscapes": dict(short_side=448, crop=224, stride=224),
+    "ade20k": dict(short_side=448, crop=448),
+}
+
+
+@pytest.mark.parametrize("method, table, common", [
+    ("sclip", SCLIP_CFG, dict(pamr_steps=0, pamr_dilations=(8, 16), pad_windows=False, class_names="sclip")),
+    ("naclip", NACLIP_CFG, dict(logit_scale=40.0, gaussian_std=5.0, pamr_dilations=(8, 16), pad_windows=False,
+                                class_names="sclip")),
+    ("clearclip", CLEARCLIP_CFG, dict(logit_scale=50.0, pamr_steps=0, pad_windows=True, class_names="clearclip")),
+])
+def test_presets_are_the_reference_configs(method, table, common):
+    for dataset, values in table.items():
+        cfg = resolve_settings(method, dataset)
+        for key, want in {**common, **values}.items():
+            assert getattr(cfg, key) == want, (method, dataset, key)
+
+
+def test_precision_auto_is_fp16_on_cuda_and_fp32_on_cpu():
+    from un2clip.eval.seg.infer import resolve_precision
+
+    assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    assert resolve_precision(torch.device("cuda"), "auto") == "fp16"  # clip.load's half weights, ClearCLIP's fp16
+    assert resolve_precision(torch.device("cuda"), "fp32") == "fp32"
+    assert resolve_precision(torch.device("cpu"), "bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(torch.device("cpu"), "fp8")
+
+
+def test_pamr_defaults_to_the_references_dilations():
+    """SCLIP and NACLIP build PAMR(10, dilations=(8, 16)); on a map larger than the dilations."""
+    g = torch.Generator().manual_seed(7)
+    image = torch.rand(3, 19, 23, generator=g, dtype=torch.float64)
+    logits = torch.randn(3, 19, 23, generator=g, dtype=torch.float64)
+    got = pamr(image[None], logits[None], steps=2)[0]
+    torch.testing.assert_close(got, _pamr_by_pixel(image, logits, 2, (8, 16)), rtol=1e-4, atol=1e-5)
+    assert resolve_settings("sclip").pamr_dilations == (8, 16)

@@ -78,7 +78,7 @@ def test_ranks_of_a_perfect_embedding_and_of_a_hand_built_one():
     # (0.9, 0.2, 0.3): rank 2; median of (1, 2) is 1.5 as numpy.median gives
     assert (m["video_to_text_median_rank"], m["video_to_text_mean_rank"]) == (1.5, 1.5)
     ties = retrieval_ranks(torch.tensor([[0.5, 0.5, 0.1]]), torch.tensor([[False, True, False]]))
-    assert ties.tolist() == [1]  # a tie counts for the query, as in CLIP4Clip
+    assert ties.tolist() == [2]  # the one tie rule: a tied wrong candidate ranks before the query's answer
 
 
 def test_a_classifier_right_on_every_clip_scores_100_and_acc5_is_at_least_acc1():
@@ -212,13 +212,14 @@ def test_identical_frames_in_every_video_give_image_retrieval(tmp_path, tiny_cli
         rows_i += [(f"{k}.png", c) for c in caps]
     _table(tmp_path / "captions.csv", rows_v)
     _table(tmp_path / "images.csv", rows_i, header=("image", "caption"))
-    vid = V.evaluate_retrieval(tiny_clip, tmp_path, progress=False, batch_size=4)
+    # video->text ranked among all captions, as image retrieval ranks them; captions short of CLIP4Clip's 32 tokens
+    vid = V.evaluate_retrieval(tiny_clip, tmp_path, progress=False, batch_size=4, video_to_text="captions")
     img = retrieval.evaluate(tiny_clip, tmp_path / "images.csv", progress=False)
     for key, value in img.items():
         if "recall" in key:
-            assert vid[key.replace("image", "video")] == value
+            assert vid[key.replace("image_to_text", "video_to_caption").replace("image", "video")] == value
     assert vid["n_videos"] == 6 and vid["n_captions"] == 9 and vid["n_skipped_videos"] == 0
-    assert 1 <= vid["text_to_video_median_rank"] <= 6 and 1 <= vid["video_to_text_mean_rank"] <= 9
+    assert 1 <= vid["text_to_video_median_rank"] <= 6 and 1 <= vid["video_to_caption_mean_rank"] <= 9
     pooled = V.embed_videos(tiny_clip, [tmp_path / "videos" / f"v{k}" for k in range(6)], frames=12,
                             sampling="uniform", normalize_frames=True, progress=False).embeds
     single = torch.stack([tiny_clip.encode_image(tiny_clip.processing(im)[None]).detach()[0] for im in images])
@@ -277,3 +278,74 @@ def test_cli_writes_both_video_results(tmp_path):
     assert set(ret["metrics"]) >= {"text_to_video_recall@1", "video_to_text_recall@10", "text_to_video_median_rank"}
     zs = json.loads((out / "tiny__video-zeroshot__actions.json").read_text())
     assert zs["metrics"]["n_videos"] == 6 and 0 <= zs["metrics"]["acc1"] <= zs["metrics"]["acc5"] <= 1
+
+
+# -- issue 27 (CLIP4Clip's defaults) and issue 32 (skipped videos named) -------------------------------------
+
+
+def test_frames_are_taken_at_one_a_second_before_the_uniform_pick():
+    # 300 frames at 30 fps: CLIP4Clip reads frames 0, 30, ..., 270 (ten seconds), then keeps all ten of its 12
+    assert V.fps_frame_indices(300, 30.0) == list(range(0, 300, 30))
+    assert V.fps_frame_indices(301, 29.97) == list(range(0, 301, 29))  # fps truncated to 29, as int() does
+    assert V.fps_frame_indices(10, 5.0, rate=2) == [0, 2, 5, 7]  # offsets 0 and 5 // 2 within each second
+    assert V.fps_frame_indices(7, 30.0, rate=0) == list(range(7))
+
+
+def test_a_video_file_is_thinned_to_one_frame_a_second(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "ramp.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for k in range(35):  # frame k is a flat grey of 6 k + 20
+            image = np.full((32, 32, 3), 6 * k + 20, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    frames = V.read_video_frames(path, 12, "uniform", extract_fps=1)  # 10 fps: frames 0, 10, 20, 30
+    assert [float(np.asarray(f, dtype=float).mean()) for f in frames] == pytest.approx([20, 80, 140, 200], abs=6)
+    assert len(V.read_video_frames(path, 12, "uniform")) == 12  # every frame a candidate: 12 of 35
+
+
+def test_captions_are_cut_at_32_tokens(tiny_clip):
+    import inspect
+
+    # CLIP4Clip's max_words: 32 tokens with the start and end ones; the tiny CLIP's own context is 32, so the cut is
+    # shown at 8: start + 6 words + end, and what follows the sixth word no longer counts
+    a, b = "red red red red red red circle", "red red red red red red square"
+    before = tiny_clip.meta.context_length
+    with V.context_length(tiny_clip, 8):
+        cut = tiny_clip.encode_text([a, b]).detach()
+    whole = tiny_clip.encode_text([a, b]).detach()
+    assert torch.allclose(cut[0], cut[1], atol=1e-6) and not torch.allclose(whole[0], whole[1], atol=1e-4)
+    assert tiny_clip.meta.context_length == before  # restored
+    assert inspect.signature(V.evaluate_retrieval).parameters["caption_tokens"].default == 32
+
+
+def test_video_to_text_ranks_each_videos_best_caption_among_the_videos():
+    # five captions, three videos; captions 0-2 describe video 0, caption 3 video 1, caption 4 video 2
+    scores = torch.tensor([[0.2, 0.9, 0.0], [0.1, 0.8, 0.0], [0.3, 0.7, 0.0], [0.0, 0.6, 0.0], [0.0, 0.1, 0.5]])
+    caption_video = torch.tensor([0, 0, 0, 1, 2])
+    c4c = V.video_retrieval_metrics(scores, caption_video, ks=(1, 2))
+    # video 1: best captions per video are 0.9 (video 0's), 0.6 (its own), 0.1: rank 2 among the 3 videos;
+    # among all five captions, its own (0.6) comes after three of video 0: rank 4
+    # videos 0 and 2 find their own caption first either way: ranks (1, 2, 1) against (1, 4, 1)
+    assert c4c["video_to_text_recall@1"] == pytest.approx(2 / 3) and c4c["video_to_text_recall@2"] == 1.0
+    assert (c4c["video_to_text_median_rank"], c4c["video_to_text_mean_rank"]) == (1.0, pytest.approx(4 / 3))
+    ours = V.video_retrieval_metrics(scores, caption_video, ks=(1, 2), video_to_text="captions")
+    assert ours["video_to_caption_recall@2"] == pytest.approx(2 / 3)
+    assert (ours["video_to_caption_median_rank"], ours["video_to_caption_mean_rank"]) == (1.0, 2.0)
+    assert "video_to_text_recall@1" not in ours and ours["text_to_video_recall@1"] == c4c["text_to_video_recall@1"]
+
+
+def test_skipped_videos_are_named_on_the_console(tmp_path, tiny_clip, capsys):
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        _frames(tmp_path / "videos" / f"v{k}", [_noise(rng)] * 2)
+    (tmp_path / "videos" / "empty").mkdir()
+    _table(tmp_path / "captions.csv", [("v0", "a"), ("v1", "b"), ("empty", "c")])
+    m = V.evaluate_retrieval(tiny_clip, tmp_path, progress=False, skip_bad=True)
+    err = capsys.readouterr().err
+    assert m["n_skipped_videos"] == 1 and "skipped 1 videos" in err and "empty is a frame folder" in err

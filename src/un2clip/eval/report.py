@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from un2clip.eval import TASKS
 from un2clip.eval.core.results import UNITS, Table, load_results, markdown_table, write_csv
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,6 @@ def results_table(results: Sequence[dict[str, Any]], metrics: str = "headline") 
 
     A later result for the same (model, task, dataset) replaces an earlier one.
     """
-    from un2clip.eval import TASKS  # the registry imports every task module: only when a report is made
-
     task_order = list(TASKS)
     models: list[str] = []
     keyed: dict[tuple[str, str, str], dict[str, float]] = {}

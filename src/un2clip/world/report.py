@@ -70,14 +70,17 @@ def downstream_groups(world: Path, *, progress: bool) -> dict[str, tuple]:
     def depth(model) -> dict[str, float]:
         from un2clip.eval.downstream import depth as dep
 
-        m = dep.evaluate(model, world / "depth", progress=progress)
+        # the world's 64 x 64 renders are no NYUv2 frames: resized and CLIP-normalised as the tiny CLIP was trained
+        m = dep.evaluate(model, world / "depth", input="resize", flip=False, align_corners=False, progress=progress)
         return {"depth/delta1": 100 * m["delta1"], "depth/abs_rel": m["abs_rel"], "depth/rmse": m["rmse"],
                 "depth/log10": m["log10"]}
 
     def pointcloud(model) -> dict[str, float]:
         from un2clip.eval.downstream import pointcloud as pc
 
-        return {"pointcloud/acc1": 100 * pc.evaluate(model, world / "pointcloud", progress=progress)["acc1"]}
+        # densified intensity views: the rendered images the tiny CLIP knows, not PointCLIP's raw sparse depth
+        m = pc.evaluate(model, world / "pointcloud", densify_size=3, view_image="intensity", progress=progress)
+        return {"pointcloud/acc1": 100 * m["acc1"]}
 
     def video_retrieval(model) -> dict[str, float]:
         from un2clip.eval.downstream import video

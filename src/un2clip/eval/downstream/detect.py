@@ -1,10 +1,15 @@
 """Open-vocabulary detection with a frozen CLIP: ViLD's image branch (Gu et al., 2022) on given boxes.
 
 Each box to classify (a ground-truth box, or a proposal from a detector) is cropped twice, at 1x and at
-1.5x its size around its centre (clipped to the image), each crop squashed to the model's input size;
-the two L2-normalised embeddings are averaged and normalised again. Class text embeddings are prompt
-ensembles (:func:`un2clip.eval.encoder.zeroshot.zeroshot_classifier`); with ``background`` a "background" class
-joins the softmax, so a box that looks like nothing takes probability away from every class. Each box
+1.5x its size around its centre (clipped to the image), each crop resized as CLIP preprocesses an image
+(short side to the input size, centre crop); as in ViLD's image branch the two crops' raw embeddings are
+summed, then L2-normalised (``region="unit-mean"``: our earlier mean of the unit embeddings; ``crop_resize=
+"squash"``: each crop stretched to a square). Class text embeddings are prompt ensembles over ViLD's 63
+templates ("This is a photo of a {}." and the like, article and "This is" as ViLD writes them; CLIP's 80
+ImageNet templates or a file instead). With ``background`` the embedding of the word "background" under the
+same templates joins the softmax as one more class, so a box that looks like nothing takes probability away
+from every class; ViLD learns its background embedding while training its detector, so this word embedding
+is a training-free stand-in, not ViLD's. Each box
 gives a detection for each of its ``classes_per_box`` best classes, scored by the softmax probability;
 proposals go through per-class non-maximum suppression. COCO box AP and AP50 come from pycocotools
 (``pip install 'un2clip[detect]'``), over all classes and, given a novel split, over the base and novel
@@ -13,13 +18,16 @@ classes apart (what OVR-CNN / ViLD report on COCO's 48/17 split).
 Layout: a COCO-format annotations JSON (``images`` with ``id``, ``file_name``, ``width``, ``height``;
 ``annotations`` with ``image_id``, ``category_id``, ``bbox`` [x, y, w, h]; ``categories`` with ``id``,
 ``name``) and a folder holding each ``file_name`` — COCO, LVIS and the shapes world's ``detect/`` set.
+The base/novel split: categories marked ``"split": "novel"`` or ``"unseen"`` are novel and those marked
+``"seen"`` or ``"base"`` base (OVR-CNN's 48/17 files write seen/unseen); a names file or a COCO JSON whose
+categories carry those marks can give it instead. Duplicate ids (images, annotations, categories) and
+non-finite box coordinates are refused naming the row.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +39,9 @@ from tqdm.auto import tqdm
 
 from un2clip.data import transforms as T
 from un2clip.data.sources import decode_image
-from un2clip.eval.core.embed import inference_context
+from un2clip.eval.core.embed import embed_texts, inference_context
+from un2clip.eval.core.metrics import coco_box_ap, require_pycocotools
+from un2clip.eval.downstream.common import report_skipped
 from un2clip.eval.encoder.zeroshot import _lines, fill_template, imagenet_templates, zeroshot_classifier
 
 if TYPE_CHECKING:
@@ -40,19 +50,60 @@ if TYPE_CHECKING:
 LAYOUT = ("expected DIR/annotations.json (COCO format: images with id/file_name/width/height, annotations with "
           "image_id/category_id/bbox [x, y, w, h], categories with id/name) and DIR/images/<file_name>, or "
           "--data FILE.json with --images DIR")
-INSTALL = "pip install 'un2clip[detect]' (or: pip install pycocotools)"
-CROP_SCALES = (1.0, 1.5)  # ViLD: the region and a 1.5x context crop, embeddings averaged
+CROP_SCALES = (1.0, 1.5)  # ViLD: the region and a 1.5x context crop, raw embeddings summed
+REGIONS = ("vild", "unit-mean")  # sum of raw crop embeddings (ViLD), or mean of unit ones (ours before)
+CROP_RESIZES = ("clip", "squash")  # CLIP's preprocessing of each crop (ViLD), or stretched to a square
+NOVEL_MARKS, BASE_MARKS = ("novel", "unseen"), ("base", "seen")
+# ViLD's prompt set (its demo notebook, prompt_engineering with this_is): {article} is "a" or "an"; a prompt
+# that starts with "a" or "the" is read after "This is "
+VILD_TEMPLATES = (
+    "There is {article} {} in the scene.", "There is the {} in the scene.", "a photo of {article} {} in the scene.",
+    "a photo of the {} in the scene.", "a photo of one {} in the scene.", "itap of {article} {}.", "itap of my {}.",
+    "itap of the {}.", "a photo of {article} {}.", "a photo of my {}.", "a photo of the {}.", "a photo of one {}.",
+    "a photo of many {}.", "a good photo of {article} {}.", "a good photo of the {}.", "a bad photo of {article} {}.",
+    "a bad photo of the {}.", "a photo of a nice {}.", "a photo of the nice {}.", "a photo of a cool {}.",
+    "a photo of the cool {}.", "a photo of a weird {}.", "a photo of the weird {}.", "a photo of a small {}.",
+    "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.", "a photo of a clean {}.",
+    "a photo of the clean {}.", "a photo of a dirty {}.", "a photo of the dirty {}.",
+    "a bright photo of {article} {}.", "a bright photo of the {}.", "a dark photo of {article} {}.",
+    "a dark photo of the {}.", "a photo of a hard to see {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of {article} {}.", "a low resolution photo of the {}.",
+    "a cropped photo of {article} {}.", "a cropped photo of the {}.", "a close-up photo of {article} {}.",
+    "a close-up photo of the {}.", "a jpeg corrupted photo of {article} {}.", "a jpeg corrupted photo of the {}.",
+    "a blurry photo of {article} {}.", "a blurry photo of the {}.", "a pixelated photo of {article} {}.",
+    "a pixelated photo of the {}.", "a black and white photo of the {}.", "a black and white photo of {article} {}.",
+    "a plastic {}.", "the plastic {}.", "a toy {}.", "the toy {}.", "a plushie {}.", "the plushie {}.",
+    "a cartoon {}.", "the cartoon {}.", "an embroidered {}.", "the embroidered {}.", "a painting of the {}.",
+    "a painting of a {}.",
+)
 
 
-def require_pycocotools() -> None:
-    """Raise ImportError with the install command when pycocotools is missing."""
+# -- pure prompts and boxes ---------------------------------------------------------------------------
+
+
+def vild_prompts(classname: str) -> list[str]:
+    """ViLD's prompts of one class: its name lower-cased ('_' a space, '/' read "or", a trailing dot dropped),
+    put in each of :data:`VILD_TEMPLATES` with its article, "This is " before those starting "a" or "the"."""
+    name = classname.replace("_", " ").replace("/", " or ").lower().rstrip(".")
+    article = "an" if classname[:1].lower() in "aeiou" else "a"
+    texts = [t.replace("{article}", article).replace("{}", name) for t in VILD_TEMPLATES]
+    return ["This is " + t if t.startswith("a") or t.startswith("the") else t for t in texts]
+
+
+def box_problem(box: Sequence[float]) -> str | None:
+    """What makes an [x, y, w, h] box unusable before any clipping, or None: not four numbers, a non-finite
+    coordinate, a zero or negative width or height."""
     try:
-        import pycocotools.cocoeval  # noqa: F401
-    except ImportError:
-        raise ImportError(f"eval detect scores boxes with pycocotools, which is not installed: {INSTALL}") from None
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return f"box {box!r} is not four numbers [x, y, w, h]"
+    if not all(map(math.isfinite, (x, y, w, h))):
+        return f"box {list(box)} has a non-finite coordinate"
+    if w <= 0 or h <= 0:
+        what = "width" if w <= 0 else "height"
+        return f"box {list(box)} has {'zero' if min(w, h) == 0 else 'negative'} {what} (w={w:g}, h={h:g})"
+    return None
 
-
-# -- pure box arithmetic ------------------------------------------------------------------------------
 
 
 def scale_box(box: Sequence[float], scale: float, width: int, height: int) -> tuple[float, float, float, float]:
@@ -128,54 +179,6 @@ def detections(image_id: int, boxes: torch.Tensor, probs: torch.Tensor, category
             for j in keep.tolist()]
 
 
-def coco_box_ap(ground_truth: dict, results: list[dict], *, image_ids: Sequence[int] | None = None,
-                groups: dict[str, Sequence[int]] | None = None) -> dict[str, float]:
-    """COCO box AP (IoU .50:.95) and AP50 by pycocotools, as fractions: ``AP``, ``AP50``, and ``AP_<group>``,
-    ``AP50_<group>`` for each named group of category ids (e.g. base, novel). ``ground_truth`` is a COCO dict."""
-    require_pycocotools()
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO()
-    gt.dataset = _with_areas(ground_truth)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        if not results:
-            return {"AP": 0.0, "AP50": 0.0, **{f"{p}_{g}": 0.0 for g in (groups or {}) for p in ("AP", "AP50")}}
-        dt = gt.loadRes(list(results))
-        ev = COCOeval(gt, dt, "bbox")
-        if image_ids is not None:
-            ev.params.imgIds = sorted(int(i) for i in image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    precision = ev.eval["precision"]  # (T IoUs, R recalls, K classes, A areas, M max-dets); -1: no ground truth
-    cat_ids = list(ev.params.catIds)
-    out = {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
-
-    def mean_valid(p) -> float:
-        valid = p[p > -1]
-        return float(valid.mean()) if valid.size else float("nan")
-
-    for name, ids in (groups or {}).items():
-        ks = [cat_ids.index(c) for c in ids if c in cat_ids]
-        out[f"AP_{name}"] = mean_valid(precision[:, :, ks, 0, -1])
-        out[f"AP50_{name}"] = mean_valid(precision[0, :, ks, 0, -1])
-    return out
-
-
-def _with_areas(coco: dict) -> dict:
-    """The COCO dict with ``area``, ``iscrowd`` and ``id`` filled in where annotations lack them."""
-    anns = []
-    for k, a in enumerate(coco.get("annotations", [])):
-        a = dict(a)
-        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
-        a.setdefault("iscrowd", 0)
-        a.setdefault("id", k + 1)
-        anns.append(a)
-    return {**coco, "annotations": anns, "categories": coco.get("categories", [])}
-
-
 # -- data ---------------------------------------------------------------------------------------------
 
 
@@ -191,7 +194,8 @@ class DetectionSet:
     boxes: dict[int, list[list[float]]]  # image id -> [x, y, w, h] boxes to classify, inside the image
     novel: list[int] = field(default_factory=list)  # category ids of the novel classes (empty: no split)
     n_boxes_skipped: int = 0  # proposals with nothing inside their image
-    templates: list[str] = field(default_factory=imagenet_templates)
+    templates: list[str] = field(default_factory=lambda: list(VILD_TEMPLATES))
+    base: list[int] = field(default_factory=list)  # category ids of the base classes (empty: no split)
 
 
 def _load_json(path: Path) -> Any:
@@ -201,16 +205,76 @@ def _load_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}); {LAYOUT}") from None
 
 
-def _novel_ids(categories: list[dict], novel: Sequence[str] | str | Path | None, where: Path) -> list[int]:
-    by_name = {c["name"]: int(c["id"]) for c in categories}
-    if novel is None:  # the annotations may mark the split themselves (OVR-CNN's COCO split files do)
-        return [int(c["id"]) for c in categories if c.get("split") == "novel"]
-    names = _lines(novel) or []
-    unknown = [n for n in names if n not in by_name]
+def split_ids(categories: Sequence[dict], where: str | Path) -> tuple[list[int], list[int]] | None:
+    """(base, novel) category ids from the categories' ``split`` marks ("seen"/"base", "unseen"/"novel"); None
+    when no category carries a mark; an error naming the file when some do but none is novel, or a mark is
+    unknown. Unmarked categories count as base only when no category is marked base."""
+    marked = [c for c in categories if "split" in c]
+    if not marked:
+        return None
+    unknown = [c for c in marked if str(c["split"]).lower() not in NOVEL_MARKS + BASE_MARKS]
     if unknown:
-        raise ValueError(f"novel class {unknown[0]!r} is not a category of {where} "
-                         f"(known: {', '.join(list(by_name)[:8])}...)")
-    return [by_name[n] for n in names]
+        raise ValueError(f"{where}: category {unknown[0].get('name')!r} has split {unknown[0]['split']!r}; known "
+                         f"marks: {', '.join(NOVEL_MARKS + BASE_MARKS)}")
+    novel = [int(c["id"]) for c in marked if str(c["split"]).lower() in NOVEL_MARKS]
+    base = [int(c["id"]) for c in marked if str(c["split"]).lower() in BASE_MARKS]
+    if not novel:
+        raise ValueError(f"{where} marks {len(marked)} categories with a split but none novel/unseen: no novel AP "
+                         "can be reported; mark the novel ones (\"split\": \"unseen\" as OVR-CNN writes them)")
+    if not base:
+        base = [int(c["id"]) for c in categories if int(c["id"]) not in novel]
+    return base, novel
+
+
+def _split(categories: list[dict], novel: Sequence[str] | str | Path | None, where: Path
+           ) -> tuple[list[int], list[int]]:
+    """(base, novel) category ids: from the annotations' own marks (``novel`` None), a names file (base: every
+    other category) or a COCO JSON with marks; ([], []) without a split."""
+    by_name = {c["name"]: int(c["id"]) for c in categories}
+    base_names: list[str] | None = None
+    if novel is None:  # the annotations may mark the split themselves (OVR-CNN's COCO split files do)
+        split = split_ids(categories, where)
+        return split if split else ([], [])
+    if isinstance(novel, (str, Path)) and str(novel).lower().endswith(".json"):  # a COCO file with split marks
+        path = Path(novel)
+        if not path.is_file():
+            raise FileNotFoundError(f"split file {path} not found")
+        cats = _load_json(path)
+        cats = cats.get("categories") if isinstance(cats, dict) else cats
+        if not isinstance(cats, list) or not all(isinstance(c, dict) and "name" in c for c in cats):
+            raise ValueError(f"split file {path} must hold COCO categories (name, split)")
+        split = split_ids([{**c, "id": k} for k, c in enumerate(cats)], path)
+        if split is None:
+            raise ValueError(f"split file {path} marks no category with a split (\"split\": \"seen\"/\"unseen\" "
+                             "or \"base\"/\"novel\")")
+        names = [cats[k]["name"] for k in split[1]]
+        base_names = [cats[k]["name"] for k in split[0]]
+    else:
+        names = _lines(novel) or []
+        if not names:
+            raise ValueError(f"novel class list {novel} names no class")
+    unknown = [n for n in names + (base_names or []) if n not in by_name]
+    if unknown:
+        raise ValueError(f"{'novel' if unknown[0] in names else 'base'} class {unknown[0]!r} is not a category of "
+                         f"{where} (known: {', '.join(list(by_name)[:8])}...)")
+    novel_ids = [by_name[n] for n in names]
+    base_ids = [by_name[n] for n in base_names] if base_names is not None else [
+        int(c["id"]) for c in categories if int(c["id"]) not in novel_ids]
+    return base_ids, novel_ids
+
+
+def _refuse_duplicate_ids(rows: Sequence[dict], key: str, path: Path) -> None:
+    """An error naming the first repeated ``id`` among ``rows`` (pycocotools would merge them silently)."""
+    seen: dict[int, int] = {}
+    for k, row in enumerate(rows):
+        if "id" not in row:
+            if key == "annotations":
+                continue  # filled in by position
+            raise ValueError(f"{path}: {key} entry {k} has no id")
+        i = int(row["id"])
+        if i in seen:
+            raise ValueError(f"{path}: {key} id {i} appears twice (entries {seen[i]} and {k}); ids must be unique")
+        seen[i] = k
 
 
 def read_detection_set(data: str | Path, *, images: str | Path | None = None, proposals: str | Path | None = None,
@@ -237,6 +301,9 @@ def read_detection_set(data: str | Path, *, images: str | Path | None = None, pr
     categories = sorted(coco["categories"], key=lambda c: int(c["id"]))
     if len(categories) < 2:
         raise ValueError(f"{ann_path} has {len(categories)} categories: classification needs two or more")
+    for key, rows in (("categories", coco["categories"]), ("images", coco["images"]),
+                      ("annotations", coco["annotations"])):
+        _refuse_duplicate_ids(rows, key, ann_path)
     known_cats = {int(c["id"]) for c in categories}
     sizes, paths = {}, {}
     for im in coco["images"]:
@@ -250,6 +317,9 @@ def read_detection_set(data: str | Path, *, images: str | Path | None = None, pr
             raise ValueError(f"{where} names an image that is not in the images list")
         if int(a["category_id"]) not in known_cats:
             raise ValueError(f"{where} has category {a['category_id']}, not in the categories list")
+        problem = box_problem(a.get("bbox"))
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         w, h = sizes[int(a["image_id"])]
         box = clip_box(a["bbox"], w, h)
         if box is None:
@@ -257,7 +327,7 @@ def read_detection_set(data: str | Path, *, images: str | Path | None = None, pr
                              "the image")
         if not a.get("iscrowd", 0) and proposals is None:
             boxes[int(a["image_id"])].append(box)
-    skipped = 0
+    skipped, skipped_why = 0, []
     if proposals is not None:
         prop_path = Path(proposals)
         if not prop_path.is_file():
@@ -265,85 +335,132 @@ def read_detection_set(data: str | Path, *, images: str | Path | None = None, pr
         records = _load_json(prop_path)
         if not isinstance(records, list):
             raise ValueError(f"{prop_path} must hold a JSON list of {{image_id, bbox [x, y, w, h]}}")
-        for r in records:
+        for row, r in enumerate(records):
             i = int(r["image_id"])
             if i not in sizes:
-                raise ValueError(f"{prop_path}: proposal for image {i}, which {ann_path} does not list")
-            box = clip_box(r["bbox"], *sizes[i])
+                raise ValueError(f"{prop_path}: proposal {row} for image {i}, which {ann_path} does not list")
+            problem = box_problem(r.get("bbox"))
+            if problem and ("non-finite" in problem or "not four" in problem):
+                raise ValueError(f"{prop_path}: proposal {row} (image {i}): {problem}")
+            box = None if problem else clip_box(r["bbox"], *sizes[i])
             if box is None:
                 skipped += 1
+                skipped_why.append(f"proposal {row} (image {i}): {problem or 'box ' + str(r['bbox']) + ' outside'}")
             else:
                 boxes[i].append(box)
-    temps = _lines(templates)
-    for t in temps or []:
-        fill_template(t, "x")
-    if temps is None and root.is_dir() and (root / "templates.txt").is_file():
-        temps = _lines(root / "templates.txt")
+    if isinstance(templates, str) and templates in ("vild", "imagenet"):
+        temps = list(VILD_TEMPLATES) if templates == "vild" else imagenet_templates()
+    else:
+        temps = _lines(templates)
+        for t in temps or []:
+            fill_template(t, "x")
+        if temps is None and root.is_dir() and (root / "templates.txt").is_file():
+            temps = _lines(root / "templates.txt")
+    report_skipped("proposals", skipped_why)
+    base, novel_ids = _split(categories, novel, ann_path)
     return DetectionSet(ann_path, coco, paths, [c["name"] for c in categories], [int(c["id"]) for c in categories],
-                        boxes, _novel_ids(categories, novel, ann_path), skipped, temps or imagenet_templates())
+                        boxes, novel_ids, skipped, temps or list(VILD_TEMPLATES), base)
 
 
 # -- model ---------------------------------------------------------------------------------------------
 
 
 def crop_inputs(image: Image.Image, boxes: Sequence[Sequence[float]], model: ClipModel,
-                scales: Sequence[float] = CROP_SCALES) -> torch.Tensor:
-    """(S * N, 3, size, size) model inputs: every box cropped at each scale (scale-major), squashed to size."""
+                scales: Sequence[float] = CROP_SCALES, crop_resize: str = "clip") -> torch.Tensor:
+    """(S * N, 3, size, size) model inputs: every box cropped at each scale (scale-major), then resized as CLIP
+    preprocesses an image (``clip``: short side to size, centre crop) or stretched to a square (``squash``)."""
+    if crop_resize not in CROP_RESIZES:
+        raise ValueError(f"unknown crop resize {crop_resize!r}; known: {', '.join(CROP_RESIZES)}")
     proc = model.processing
     crops = []
     for s in scales:
         for box in boxes:
-            x0, y0, x1, y1 = scale_box(box, s, image.width, image.height)
-            crop = image.crop((x0, y0, x1, y1)).resize((proc.size, proc.size), Image.BICUBIC)
+            crop = image.crop(scale_box(box, s, image.width, image.height))
+            if crop_resize == "squash":
+                crop = crop.resize((proc.size, proc.size), Image.BICUBIC)
+            else:
+                crop = T.center_crop(T.resize_short_side(T.to_rgb(crop), proc.size), proc.size)
             crops.append(T.normalize(T.pil_to_tensor(crop), proc.mean, proc.std))
     return torch.stack(crops)
 
 
+def combine_crops(crop_embeds: torch.Tensor, region: str = "vild") -> torch.Tensor:
+    """(S, N, D) raw crop embeddings -> (N, D) unit region embeddings. ``vild``: the raw embeddings summed over
+    the S scales, then normalised (ViLD); ``unit-mean``: each crop normalised first, then the mean normalised."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region embedding {region!r}; known: {', '.join(REGIONS)}")
+    x = crop_embeds.float()
+    if region == "unit-mean":
+        x = torch.nn.functional.normalize(x, dim=-1)
+    return torch.nn.functional.normalize(x.sum(0), dim=-1)
+
+
 def region_embeddings(model: ClipModel, image: Image.Image, boxes: Sequence[Sequence[float]], *,
-                      batch_size: int = 64, scales: Sequence[float] = CROP_SCALES) -> torch.Tensor:
-    """(N, D) unit embeddings of the boxes: the mean of their crops' unit embeddings over ``scales``, normalised."""
-    pixels = crop_inputs(image, boxes, model, scales)
+                      batch_size: int = 64, scales: Sequence[float] = CROP_SCALES, region: str = "vild",
+                      crop_resize: str = "clip") -> torch.Tensor:
+    """(N, D) unit embeddings of the boxes from their crops at ``scales`` (:func:`combine_crops`)."""
+    pixels = crop_inputs(image, boxes, model, scales, crop_resize)
     chunks = [model.encode_image(pixels[i:i + batch_size].to(model.device)).float()
               for i in range(0, len(pixels), batch_size)]
-    emb = torch.nn.functional.normalize(torch.cat(chunks), dim=-1).cpu()  # (S * N, D)
-    return torch.nn.functional.normalize(emb.reshape(len(scales), len(boxes), -1).mean(0), dim=-1)
+    emb = torch.cat(chunks).cpu()  # (S * N, D), raw
+    return combine_crops(emb.reshape(len(scales), len(boxes), -1), region)
+
+
+def class_embeddings(model: ClipModel, classnames: Sequence[str], templates: Sequence[str], *,
+                     precision: str = "auto", progress: bool = True) -> torch.Tensor:
+    """(D, C) class embeddings, the normalised mean of each class's normalised prompt embeddings: ViLD's prompts
+    (:func:`vild_prompts`) when ``templates`` is :data:`VILD_TEMPLATES`, else the templates filled in."""
+    if list(templates) != list(VILD_TEMPLATES):
+        return zeroshot_classifier(model, classnames, templates, precision=precision, progress=progress)
+    prompts = [vild_prompts(c) for c in classnames]
+    emb = embed_texts(model, [p for ps in prompts for p in ps], precision=precision, progress=progress,
+                      desc="class prompts")
+    per_class = torch.stack([chunk.mean(dim=0) for chunk in emb.split([len(ps) for ps in prompts])])
+    return torch.nn.functional.normalize(per_class, dim=-1).T
 
 
 def evaluate(model: ClipModel, data: str | Path, *, images: str | Path | None = None,
              proposals: str | Path | None = None, novel: Sequence[str] | str | Path | None = None,
              templates: Sequence[str] | str | Path | None = None, background: bool = False,
-             classes_per_box: int = 3, nms_iou: float = 0.5, batch_size: int = 64, precision: str = "auto",
-             progress: bool = True) -> dict[str, float]:
+             classes_per_box: int = 3, nms_iou: float = 0.5, region: str = "vild", crop_resize: str = "clip",
+             batch_size: int = 64, precision: str = "auto", progress: bool = True) -> dict[str, float]:
     """AP, AP50 (fractions; AP_base/AP_novel and AP50_* with a novel split) and counts of images, boxes, skips."""
+    if classes_per_box < 1:
+        raise ValueError(f"classes_per_box must be >= 1, got {classes_per_box}")
+    if not 0.0 <= nms_iou <= 1.0:
+        raise ValueError(f"nms_iou must be in [0, 1], got {nms_iou}")
+    if region not in REGIONS or crop_resize not in CROP_RESIZES:
+        raise ValueError(f"region must be one of {REGIONS} and crop_resize one of {CROP_RESIZES}")
     require_pycocotools()
     model.eval()
     ds = read_detection_set(data, images=images, proposals=proposals, novel=novel, templates=templates)
-    classifier = zeroshot_classifier(model, ds.classnames, ds.templates, precision=precision, progress=progress)
-    bg = zeroshot_classifier(model, ["background"], ds.templates, precision=precision,
-                             progress=False)[:, 0] if background else None
+    classifier = class_embeddings(model, ds.classnames, ds.templates, precision=precision, progress=progress)
+    bg = class_embeddings(model, ["background"], ds.templates, precision=precision,
+                          progress=False)[:, 0] if background else None
     results: list[dict] = []
-    evaluated, n_boxes, unreadable = [], 0, 0
+    evaluated, n_boxes, unreadable = [], 0, []
     with inference_context(model.device, precision):
         for image_id, path in tqdm(ds.image_paths.items(), desc="detect images", disable=not progress, leave=False):
             image = decode_image(path)
             if image is None:
-                unreadable += 1
+                unreadable.append(str(path))
                 continue
             evaluated.append(image_id)
             boxes = ds.boxes[image_id]
             if not boxes:
                 continue
-            probs = region_probabilities(region_embeddings(model, image, boxes, batch_size=batch_size), classifier,
-                                         background=bg)
+            probs = region_probabilities(region_embeddings(model, image, boxes, batch_size=batch_size, region=region,
+                                                           crop_resize=crop_resize), classifier, background=bg)
             results += detections(image_id, torch.tensor(boxes), probs, ds.category_ids,
                                   classes_per_box=classes_per_box, nms_iou=nms_iou if proposals else None)
             n_boxes += len(boxes)
     if not evaluated:
         raise ValueError(f"none of the {len(ds.image_paths)} images of {ds.annotations} could be read")
+    report_skipped("images (unreadable)", unreadable)
     groups = {}
     if ds.novel:
-        groups = {"base": [c for c in ds.category_ids if c not in ds.novel], "novel": list(ds.novel)}
+        groups = {"base": list(ds.base), "novel": list(ds.novel)}
     metrics = coco_box_ap(ds.ground_truth, results, image_ids=evaluated, groups=groups)
     metrics.update(n_images=len(evaluated), n_boxes=n_boxes, n_classes=len(ds.classnames),
-                   n_skipped_images=unreadable, n_skipped_boxes=ds.n_boxes_skipped)
+                   n_skipped_images=len(unreadable), n_skipped_boxes=ds.n_boxes_skipped)
     return metrics

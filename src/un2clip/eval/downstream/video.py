@@ -2,13 +2,20 @@
 
 A video is seen as a few frames, each encoded by the image tower, pooled without parameters:
 
-- ``video-retrieval``: CLIP4Clip's parameter-free variant (Luo et al. 2021, ``sim_header meanP``). Twelve
-  frames picked uniformly over the video (CLIP4Clip's MSR-VTT setting, ``slice_framepos 2``: evenly spaced
-  indices from the first frame to the last, every frame when there are fewer); each frame embedding
-  L2-normalised, averaged over the video, L2-normalised again; cosine with each caption. Recall@1/5/10,
-  median and mean rank, text->video and video->text. Several captions per video (MSR-VTT has 20) are handled
-  as image retrieval handles several captions per image: each caption ranks the videos, and a video counts
-  its best-ranked caption.
+- ``video-retrieval``: CLIP4Clip's parameter-free variant (Luo et al. 2021, ``sim_header meanP``). As
+  CLIP4Clip reads a video file (``feature_framerate 1``), one frame a second is taken first (frames 0, fps,
+  2 fps, ... with fps truncated to an integer; ``extract_fps`` sets the rate, 0 takes every frame, and a
+  file whose frame rate PyAV cannot tell gives every frame); twelve of those are then picked uniformly
+  (CLIP4Clip's MSR-VTT setting, ``slice_framepos 2``: evenly spaced indices from the first to the last,
+  every one when there are fewer). A frame folder is taken to hold frames already extracted at that rate
+  (CLIP4Clip's own preprocessing): its frames are sampled uniformly as they are. Each frame embedding
+  L2-normalised, averaged over the video, L2-normalised again; cosine with each caption, a caption cut at
+  32 tokens with its start and end tokens (CLIP4Clip's ``max_words``). Recall@1/5/10, median and mean rank,
+  text->video and video->text. With several captions per video (MSR-VTT's 20 per video), video->text is
+  CLIP4Clip's: each video ranks its own best caption among the V videos' best captions
+  (``tensor_video_to_text_sim``); ``video_to_text="captions"`` ranks it among all T captions instead, as
+  image retrieval does (keys ``video_to_caption_*``). Ties count against the query
+  (:mod:`un2clip.eval.core.metrics`).
 - ``video-zeroshot``: ActionCLIP's zero-shot recognition with its ``meanP`` fusion (Wang et al. 2021). Eight
   frames, the middle frame of eight equal segments (ActionCLIP's test sampling); the frame embeddings
   averaged, then L2-normalised; classes embedded from ActionCLIP's 16 prompt templates, ensembled as image
@@ -33,10 +40,11 @@ that is not there is always an error naming the table row.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +56,8 @@ from tqdm.auto import tqdm
 
 from un2clip.data.sources import IMAGE_EXTENSIONS, decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
-from un2clip.eval.core.metrics import retrieval_metrics, retrieval_rank_metrics, zeroshot_metrics
+from un2clip.eval.core.metrics import video_retrieval_metrics, zeroshot_metrics
+from un2clip.eval.downstream.common import report_skipped
 from un2clip.eval.encoder.zeroshot import read_lines, zeroshot_classifier, zeroshot_logits
 
 if TYPE_CHECKING:
@@ -58,6 +67,9 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
                     ".ogv")
 INSTALL = "pip install 'un2clip[video]' (or: pip install av)"
 RETRIEVAL_FRAMES = 12  # CLIP4Clip's max_frames on MSR-VTT
+EXTRACT_FPS = 1  # CLIP4Clip's feature_framerate: frames taken a second before the uniform pick
+CAPTION_TOKENS = 32  # CLIP4Clip's max_words: start token, 30 tokens, end token
+VIDEO_TO_TEXT = ("clip4clip", "captions")
 ACTION_FRAMES = 8  # ActionCLIP's 8-frame models (num_segments 8)
 SAMPLINGS = ("uniform", "segments")
 # ActionCLIP's text prompts (utils/Text_Prompt.py), {} where the action name goes
@@ -103,6 +115,22 @@ def sample_frame_indices(n: int, k: int, mode: str = "uniform") -> list[int]:
         offset = (n / k - 1) / 2
         return [int(i * n / k + offset) for i in range(k)]
     raise ValueError(f"unknown frame sampling {mode!r}; known: {', '.join(SAMPLINGS)}")
+
+
+def fps_frame_indices(n: int, fps: float, rate: int = EXTRACT_FPS) -> list[int]:
+    """Indices of the frames CLIP4Clip's ``RawVideoExtractorCV2`` reads from an ``n``-frame video at ``fps``:
+    ``rate`` frames a second (offsets 0, fps // rate, ... within each second, fps truncated to an integer),
+    second by second while frames last. ``rate`` 0: every frame."""
+    if n < 1:
+        raise ValueError(f"need at least one frame, got n={n}")
+    if rate < 0:
+        raise ValueError(f"frames a second must be >= 0, got {rate}")
+    step = max(1, int(fps))
+    if rate == 0 or rate >= step:
+        return list(range(n))
+    offsets = list(range(0, step, max(1, step // rate)))[:rate]
+    seconds = (n + step - 1) // step
+    return [sec * step + o for sec in range(seconds + 1) for o in offsets if sec * step + o < n]
 
 
 def pool_frames(frame_embeds: torch.Tensor, mask: torch.Tensor | None = None, *,
@@ -167,19 +195,23 @@ def _decoded_frames(av, path: Path, wanted: set[int]) -> tuple[dict[int, Image.I
     return got, n
 
 
-def _video_file_frames(path: Path, k: int, mode: str) -> list[Image.Image]:
+def _video_file_frames(path: Path, k: int, mode: str, extract_fps: int = 0) -> list[Image.Image]:
     av = _require_av(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise BadVideo(f"{path} holds no video stream")
-            count = int(container.streams.video[0].frames or 0)  # 0 when the container does not say
+            stream = container.streams.video[0]
+            count = int(stream.frames or 0)  # 0 when the container does not say
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0  # 0: unknown, every frame is a candidate
         for _ in range(2):
             if count < 1:  # count by decoding every frame
                 count = _decoded_frames(av, path, set())[1]
                 if count < 1:
                     raise BadVideo(f"{path}: no frame decoded")
-            indices = sample_frame_indices(count, k, mode)
+            candidates = fps_frame_indices(count, fps, extract_fps) if extract_fps and fps > 0 else list(range(count))
+            indices = [candidates[i] for i in sample_frame_indices(len(candidates), k, mode)]
             got, _ = _decoded_frames(av, path, set(indices))
             if all(i in got for i in indices):
                 return [got[i] for i in indices]
@@ -191,9 +223,11 @@ def _video_file_frames(path: Path, k: int, mode: str) -> list[Image.Image]:
         raise BadVideo(f"{path} does not decode as a video ({type(err).__name__}: {err})") from None
 
 
-def read_video_frames(path: str | Path, k: int, mode: str = "uniform") -> list[Image.Image]:
+def read_video_frames(path: str | Path, k: int, mode: str = "uniform", extract_fps: int = 0) -> list[Image.Image]:
     """The ``k`` sampled frames (RGB) of a video file or a frame folder; :class:`BadVideo` naming the path when
-    it does not decode or holds no frames."""
+    it does not decode or holds no frames. ``extract_fps`` > 0: a video file whose frame rate is known is first
+    thinned to that many frames a second (:func:`fps_frame_indices`); a frame folder is taken as already
+    extracted at that rate."""
     path = Path(path)
     if path.is_dir():
         files = frame_files(path)
@@ -208,21 +242,22 @@ def read_video_frames(path: str | Path, k: int, mode: str = "uniform") -> list[I
         return frames
     if not path.is_file():
         raise FileNotFoundError(f"video {path} not found")
-    return _video_file_frames(path, k, mode)
+    return _video_file_frames(path, k, mode, extract_fps)
 
 
 class VideoClips(torch.utils.data.Dataset):
     """Item i -> (model inputs (T, 3, S, S) or None, i, error message or None); picklable for workers."""
 
-    def __init__(self, paths: Sequence[Path], frames: int, mode: str, transform):
+    def __init__(self, paths: Sequence[Path], frames: int, mode: str, transform, extract_fps: int = 0):
         self.paths, self.frames, self.mode, self.transform = list(paths), frames, mode, transform
+        self.extract_fps = extract_fps
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            images = read_video_frames(self.paths[i], self.frames, self.mode)
+            images = read_video_frames(self.paths[i], self.frames, self.mode, self.extract_fps)
         except BadVideo as err:
             return None, i, str(err)
         return torch.stack([self.transform(im) for im in images]), i, None
@@ -233,17 +268,19 @@ class EmbeddedVideos:
     embeds: torch.Tensor  # (V, D) float32, unit rows, on the CPU: the readable videos
     index: torch.Tensor  # (V,) their positions in the input list
     n_skipped: int
+    skipped: list[str] = field(default_factory=list)  # why each skipped video was skipped
 
 
 def embed_videos(model: ClipModel, paths: Sequence[Path], *, frames: int, sampling: str, normalize_frames: bool,
                  skip_bad: bool = False, batch_size: int = 16, num_workers: int = 0, precision: str = "auto",
-                 progress: bool = True, desc: str = "videos") -> EmbeddedVideos:
-    """Pooled embeddings of the videos at ``paths`` (``batch_size`` videos a forward pass)."""
+                 progress: bool = True, desc: str = "videos", extract_fps: int = 0) -> EmbeddedVideos:
+    """Pooled embeddings of the videos at ``paths`` (``batch_size`` videos a forward pass); skipped videos are
+    named on the console (the first few and the count)."""
     if batch_size < 1 or frames < 1:
         raise ValueError(f"batch_size and frames must be >= 1, got {batch_size} and {frames}")
-    loader = torch.utils.data.DataLoader(VideoClips(paths, frames, sampling, model.processing), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=list)
-    chunks, index, skipped = [], [], 0
+    loader = torch.utils.data.DataLoader(VideoClips(paths, frames, sampling, model.processing, extract_fps),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    chunks, index, skipped, reasons = [], [], 0, []
     with inference_context(model.device, precision), tqdm(total=len(paths), desc=desc, unit="video",
                                                           disable=not progress, leave=False) as bar:
         for batch in loader:
@@ -253,6 +290,7 @@ def embed_videos(model: ClipModel, paths: Sequence[Path], *, frames: int, sampli
                     good.append((pixels, i))
                 elif skip_bad:
                     skipped += 1
+                    reasons.append(error)
                 else:
                     raise BadVideo(f"{error} (skip_bad / --skip-bad skips such videos and counts them)")
             bar.update(len(batch))
@@ -267,7 +305,8 @@ def embed_videos(model: ClipModel, paths: Sequence[Path], *, frames: int, sampli
             index += [i for _, i in good]
     if not chunks:
         raise ValueError(f"none of the {len(paths)} videos could be read")
-    return EmbeddedVideos(torch.cat(chunks), torch.tensor(index, dtype=torch.long), skipped)
+    report_skipped("videos", reasons)
+    return EmbeddedVideos(torch.cat(chunks), torch.tensor(index, dtype=torch.long), skipped, reasons)
 
 
 def _check_decodable(paths: Sequence[Path]) -> None:
@@ -368,25 +407,45 @@ def read_video_captions(data: str | Path, *, videos: str | Path | None = None, v
 def evaluate_retrieval(model: ClipModel, data: str | Path, *, videos: str | Path | None = None,
                        video_column: str | None = None, caption_column: str | None = None,
                        frames: int = RETRIEVAL_FRAMES, sampling: str = "uniform", normalize_frames: bool = True,
-                       ks: Sequence[int] = (1, 5, 10), skip_bad: bool = False, batch_size: int = 16,
-                       num_workers: int = 0, precision: str = "auto", progress: bool = True) -> dict[str, float]:
-    """text_to_video_recall@k, video_to_text_recall@k, median and mean rank both ways, and the counts of videos,
-    captions and skipped videos (a skipped video's captions are left out with it)."""
+                       extract_fps: int = EXTRACT_FPS, caption_tokens: int = CAPTION_TOKENS,
+                       video_to_text: str = "clip4clip", ks: Sequence[int] = (1, 5, 10), skip_bad: bool = False,
+                       batch_size: int = 16, num_workers: int = 0, precision: str = "auto",
+                       progress: bool = True) -> dict[str, float]:
+    """text_to_video_recall@k, video_to_text_recall@k (``video_to_caption_*`` with ``video_to_text="captions"``),
+    median and mean rank both ways, and the counts of videos, captions and skipped videos (a skipped video's
+    captions are left out with it)."""
+    if video_to_text not in VIDEO_TO_TEXT:
+        raise ValueError(f"video_to_text must be one of {', '.join(VIDEO_TO_TEXT)}, got {video_to_text!r}")
+    if caption_tokens < 3:
+        raise ValueError(f"caption_tokens must be >= 3 (start, one word, end), got {caption_tokens}")
     model.eval()
     vset = read_video_captions(data, videos=videos, video_column=video_column, caption_column=caption_column)
     emb = embed_videos(model, vset.videos, frames=frames, sampling=sampling, normalize_frames=normalize_frames,
                        skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, precision=precision,
-                       progress=progress, desc="retrieval videos")
+                       progress=progress, desc="retrieval videos", extract_fps=extract_fps)
     kept = emb.index.tolist()
     captions = [c for v in kept for c in vset.captions[v]]
     caption_video = torch.tensor([row for row, v in enumerate(kept) for _ in vset.captions[v]], dtype=torch.long)
-    texts = embed_texts(model, captions, batch_size=max(batch_size, 64), precision=precision, progress=progress,
-                        desc="retrieval captions")
+    with context_length(model, caption_tokens):
+        texts = embed_texts(model, captions, batch_size=max(batch_size, 64), precision=precision, progress=progress,
+                            desc="retrieval captions")
     scores = texts @ emb.embeds.T  # (T, V) cosine similarities
-    metrics = {k.replace("image", "video"): v for k, v in retrieval_metrics(scores, caption_video, ks).items()}
-    metrics.update(retrieval_rank_metrics(scores, caption_video, "video"))
+    metrics = video_retrieval_metrics(scores, caption_video, ks, video_to_text=video_to_text)
     metrics.update(n_videos=len(kept), n_captions=len(captions), n_skipped_videos=emb.n_skipped)
     return metrics
+
+
+@contextlib.contextmanager
+def context_length(model: ClipModel, tokens: int):
+    """Tokenise texts at most ``tokens`` long (start and end included) inside the block: CLIP4Clip's
+    ``max_words``. With the causal text mask, cutting the context is cutting the caption."""
+    meta = model.meta
+    before = meta.context_length
+    meta.context_length = min(before, tokens)
+    try:
+        yield
+    finally:
+        meta.context_length = before
 
 
 # -- zero-shot action recognition -------------------------------------------------------------------------

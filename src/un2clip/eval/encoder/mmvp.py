@@ -240,3 +240,18 @@ def published_anchor(model_spec: str, *, random_weights: bool = False) -> dict[s
         return None
     hub_id = PRESETS[model_spec].clip if model_spec in PRESETS else model_spec
     return PUBLISHED_MMVP.get(hub_id)
+
+
+def result_extras(model_spec: str, metrics: dict[str, float], *, random_weights: bool = False
+                  ) -> tuple[dict[str, object], list[str]]:
+    """What a result file of this task adds (the paper's average for a model it reports, what ``average`` is)
+    and the line printed under the metrics."""
+    fields: dict[str, object] = {}
+    lines: list[str] = []
+    anchor = published_anchor(model_spec, random_weights=random_weights)
+    if anchor:
+        fields["published"] = anchor
+        lines.append(f"published average (arXiv 2505.24517): original {anchor['original']}, "
+                     f"un²CLIP {anchor['un2clip']}")
+    fields["average_definition"] = average_definition(metrics)
+    return fields, lines

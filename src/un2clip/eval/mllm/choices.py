@@ -89,3 +89,12 @@ def write_samples_csv(path: str | Path, header: Sequence[str], rows: Sequence[Se
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+def result_extras(model_spec: str, metrics: dict[str, float], *, random_weights: bool = False
+                  ) -> tuple[dict[str, object], list[str]]:
+    """What a result file of a multiple-choice task adds (its units, how answers are matched) and the line
+    printed under the metrics."""
+    fields = {"units": "percent", "answer_matching": "option letter, else option text (no LLM judge); an answer "
+                                                   "naming several option letters matches none"}
+    return fields, [f"unmatched answers: {metrics.get('n_unmatched', 0)}"]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from un2clip.eval.core.metrics import cvbench_scores
 from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 JSONL_FILES = (("test_2d.jsonl", "test_3d.jsonl"), ("test.jsonl",))
 PARQUET_FILES = (("test_2d.parquet", "test_3d.parquet"), ("test.parquet",))
 FIELDS = ("idx", "type", "task", "question", "choices", "answer", "source")
-SOURCES_2D, SOURCES_3D = ("ADE20K", "COCO"), ("Omni3D",)
 LAYOUT = ("expected CV-Bench's layout: DIR/test_2d.jsonl and DIR/test_3d.jsonl (or DIR/test.jsonl, or "
           "test*.parquet with the images inside) with the fields idx, type, task, question, choices, answer "
           "('(A)'...), source and filename (the image path under DIR)")
@@ -146,32 +146,6 @@ def _rows(file: Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{file} line {n} is not JSON ({err.msg}); {LAYOUT}") from None
     return rows
-
-
-def cvbench_scores(sources: Sequence[str], tasks: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
-    """Percent right per source and per task; ``accuracy_2d`` = mean over ADE20K and COCO, ``accuracy_3d`` =
-    Omni3D, ``accuracy`` = mean of the two (each only when its sources are present)."""
-    if not (len(sources) == len(tasks) == len(correct)) or not correct:
-        raise ValueError("sources, tasks and correct must be equally long and not empty")
-
-    def acc(keys: Sequence[str], value: str) -> float:
-        hits = [c for k, c in zip(keys, correct) if k == value]
-        return 100.0 * sum(hits) / len(hits)
-
-    scores: dict[str, float] = {}
-    per_source = {s: acc(sources, s) for s in dict.fromkeys(sources)}
-    d2 = [per_source[s] for s in SOURCES_2D if s in per_source]
-    d3 = [per_source[s] for s in SOURCES_3D if s in per_source]
-    if d2:
-        scores["accuracy_2d"] = sum(d2) / len(d2)
-    if d3:
-        scores["accuracy_3d"] = sum(d3) / len(d3)
-    if d2 and d3:
-        scores["accuracy"] = (scores["accuracy_2d"] + scores["accuracy_3d"]) / 2
-    scores.update({f"source_{s}": v for s, v in per_source.items()})
-    scores.update({f"task_{t}": acc(tasks, t) for t in dict.fromkeys(tasks)})
-    scores["n_questions"] = len(correct)
-    return scores
 
 
 def evaluate(model: LlavaChat, data: str | Path, *, batch_size: int = 8, max_new_tokens: int = 16,

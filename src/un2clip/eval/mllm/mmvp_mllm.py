@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from un2clip.eval.core.metrics import mmvp_mllm_scores
 from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
 if TYPE_CHECKING:
@@ -105,16 +106,6 @@ def _answer_index(text: str, options: tuple[str, ...]) -> int | None:
         return letter_index(m.group(1), len(options))
     lowered = [o.lower() for o in options]
     return lowered.index(text.strip().lower()) if text.strip().lower() in lowered else None
-
-
-def mmvp_mllm_scores(correct: list[bool]) -> dict[str, float]:
-    """Percent of pairs (questions 2k, 2k + 1) with both answers right (``accuracy``, the paper's score) and
-    percent of questions answered right (``question_accuracy``)."""
-    if not correct or len(correct) % 2:
-        raise ValueError(f"{len(correct)} answers: MMVP needs a positive even number (pairs of questions)")
-    pairs = [correct[k] and correct[k + 1] for k in range(0, len(correct), 2)]
-    return {"accuracy": 100.0 * sum(pairs) / len(pairs), "question_accuracy": 100.0 * sum(correct) / len(correct),
-            "n_pairs": len(pairs), "n_questions": len(correct)}
 
 
 def evaluate(model: LlavaChat, data: str | Path, *, batch_size: int = 8, max_new_tokens: int = 16,

@@ -60,14 +60,16 @@ def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassi
     image = prepare_image(pixels.to(model.device), settings.short_side, proc.mean, proc.std)
     queries = classifier.queries.to(model.device)
 
+    pad = settings.pad_windows and settings.crop > 0  # the whole image is never padded, as in every reference
+
     def logits_fn(crops: torch.Tensor) -> torch.Tensor:
-        return window_logits(model, crops, queries, method, gaussian_std=settings.gaussian_std)
+        return window_logits(model, crops, queries, method, gaussian_std=settings.gaussian_std, pad=pad)
 
     logits = slide_logits(logits_fn, image, len(queries), crop=settings.crop, stride=settings.stride,
                           batch_size=batch_size)  # (Q, h, w)
     size = out_size or tuple(pixels.shape[-2:])
     logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)  # (1, Q, H, W)
-    logits = pamr(image, logits, steps=settings.pamr_steps)[0]
+    logits = pamr(image, logits, steps=settings.pamr_steps, dilations=settings.pamr_dilations)[0]
     probs = class_probabilities(logits, classifier.query_class.to(logits.device), classifier.num_classes,
                                 settings.logit_scale)
     return predict_classes(probs, prob_threshold=settings.prob_threshold, area_threshold=settings.area_threshold,
@@ -87,14 +89,21 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     a ValueError.
 
     ``settings`` override the method x dataset preset by name: short_side, crop, stride,
-    logit_scale, prob_threshold, area_threshold, gaussian_std, pamr_steps. Prompt templates: ``templates``,
+    logit_scale, prob_threshold, area_threshold, gaussian_std, pamr_steps, pamr_dilations,
+    pad_windows, class_names (whose shipped class-name files a named benchmark reads, unless
+    ``classes`` is given; a ``SegDataset`` keeps its own). ``precision``: see
+    ``infer.resolve_precision`` (auto: fp16 on CUDA, fp32 on CPU). Prompt templates: ``templates``,
     else the dataset's own (a generic folder's templates.txt), else CLIP's 80 ImageNet ones.
     ``classifier`` reuses text queries already computed for this model and these classes.
     """
     get_head(method)  # an unknown method fails before any data is read
-    ds = data if isinstance(data, SegDataset) else load_dataset(data, dataset, classes=classes, split=split,
-                                                                max_images=max_images)
-    cfg = resolve_settings(method, ds.name, **settings)
+    if isinstance(data, SegDataset):
+        ds = data  # its class names as the caller chose them
+        cfg = resolve_settings(method, ds.name, **settings)
+    else:
+        cfg = resolve_settings(method, dataset, **settings)
+        ds = load_dataset(data, dataset, classes=classes, split=split, max_images=max_images,
+                          class_names=cfg.class_names)
     if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
         raise ValueError(f"dataset {ds.name!r} has no background class, so prob_threshold and area_threshold "
                          "must be 0 (a generic dataset has one when its first class is 'background')")

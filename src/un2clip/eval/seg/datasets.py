@@ -101,10 +101,28 @@ def read_classes(path: str | Path) -> list[list[str]]:
     return classes
 
 
-def builtin_classes(name: str) -> list[list[str]]:
-    """The class names shipped for a named benchmark (``un2clip/eval/seg/classes/<name>.txt``)."""
-    text = resources.files("un2clip.eval.seg").joinpath(f"classes/{name}.txt").read_text(encoding="utf-8")
-    return parse_class_lines(text.splitlines())
+CLASS_FILE_SETS = {
+    # SCLIP's configs/cls_<name>.txt (NACLIP ships the same): several names per class (synonyms)
+    "sclip": "classes",
+    # ClearCLIP's: one name per class; only voc21, voc20 and coco_object differ from SCLIP's, the
+    # other five files are the same and are read from classes/
+    "clearclip": "classes/clearclip",
+}
+
+
+def builtin_classes(name: str, names: str = "sclip") -> list[list[str]]:
+    """The class names shipped for a named benchmark, from one repo's files (``CLASS_FILE_SETS``).
+
+    ``sclip``: ``un2clip/eval/seg/classes/<name>.txt``; ``clearclip``:
+    ``classes/clearclip/<name>.txt`` where ClearCLIP's file differs, else the same file.
+    """
+    if names not in CLASS_FILE_SETS:
+        raise ValueError(f"unknown class-name set {names!r}; known: {', '.join(CLASS_FILE_SETS)}")
+    package = resources.files("un2clip.eval.seg")
+    path = package.joinpath(f"{CLASS_FILE_SETS[names]}/{name}.txt")
+    if not path.is_file():
+        path = package.joinpath(f"classes/{name}.txt")
+    return parse_class_lines(path.read_text(encoding="utf-8").splitlines())
 
 
 def read_label(path: str | Path, reduce_zero_label: bool = False) -> np.ndarray:
@@ -247,12 +265,17 @@ BENCHMARK_DIRS = {name: layout.benchmark_dir for name, layout in LAYOUTS.items()
 
 
 def load_dataset(data: str | Path, dataset: str = "generic", *, classes: str | Path | list[list[str]] | None = None,
-                 split: str = "val", max_images: int | None = None) -> SegDataset:
-    """Read a dataset's file list and class names; ``classes`` overrides the shipped class-name file."""
+                 split: str = "val", max_images: int | None = None, class_names: str = "sclip") -> SegDataset:
+    """Read a dataset's file list and class names.
+
+    ``classes`` overrides the shipped class-name file; ``class_names`` picks whose shipped files a
+    named benchmark reads (``CLASS_FILE_SETS``: sclip or clearclip).
+    """
     root = Path(data)
     if not root.is_dir():
         layout_text = GENERIC_LAYOUT if dataset == "generic" else f"the root folder of {dataset}"
         raise FileNotFoundError(f"{root} is not a folder: {layout_text}")
+    names_from = class_names
     if isinstance(classes, (str, Path)):
         class_names = read_classes(classes)
     else:
@@ -272,7 +295,7 @@ def load_dataset(data: str | Path, dataset: str = "generic", *, classes: str | P
         layout = LAYOUTS[dataset]
         images, labels = layout.find(root, split)
         if class_names is None:
-            class_names = builtin_classes(dataset)
+            class_names = builtin_classes(dataset, names_from)
         background = 0 if layout.background else None
         reduce = layout.reduce_zero_label
     else:

@@ -19,11 +19,16 @@ then the final norm, the class token dropped (CLIP; SigLIP has none), the projec
 the joint space and L2 normalisation (``dense_features``). Ω[p, p'] =
 exp(-|p - p'|² / 2σ²) over patch-grid positions (σ = 5 in NACLIP); the class token gets
 no bias.
+
+The tokens entering the last block are computed here too (``patch_embeddings``), so that the
+position embeddings at a non-native grid are interpolated as SCLIP, ClearCLIP and NACLIP do
+(``reference_position_embedding``), not as transformers does.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,11 +91,50 @@ def _run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def reference_position_embedding(pos: torch.Tensor, grid: tuple[int, int], *, has_class_token: bool) -> torch.Tensor:
+    """(T, W) learned position embeddings of a square g x g grid -> those of a (gh, gw) grid.
+
+    As SCLIP, ClearCLIP and NACLIP interpolate them: unchanged on the native grid; otherwise the
+    patch part bicubic with scale factors ((gh + 0.1) / g, (gw + 0.1) / g), used as given (not
+    recomputed from the output size), align_corners False; the class token's kept. (transformers
+    interpolates to the exact size instead: 2e-3 to 7e-3 apart on CLIP B/16.) Unlike the
+    references, a non-square grid with g² patches is interpolated too, not given the square
+    grid's embeddings in row-major order.
+    """
+    cls, patch = (pos[:1], pos[1:]) if has_class_token else (pos[:0], pos)
+    g = math.isqrt(patch.shape[0])
+    if g * g != patch.shape[0]:
+        raise ValueError(f"{patch.shape[0]} patch position embeddings do not form a square grid")
+    gh, gw = grid
+    if (gh, gw) == (g, g):
+        return pos
+    square = patch.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    out = nn.functional.interpolate(square, scale_factor=((gh + 0.1) / g, (gw + 0.1) / g), mode="bicubic",
+                                    align_corners=False, recompute_scale_factor=False)
+    if tuple(out.shape[-2:]) != (gh, gw):  # floor((g + 0.1) * s / g) is the grid side for every size in use
+        raise RuntimeError(f"position-embedding interpolation gave {tuple(out.shape[-2:])}, expected {(gh, gw)}")
+    return torch.cat([cls, out[0].permute(1, 2, 0).reshape(gh * gw, -1).to(pos.dtype)])
+
+
+def patch_embeddings(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, T, W): patch embedding (a stride-p convolution: pixels past the last whole
+    patch are dropped), the class token (CLIP) and ``reference_position_embedding``."""
+    emb = model.vision_model.embeddings
+    dtype = emb.patch_embedding.weight.dtype
+    x = emb.patch_embedding(pixels.to(model.device, dtype))  # (B, W, gh, gw)
+    grid = (x.shape[-2], x.shape[-1])
+    x = x.flatten(2).transpose(1, 2)  # (B, gh * gw, W)
+    has_cls = model.family == "clip"
+    if has_cls:
+        x = torch.cat([emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+    pos = reference_position_embedding(emb.position_embedding.weight, grid, has_class_token=has_cls)
+    return x + pos.to(x.dtype)
+
+
 def last_block_input(model: ClipModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, T, W) tokens entering the last block (position embeddings interpolated)."""
+    """(B, 3, H, W) -> (B, T, W) tokens entering the last block (position embeddings as the references')."""
     vision = model.vision_model
-    dtype = next(vision.parameters()).dtype
-    hidden = vision.embeddings(pixels.to(model.device, dtype), interpolate_pos_encoding=True)
+    hidden = patch_embeddings(model, pixels)
     if model.family == "clip":
         hidden = vision.pre_layrnorm(hidden)
     for layer in vision.encoder.layers[:-1]:

@@ -5,17 +5,20 @@ The protocol of MaskCLIP / SCLIP / ClearCLIP / NACLIP on mmsegmentation:
 1. text classifier: every name of every class filled into the 80 ImageNet templates,
    each prompt embedding L2-normalised, averaged over templates, normalised again ->
    one query per name (Q >= C);
-2. the image resized (bilinear) so that its short side is ``short_side`` (long side at most
-   2048, as mmsegmentation's ``Resize(scale=(2048, short_side), keep_ratio=True)``) and
-   normalised with the model's mean/std;
+2. the image resized so that its short side is ``short_side`` (long side at most 2048, as
+   mmsegmentation's ``Resize(scale=(2048, short_side), keep_ratio=True)``) with OpenCV's
+   bilinear resize of the uint8 image, as mmcv does, then normalised with the model's mean/std;
 3. sliding windows (mmsegmentation's grid: the last window of a row or column is shifted
-   back inside the image); each window padded to a multiple of the patch size, its
-   patch features (``heads.dense_features``) compared with the queries (cosine),
-   upsampled bilinearly to the window, the padding cut; overlapping windows averaged;
+   back inside the image), or the whole image as one window; a window's patch features
+   (``heads.dense_features``; rows and columns past the last whole patch are dropped by the
+   patch embedding, as in the reference repos) compared with the queries (cosine) and
+   upsampled bilinearly to the window; overlapping windows averaged. ClearCLIP instead pads
+   each sliding window with zeros to a multiple of the patch (centred) and cuts the padding
+   off the upsampled logits (``pad=True``);
 4. logits upsampled bilinearly to the label map's size; optionally refined there by PAMR
-   (``pamr``, the post-processing SCLIP and NACLIP offer); times ``logit_scale``, softmax
-   over all Q names; a class's probability is the max over its names; argmax; pixels
-   whose top probability is under ``prob_threshold`` become background.
+   (``pamr``, the post-processing SCLIP and NACLIP offer, dilations (8, 16)); times
+   ``logit_scale``, softmax over all Q names; a class's probability is the max over its
+   names; argmax; pixels whose top probability is under ``prob_threshold`` become background.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -54,15 +58,34 @@ def read_templates(path: str | Path) -> list[str]:
     return lines
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision a run uses: ``auto`` is fp16 on CUDA and fp32 elsewhere, as the reference repos run.
+
+    SCLIP and NACLIP load CLIP with OpenAI's ``clip.load``, whose weights are half precision on
+    CUDA and float32 on the CPU; ClearCLIP builds it with ``precision='fp16'``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
 @contextlib.contextmanager
 def inference_context(device: torch.device, precision: str = "auto") -> Iterator[None]:
-    """``torch.inference_mode()``, with bf16 autocast for ``bf16`` (and ``auto`` on CUDA)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """``torch.inference_mode()``, with fp16 or bf16 autocast as ``resolve_precision`` decides.
+
+    Autocast runs matrix products in half precision and keeps norms and softmax in float32:
+    close to, not bit-equal with, the references' half-precision weights.
+    """
+    used = resolve_precision(device, precision)
     with torch.inference_mode():
-        if use_bf16:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        if used in _AUTOCAST:
+            with torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST[used]):
                 yield
         else:
             yield
@@ -112,12 +135,23 @@ def resized_shape(height: int, width: int, short_side: int, max_long: int = MAX_
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def resize_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) uint8 -> (3, h, w) uint8 with OpenCV's INTER_LINEAR, as mmcv's ``imresize`` does."""
+    import cv2  # opencv-python-headless, a dependency of the segmentation evaluation
+
+    if pixels.dtype != torch.uint8 or pixels.dim() != 3:
+        raise ValueError(f"resize_uint8 expects a (3, H, W) uint8 image, got {tuple(pixels.shape)} {pixels.dtype}")
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels
+    hwc = pixels.permute(1, 2, 0).cpu().numpy()
+    out = cv2.resize(np.ascontiguousarray(hwc), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out).permute(2, 0, 1).to(pixels.device)
+
+
 def prepare_image(pixels: torch.Tensor, short_side: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(3, H, W) uint8 -> (1, 3, h, w) float normalised model input, resized bilinearly to ``short_side``."""
-    x = pixels.float().unsqueeze(0)
-    size = resized_shape(x.shape[-2], x.shape[-1], short_side)
-    if size != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    """(3, H, W) uint8 -> (1, 3, h, w) float normalised model input, resized to ``short_side`` as mmcv does."""
+    size = resized_shape(pixels.shape[-2], pixels.shape[-1], short_side)
+    x = resize_uint8(pixels, size).float().unsqueeze(0)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
     return (x - m) / s
@@ -146,10 +180,16 @@ def padding_to_multiple(height: int, width: int, multiple: int) -> tuple[int, in
 
 
 def window_logits(model: ClipModel, crops: torch.Tensor, queries: torch.Tensor, head: str | HeadSpec, *,
-                  gaussian_std: float = 5.0) -> torch.Tensor:
-    """(B, 3, h, w) windows -> (B, Q, h, w) cosine similarities of patch features and queries."""
+                  gaussian_std: float = 5.0, pad: bool = False) -> torch.Tensor:
+    """(B, 3, h, w) windows -> (B, Q, h, w) cosine similarities of patch features and queries.
+
+    Without ``pad`` (SCLIP, NACLIP, and every reference's whole-image path) the patch grid is
+    (h // p, w // p): the rows and columns past the last whole patch are dropped, and the grid's
+    logits are stretched over the whole window. With ``pad`` (ClearCLIP's sliding window) the
+    window is zero-padded to a multiple of the patch, centred, and the padding cut afterwards.
+    """
     h, w = crops.shape[-2:]
-    left, right, top, bottom = padding_to_multiple(h, w, model.patch_size)
+    left, right, top, bottom = padding_to_multiple(h, w, model.patch_size) if pad else (0, 0, 0, 0)
     if left or right or top or bottom:
         crops = F.pad(crops, (left, right, top, bottom))
     feats = dense_features(model, crops, head, gaussian_std=gaussian_std)  # (B, gh, gw, D)
@@ -180,7 +220,7 @@ def slide_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], image: torch
     return total / count
 
 
-PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
+PAMR_DILATIONS = (8, 16)  # SCLIP's and NACLIP's pamr_stride
 _RING = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
@@ -202,6 +242,8 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, *, steps: int = 10,
     divided by 0.1 x the standard deviation of the 3 x 3 windows (centre included) over all
     dilations; averaged over channels; softmax over the neighbours. ``steps`` times, every
     pixel's logits become the weighted mean of its neighbours'. Edges are replicated.
+    ``dilations`` default to (8, 16), SCLIP's and NACLIP's ``pamr_stride`` (PAMR's own code
+    defaults to (1,); NACLIP's visualisation uses (1, 2, 4, 8, 12, 24)).
     """
     if logits.dim() != 4 or image.dim() != 4:
         raise ValueError("pamr expects (B, 3, H, W) images and (B, Q, H, W) logits")
@@ -214,7 +256,8 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, *, steps: int = 10,
     # the windows of all dilations, each with its centre: 1 + 8 per dilation, the centre counted once per dilation
     centre_repeats = torch.cat([window[:, :, :1]] * (len(dilations) - 1) + [window], dim=2)
     spread = centre_repeats.std(dim=2)  # (B, 3, H, W)
-    scores = (-(window[:, :, 1:] - image[:, :, None]).abs() / (1e-8 + 0.1 * spread[:, :, None])).mean(dim=1)  # (B, K, H, W)
+    diffs = (window[:, :, 1:] - image[:, :, None]).abs()  # (B, 3, K, H, W)
+    scores = (-diffs / (1e-8 + 0.1 * spread[:, :, None])).mean(dim=1)  # (B, K, H, W)
     weights = scores.softmax(dim=1)
     out = logits.float()
     for _ in range(steps):

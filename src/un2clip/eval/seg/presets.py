@@ -1,16 +1,32 @@
 """Inference settings per method and dataset, as the methods' own evaluation configs set them.
 
-- vanilla, maskclip, sclip: SCLIP's protocol: short side 336 (COCO-Stuff 448, Cityscapes
-  560), sliding window 224 / stride 112, logit scale 40; VOC21 65 with background
-  threshold 0.1, Context60 and COCO-Object 50 with 0.1. SCLIP's VOC21 config also drops
-  predicted classes covering under 10% of the foreground (``area_threshold``).
-- clearclip: short side 448, window 448 / stride 224 (Cityscapes 224 / 224), logit scale
-  50; background thresholds VOC21 0.5, Context60 0.15, COCO-Object 0.4.
-- naclip: as SCLIP's geometry, logit scale 40, background threshold 0.1 on VOC21,
-  Context60, COCO-Object; Gaussian std 5.
+- vanilla, maskclip, sclip: SCLIP's protocol (its ``configs/cfg_*.py``): short side 336
+  (COCO-Stuff 448, Cityscapes 560), sliding window 224 / stride 112, logit scale 40; VOC21
+  65 with background threshold 0.1, Context60 and COCO-Object 50 with 0.1. SCLIP's VOC21
+  config also drops predicted classes covering under 10% of the foreground
+  (``area_threshold``). PAMR off (SCLIP's ``pamr_steps=0``).
+- clearclip: ClearCLIP's configs: short side 448, window 448 / stride 224 (Cityscapes
+  224 / 224), logit scale 50; background thresholds VOC21 0.5, Context60 0.15, COCO-Object
+  0.4; windows zero-padded (centred) to a multiple of the patch as its sliding window does;
+  its own single-name class files (``class_names="clearclip"``).
+- naclip: NACLIP's configs and its README's main-results command
+  (``test_all.sh reduced naclip 5 on``): short side 336 on every benchmark (Cityscapes 560;
+  COCO-Stuff 336, unlike SCLIP's 448), sliding window 224 / 112 except VOC21 and VOC20,
+  which run the whole image (``slide_crop=0``); logit scale 40; background threshold 0.1 on
+  VOC21, Context60, COCO-Object; Gaussian std 5; PAMR on, 10 steps, dilations (8, 16).
+  These are the settings of NACLIP's README table (ViT-B/16: VOC21 64.07, PC60 34.99,
+  COCO-Object 36.19, VOC20 83.03, Cityscapes 38.27, PC59 38.35, ADE20K 19.05, COCO-Stuff
+  25.69 mIoU); ``pamr_steps=0`` gives its PAMR-off variant.
 
-PAMR post-processing (``pamr_steps``, 10 in SCLIP's and NACLIP's optional setting) is off in
-every preset, as in the methods' headline numbers; turn it on with ``pamr_steps=10``.
+The SCLIP presets are those of SCLIP's README table (ViT-B/16: VOC21 59.63, VOC20 81.54,
+PC60 31.74, PC59 34.46, COCO-Object 33.52, COCO-Stuff164k 22.77, Cityscapes 32.34, ADE20K
+16.45). Every method but ClearCLIP reads SCLIP's class-name files (synonyms per class,
+``class_names="sclip"``); NACLIP ships the same files.
+
+PAMR (``pamr_steps``) uses dilations (8, 16) as SCLIP's and NACLIP's segmentors do
+(``pamr_dilations``). Sliding windows are not padded except ClearCLIP's (``pad_windows``);
+the whole image (``crop=0``) is never padded: the patch embedding drops the rows and
+columns past the last whole patch, as in all three reference repos.
 
 Every value can be overridden: ``resolve_settings(method, dataset, crop=..., ...)``.
 """
@@ -20,6 +36,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from un2clip.eval.seg.heads import METHODS, get_head
+
+CLASS_NAME_SETS = ("sclip", "clearclip")  # whose class-name files (eval/seg/classes/ and classes/clearclip/)
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,9 @@ class SegSettings:
     area_threshold: float = 0.0  # classes predicted on less than this fraction of the foreground are dropped
     gaussian_std: float = 5.0  # NACLIP's neighbourhood std, in patches
     pamr_steps: int = 0  # PAMR refinement iterations of the upsampled logits (0: off)
+    pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR's neighbourhood rings (SCLIP's and NACLIP's (8, 16))
+    pad_windows: bool = False  # zero-pad each sliding window to a multiple of the patch (ClearCLIP) or not
+    class_names: str = "sclip"  # shipped class-name files: "sclip" (synonym sets) or "clearclip" (one name each)
 
     def __post_init__(self) -> None:
         if self.short_side < 0 or self.crop < 0:
@@ -46,9 +67,17 @@ class SegSettings:
             raise ValueError(f"pamr_steps must be >= 0, got {self.pamr_steps}")
         if self.gaussian_std <= 0:
             raise ValueError(f"gaussian_std must be positive, got {self.gaussian_std}")
+        dilations = tuple(self.pamr_dilations)
+        if not dilations or any(not isinstance(d, int) or d <= 0 for d in dilations):
+            raise ValueError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
+        object.__setattr__(self, "pamr_dilations", dilations)
+        if self.class_names not in CLASS_NAME_SETS:
+            raise ValueError(f"class_names must be one of {', '.join(CLASS_NAME_SETS)}, got {self.class_names!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["pamr_dilations"] = list(self.pamr_dilations)
+        return out
 
 
 SCLIP_BASE = SegSettings()
@@ -59,18 +88,20 @@ SCLIP_DATASETS = {
     "coco_stuff": {"short_side": 448},
     "cityscapes": {"short_side": 560},
 }
-CLEARCLIP_BASE = SegSettings(short_side=448, crop=448, stride=224, logit_scale=50.0)
+CLEARCLIP_BASE = SegSettings(short_side=448, crop=448, stride=224, logit_scale=50.0, pad_windows=True,
+                             class_names="clearclip")
 CLEARCLIP_DATASETS = {
     "voc21": {"prob_threshold": 0.5},
     "context60": {"prob_threshold": 0.15},
     "coco_object": {"prob_threshold": 0.4},
     "cityscapes": {"crop": 224},
 }
+NACLIP_BASE = SegSettings(pamr_steps=10)
 NACLIP_DATASETS = {
-    "voc21": {"prob_threshold": 0.1},
+    "voc21": {"prob_threshold": 0.1, "crop": 0},
+    "voc20": {"crop": 0},
     "context60": {"prob_threshold": 0.1},
     "coco_object": {"prob_threshold": 0.1},
-    "coco_stuff": {"short_side": 448},
     "cityscapes": {"short_side": 560},
 }
 
@@ -79,7 +110,7 @@ PRESETS: dict[str, tuple[SegSettings, dict[str, dict]]] = {
     "maskclip": (SCLIP_BASE, SCLIP_DATASETS),
     "sclip": (SCLIP_BASE, {**SCLIP_DATASETS, "voc21": {**SCLIP_DATASETS["voc21"], "area_threshold": 0.1}}),
     "clearclip": (CLEARCLIP_BASE, CLEARCLIP_DATASETS),
-    "naclip": (SCLIP_BASE, NACLIP_DATASETS),
+    "naclip": (NACLIP_BASE, NACLIP_DATASETS),
 }
 assert set(PRESETS) == set(METHODS)
 

@@ -4,7 +4,7 @@ Result files use the evaluation suite's format (``un2clip-eval-result/1``, one f
 ``<model>__seg_<method>__<dataset>.json`` per run) so that ``un2clip report`` merges them
 with the other evaluations: task ``seg/<method>``, the headline numbers under
 ``metrics`` (mIoU, aAcc, mAcc in percent; n_images, n_skipped), the settings used under
-``options``, and ``per_class_iou`` (``null`` for a class absent from both predictions and
+``options`` (with the precision the run used: fp32, fp16 or bf16, and the one requested), and ``per_class_iou`` (``null`` for a class absent from both predictions and
 labels).
 """
 
@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from un2clip.eval.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, check_mask_sizes, load_dataset
+from un2clip.eval.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, SegDataset, check_mask_sizes, load_dataset
 from un2clip.eval.seg.presets import resolve_settings
 from un2clip.files import atomic_write_text
 
@@ -125,44 +125,57 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     """Evaluate every model x method x dataset; write one JSON each into ``output``; return the records.
 
     Methods, settings and every dataset folder are checked before any model is loaded; the
-    text queries of a dataset are computed once per model and shared by the methods.
+    text queries of a dataset are computed once per model and class-name set and shared by the
+    methods that read the same names (ClearCLIP reads its own files, see ``SegSettings.class_names``).
     """
     import torch
 
     from un2clip.eval.seg import evaluate
-    from un2clip.eval.seg.infer import text_classifier
+    from un2clip.eval.seg.infer import TextClassifier, resolve_precision, text_classifier
     from un2clip.load import load_clip
 
     names = list(model_names) if model_names else [m.rstrip("/") for m in models]
     if len(names) != len(models):
         raise ValueError(f"{len(models)} models but {len(names)} model names")
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    datasets = [load_dataset(s.root, s.dataset, classes=classes, split=split, max_images=max_images)
-                for s in data]
+    # each method reads its own repo's class-name files (its preset's class_names), unless --classes is given
+    runs = [(method, i, resolve_settings(method, spec.dataset, **settings)) for i, spec in enumerate(data)
+            for method in methods]  # a bad method or setting fails before anything is read
+    loaded: dict[tuple[int, str], SegDataset] = {}
+    for _, i, cfg in runs:
+        key = (i, "file" if classes is not None else cfg.class_names)
+        if key not in loaded:
+            loaded[key] = load_dataset(data[i].root, data[i].dataset, classes=classes, split=split,
+                                       max_images=max_images, class_names=cfg.class_names)
+    first = {i: d for (i, _), d in reversed(loaded.items())}  # one loaded copy per dataset
     if not resize_masks:  # a mask of another size than its image fails before any model loads
-        for ds in datasets:
-            check_mask_sizes(ds)
-    for method in methods:  # fail on a bad method, setting or threshold before loading anything
-        for ds in datasets:
-            cfg = resolve_settings(method, ds.name, **settings)
-            if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
-                raise ValueError(f"{ds.name} has no background class: prob_threshold and area_threshold must be 0")
+        for i in range(len(data)):  # the files are the same whichever class names were read
+            check_mask_sizes(first[i])
+    for _, i, cfg in runs:  # a threshold without a background class fails before loading anything
+        if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and first[i].background is None:
+            raise ValueError(f"{data[i].dataset} has no background class: prob_threshold and area_threshold "
+                             "must be 0")
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    used_precision = resolve_precision(dev, precision)
     records = []
     for spec, name in zip(models, names):
         model = load_clip(spec, random_weights=random_weights).to(dev).eval()
-        for ds in datasets:
-            used = list(templates) if templates is not None else ds.templates
-            classifier = text_classifier(model, ds.classes, used, precision=precision)
+        classifiers: dict[tuple[int, str], TextClassifier] = {}
+        for i in range(len(data)):
             for method in methods:
-                cfg = resolve_settings(method, ds.name, **settings)
-                metrics = evaluate(model, ds, method=method, classifier=classifier, batch_size=batch_size,
+                cfg = next(c for m, j, c in runs if m == method and j == i)
+                key = (i, "file" if classes is not None else cfg.class_names)
+                ds = loaded[key]
+                used = list(templates) if templates is not None else ds.templates
+                if key not in classifiers:
+                    classifiers[key] = text_classifier(model, ds.classes, used, precision=precision)
+                metrics = evaluate(model, ds, method=method, classifier=classifiers[key], batch_size=batch_size,
                                    num_workers=num_workers, precision=precision, progress=progress,
                                    resize_masks=resize_masks, **cfg.to_dict())
-                options = {**cfg.to_dict(), "split": split, "max_images": max_images, "precision": precision,
-                           "resize_masks": resize_masks,
+                options = {**cfg.to_dict(), "split": split, "max_images": max_images, "precision": used_precision,
+                           "precision_requested": precision, "resize_masks": resize_masks,
                            "templates": "imagenet-80" if used is None else used,
-                           "classes": ds.classes}
+                           "classes_file": None if classes is None else str(classes), "classes": ds.classes}
                 extra = {"model_spec": spec, "data": str(ds.root.resolve()), "device": str(dev),
                          "random_weights": random_weights}
                 record = result_record(name, method, ds.name, metrics, options, extra)
