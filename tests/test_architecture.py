@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "un2clip"
 # A module belongs to the layer of the longest prefix listed here that names it; the package itself
 # ("un2clip", its __init__) names only itself.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("un2clip", "un2clip.errors", "un2clip.files", "un2clip.registry", "un2clip.runs", "un2clip.data"),  # foundation
+    ("un2clip", "un2clip.argtypes", "un2clip.errors", "un2clip.files", "un2clip.registry", "un2clip.runs",
+     "un2clip.data"),  # foundation
     ("un2clip.models",),  # what a model is
     ("un2clip.load",),  # any spec -> a model
     ("un2clip.objectives",),  # what is minimised

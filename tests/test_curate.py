@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from un2clip.cli import main as cli
 from un2clip.curate import (
     AhoCorasick,
     AlignRules,
@@ -248,7 +250,11 @@ def test_corrupt_images_and_empty_captions_are_counted_and_dropped(tmp_path):
         kept = list(csv.reader(f))
     assert kept[0] == ["image", "caption"] and [r[1] for r in kept[1:]] == [rows[0][1], rows[1][1]]
     assert (out / kept[1][0]).resolve() == (tmp_path / "pool" / "img" / "0.png").resolve()  # relative to OUT
-    assert json.loads((out / "curate_summary.json").read_text())["n_out"] == 2
+    recorded = json.loads((out / "curate_summary.json").read_text())
+    assert recorded["n_out"] == 2
+    # the entries decide what is kept: the summary pins them (count and digest), not only their count (issue 32)
+    digest = hashlib.sha1(b"red\nblue\nsquare\ncircle\nimage").hexdigest()
+    assert recorded["options"]["metadata"] == {"n_entries": 5, "sha1": digest}
     again = curate(str(pool), out, opts, progress=False)  # resumed: every shard's features are reused
     assert again["dropped"] == summary["dropped"]
 
@@ -287,6 +293,21 @@ def test_curate_refuses_conflicting_options():
         CurateOptions(score_model="tiny").check()
     with pytest.raises(ValueError, match="--metadata"):
         CurateOptions(align=AlignRules(), balance_t=10).check()
+    with pytest.raises(ValueError, match=r"--keep-fraction must be in \[0, 1\], got 2"):
+        CurateOptions(score_model="tiny", keep_fraction=2.0).check()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--keep-fraction", "1.5"], "argument --keep-fraction: must be a fraction in [0, 1], not '1.5'"),
+    (["--batch-size", "0"], "argument --batch-size: must be a positive integer, not '0'"),
+    (["--rows-per-shard", "0"], "argument --rows-per-shard: must be a positive integer"),
+    (["--min-score", "nan"], "argument --min-score: must be a finite number, not 'nan'"),
+    (["--balance-t", "-3"], "argument --balance-t: must be a finite number > 0"),
+])
+def test_curate_checks_numbers_when_parsed(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["curate", str(tmp_path), "--output", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- K-LITE
@@ -355,11 +376,53 @@ def test_wordnet_glosses_from_a_debian_database(tmp_path):
     assert read_knowledge(write_knowledge(tmp_path / "k.tsv", found)) == found
 
 
+@pytest.fixture
+def no_debian_wordnet(monkeypatch):
+    import un2clip.eval.encoder.knowledge as knowledge
+
+    monkeypatch.setattr(knowledge, "WORDNET_DIRS", ())
+    monkeypatch.delenv("WNSEARCHDIR", raising=False)
+
+
+def test_knowledge_says_whether_wn_or_only_its_data_is_missing(tmp_path, capsys, monkeypatch, no_debian_wordnet):
+    import sys
+    import types
+
+    (tmp_path / "classes.txt").write_text("circle\nsquare\n")
+    args = ["knowledge", str(tmp_path / "classes.txt"), "--output", str(tmp_path / "k.tsv")]
+    monkeypatch.setitem(sys.modules, "wn", None)  # not installed
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "no WordNet found: install wn (pip install wn" in err and "is installed" not in err
+    fake = types.ModuleType("wn")
+    fake.lexicons = lambda lang=None: []  # installed, no lexicon downloaded
+    monkeypatch.setitem(sys.modules, "wn", fake)
+    assert cli(args) == 2
+    assert "wn is installed but its English WordNet data is missing: run `python -m wn download oewn:2021`" in \
+        capsys.readouterr().err
+
+
+def test_knowledge_checks_its_input_and_output_before_wordnet(tmp_path, capsys, monkeypatch, no_debian_wordnet):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wn", None)
+    (tmp_path / "empty.txt").write_text("\n")
+    assert cli(["knowledge", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "k.tsv")]) == 2
+    assert f"{tmp_path / 'empty.txt'} holds no class names" in capsys.readouterr().err
+    (tmp_path / "classes.txt").write_text("circle\n")
+    (tmp_path / "k.tsv").write_text("circle\tearlier\n")
+    assert cli(["knowledge", str(tmp_path / "classes.txt"), "--output", str(tmp_path / "k.tsv")]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert cli(["knowledge", str(tmp_path / "classes.txt"), "--output", str(tmp_path / "classes.txt"),
+                "--overwrite"]) == 2
+    assert "would write over the input" in capsys.readouterr().err
+
+
 def test_wordnet_glosses_when_a_wordnet_is_installed():
     from un2clip.eval.encoder.knowledge import find_wordnet, wordnet_definitions
 
     if find_wordnet() is None:
-        with pytest.raises(ModuleNotFoundError, match="no WordNet found"):
+        with pytest.raises(ModuleNotFoundError, match="no WordNet found|English WordNet data is missing"):
             wordnet_definitions(["circle"])
         pytest.skip("no WordNet installed (wn package data or /usr/share/wordnet)")
     found = wordnet_definitions(["circle", "zzzzqx"])

@@ -252,4 +252,4 @@ def test_classes_per_box_below_one_is_refused_when_parsing(tmp_path, capsys):
         with pytest.raises(SystemExit) as err:
             main(["eval", "detect", "--model", "tiny", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
                   "--classes-per-box", bad])
-        assert err.value.code == 2 and "--classes-per-box: must be >= 1" in capsys.readouterr().err
+        assert err.value.code == 2 and "--classes-per-box: must be an integer >= 1" in capsys.readouterr().err

@@ -91,8 +91,16 @@ def test_export_alpha_interpolates_image_tower_and_keeps_text_tower(tmp_path):
 
 def test_export_alpha_errors_are_one_line(tmp_path, capsys):
     run, _ = _perturbed_run(tmp_path)
-    assert cli(["export", str(run), "--alpha", "1.2", "--output", str(tmp_path / "x")]) == 2
-    assert "alpha must be in [0, 1]" in capsys.readouterr().err
+    # checked when the arguments are parsed, before any run directory is looked at (issue 32)
+    for model in (str(run), str(tmp_path / "not-a-run")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(["export", model, "--alpha", "1.5", "--output", str(tmp_path / "x")])
+        assert exit_info.value.code == 2
+        assert "argument --alpha: must be a fraction in [0, 1], not '1.5'" in capsys.readouterr().err
+    from un2clip.export import export_model
+
+    with pytest.raises(ValueError, match=r"--alpha must be in \[0, 1\]"):
+        export_model(str(tmp_path / "not-a-run"), tmp_path / "x", alpha=1.5)
     # a plain model folder has no marker: the original must be named
     assert cli(["export", str(run / "clip"), "--alpha", "0.5", "--output", str(tmp_path / "y")]) == 2
     assert "--original" in capsys.readouterr().err
@@ -120,3 +128,50 @@ def test_a_missing_local_model_path_is_one_clear_error_not_a_hub_lookup(tmp_path
                 load(spec)
         with pytest.raises(ValueError, match="neither a preset"):
             load("no-such-preset")
+
+
+# -- one rule for outputs that exist (issue 32) ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from un2clip.models.presets import build_tiny_clip
+
+    return build_tiny_clip().save_pretrained(tmp_path_factory.mktemp("tiny") / "clip")
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "{model}"], ["export", "{model}", "--format", "openclip"], ["convert", "{model}", "--to", "openclip"],
+])
+def test_writers_refuse_an_existing_output_unless_overwrite(tmp_path, tiny_dir, capsys, command):
+    from un2clip.load import load_clip
+
+    args = [c.format(model=tiny_dir) for c in command]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    assert cli([*args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {out} already exists: pass --overwrite to replace it" in err
+    assert (out / "keep.txt").read_text() == "earlier work"
+    assert cli([*args, "--output", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists()  # replaced whole: no mix of the old and the new output
+    assert load_clip(str(out)).encode_text(["a red circle"]).allclose(
+        load_clip(str(tiny_dir)).encode_text(["a red circle"]), atol=1e-6)
+    # an existing file too; an empty folder is no output yet
+    (tmp_path / "file.pt").write_bytes(b"x")
+    assert cli([*args, "--output", str(tmp_path / "file.pt")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert cli([*args, "--output", str(tmp_path / "empty")]) == 0
+
+
+def test_writers_never_write_over_an_input(tmp_path, tiny_dir, capsys):
+    import shutil
+
+    model = shutil.copytree(tiny_dir, tmp_path / "model")
+    before = sorted(p.name for p in model.iterdir())
+    for args in (["export", str(model), "--output", str(model), "--overwrite"],
+                 ["export", str(model), "--output", str(tmp_path), "--overwrite"],  # the folder holding it
+                 ["convert", str(model), "--to", "openclip", "--output", str(model), "--overwrite"]):
+        assert cli(args) == 2
+        assert "would write over the input" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == before

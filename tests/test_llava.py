@@ -104,11 +104,29 @@ def test_swap_refuses_an_encoder_of_another_image_size_or_width(setup, capsys):
     assert not (tmp / "x").exists()
 
 
+def test_swap_never_writes_over_its_llava_and_refuses_an_existing_output(setup, capsys):
+    tmp, clip_dir, llava = setup
+    before = _weights(llava)
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(llava),
+                "--overwrite"]) == 2
+    assert f"--output {llava} would write over the input {llava}" in capsys.readouterr().err
+    assert all(torch.equal(before[k], v) for k, v in _weights(llava).items())
+    out = tmp / "twice"
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out)]) == 0
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out)]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err
+    assert cli(["llava", "swap", "--llava", str(llava), "--encoder", str(clip_dir), "--output", str(out),
+                "--overwrite"]) == 0
+
+
 # -- answers and scores on hand-built inputs ----------------------------------------------------------
 
 @pytest.mark.parametrize(("answer", "expected"), [
     ("(b)", 1), ("(a) Open", 0), ("B", 1), ("b.", 1), ("Answer: B", 1), ("The answer is (a)", 0),
     ("The door is closed.", 1), ("open", 0), ("Open or closed", None), ("C", None), ("I cannot tell", None),
+    # hedged answers name no single option (issue 32 case 5)
+    ("The answer is (A) or (B)", None), ("(a) or (b)", None), ("A or B", None), ("A/B", None),
+    ("(B) Closed, or maybe (A)", None), ("Answer: A, I think", 0),
 ])
 def test_match_choice(answer, expected):
     assert match_choice(answer, ["Open", "Closed"]) == expected
@@ -195,8 +213,66 @@ def test_readers_follow_the_release_layouts(tmp_path):
     (tmp_path / "MMVP" / "MMVP Images" / "3.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 MMVP image\(s\) missing: .*3.jpg; expected MMVP's layout"):
         read_mmvp_mllm(tmp_path / "MMVP")
-    with pytest.raises(FileNotFoundError, match="holds no CV-Bench annotations"):
+    with pytest.raises(FileNotFoundError, match="holds none of test_2d.jsonl, test_3d.jsonl, test.jsonl"):
         read_cvbench(tmp_path)
+
+
+def test_a_cvbench_folder_with_one_half_reads_it_and_names_the_other(tmp_path, caplog):
+    root = write_cvbench(tmp_path / "CV-Bench")
+    (root / "test_3d.jsonl").unlink()
+    with caplog.at_level("WARNING"):
+        items = read_cvbench(root)
+    assert [it.source for it in items] == ["ADE20K", "COCO"]
+    assert "has test_2d.jsonl but not test_3d.jsonl: scoring 2D only" in caplog.text
+
+
+@pytest.mark.parametrize(("task", "flags", "message"), [
+    ("mmvp-mllm", ["--prompt-template", "USER: <image> describe ASSISTANT:"], "argument --prompt-template: must "
+                                                                               "contain {question}"),
+    ("cvbench", ["--prompt-template", "USER: <image>\n{question} {answer}"], "whose only field is {question}"),
+    ("cvbench", ["--limit", "0"], "argument --limit: must be a positive integer, not '0'"),
+    ("mmvp-mllm", ["--batch-size", "0"], "argument --batch-size: must be a positive integer, not '0'"),
+    ("cvbench", ["--max-new-tokens", "-1"], "argument --max-new-tokens: must be a positive integer"),
+])
+def test_llava_evaluations_check_options_when_parsed(tmp_path, capsys, task, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["eval", task, "--model", str(tmp_path / "never-loaded"), "--data", str(tmp_path), "--output",
+             str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_prompt_template_without_the_question_is_refused_by_the_library(setup):
+    from un2clip.models.llava import LlavaChat
+
+    with pytest.raises(ValueError, match="has no {question}"):
+        LlavaChat.from_pretrained(setup[2], prompt_template="USER: <image> ASSISTANT:")
+    with pytest.raises(ValueError, match="limit must be a positive number"):
+        from un2clip.eval.mllm.cvbench import evaluate
+
+        evaluate(None, setup[0], limit=0)
+
+
+def test_no_progress_silences_the_hugging_face_bars(setup, tmp_path, monkeypatch):
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as transformers_logging
+
+    from un2clip.models.llava import LlavaChat
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(transformers=transformers_logging.is_progress_bar_enabled(),
+                    diffusers=diffusers_logging.is_progress_bar_enabled(), hub=not hub.are_progress_bars_disabled())
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(LlavaChat, "from_pretrained", spy)
+    data = write_mmvp(tmp_path / "MMVP")
+    assert cli(["eval", "mmvp-mllm", "--model", str(setup[2]), "--data", str(data), "--output", str(tmp_path / "o"),
+                "--no-progress", "--device", "cpu"]) == 2
+    assert seen == {"transformers": False, "diffusers": False, "hub": False}
+    # restored afterwards: the settings are process-wide
+    assert transformers_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
 
 
 @pytest.mark.parametrize("task", ["mmvp-mllm", "cvbench"])
@@ -221,5 +297,10 @@ def test_llava_evaluations_end_to_end(setup, tmp_path, task):
         assert {k: metrics[k] for k in expected} == pytest.approx(expected)
         assert set(expected) >= {"accuracy", "accuracy_2d", "accuracy_3d", "source_ADE20K", "source_COCO"}
     assert results["3"]["task"] == task and results["3"]["units"] == "percent"
+    # every setting that changes an answer is recorded, defaults included
+    options = results["3"]["options"]
+    assert options["max_new_tokens"] == 3 and options["batch_size"] == 3
+    assert options["prompt_suffix"] == ("" if task == "mmvp-mllm" else
+                                        "\nAnswer with the option's letter from the given choices directly.")
     # the report merges these result files like any other
     assert cli(["report", str(out)]) == 0

@@ -242,3 +242,79 @@ def test_cli_help_lists_the_named_configs():
     from un2clip.cli.tools import CONFIG_NAMES
 
     assert CONFIG_NAMES == tuple(oc.OPENCLIP_CONFIGS)
+
+
+# -- the activation (issue 27 item 16) and unreadable files (issue 32) ---------------------------------------
+
+@pytest.fixture
+def tiny_named(monkeypatch):
+    """The tiny CLIP's shapes registered as a named architecture "ViT-T-8" (an OpenAI-style name, like ViT-B-32),
+    so that names are exercised on a model the CPU builds in a moment."""
+    cfg = oc.openclip_config(build_tiny_clip().model.config)
+    cfg.pop("quick_gelu", None)
+    monkeypatch.setitem(oc.OPENCLIP_CONFIGS, "ViT-T-8", cfg)
+    monkeypatch.setattr(oc, "OPENAI_ARCHITECTURES", (*oc.OPENAI_ARCHITECTURES, "ViT-T-8"))
+    return cfg
+
+
+def test_a_config_name_without_quickgelu_means_gelu_whatever_the_base(tmp_path, tiny_folder, tiny_named):
+    """A GELU checkpoint converted with --config ViT-T-8 and a QuickGELU base: the name decides (GELU), and the
+    converted model computes what the reference forward computes with GELU."""
+    state = oc.hf_to_openclip(build_tiny_clip(seed=4).model.state_dict())
+    ckpt = oc.write_state_dict(state, tmp_path / "gelu.safetensors")
+    for name, quick in (("ViT-T-8", False), ("ViT-T-8-quickgelu", True)):
+        out = tmp_path / name
+        assert cli(["convert", str(ckpt), "--to", "hf", "--output", str(out), "--config", name,
+                    "--base", str(tiny_folder)]) == 0
+        clip = load_clip(str(out))
+        act = "quick_gelu" if quick else "gelu"
+        assert (clip.model.config.vision_config.hidden_act, clip.model.config.text_config.hidden_act) == (act, act)
+        pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = reference_image(state, {**tiny_named, "quick_gelu": quick}, pixels)
+            assert (clip.encode_image(pixels) - ref).abs().max() <= 1e-5
+
+
+def test_a_visual_only_checkpoint_keeps_the_base_text_tower_activation(tmp_path, tiny_folder):
+    visual = oc.hf_to_openclip(build_tiny_clip(seed=7).model.state_dict(), visual_only=True)
+    ckpt = oc.write_state_dict(visual, tmp_path / "visual.safetensors")
+    clip = clip_from_checkpoint(ckpt, base=str(tiny_folder), activation="gelu")
+    base = load_clip(str(tiny_folder))
+    assert clip.model.config.vision_config.hidden_act == "gelu"
+    assert clip.model.config.text_config.hidden_act == base.model.config.text_config.hidden_act == "quick_gelu"
+    with torch.no_grad():
+        assert torch.equal(clip.encode_text(["a red circle", "two cats"]), base.encode_text(["a red circle", "two cats"]))
+
+
+def test_without_a_config_the_chosen_activation_and_its_source_are_said(tmp_path, tiny_folder, caplog):
+    ckpt = oc.write_state_dict(oc.hf_to_openclip(build_tiny_clip(seed=4).model.state_dict()), tmp_path / "c.pt")
+    with caplog.at_level("WARNING"):
+        assert cli(["convert", str(ckpt), "--to", "hf", "--output", str(tmp_path / "o"), "--base", str(tiny_folder)]) == 0
+    assert "MLP activation quick_gelu, from the base model's image tower" in caplog.text
+    assert oc.choose_activation(explicit=None, config=None, config_is_file=False, config_name="ViT-B-32",
+                                base_act="quick_gelu", arch_name="ViT-B-32") == (
+        "gelu", "the config name ViT-B-32 (without -quickgelu)")
+    assert oc.choose_activation(explicit=None, config=None, config_is_file=False, config_name=None,
+                                base_act=None, arch_name="ViT-B-32") == ("quick_gelu", "OpenAI's release of ViT-B-32")
+
+
+def test_to_openclip_with_a_gelu_config_name_refuses_a_quickgelu_model(tmp_path, tiny_folder, tiny_named, capsys):
+    assert cli(["convert", str(tiny_folder), "--to", "openclip", "--output", str(tmp_path / "y.pt"),
+                "--config", "ViT-T-8"]) == 2
+    err = capsys.readouterr().err
+    assert "--config ViT-T-8 means gelu but" in err and "uses quick_gelu" in err
+    assert "pass --config ViT-T-8-quickgelu" in err and not (tmp_path / "y.pt").exists()
+    assert cli(["convert", str(tiny_folder), "--to", "openclip", "--output", str(tmp_path / "y.pt"),
+                "--config", "ViT-T-8-quickgelu"]) == 0
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("empty.pt", b"", "is empty (0 bytes): not a checkpoint"),
+    ("empty.safetensors", b"", "is empty (0 bytes): not a checkpoint"),
+    ("junk.safetensors", b"\x01\x02\x03", "is not a readable safetensors file"),
+])
+def test_convert_names_an_empty_or_unreadable_file_on_one_line(tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    assert cli(["convert", str(tmp_path / name), "--to", "hf", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / name) in err and message in err

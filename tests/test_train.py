@@ -370,3 +370,29 @@ def test_trainer_sets_every_attribute_in_init():
     in_init = assigned(next(m for m in methods if m.name == "__init__"))
     later = set().union(*(assigned(m) for m in methods if m.name != "__init__"))
     assert later <= in_init, sorted(later - in_init)
+
+
+def test_a_resume_never_trains_back_and_says_when_nothing_is_left(tmp_path, capsys):
+    """Issue 32 case 12, the rule of every training command's resume: --max-steps below the run's step is refused
+    (exit 2, the run untouched); equal to it, no step is trained and the console says so."""
+    data = _images(tmp_path / "img", 16)
+    out = tmp_path / "run"
+    assert cli(FT + ["--data", str(data), "--max-steps", "3", "--output", str(out)]) == 0
+    config_before, metrics_before = (out / "config.yaml").read_text(), (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert cli(["finetune", "--resume", str(out), "--max-steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{out} is already at step 3, past --max-steps 2: a resume cannot undo steps" in err
+    assert (out / "config.yaml").read_text() == config_before  # max_steps 3 -> 2 not recorded
+    assert cli(["finetune", "--resume", str(out), "--no-progress"]) == 0
+    assert "is already at step 3 of --max-steps 3: no step to train" in capsys.readouterr().out
+    assert (out / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_train_filter_checks_keep_fraction_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train-filter", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--keep-fraction", "2"])
+    assert exit_info.value.code == 2
+    assert "argument --keep-fraction: must be a fraction in [0, 1], not '2'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

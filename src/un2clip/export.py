@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from un2clip.files import check_output, replace_output
 from un2clip.models.clip import ClipModel
 
 
@@ -45,7 +46,7 @@ def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = 
     if clip.family != "clip":
         raise ValueError(f"the open_clip layout holds CLIP ViTs; this is a {clip.family} model")
     state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
-    cfg = oc.openclip_config(clip.model.config)
+    cfg = oc.openclip_config(clip.model.config, visual_only=visual_only)
     output = Path(output)
     if output.suffix in oc.CHECKPOINT_SUFFIXES:
         return oc.write_state_dict(state, output, metadata={"open_clip_config": json.dumps(cfg)})
@@ -60,8 +61,10 @@ def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = 
 
 
 def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: str | None = None,
-                       base: str | None = None, activation: str | None = None, visual_only: bool = False) -> Path:
-    """Convert between the HF and the open_clip layouts.
+                       base: str | None = None, activation: str | None = None, visual_only: bool = False,
+                       overwrite: bool = False) -> Path:
+    """Convert between the HF and the open_clip layouts. An existing ``output`` is refused unless ``overwrite``
+    (then replaced whole, once the new one is written); an input never is (see :func:`un2clip.files.check_output`).
 
     ``to="hf"``: ``src`` is an OpenAI-CLIP / open_clip checkpoint (see :func:`un2clip.load.clip_from_checkpoint`
     for ``config``, ``base``, ``activation``); the result is a HF folder. ``to="openclip"``: ``src`` is anything
@@ -72,13 +75,17 @@ def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: 
 
     if to not in ("hf", "openclip"):
         raise ValueError(f"--to must be hf or openclip, got {to!r}")
+    check_output(output, inputs=[src, base, config], overwrite=overwrite)
     if to == "hf":
         if visual_only:
             raise ValueError("--visual-only goes with --to openclip (a HF folder holds the whole model)")
         if not oc.is_openclip_checkpoint(src):
             raise ValueError(f"{src} is not an OpenAI-CLIP / open_clip checkpoint (a {'/'.join(oc.CHECKPOINT_SUFFIXES)} "
                              f"file or a folder with {oc.OPENCLIP_CONFIG_FILE}); it may already be a HF model")
-        return export_hf(clip_from_checkpoint(src, config=config, base=base, activation=activation), output)
+        converted = clip_from_checkpoint(src, config=config, base=base, activation=activation)
+        with replace_output(output) as tmp:
+            export_hf(converted, tmp)
+        return Path(output)
     if base or activation:
         raise ValueError("--base and --activation go with --to hf")
     clip = load_clip(str(src))
@@ -86,9 +93,23 @@ def convert_checkpoint(src: str | Path, to: str, output: str | Path, *, config: 
         if clip.family != "clip":
             raise ValueError(f"the open_clip layout holds CLIP ViTs; {src} is a {clip.family} model")
         state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
-        named = oc.hf_config(oc.resolve_config(config), hidden_act="gelu")
+        wanted = oc.resolve_config(config)
+        named = oc.hf_config(wanted, hidden_act="gelu")
         oc.check_shapes(state, oc.expected_shapes(named, visual_only=visual_only), what=f"the config {config}")
-    return export_openclip(clip, output, visual_only=visual_only)
+        # the config also names the activation (open_clip reads ViT-B-32 as GELU): a model with another is refused
+        acts = {clip.model.config.vision_config.hidden_act} | (
+            set() if visual_only else {clip.model.config.text_config.hidden_act})
+        if acts != {oc.config_activation(wanted)}:
+            if config.removesuffix(oc.QUICKGELU_SUFFIX) in oc.OPENCLIP_CONFIGS:
+                fix = "pass --config " + (f"{config}{oc.QUICKGELU_SUFFIX}" if acts == {"quick_gelu"}
+                                          else config.removesuffix(oc.QUICKGELU_SUFFIX))
+            else:
+                fix = f"set quick_gelu to {str(acts == {'quick_gelu'}).lower()} in {config}"
+            raise ValueError(f"--config {config} means {oc.config_activation(wanted)} but {src} uses "
+                             f"{'/'.join(sorted(acts))}: open_clip would build it with the wrong activation; {fix}")
+    with replace_output(output) as tmp:
+        export_openclip(clip, tmp, visual_only=visual_only)
+    return Path(output)
 
 
 def interpolate_state_dicts(original: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor],
@@ -148,11 +169,12 @@ def original_spec(run_dir: str | Path) -> tuple[str, bool]:
     return spec, bool(info.get("random_weights"))
 
 
-def export_model(model: str, output: str | Path, *, alpha: float | None = None,
-                 original: str | None = None, format: str = "hf", visual_only: bool = False) -> tuple[Path, str]:
+def export_model(model: str, output: str | Path, *, alpha: float | None = None, original: str | None = None,
+                 format: str = "hf", visual_only: bool = False, overwrite: bool = False) -> tuple[Path, str]:
     """Write ``model`` (any spec :func:`un2clip.load.load_clip` takes) as a HF folder (``format="hf"``) or in the
     open_clip layout (``"openclip"``); with ``alpha``, its image tower interpolated from ``original`` (default:
-    the encoder the run ``model`` started from).
+    the encoder the run ``model`` started from). An existing ``output`` is refused unless ``overwrite``; an input
+    never is overwritten (:func:`un2clip.files.check_output`).
 
     Returns the path written and, with ``alpha``, what the image tower mixes ("" without).
     """
@@ -162,9 +184,17 @@ def export_model(model: str, output: str | Path, *, alpha: float | None = None,
         raise ValueError(f"format must be hf or openclip, got {format!r}")
     if visual_only and format != "openclip":
         raise ValueError("--visual-only goes with --format openclip")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:  # before any model or run directory is looked at
+        raise ValueError(f"--alpha must be in [0, 1] (0: the original, 1: the fine-tuned model), got {alpha}")
+    check_output(output, inputs=[model, original], overwrite=overwrite)
 
     def write(clip: ClipModel) -> Path:
-        return export_hf(clip, output) if format == "hf" else export_openclip(clip, output, visual_only=visual_only)
+        with replace_output(output) as tmp:
+            if format == "hf":
+                export_hf(clip, tmp)
+            else:
+                export_openclip(clip, tmp, visual_only=visual_only)
+        return Path(output)
 
     if alpha is None:
         if original:
@@ -175,11 +205,13 @@ def export_model(model: str, output: str | Path, *, alpha: float | None = None,
     return write(mixed), f"image tower = {1 - alpha:g} * {original} + {alpha:g} * {model}"
 
 
-def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path) -> tuple[Path, list[str]]:
+def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path, *,
+                     overwrite: bool = False) -> tuple[Path, list[str]]:
     """Write a copy of the LLaVA folder ``llava_dir`` whose vision tower is ``encoder``'s image tower.
 
     ``encoder``: anything :func:`un2clip.load.load_clip` takes (an export, a run, a converted checkpoint ...) or
-    a ``CLIPVisionModel`` folder. Returns the folder and notes on what changed besides the weights.
+    a ``CLIPVisionModel`` folder. Returns the folder and notes on what changed besides the weights. An existing
+    ``output`` is refused unless ``overwrite``; ``llava_dir`` and ``encoder`` never are overwritten.
     """
     import json
 
@@ -189,6 +221,7 @@ def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path) ->
     from un2clip.models.llava import swap_vision_tower
 
     llava_dir = Path(llava_dir)
+    check_output(output, inputs=[llava_dir, encoder], overwrite=overwrite, option="--output")
     cfg_file = llava_dir / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{llava_dir} has no config.json: expected a transformers LLaVA folder")
@@ -211,7 +244,7 @@ def swap_llava_tower(llava_dir: str | Path, encoder: str, output: str | Path) ->
                                    or tuple(proc.image_std) != tuple(processing.std)):
         notes.append(f"image mean/std of the encoder {processing.mean}/{processing.std} differ from the LLaVA "
                      f"processor's {tuple(proc.image_mean)}/{tuple(proc.image_std)}: the processor is kept")
-    output = Path(output)
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
-    return output, notes
+    with replace_output(output) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(output), notes

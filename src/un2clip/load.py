@@ -6,6 +6,7 @@ disk); below everything that loads a model (objectives, training, evaluation, ex
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,6 +18,8 @@ from un2clip.models.presets import PRESETS
 from un2clip.models.t2i import TextToImageDecoder, clip_text_encoder
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.runs import RUN_MARKER, checkpoint_weights, is_run, read_run_marker
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RUN_MARKER", "check_pair", "clip_from_checkpoint", "hub_error", "load_clip", "load_decoder", "load_run_clip",
            "load_run_decoder", "load_t2i_decoder", "load_vae", "missing_local_path"]
@@ -262,7 +265,10 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
     from un2clip.models.clip import ImageProcessing
 
     path = Path(path)
-    state, layout = oc.normalize_checkpoint(oc.read_state_dict(path))
+    try:
+        state, layout = oc.normalize_checkpoint(oc.read_state_dict(path))
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     if layout == "hf":
         state = oc.hf_to_openclip(state)
     full = oc.has_text_tower(state)
@@ -298,9 +304,15 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
                              f"{base_cfg['embed_dim']}-d ones: pass the --base the encoder was fine-tuned from")
         cfg = {**cfg, "text_cfg": base_cfg["text_cfg"]}
     from_file = bool(config and Path(config).suffix == ".json") or bool(side and not config)
-    hidden_act = oc.choose_activation(
+    hidden_act, source = oc.choose_activation(
         explicit=activation, config=cfg, config_is_file=from_file, config_name=config, arch_name=arch,
-        base_act=base_clip.model.config.vision_config.hidden_act if base_clip is not None else None)
+        base_act=base_clip.model.config.vision_config.hidden_act if base_clip is not None else None,
+        config_what=config if config else f"{oc.OPENCLIP_CONFIG_FILE} beside {path}")
+    if not (activation or config or from_file):  # a guess: say it, and how to set it
+        log.warning("%s: MLP activation %s, from %s (set it with --config NAME[-quickgelu] or --activation)",
+                    path, hidden_act, source)
+    # one activation per tower: a visual-only checkpoint keeps the base's text tower as it is, activation included
+    text_act = hidden_act if full else base_clip.model.config.text_config.hidden_act
     size = int(cfg["vision_cfg"]["image_size"])
     if base_clip is not None:
         tokenizer = base_clip.tokenizer
@@ -324,7 +336,7 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
         keep = ("text_model.", "text_projection.", "logit_scale")
         base_text = {k: v for k, v in base_clip.model.state_dict().items() if k.startswith(keep)}
     return oc.build_clip(state, cfg, hidden_act=hidden_act, tokenizer=tokenizer, processing=processing,
-                         text_ids=text_ids, base_text=base_text, what=what)
+                         text_ids=text_ids, base_text=base_text, what=what, text_act=text_act)
 
 
 def load_language_model(spec: str, *, dtype=None) -> tuple:

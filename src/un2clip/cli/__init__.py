@@ -9,7 +9,10 @@ package: workflows call library functions, never the command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 
 from un2clip.cli import curate, llava, sketch, tools, train, world
 from un2clip.cli import eval as eval_commands
@@ -48,6 +51,39 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+@contextlib.contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """Silence the progress bars of the Hugging Face libraries (hub downloads, transformers' and diffusers'
+    loading and pipelines) for the block; our own bars follow each command's ``progress`` argument. The previous
+    state is restored afterwards (the settings are process-wide)."""
+    import importlib
+
+    env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # for processes this one starts
+    undo = []
+    for name in ("huggingface_hub.utils", "transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional library that is not installed has no bars to silence
+            continue
+        if name == "huggingface_hub.utils":
+            if not module.are_progress_bars_disabled():
+                module.disable_progress_bars()
+                undo.append(module.enable_progress_bars)
+        elif module.is_progress_bar_enabled():
+            module.disable_progress_bar()
+            undo.append(module.enable_progress_bar)
+    try:
+        yield
+    finally:
+        for restore in undo:
+            restore()
+        if env is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = env
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. The error boundary: an error raised on purpose prints ``un2clip COMMAND: error: ...``
     on one line and returns 2, or 1 for a training run that stopped (NaN loss, a signal, a failed
@@ -61,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    quiet = progress_bars_off() if getattr(args, "no_progress", False) else contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
+        with quiet:
+            return int(args.func(args) or 0)
     # on purpose: bad input (ValueError, a missing path), the environment (a full disk, no permission: OSError),
     # a missing optional extra (ModuleNotFoundError), and the toolkit's own faults (un2clip.errors)
     except (Un2clipError, ValueError, OSError, ModuleNotFoundError) as err:

@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import argparse
 
+from un2clip.cli.types import (
+    OVERWRITE_HELP,
+    finite_float,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
+
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,18 +30,18 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT", help="folder of the curated pool and its summary")
     p.add_argument("--image-column", help="table column of image paths (webdataset: image member extensions)")
     p.add_argument("--caption-column", help="table column of captions (webdataset: caption member extension)")
-    p.add_argument("--rows-per-shard", type=int, default=10000,
+    p.add_argument("--rows-per-shard", type=positive_int, default=10000,
                    help="rows of a table processed (and resumed) as one unit (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draws (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("ALIGN filters (Jia et al. 2021; a threshold of 0 switches its rule off)")
     g.add_argument("--filters", choices=["align"], help="apply ALIGN's simple filters")
-    g.add_argument("--min-side", type=int, default=200, help="keep images whose shorter side is larger (default 200)")
-    g.add_argument("--max-aspect", type=float, default=3.0, help="keep aspect ratios smaller than this (default 3)")
-    g.add_argument("--min-words", type=int, default=3, help="drop captions of fewer unigrams (default 3)")
-    g.add_argument("--max-words", type=int, default=20, help="drop captions of more unigrams (default 20)")
-    g.add_argument("--max-caption-shared", type=int, default=10,
+    g.add_argument("--min-side", type=nonneg_int, default=200, help="keep images whose shorter side is larger (default 200)")
+    g.add_argument("--max-aspect", type=nonneg_float, default=3.0, help="keep aspect ratios smaller than this (default 3)")
+    g.add_argument("--min-words", type=nonneg_int, default=3, help="drop captions of fewer unigrams (default 3)")
+    g.add_argument("--max-words", type=nonneg_int, default=20, help="drop captions of more unigrams (default 20)")
+    g.add_argument("--max-caption-shared", type=nonneg_int, default=10,
                    help="drop captions shared by more images than this (default 10)")
     g.add_argument("--boilerplate", metavar="FILE",
                    help="captions that are only one of these lines are dropped (default: a built-in list with "
@@ -40,15 +50,16 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--metadata", metavar="FILE",
                    help="entries (a JSON list like MetaCLIP's metadata.json, or one a line): keep pairs whose "
                         "caption contains an entry (whole words, case-sensitive)")
-    g.add_argument("--balance-t", type=float, metavar="T",
+    g.add_argument("--balance-t", type=positive_float, metavar="T",
                    help="balance: an entry matched c times keeps each pair with probability min(1, T/c); a pair "
                         "is kept if any of its entries keeps it (MetaCLIP 400M: 20000)")
     g = p.add_argument_group("CLIP-score / DFN filtering")
     g.add_argument("--score-model", metavar="M",
                    help="scoring model: preset, folder, Hub id, run directory (e.g. of `un2clip train-filter`)")
-    g.add_argument("--keep-fraction", type=float, help="keep exactly this top fraction by score (DataComp: 0.3)")
-    g.add_argument("--min-score", type=float, help="keep pairs whose image-text cosine is at least this")
-    g.add_argument("--batch-size", type=int, default=256, help="pairs per scoring batch (default 256)")
+    g.add_argument("--keep-fraction", type=fraction,
+                   help="keep exactly this top fraction by score, in [0, 1] (DataComp: 0.3)")
+    g.add_argument("--min-score", type=finite_float, help="keep pairs whose image-text cosine is at least this")
+    g.add_argument("--batch-size", type=positive_int, default=256, help="pairs per scoring batch (default 256)")
     g.add_argument("--device", help="device of the scoring model (default: cuda if available)")
 
     def run(args: argparse.Namespace) -> int:
@@ -94,7 +105,8 @@ def _add_train_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-negatives", metavar="FILE", help="NegCLIP-style hard-negative word groups (as pretrain)")
     p.add_argument("--pool", help="then score and filter this pool with the trained filter")
     p.add_argument("--curate-output", metavar="OUT", help="where the filtered pool goes (with --pool)")
-    p.add_argument("--keep-fraction", type=float, default=0.3, help="top fraction the filter keeps (default 0.3)")
+    p.add_argument("--keep-fraction", type=fraction, default=0.3,
+                   help="top fraction the filter keeps, in [0, 1] (default 0.3)")
 
     def run(args: argparse.Namespace) -> int:
         if (args.pool is None) != (args.curate_output is None):
@@ -128,15 +140,21 @@ def _add_knowledge(sub: argparse._SubParsersAction) -> None:
                     "database files); classes without a gloss are left out and listed.")
     p.add_argument("classnames", help="a file with one class name a line, or a zero-shot dataset folder")
     p.add_argument("--output", required=True, help="TSV to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from un2clip.eval.encoder.knowledge import wordnet_definitions, write_knowledge
         from un2clip.eval.encoder.zeroshot import load_classification_set, read_lines
+        from un2clip.files import check_output
 
+        # the input and the output first: a wrong class list is said before a missing WordNet
         source = Path(args.classnames)
         names = (load_classification_set(source).classnames if source.is_dir() else read_lines(source))
+        if not names:
+            raise ValueError(f"{source} holds no class names (one a line expected)")
+        check_output(args.output, inputs=[source], overwrite=args.overwrite)
         found = wordnet_definitions(names)
         write_knowledge(args.output, found)
         missing = [n for n in names if n not in found]

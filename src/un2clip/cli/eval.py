@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from un2clip.cli.types import OVERWRITE_HELP, finite_float, nonneg_int, positive_int, template_with
+
 if TYPE_CHECKING:
     from un2clip.eval import EvalTask
 
@@ -32,8 +34,8 @@ def _clip_flags(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     tp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                     help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
-    tp.add_argument("--batch-size", type=int, help="images per batch")
-    tp.add_argument("--num-workers", type=int, help="image-reading processes (default 0)")
+    tp.add_argument("--batch-size", type=positive_int, help="images per batch")
+    tp.add_argument("--num-workers", type=nonneg_int, help="image-reading processes (default 0)")
     tp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -47,13 +49,14 @@ def _llava_flags(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     tp.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                     help="weights' dtype (default auto: as saved)")
-    tp.add_argument("--batch-size", type=int, default=8, help="questions generated at once (default 8)")
-    tp.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
+    tp.add_argument("--batch-size", type=positive_int, default=8, help="questions generated at once (default 8)")
+    tp.add_argument("--max-new-tokens", type=positive_int, default=16, help="answer length limit (default 16)")
     tp.add_argument("--prompt-suffix", help="text after each question (mmvp-mllm default: none, as the official "
                                             "script; cvbench default: answer with the option's letter)")
-    tp.add_argument("--prompt-template", help="whole prompt with {question} (default: the processor's chat "
-                                              "template, else LLaVA-1.5's 'USER: <image>\\n{question} ASSISTANT:')")
-    tp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tp.add_argument("--prompt-template", type=template_with("question"),
+                    help="whole prompt, which must contain {question} (default: the processor's chat template, "
+                         "else LLaVA-1.5's 'USER: <image>\\n{question} ASSISTANT:')")
+    tp.add_argument("--no-progress", action="store_true", help="no progress bars (transformers' included)")
 
 
 def _load_clip(spec: str, args: argparse.Namespace, device: Any) -> Any:
@@ -214,6 +217,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _eval_model(task: EvalTask, args: argparse.Namespace, spec: str, name: str, device: Any,
                 options: dict[str, Any], decoders: dict[str, Any]) -> None:
     """Evaluate one model: load it (and the decoder a task needs), write its result file, print its metrics."""
+    import inspect
     from pathlib import Path
 
     from un2clip.eval.core.results import format_value, result_path, write_result
@@ -221,6 +225,10 @@ def _eval_model(task: EvalTask, args: argparse.Namespace, spec: str, name: str, 
     kind = MODEL_KINDS[task.model_kind]
     model = kind.load(spec, args, device)
     opts, recorded = dict(options), dict(options)
+    # every option that changes the result is recorded with its effective value: the defaults of evaluate too
+    for key, param in inspect.signature(task.evaluate).parameters.items():
+        if key in option_names(task) and key not in recorded and param.default is not inspect.Parameter.empty:
+            recorded[key] = param.default
     if task.needs_decoder:
         opts["decoder"], recorded["decoder"] = _decoder(spec, args, device, decoders)
     label, dataset = task.result_name(options), args.dataset_name or _data_name(args.data)
@@ -300,13 +308,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="PNG file to write (a folder gets reconstructions.png)")
     p.add_argument("--decoder", help="unCLIP decoder (default: that of the first model that is a preset or run)")
     p.add_argument("--labels", nargs="+", help="column titles of the models (default: their specs)")
-    p.add_argument("--num-images", type=int, default=8, help="rows: the first N readable images (default 8)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--num-images", type=positive_int, default=8, help="rows: the first N readable images (default 8)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (default 1: none)")
-    p.add_argument("--noise-level", type=int, default=0, help="embedding noise augmentation level (default 0)")
-    p.add_argument("--cell-size", type=int, help="pixels per grid cell (default: the decoder's resolution)")
-    p.add_argument("--batch-size", type=int, default=8, help="images decoded at once (default 8)")
+    p.add_argument("--guidance-scale", type=finite_float, default=1.0, help="classifier-free guidance (default 1: none)")
+    p.add_argument("--noise-level", type=nonneg_int, default=0, help="embedding noise augmentation level (default 0)")
+    p.add_argument("--cell-size", type=positive_int, help="pixels per grid cell (default: the decoder's resolution)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images decoded at once (default 8)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--random-weights", action="store_true", help="presets' architectures, random weights")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="autocast precision")
@@ -318,11 +327,16 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         from un2clip.eval.core.embed import pick_device
         from un2clip.eval.decoder.diffloss import default_decoder_spec
         from un2clip.eval.decoder.reconstruct import first_images, reconstruction_grid
+        from un2clip.files import check_output
         from un2clip.load import load_clip, load_decoder
 
         labels = args.labels or [_model_name(m) for m in args.models]
         if len(labels) != len(args.models):
             raise ValueError(f"{len(args.models)} models but {len(labels)} --labels")
+        out = Path(args.output)
+        if out.is_dir() or not out.suffix:
+            out = out / "reconstructions.png"
+        check_output(out, inputs=[args.images, *args.models], overwrite=args.overwrite)
         dec_spec = args.decoder or next((s for s in map(default_decoder_spec, args.models) if s), None)
         if dec_spec is None:
             raise ValueError("no model is a preset or a run directory with a decoder: pass --decoder")
@@ -334,9 +348,6 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                                    num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                    noise_level=args.noise_level, batch_size=args.batch_size,
                                    precision=args.precision, progress=not args.no_progress)
-        out = Path(args.output)
-        if out.is_dir() or not out.suffix:
-            out = out / "reconstructions.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         grid.save(out)
         print(f"{len(images)} images x {len(models)} models, decoder {dec_spec}, seed {args.seed} -> {out}")

@@ -41,6 +41,8 @@ def llava_defaults(stage: str, *, n_samples: int | None, batch_size: int | None,
         out["warmup_steps"] = math.ceil(warmup_ratio * steps)
     return out
 
+from un2clip.cli.types import OVERWRITE_HELP
+
 
 def _add_llava(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("llava", help="LLaVA with another vision tower: swap",
@@ -54,12 +56,13 @@ def _add_llava(sub: argparse._SubParsersAction) -> None:
                     "processor) is kept as it is.")
     s.add_argument("--llava", required=True, metavar="LLAVA_DIR", help="transformers LLaVA folder")
     s.add_argument("--encoder", required=True, metavar="EXPORT", help="the new image encoder")
-    s.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    s.add_argument("--output", required=True, metavar="DIR", help="folder to write (not --llava itself)")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def swap(args: argparse.Namespace) -> int:
         from un2clip.export import swap_llava_tower
 
-        out, notes = swap_llava_tower(args.llava, args.encoder, args.output)
+        out, notes = swap_llava_tower(args.llava, args.encoder, args.output, overwrite=args.overwrite)
         print(f"wrote LLaVA with the vision tower of {args.encoder} to {out}")
         for note in notes:
             print(f"  note: {note}")

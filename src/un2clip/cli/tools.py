@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from un2clip.cli.types import OVERWRITE_HELP, fraction, nonneg_int, positive_int
+
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a trained encoder in the formats other projects load",
@@ -19,18 +21,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="folder to write (openclip: or a .safetensors/.pt/.bin file)")
     p.add_argument("--visual-only", action="store_true",
                    help="with --format openclip: the image tower and visual.proj only (how encoders are released)")
-    p.add_argument("--alpha", type=float, metavar="A",
+    p.add_argument("--alpha", type=fraction, metavar="A",
                    help="image tower and visual projection = (1 - A) * original + A * MODEL, A in [0, 1]; "
                         "text tower: the original's")
     p.add_argument("--original", metavar="SPEC",
                    help="with --alpha: the original encoder (default: the one the run MODEL started from, "
                         "from its un2clip_run.json)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def run(args: argparse.Namespace) -> int:
         from un2clip.export import export_model
 
         out, mix = export_model(args.model, args.output, alpha=args.alpha, original=args.original,
-                                format=args.format, visual_only=args.visual_only)
+                                format=args.format, visual_only=args.visual_only, overwrite=args.overwrite)
         print(f"wrote {args.format} export to {out}" + (f": {mix}" if mix else ""))
         return 0
 
@@ -54,20 +57,24 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="folder to write (--to openclip: or a .safetensors/.pt/.bin file)")
     p.add_argument("--config", metavar="NAME|JSON",
                    help=f"architecture the checkpoint must match: {', '.join(CONFIG_NAMES)} (add -quickgelu for "
-                        "QuickGELU) or an open_clip model-config JSON (default: open_clip_config.json beside SRC, "
+                        "QuickGELU; a name without it means GELU, as in open_clip; --to openclip refuses a model of "
+                        "the other activation) or an open_clip model-config JSON (default: open_clip_config.json beside SRC, "
                         "else the checkpoint's shapes)")
     p.add_argument("--base", metavar="SPEC",
                    help="--to hf: HF CLIP (folder, Hub id, preset) giving the tokenizer, preprocessing and, for a "
                         "visual-only checkpoint, the text tower (default: the architecture's OpenAI/LAION model)")
     p.add_argument("--activation", choices=["quick_gelu", "gelu"],
-                   help="--to hf: MLP activation (default: the config's, else the base model's)")
+                   help="--to hf: MLP activation (default: the --config name's, -quickgelu or not, or the config "
+                        "file's quick_gelu; without a config the base model's, said on the console). A visual-only "
+                        "checkpoint's text tower keeps the base's activation")
     p.add_argument("--visual-only", action="store_true", help="--to openclip: write the image tower only")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def run(args: argparse.Namespace) -> int:
         from un2clip.export import convert_checkpoint
 
         out = convert_checkpoint(args.src, args.to, args.output, config=args.config, base=args.base,
-                                 activation=args.activation, visual_only=args.visual_only)
+                                 activation=args.activation, visual_only=args.visual_only, overwrite=args.overwrite)
         print(f"wrote {args.to} checkpoint to {out}")
         return 0
 
@@ -83,12 +90,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                     "measured in one run on the same device, each rung in a fresh process.")
     p.add_argument("--preset", default="tiny", help="preset to measure (default tiny; small: CPU-sized real layout)")
     p.add_argument("--random-weights", action="store_true", help="real architecture, random weights")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=positive_int, default=8,
                    help="image-timestep pairs per step, i.e. the decoder's batch (default 8)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps; the median is reported (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps; the median is reported (default 10)")
+    p.add_argument("--warmup", type=nonneg_int, default=2, help="untimed warm-up steps (default 2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--decoder-size", type=int, metavar="PX",
+    p.add_argument("--decoder-size", type=positive_int, metavar="PX",
                    help="decoder view side instead of the preset's (e.g. 512 for openai-l14, whose decoder is 768)")
     p.add_argument("--ladder", action="store_true", help="measure the ladder of optimisations")
     p.add_argument("--rungs", help="with --ladder: comma-separated subset of "
@@ -102,7 +109,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--channels-last", action="store_true", help="convolution weights in channels-last format")
     g.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
                    help="AdamW implementation (default auto: fused on CUDA, foreach on CPU)")
-    g.add_argument("--timesteps-per-image", type=int, default=1,
+    g.add_argument("--timesteps-per-image", type=positive_int, default=1,
                    help="K noised copies per encoder pass (with --ladder: the K rung's, default 4)")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder activations")
     g.add_argument("--compile", action="store_true", help="torch.compile the encoder and the UNet")

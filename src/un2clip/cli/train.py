@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from un2clip.cli.types import nonneg_int, positive_int
+
 
 def _dashed(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -209,9 +211,9 @@ def _add_cache_latents(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="image folder, CSV/TSV file or webdataset shards")
     p.add_argument("--output", required=True, help="cache folder to write (new or empty)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops: use the training run's (default 0)")
-    p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard (default 1024)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per VAE call (default 16)")
-    p.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (default 0)")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="samples per safetensors shard (default 1024)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per VAE call (default 16)")
+    p.add_argument("--num-workers", type=nonneg_int, default=0, help="image-decoding processes (default 0)")
     p.add_argument("--center-crop", action="store_true", help="centre crops (for runs with random_crop: false)")
     p.add_argument("--image-column", help="CSV/TSV column holding image paths")
     p.add_argument("--random-weights", action="store_true", help="presets' architectures with random weights")

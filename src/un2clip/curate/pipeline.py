@@ -76,6 +76,8 @@ class CurateOptions:
             raise ValueError("--keep-fraction / --min-score filter by a model's score: give --score-model M")
         if self.rows_per_shard < 1 or self.batch_size < 1:
             raise ValueError("rows_per_shard and batch_size must be >= 1")
+        if self.keep_fraction is not None and not 0.0 <= self.keep_fraction <= 1.0:
+            raise ValueError(f"--keep-fraction must be in [0, 1], got {self.keep_fraction}")
         return self
 
     def feature_key(self) -> str:
@@ -376,5 +378,7 @@ def _features_empty() -> dict[str, np.ndarray]:
 
 def _options_record(opts: CurateOptions) -> dict:
     record = asdict(opts)
-    record["metadata"] = None if opts.metadata is None else f"{len(opts.metadata)} entries"
+    if opts.metadata is not None:  # the entries decide what is kept: their count and a digest of their text
+        digest = hashlib.sha1("\n".join(opts.metadata).encode()).hexdigest()
+        record["metadata"] = {"n_entries": len(opts.metadata), "sha1": digest}
     return record

@@ -13,6 +13,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from un2clip.argtypes import (
+    fraction,
+    int_at_least,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from un2clip.eval.registry import EvalTask, register_task
 
 # -- flags of each task (the shared ones of its model kind, --model, --batch-size ..., come from the command) --
@@ -56,10 +64,10 @@ def _diffloss_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--decoder", help="unCLIP decoder: preset, folder, Hub id or run directory "
                                      "(default: the model's own when it is a preset or a fine-tune run)")
     g.add_argument("--seed", type=int, help="seed of the per-image draws (default 0)")
-    g.add_argument("--draws-per-image", type=int, help="timestep/noise draws per image (default 1)")
-    g.add_argument("--num-buckets", type=int, help="timestep buckets reported (default 10)")
-    g.add_argument("--noise-level", type=int, help="noise augmentation level of the embedding (default 0)")
-    g.add_argument("--limit", type=int, help="use the first N images only")
+    g.add_argument("--draws-per-image", type=positive_int, help="timestep/noise draws per image (default 1)")
+    g.add_argument("--num-buckets", type=positive_int, help="timestep buckets reported (default 10)")
+    g.add_argument("--noise-level", type=nonneg_int, help="noise augmentation level of the embedding (default 0)")
+    g.add_argument("--limit", type=positive_int, help="use the first N images only, N >= 1 (default: all)")
     g.add_argument("--condition", choices=["own", "shuffled"],
                    help="own: each image conditioned on its own embedding (default); shuffled: on another "
                         "image's (a fixed derangement), same draws: how much the decoder uses its condition; "
@@ -79,60 +87,11 @@ def _diffloss_label(options: dict[str, Any]) -> str:
 
 
 def _cvbench_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--limit", type=int, help="the first N questions only")
-
-
-# Numeric argparse types of the downstream flags. Local for now: issue 32 gives the CLI one shared module of
-# such types (positive int, fraction, finite float, ...); these move there once it lands.
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _finite_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _finite_float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+    g.add_argument("--limit", type=positive_int, help="the first N questions only, N >= 1 (default: all)")
 
 
 def _densify_size(text: str) -> int:
-    value = _int_at_least(0)(text)
+    value = nonneg_int(text)
     if value > 1 and (value % 2 == 0 or value > 257):
         raise argparse.ArgumentTypeError(f"must be 0 or 1 (off) or an odd size up to 257, got {value}")
     return value
@@ -166,9 +125,9 @@ def _detect_flags(g: argparse._ArgumentGroup) -> None:
                    help="add the embedding of the word 'background' (same templates) to the softmax as one more "
                         "class, its probability dropped. ViLD learns its background embedding while training; this "
                         "word embedding is a training-free stand-in (default: off)")
-    g.add_argument("--classes-per-box", type=_int_at_least(1),
+    g.add_argument("--classes-per-box", type=int_at_least(1),
                    help="detections per box: its N most probable classes, N >= 1 (default 3)")
-    g.add_argument("--nms-iou", type=_fraction, help="per-class NMS IoU for proposals, in [0, 1] (default 0.5)")
+    g.add_argument("--nms-iou", type=fraction, help="per-class NMS IoU for proposals, in [0, 1] (default 0.5)")
     g.add_argument("--region", choices=["vild", "unit-mean"],
                    help="a box's embedding from its 1x and 1.5x crops: vild = the raw embeddings summed, then "
                         "normalised (ViLD; default); unit-mean = the mean of the unit embeddings (ours before)")
@@ -193,11 +152,11 @@ def _sketch_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _depth_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--depth-scale", type=_positive_float,
+    g.add_argument("--depth-scale", type=positive_float,
                    help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
-    g.add_argument("--min-depth", type=_positive_float,
+    g.add_argument("--min-depth", type=positive_float,
                    help="score pixels deeper than this, clamp predictions (default 1e-3)")
-    g.add_argument("--max-depth", type=_positive_float,
+    g.add_argument("--max-depth", type=positive_float,
                    help="score pixels nearer than this, clamp predictions (default 10)")
     g.add_argument("--eigen-crop", nargs="?", const="on", choices=["auto", "on", "off"],
                    help="score NYUv2's Eigen crop (rows 45-470, columns 46-600 as DepthCLIP scores): auto = on for "
@@ -212,14 +171,14 @@ def _depth_flags(g: argparse._ArgumentGroup) -> None:
                    help="no test-time flip (default: averaged with the horizontally flipped input, as DepthCLIP)")
     g.add_argument("--no-align-corners", dest="align_corners", action="store_false", default=None,
                    help="upsample the depth grid with align_corners=False (default True, as DepthCLIP)")
-    g.add_argument("--short-side", type=_int_at_least(1),
+    g.add_argument("--short-side", type=int_at_least(1),
                    help="with --input resize: resize each image's short side to this before the encoder (default: "
                         "the model's input size; positions interpolated for other sizes)")
 
 
 def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--split", help="subfolder of each class folder to read when it has one (default test)")
-    g.add_argument("--n-points", type=_int_at_least(1),
+    g.add_argument("--n-points", type=int_at_least(1),
                    help="points per cloud, >= 1 (default 1024; a mesh is sampled with this many)")
     g.add_argument("--point-subset", choices=["first", "random"],
                    help="which points of a longer cloud: first = its first N, as PointCLIP slices ModelNet40 "
@@ -234,14 +193,14 @@ def _pointcloud_flags(g: argparse._ArgumentGroup) -> None:
                    help="take the points of files as they are too (default: clouds from .off/.txt/.npy files are "
                         "centred and scaled into the unit sphere; ModelNet40's HDF5 clouds, already in it, are taken "
                         "as they are, as PointCLIP takes them)")
-    g.add_argument("--view-weights", type=_non_negative_float, nargs=6, metavar="W", action=_ViewWeights,
+    g.add_argument("--view-weights", type=nonneg_float, nargs=6, metavar="W", action=_ViewWeights,
                    help="weights of the front, right, back, left, top, bottom views, >= 0 and not all 0 (default "
                         "all 1)")
     g.add_argument("--template", help="prompt, {} for the class (default 'point cloud depth map of a {}.')")
 
 
 def _video_flags(g: argparse._ArgumentGroup, *, frames: int, sampling: str) -> None:
-    g.add_argument("--frames", type=_int_at_least(1),
+    g.add_argument("--frames", type=int_at_least(1),
                    help=f"frames encoded per video (default {frames}; every frame of a shorter video with uniform "
                         "sampling)")
     g.add_argument("--sampling", choices=["uniform", "segments"],
@@ -257,11 +216,11 @@ def _video_retrieval_flags(g: argparse._ArgumentGroup) -> None:
                                                    "DIR/videos, or videos/ beside --data FILE.csv, else its folder)")
     g.add_argument("--video-column", help="table column holding video ids (default: video_id, video, vid, id, ...)")
     g.add_argument("--caption-column", help="table column holding captions (default: sentence, caption, text, title)")
-    g.add_argument("--extract-fps", type=_int_at_least(0),
+    g.add_argument("--extract-fps", type=int_at_least(0),
                    help="frames a second taken from a video file before the uniform pick, as CLIP4Clip extracts "
                         "them (default 1; 0: every frame, ours before); a file whose frame rate is unknown gives "
                         "every frame; a frame folder is taken as already extracted at this rate")
-    g.add_argument("--caption-tokens", type=_int_at_least(3),
+    g.add_argument("--caption-tokens", type=int_at_least(3),
                    help="cut each caption at this many tokens, start and end included (default 32, CLIP4Clip's "
                         "max_words; 77: CLIP's full context)")
     g.add_argument("--video-to-text", choices=["clip4clip", "captions"],
@@ -303,7 +262,7 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
                         "classes.txt)")
     p.add_argument("--templates", metavar="FILE", help="prompt templates, one per line with {c} (default: 80 ImageNet)")
     p.add_argument("--split", default="val", help="split file / folder of the named layouts (default val)")
-    p.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    p.add_argument("--max-images", type=positive_int, help="evaluate the first N images only, N >= 1")
     p.add_argument("--resize-masks", action="store_true",
                    help="resize a mask whose size differs from its image's to the image's, nearest neighbour "
                         "(default: such a pair is an error naming both files). Mask labels outside the class list "
@@ -339,8 +298,8 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="autocast precision (default auto: fp16 on CUDA, as the reference repos run CLIP in half "
                         "precision there, and fp32 on CPU); every result records the one used")
-    g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    g.add_argument("--num-workers", type=int, default=2, help="image-reading processes (default 2)")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (default 16)")
+    g.add_argument("--num-workers", type=nonneg_int, default=2, help="image-reading processes (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

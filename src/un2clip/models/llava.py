@@ -26,6 +26,9 @@ class LlavaChat:
         self.model = model.eval()
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
+        if prompt_template is not None and "{question}" not in prompt_template:
+            raise ValueError(f"prompt template {prompt_template!r} has no {{question}}: every question would get "
+                             "the same prompt")
         self.prompt_template = prompt_template
 
     @classmethod

@@ -207,7 +207,8 @@ def normalize_checkpoint(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor]
             continue
         tensors[key] = value
     if not tensors:
-        raise ValueError("the checkpoint holds no tensors")
+        raise ValueError("the checkpoint holds no tensors (keys: " + (", ".join(map(str, list(state)[:5])) or "none")
+                         + ")")
     if any(k.startswith(("vision_model.", "text_model.", "visual_projection.")) for k in tensors):
         return tensors, "hf"
     if "conv1.weight" in tensors and "visual.conv1.weight" not in tensors:  # a bare visual tower
@@ -308,9 +309,11 @@ def matching_config_name(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def hf_config(cfg: dict[str, Any], *, hidden_act: str, text_overrides: dict[str, Any] | None = None):
+def hf_config(cfg: dict[str, Any], *, hidden_act: str, text_overrides: dict[str, Any] | None = None,
+              text_act: str | None = None):
     """open_clip model config -> transformers ``CLIPConfig`` (text tower: ``cfg['text_cfg']``, with
-    ``text_overrides`` such as the tokenizer's special-token ids)."""
+    ``text_overrides`` such as the tokenizer's special-token ids). ``hidden_act`` is the MLP activation of the
+    image tower and, unless ``text_act`` gives the text tower's own, of the text tower."""
     from transformers import CLIPConfig
 
     v = cfg["vision_cfg"]
@@ -324,14 +327,18 @@ def hf_config(cfg: dict[str, Any], *, hidden_act: str, text_overrides: dict[str,
     text = {"hidden_size": twidth, "intermediate_size": int(twidth * t.get("mlp_ratio", 4.0)),
             "num_hidden_layers": int(t["layers"]), "num_attention_heads": int(t.get("heads", twidth // 64)),
             "max_position_embeddings": int(t.get("context_length", 77)), "vocab_size": int(t.get("vocab_size", 49408)),
-            "hidden_act": hidden_act, "layer_norm_eps": 1e-5, "projection_dim": int(cfg["embed_dim"]),
+            "hidden_act": text_act or hidden_act, "layer_norm_eps": 1e-5, "projection_dim": int(cfg["embed_dim"]),
             **(text_overrides or {})}
     return CLIPConfig(vision_config=vision, text_config=text, projection_dim=int(cfg["embed_dim"]))
 
 
-def openclip_config(config) -> dict[str, Any]:
-    """transformers ``CLIPConfig`` -> open_clip model config (``quick_gelu`` from the activation)."""
+def openclip_config(config, *, visual_only: bool = False) -> dict[str, Any]:
+    """transformers ``CLIPConfig`` -> open_clip model config (``quick_gelu`` from the activation). open_clip has
+    one activation for both towers: towers that differ are refused unless ``visual_only``."""
     v, t = config.vision_config, config.text_config
+    if not visual_only and v.hidden_act != t.hidden_act:
+        raise ValueError(f"the image tower uses {v.hidden_act} and the text tower {t.hidden_act}: open_clip's config "
+                         "has one activation for both; write the image tower alone (--visual-only)")
     vision = {"image_size": v.image_size, "layers": v.num_hidden_layers, "width": v.hidden_size,
               "head_width": v.hidden_size // v.num_attention_heads, "patch_size": v.patch_size}
     if v.intermediate_size != 4 * v.hidden_size:
@@ -401,12 +408,18 @@ def is_openclip_checkpoint(path: str | Path) -> bool:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """Safetensors, or ``torch.load(weights_only=True)``: never an arbitrary pickle."""
+    """Safetensors, or ``torch.load(weights_only=True)``: never an arbitrary pickle. An empty or unreadable file
+    is a ``ValueError`` naming it."""
     path = checkpoint_file(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type for a damaged header
+            raise ValueError(f"{path} is not a readable safetensors file: {_first_line(err)}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a TorchScript archive or a pickle with code in it
@@ -414,10 +427,15 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path} is a TorchScript archive (the OpenAI `clip` package's JIT file): load it "
                              f"once with torch.jit.load and save its state_dict(), which this reads") from None
         raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) (only tensors and plain "
-                         f"containers are allowed): {str(err).splitlines()[0]}") from None
+                         f"containers are allowed): {_first_line(err)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def write_state_dict(state: dict[str, torch.Tensor], path: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
@@ -444,29 +462,42 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
 
 
 def choose_activation(*, explicit: str | None, config: dict[str, Any] | None, config_is_file: bool,
-                      config_name: str | None, base_act: str | None, arch_name: str | None) -> str:
-    """The MLP activation: ``explicit``; a config file's ``quick_gelu`` (open_clip's default: GELU); a
-    ``-quickgelu`` name; the base model's; QuickGELU for the architectures OpenAI released, else GELU."""
+                      config_name: str | None, base_act: str | None, arch_name: str | None,
+                      config_what: str = "the config file") -> tuple[str, str]:
+    """The MLP activation of a checkpoint's towers and where it comes from, first that applies: ``explicit``
+    (--activation); a config file's ``quick_gelu`` (open_clip's default: GELU); a config name (``-quickgelu``:
+    QuickGELU, else GELU, as open_clip reads its names); the base model's image tower; QuickGELU for the
+    architectures OpenAI released; else GELU."""
     if explicit:
         if explicit not in ("quick_gelu", "gelu"):
             raise ValueError(f"activation must be quick_gelu or gelu, got {explicit!r}")
-        return explicit
+        return explicit, "--activation"
     if config is not None and config_is_file:
-        return "quick_gelu" if config.get("quick_gelu") else "gelu"
-    if config_name and config_name.endswith(QUICKGELU_SUFFIX):
-        return "quick_gelu"
+        return ("quick_gelu" if config.get("quick_gelu") else "gelu"), f"the quick_gelu field of {config_what}"
+    if config_name:
+        quick = config_name.endswith(QUICKGELU_SUFFIX)
+        return ("quick_gelu" if quick else "gelu"), (f"the config name {config_name} "
+                                                     f"({'with' if quick else 'without'} {QUICKGELU_SUFFIX})")
     if base_act:
-        return base_act
-    return "quick_gelu" if arch_name in OPENAI_ARCHITECTURES else "gelu"
+        return base_act, "the base model's image tower"
+    if arch_name in OPENAI_ARCHITECTURES:
+        return "quick_gelu", f"OpenAI's release of {arch_name}"
+    return "gelu", "open_clip's default"
+
+
+def config_activation(cfg: dict[str, Any]) -> str:
+    """The activation an open_clip model config names: ``quick_gelu`` when its ``quick_gelu`` is set, else GELU."""
+    return "quick_gelu" if cfg.get("quick_gelu") else "gelu"
 
 
 def build_clip(state: dict[str, torch.Tensor], cfg: dict[str, Any], *, hidden_act: str, tokenizer: Any,
                processing: Any, text_ids: dict[str, int], base_text: dict[str, torch.Tensor] | None = None,
-               what: str = "the config"):
+               what: str = "the config", text_act: str | None = None):
     """A ClipModel from an open_clip-layout ``state`` of architecture ``cfg``.
 
     A visual-only ``state`` takes its text tower and logit scale from ``base_text`` (HF names:
-    ``text_model.*``, ``text_projection.weight``, ``logit_scale``). Shapes are checked against ``cfg`` first.
+    ``text_model.*``, ``text_projection.weight``, ``logit_scale``), whose activation ``text_act`` is the base's
+    (``hidden_act`` is the image tower's). Shapes are checked against ``cfg`` first.
     """
     from transformers import CLIPModel
 
@@ -475,7 +506,7 @@ def build_clip(state: dict[str, torch.Tensor], cfg: dict[str, Any], *, hidden_ac
     full = has_text_tower(state)
     if not full and base_text is None:
         raise ValueError("a visual-only checkpoint needs a base model whose text tower completes it")
-    config = hf_config(cfg, hidden_act=hidden_act, text_overrides=text_ids)
+    config = hf_config(cfg, hidden_act=hidden_act, text_overrides=text_ids, text_act=text_act)
     check_shapes(state, expected_shapes(config, visual_only=not full), what=what)
     weights = openclip_to_hf(state)
     if not full:

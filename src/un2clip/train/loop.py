@@ -449,6 +449,9 @@ class Trainer:
         :class:`RunStopped` raised, so ``--resume`` continues with the losses of an uninterrupted run.
         """
         cfg, accelerator = self.cfg, self.accelerator
+        if self.resume and self.step >= cfg.max_steps:
+            accelerator.print(f"{self.output} is already at step {self.step} of --max-steps {cfg.max_steps}: no step "
+                              f"to train (give a larger --max-steps to continue); writing its trained models")
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.progress and accelerator.is_main_process),
                    desc=f"{self.objective.kind}", unit="step", dynamic_ncols=True)
         t_last = time.perf_counter()

@@ -276,6 +276,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     with _output_lock(output):
         changes = None
         if resume:
+            check_steps_left(output, cfg.max_steps)
             changes = _record_resume_changes(output, cfg)
         elif (output / runs.CKPT_DIR).exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
@@ -285,6 +286,19 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
             dump_run_info(output, info)
             cfg.save(output / "config.yaml")
         return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
+
+
+def check_steps_left(output: Path, max_steps: int) -> None:
+    """The rule of every resume: a run is never trained back. ``max_steps`` below the step of the run's newest
+    checkpoint is refused (nothing in the run is changed); equal to it, the resume trains no step and says so
+    (the loop only writes the trained models, e.g. of a run stopped right after its last step)."""
+    found = runs.latest_checkpoint(output)
+    if found is None:
+        return  # the loop says that there is nothing to resume
+    step = runs.checkpoint_step(found)
+    if max_steps < step:
+        raise ValueError(f"{output} is already at step {step}, past --max-steps {max_steps}: a resume cannot undo "
+                         f"steps; give --max-steps above {step} to train on (the run is left as it was)")
 
 
 def _record_resume_changes(output: Path, cfg: RunConfig) -> dict[str, list[Any]]:

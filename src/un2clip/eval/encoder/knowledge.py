@@ -15,8 +15,8 @@ from pathlib import Path
 
 from un2clip.eval.encoder.zeroshot import class_prompts, knowledge_prompt, read_knowledge
 
-__all__ = ["class_prompts", "find_wordnet", "knowledge_prompt", "read_knowledge", "wordnet_definitions",
-           "write_knowledge"]
+__all__ = ["class_prompts", "find_wordnet", "knowledge_prompt", "missing_wordnet_message", "read_knowledge",
+           "wordnet_definitions", "write_knowledge"]
 
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/share/wordnet-3.0/dict")
 
@@ -34,7 +34,8 @@ def write_knowledge(path: str | os.PathLike, definitions: Mapping[str, str]) -> 
 def _wn_gloss(name: str) -> str | None:
     import wn  # the package; its data must be downloaded once (python -m wn download oewn:2021)
 
-    synsets = wn.synsets(name.replace(" ", "_"), pos="n") or wn.synsets(name, pos="n")
+    synsets = (wn.synsets(name.replace(" ", "_"), pos="n", lang="en")
+               or wn.synsets(name, pos="n", lang="en"))
     return synsets[0].definition() if synsets else None
 
 
@@ -65,26 +66,41 @@ def _debian_index(folder: Path) -> dict[str, int]:
 
 def find_wordnet() -> str | None:
     """"wn" when the wn package has an English lexicon, a database folder when Debian's is installed, else None."""
-    try:
-        import wn
-
-        if wn.lexicons():
-            return "wn"
-    except Exception:  # not installed, or no data downloaded
-        pass
+    if _wn_state() == "ready":
+        return "wn"
     for d in (os.environ.get("WNSEARCHDIR"), *WORDNET_DIRS):
         if d and (Path(d) / "index.noun").is_file() and (Path(d) / "data.noun").is_file():
             return d
     return None
 
 
+def _wn_state() -> str:
+    """"ready" (wn with an English lexicon), "no-data" (wn installed, no English lexicon) or "absent"."""
+    try:
+        import wn
+    except ImportError:
+        return "absent"
+    try:
+        return "ready" if wn.lexicons(lang="en") else "no-data"
+    except Exception:  # wn raises its own errors when its database is empty or unreadable
+        return "no-data"
+
+
+def missing_wordnet_message() -> str:
+    """What to install when no WordNet is found, saying whether the wn package or only its data is missing."""
+    debian = "or the Debian wordnet database (apt-get install wordnet-base: /usr/share/wordnet, or set WNSEARCHDIR)"
+    if _wn_state() == "no-data":
+        return ("wn is installed but its English WordNet data is missing: run `python -m wn download oewn:2021` "
+                f"(a download of about 30 MB), {debian}; or write the TSV yourself")
+    return (f"no WordNet found: install wn (pip install wn, then python -m wn download oewn:2021), {debian}; "
+            "or write the TSV yourself")
+
+
 def wordnet_definitions(classnames: Sequence[str], *, wordnet: str | None = None) -> dict[str, str]:
     """{class: gloss of its first WordNet noun sense} for the classes WordNet knows."""
     found = wordnet or find_wordnet()
     if found is None:
-        raise ModuleNotFoundError("no WordNet found: install the `wn` package and an English WordNet "
-                                  "(python -m wn download oewn:2021), or the Debian wordnet database "
-                                  "(apt-get install wordnet-base: /usr/share/wordnet); or write the TSV yourself")
+        raise ModuleNotFoundError(missing_wordnet_message())
     out: dict[str, str] = {}
     if found == "wn":
         for name in classnames:

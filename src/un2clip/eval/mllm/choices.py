@@ -3,7 +3,9 @@ generation loop the MLLM benchmarks (MMVP-MLLM, CV-Bench) share.
 
 Matching, in order: a leading option letter ("(b)", "B.", "b)", "Answer: B"); else the one option whose text
 appears in the answer as whole words (none or several: no match); else an option letter in parentheses
-anywhere ("... is (a)"). An answer that matches no option counts as wrong.
+anywhere ("... is (a)"). A hedged answer, one that names two or more option letters ("(A) or (B)", "A/B",
+"The answer is (A) and (C)"), matches no option, whatever its first letter. An answer that matches no option
+counts as wrong.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ LETTERS = string.ascii_uppercase
 _LEADING = re.compile(r"^\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*[:\-]?\s*)?"
                       r"(?:\(([A-Za-z])\)|([A-Za-z])(?=$|[.):,]))", re.IGNORECASE)
 _PARENS = re.compile(r"\(([A-Za-z])\)")
+# bare capital letters joined as alternatives: "A or B", "A/B", "B and C", "A, B"
+_ALTERNATIVES = re.compile(r"(?<![\w(])([A-Z])\)?\s*(?:\bor\b|\band\b|/|,)\s*\(?([A-Z])(?!\w)")
 
 
 def letter_index(letter: str, n_choices: int) -> int | None:
@@ -35,9 +39,20 @@ def letter_index(letter: str, n_choices: int) -> int | None:
     return k if 0 <= k < n_choices else None
 
 
+def named_letters(text: str, n_choices: int) -> set[int]:
+    """The options an answer names by letter: in parentheses anywhere, or bare capitals joined by or/and/,/slash."""
+    letters = _PARENS.findall(text) + [x for pair in _ALTERNATIVES.findall(text) for x in pair]
+    if m := _LEADING.match(text.strip()):
+        letters.append(m.group(1) or m.group(2))
+    return {k for k in (letter_index(x, n_choices) for x in letters) if k is not None}
+
+
 def match_choice(answer: str, choices: Sequence[str]) -> int | None:
     """The index of the option ``answer`` names, or None (see the module's rules)."""
     text = answer.strip()
+    named = named_letters(text, len(choices))
+    if len(named) > 1:  # hedged: "(A) or (B)" names no single option
+        return None
     if m := _LEADING.match(text):
         k = letter_index(m.group(1) or m.group(2), len(choices))
         if k is not None:
@@ -80,5 +95,6 @@ def result_extras(model_spec: str, metrics: dict[str, float], *, random_weights:
                   ) -> tuple[dict[str, object], list[str]]:
     """What a result file of a multiple-choice task adds (its units, how answers are matched) and the line
     printed under the metrics."""
-    fields = {"units": "percent", "answer_matching": "option letter, else option text (no LLM judge)"}
+    fields = {"units": "percent", "answer_matching": "option letter, else option text (no LLM judge); an answer "
+                                                   "naming several option letters matches none"}
     return fields, [f"unmatched answers: {metrics.get('n_unmatched', 0)}"]

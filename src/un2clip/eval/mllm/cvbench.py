@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ LAYOUT = ("expected CV-Bench's layout: DIR/test_2d.jsonl and DIR/test_3d.jsonl (
           "test*.parquet with the images inside) with the fields idx, type, task, question, choices, answer "
           "('(A)'...), source and filename (the image path under DIR)")
 DEFAULT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,7 @@ def read_cvbench(data: str | Path) -> list[CvBenchItem]:
         files, root = [data], data.parent
     elif data.is_dir():
         root = data
-        files = next(([data / f for f in group] for group in JSONL_FILES + PARQUET_FILES
-                      if all((data / f).is_file() for f in group)), [])
-        if not files:
-            raise FileNotFoundError(f"{data} holds no CV-Bench annotations; {LAYOUT}")
+        files = _annotation_files(data)
     else:
         raise FileNotFoundError(f"{data} not found; {LAYOUT}")
     items: list[CvBenchItem] = []
@@ -109,6 +109,24 @@ def read_cvbench(data: str | Path) -> list[CvBenchItem]:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} CV-Bench image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
     return items
+
+
+def _annotation_files(folder: Path) -> list[Path]:
+    """The annotation files of a CV-Bench folder: both halves, or the one file; one half alone is read with a
+    warning naming the other."""
+    for group in JSONL_FILES + PARQUET_FILES:
+        present = [folder / f for f in group if (folder / f).is_file()]
+        if len(present) == len(group):
+            return present
+    for group in (JSONL_FILES[0], PARQUET_FILES[0]):  # one half of the split release
+        present = [folder / f for f in group if (folder / f).is_file()]
+        if present:
+            missing = [f for f in group if not (folder / f).is_file()]
+            log.warning("%s has %s but not %s: scoring %s only (no overall accuracy)", folder, present[0].name,
+                        missing[0], "2D" if "2d" in present[0].name else "3D")
+            return present
+    raise FileNotFoundError(f"{folder} holds none of test_2d.jsonl, test_3d.jsonl, test.jsonl or their .parquet "
+                            f"forms; {LAYOUT}")
 
 
 def _rows(file: Path) -> list[dict]:
@@ -135,8 +153,10 @@ def evaluate(model: LlavaChat, data: str | Path, *, batch_size: int = 8, max_new
              samples_csv: str | Path | None = None) -> dict[str, float]:
     """CV-Bench scores of a LLaVA in percent (see :func:`cvbench_scores`), plus ``n_unmatched``. The prompt is the
     row's ``prompt`` + ``prompt_suffix`` (default: LLaVA's instruction to answer with the option's letter)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of questions, not {limit}")
     items = read_cvbench(data)
-    if limit:
+    if limit is not None:
         items = items[:limit]
     answers = generate_answers(model, lambda i: items[i].load_image(), [it.prompt + prompt_suffix for it in items],
                                batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
