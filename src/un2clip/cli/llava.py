@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from un2clip.cli.types import OVERWRITE_HELP
+
 #: LLaVA-1.5's scripts/v1_5/pretrain.sh and finetune.sh: learning rate, global batch (8 GPUs), conversation style
 STAGE_DEFAULTS = {"pretrain": {"lr": 1e-3, "batch_size": 256}, "finetune": {"lr": 2e-5, "batch_size": 128}}
 WARMUP_RATIO = 0.03
@@ -41,7 +43,6 @@ def llava_defaults(stage: str, *, n_samples: int | None, batch_size: int | None,
         out["warmup_steps"] = math.ceil(warmup_ratio * steps)
     return out
 
-from un2clip.cli.types import OVERWRITE_HELP
 
 
 def _add_llava(sub: argparse._SubParsersAction) -> None:

@@ -140,12 +140,12 @@ def _sketch_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--judge", metavar="SPEC",
                    help="the fixed model that classifies the sketches: preset, folder, Hub id or run directory "
                         "(default: each --model judges its own sketches; give one judge to compare encoders)")
-    g.add_argument("--strokes", type=_int_at_least(1), nargs="+", metavar="N",
+    g.add_argument("--strokes", type=int_at_least(1), nargs="+", metavar="N",
                    help="stroke counts, one acc1@N each (default 4 8 16)")
-    g.add_argument("--steps", type=_int_at_least(1), help="Adam steps per sketch (default 500, CLIPasso's)")
-    g.add_argument("--limit", type=_int_at_least(1), help="images per class (default 10)")
+    g.add_argument("--steps", type=int_at_least(1), help="Adam steps per sketch (default 500, CLIPasso's)")
+    g.add_argument("--limit", type=int_at_least(1), help="images per class (default 10)")
     g.add_argument("--seed", type=int, help="seed of image i's sketch is SEED + i (default 0)")
-    g.add_argument("--canvas", type=_int_at_least(8), help="canvas side in pixels (default 224, CLIPasso's)")
+    g.add_argument("--canvas", type=int_at_least(8), help="canvas side in pixels (default 224, CLIPasso's)")
     g.add_argument("--templates", metavar="FILE",
                    help="one template a line, {c} or {} for the class name (default: the dataset's "
                         "templates.txt, else CLIP's 80 ImageNet templates)")
