@@ -23,13 +23,18 @@ if TYPE_CHECKING:
 # -- the model kinds: the flags their tasks share, how their models are loaded and recorded -------------------
 
 
+def _result_flags(tp: argparse.ArgumentParser) -> None:
+    """Where results go and how they are named: the same for every model kind."""
+    tp.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
+    tp.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
+    tp.add_argument("--dataset-name", help="name of the dataset in the results (default: from --data)")
+
+
 def _clip_flags(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--model", nargs="+", required=True, metavar="M",
                     help="preset (e.g. tiny), Hub id, model folder, fine-tune run directory or exported folder")
     tp.add_argument("--data", required=True, help="the dataset (folder or file; see the task's layout)")
-    tp.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
-    tp.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
-    tp.add_argument("--dataset-name", help="name of the dataset in the results (default: from --data)")
+    _result_flags(tp)
     tp.add_argument("--random-weights", action="store_true", help="a preset's architecture, random weights")
     tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     tp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
@@ -43,9 +48,7 @@ def _llava_flags(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--model", nargs="+", required=True, metavar="LLAVA_DIR",
                     help="transformers LLaVA folders (e.g. written by `un2clip llava swap`)")
     tp.add_argument("--data", required=True, help="the benchmark folder (see the layout above)")
-    tp.add_argument("--output", required=True, metavar="OUT", help="folder for the result files")
-    tp.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
-    tp.add_argument("--dataset-name", help="name of the dataset in the results (default: from --data)")
+    _result_flags(tp)
     tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     tp.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                     help="weights' dtype (default auto: as saved)")
