@@ -266,3 +266,27 @@ def test_bench_ladder_in_process_writes_a_table(tmp_path):
     assert all(r["mfu"] is not None and r["peak_memory_gib"] > 0 for r in rows)
     table = format_markdown(result)
     assert table.count("\n| ") == 5 and "MFU" in table and "load average" in table
+
+
+def test_bench_refuses_an_existing_result_file_before_timing_anything(tmp_path, capsys, monkeypatch):
+    """Issue 32's one rule for outputs: `bench --json/--markdown` over an existing file needs --overwrite, and the
+    refusal comes before minutes of timing; with --overwrite the file is replaced whole."""
+    import json
+
+    import un2clip.bench as bench
+    from un2clip.cli import main
+
+    calls = []
+
+    def fake_run_single(*args, **kwargs):
+        calls.append(1)
+        return {"rows": []}
+
+    monkeypatch.setattr(bench, "run_single", fake_run_single)
+    monkeypatch.setattr(bench, "format_markdown", lambda result: "| table |")
+    out = tmp_path / "result.json"
+    out.write_text("old")
+    assert main(["bench", "--json", str(out)]) == 2
+    assert "--json" in capsys.readouterr().err and calls == [] and out.read_text() == "old"
+    assert main(["bench", "--json", str(out), "--markdown", str(tmp_path / "new.md"), "--overwrite"]) == 0
+    assert json.loads(out.read_text()) == {"rows": []} and (tmp_path / "new.md").read_text() == "| table |\n"

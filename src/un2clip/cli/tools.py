@@ -115,12 +115,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the encoder and the UNet")
     p.add_argument("--json", help="write the result(s) as JSON to this file")
     p.add_argument("--markdown", help="write the table as Markdown to this file")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     def run(args: argparse.Namespace) -> int:
         import json
 
         from un2clip.bench import StepConfig, format_markdown, run_ladder, run_single
+        from un2clip.files import atomic_write_text, check_output
 
+        for option, path in (("--json", args.json), ("--markdown", args.markdown)):  # before minutes of timing
+            if path:
+                check_output(path, overwrite=args.overwrite, option=option)
         if args.ladder:
             only = [r.strip() for r in args.rungs.split(",") if r.strip()] if args.rungs else None
             k = args.timesteps_per_image if args.timesteps_per_image > 1 else 4
@@ -140,11 +145,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         table = format_markdown(result)
         print(table)
         if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(table + "\n")
+            atomic_write_text(args.markdown, table + "\n")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=2)
+            atomic_write_text(args.json, json.dumps(result, indent=2))
         return 0
 
     p.set_defaults(func=run)
