@@ -119,9 +119,10 @@ def test_alpha_from_a_run_whose_original_moved_asks_for_original(tmp_path):
     assert original_spec(run) == ("openai/clip-vit-large-patch14", False)  # a Hub id is not checked on disk
 
 
-def test_a_missing_local_model_path_is_one_clear_error_not_a_hub_lookup(tmp_path):
+def test_a_missing_local_model_path_is_one_clear_error_not_a_hub_lookup(tmp_path, monkeypatch):
     from un2clip.load import load_clip, load_decoder, load_t2i_decoder
 
+    monkeypatch.chdir(tmp_path)  # the relative specs below must not exist (a `make demo` writes runs/demo here)
     for load in (load_clip, load_decoder, load_t2i_decoder):
         for spec in (str(tmp_path / "gone"), "runs/demo/decoder/decoder", "./gone"):
             with pytest.raises(ValueError, match="no such folder"):
