@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from un2clip.data.sources import IMAGE_EXTENSIONS, column_index, decode_image
+from un2clip.data.sources import IMAGE_EXTENSIONS, column_index, decode_image, is_image_name
 from un2clip.eval.core.embed import embed_texts, inference_context
 from un2clip.eval.core.metrics import video_retrieval_metrics, zeroshot_metrics
 from un2clip.eval.downstream.common import report_skipped
@@ -174,8 +174,7 @@ def _require_av(path: Path):
 
 def frame_files(folder: str | Path) -> list[Path]:
     """The image files directly inside ``folder``, in natural order."""
-    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-             and not p.name.startswith(".")]
+    files = [p for p in Path(folder).iterdir() if p.is_file() and is_image_name(p.name)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
