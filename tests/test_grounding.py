@@ -103,6 +103,26 @@ def test_positive_map_equals_glips(tiny_clip, caption, phrases):
     assert got.any(1).all()
 
 
+class OffsetEncoding:
+    """char_to_token of a hand-built tokenisation (a subword tokenizer's: tokens touch, no space between)."""
+
+    def __init__(self, offsets):
+        self.offsets = offsets
+
+    def char_to_token(self, char):
+        return next((j for j, (s, e) in enumerate(self.offsets) if s <= char < e and e > s), None)
+
+
+def test_positive_map_of_touching_subword_tokens_equals_glips():
+    # "redhat." as [BOS] "red" "hat" "." [EOS] [PAD]: tokens touch, so a phrase ends exactly where one starts
+    offsets = [(0, 0), (0, 3), (3, 6), (6, 7), (0, 0), (0, 0)]
+    attention = torch.tensor([1, 1, 1, 1, 1, 0])
+    spans = [[(0, 3)], [(0, 6)], [(3, 7)], [(1, 5)]]  # "red", "redhat", "hat.", a span inside two tokens
+    got = phrase_token_map(torch.tensor(offsets), attention, spans)
+    assert got.int().tolist() == [[0, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]]
+    assert torch.equal(got, glip_positive_map(OffsetEncoding(offsets), spans, len(offsets)))
+
+
 # -- boxes: IoU, GIoU, FCOS assignment and centerness on hand cases -----------------------------------------
 
 
