@@ -400,3 +400,42 @@ def test_eval_grounding_mean_box_reference_and_a_head_of_another_width(tmp_path,
     wide.save(tmp_path / "wide", info={"clip": "other"})
     with pytest.raises(ValueError, match="reads patch width .* train a head on this encoder"):
         G.evaluate(tiny_clip, root, head=tmp_path / "wide", progress=False)
+
+
+# -- `un2clip compare --grounding`: a head per encoder, cached, two report columns ----------------------------
+
+
+def test_compare_grounding_trains_a_head_per_encoder_caches_it_and_adds_columns(tmp_path, monkeypatch, tiny_clip):
+    from un2clip.world import compare
+    from un2clip.world import demo as demo_module
+    from un2clip.world.grounding import GROUNDING_QUICK
+
+    seed_dir = tmp_path / "seed0"
+    tiny_clip.save_pretrained(seed_dir / "clip" / "clip")
+    (seed_dir / "clip" / "DONE").write_text("{}")
+    tiny_clip.save_pretrained(seed_dir / "finetune")  # stands in for the un²CLIP run: any loadable encoder
+    monkeypatch.setattr(compare, "run_demo", lambda *a, **k: None)
+    monkeypatch.setattr(compare, "start_weights", lambda *a, **k: None)
+    monkeypatch.setattr(demo_module, "shipped_weights", lambda *a, **k: tmp_path / "none")
+    import un2clip.world.report as world_report
+
+    monkeypatch.setattr(world_report, "evaluate_models",
+                        lambda out, world, models, *a, **k: {n: {"mmvp/average": 50.0} for n in models})
+    settings = compare.CompareSettings(demo=compare.QUICK.demo, grounding=GROUNDING_QUICK)
+    variants = compare.select_variants(settings, ["original", "un2clip"])
+    results = compare.run_seed(seed_dir, 0, variants, settings=settings, progress=False)
+    for name in ("original", "un2clip"):
+        got = results[name]
+        assert got["mmvp/average"] == 50.0 and 0 <= got["grounding/accuracy"] <= got["grounding/recall@10"] <= 100
+        assert (seed_dir / "grounding" / name / "run" / "head" / "grounding_head.json").is_file()
+        assert (seed_dir / "eval" / f"grounding_{name}.json").is_file()
+    assert (seed_dir / "grounding-set" / "grounding" / "refs(unc).p").is_file()
+    # a second call reuses the heads and their evaluations
+    stamps = {p: p.stat().st_mtime_ns for p in (seed_dir / "grounding" / "un2clip" / "DONE",
+                                                seed_dir / "eval" / "grounding_un2clip.json")}
+    again = compare.run_seed(seed_dir, 0, variants, settings=settings, progress=False)
+    assert again == results and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    rows = compare.report_table(compare.summarize({0: results}))
+    assert "grounding acc | mean-box acc |" in rows[0]
+    plain = compare.report_table(compare.summarize({0: {n: {"mmvp/average": 1.0} for n in results}}))
+    assert "grounding" not in plain[0]  # measured on request only: no empty column otherwise

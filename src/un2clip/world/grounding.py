@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from un2clip.world.downstream import DETECT_SIZE, object_box
@@ -84,3 +85,74 @@ def ensure_grounding(world: Path, n: int = 40) -> Path:
         seed = int(json.loads((world / "world.json").read_text(encoding="utf-8"))["seed"])
         write_grounding(world, seed, n)
     return folder
+
+
+# -- grounding accuracy in `un2clip compare` ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroundingSettings:
+    """How `un2clip compare --grounding` measures an encoder: a head trained on the seed's grounding set."""
+
+    n_images: int = 400  # scenes of the set (every fifth val)
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3  # a head from scratch: ten times GLIP's fine-tuning rate
+    hidden_dim: int = 64
+    proj_dim: int = 32
+
+
+GROUNDING_QUICK = GroundingSettings(n_images=10, steps=2, batch_size=4, hidden_dim=8, proj_dim=4)
+GROUNDING_KEYS = ("accuracy", "recall@5", "recall@10", "accuracy_mean_box")
+
+
+def _made_at(spec: str) -> int:
+    """When the stage holding model ``spec`` finished (its DONE marker, in the folder or the one above), 0 if none."""
+    for folder in (Path(spec), Path(spec).parent):
+        if (folder / "DONE").is_file():
+            return (folder / "DONE").stat().st_mtime_ns
+    return 0
+
+
+def grounding_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings: GroundingSettings,
+                      fresh: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
+    """``{model: {"grounding/accuracy": ..., ...}}``: per model a grounding head trained on the frozen encoder
+    (cached stage ``seed_dir/grounding/<model>``) and scored on the val split of the seed's grounding set
+    (``seed_dir/grounding-set``, drawn from the world seed), evaluations cached in ``seed_dir/eval``."""
+    import time
+
+    from un2clip.eval.downstream.grounding import evaluate
+    from un2clip.load import load_clip
+    from un2clip.world.stages import finish_stage, recorded_stage, train_run
+
+    recipe = {"seed": seed, "n_images": settings.n_images}
+    folder, done = recorded_stage(seed_dir, "grounding-set", recipe, fresh)
+    if not done:
+        t = time.perf_counter()
+        write_grounding(folder, seed, settings.n_images)
+        finish_stage(folder, recipe, t)
+    data = folder / "grounding"
+    out = {}
+    for name, spec in models.items():
+        fields = {"objective": "grounding", "clip": spec, "data": str(data), "max_steps": settings.steps,
+                  "batch_size": settings.batch_size, "lr": settings.lr, "weight_decay": 1e-4, "seed": seed,
+                  "save_every": settings.steps, "objective_options": {"hidden_dim": settings.hidden_dim,
+                                                                      "proj_dim": settings.proj_dim}}
+        run_recipe = {"run": fields, "model": _made_at(spec), "set": (folder / "DONE").stat().st_mtime_ns}
+        stage_dir, done = recorded_stage(seed_dir / "grounding", name, run_recipe, fresh)
+        cached = seed_dir / "eval" / f"grounding_{name}.json"
+        if not done:
+            t = time.perf_counter()
+            cached.unlink(missing_ok=True)
+            stage_dir.mkdir(parents=True)
+            train_run(**fields, output=str(stage_dir / "run"), progress=progress)
+            finish_stage(stage_dir, run_recipe, t)
+        if cached.is_file() and not fresh:
+            metrics = json.loads(cached.read_text(encoding="utf-8"))
+        else:
+            metrics = evaluate(load_clip(spec), data, head=stage_dir / "run", split="val", precision="fp32",
+                               progress=progress)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        out[name] = {f"grounding/{k}": metrics[k] for k in GROUNDING_KEYS}
+    return out
