@@ -331,9 +331,17 @@ def _add_train_audio(sub: argparse._SubParsersAction) -> None:
                     "image column (the shapes world's sounds), their images' embeddings; one learnable scale per "
                     "pair, initialised to 100 and clamped to [1, 100]. --data: an ESC-50 folder (audio/*.wav, "
                     "meta/esc50.csv) or an UrbanSound8K folder (audio/foldN/*.wav, metadata/UrbanSound8K.csv). "
-                    "The run's audio/ is the head; `un2clip eval audio-zeroshot --model RUN` scores it. "
-                    f"Defaults here: --lr {AUDIO_DEFAULTS['lr']:g}, --output {AUDIO_DEFAULTS['output']}.")
+                    "The run's audio/ is the head; `un2clip eval audio-zeroshot --model RUN` scores it.")
     _add_train_flags(p)
+    for action in p._actions:  # the shared flags whose defaults this command sets otherwise
+        if action.dest == "lr":
+            action.help = f"learning rate (default {AUDIO_DEFAULTS['lr']:g}: the head trains from scratch)"
+        elif action.dest == "output":
+            action.help = ("run directory (metrics.jsonl, config.yaml, checkpoints/, the head in audio/; default "
+                           f"{AUDIO_DEFAULTS['output']})")
+        elif action.dest == "data":
+            action.help = ("an ESC-50 folder (audio/*.wav, meta/esc50.csv) or an UrbanSound8K folder "
+                           "(audio/foldN/*.wav, metadata/UrbanSound8K.csv); optional meta columns caption and image")
     g = p.add_argument_group("audio options")
     g.add_argument("--model", metavar="SPEC",
                    help="the frozen CLIP (preset, folder, Hub id or run directory; the same as --clip; default: "

@@ -114,6 +114,23 @@ class AudioClipObjective(Objective):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.head.parameters(), self.log_scale_ai, self.log_scale_at]
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's whole state (its batch-norm statistics too: a resumed run must not restart them) and the
+        two scales."""
+        state = {f"head.{k}": v.detach() for k, v in self.head.state_dict().items()}
+        return {**state, "log_scale_ai": self.log_scale_ai.detach(), "log_scale_at": self.log_scale_at.detach()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit the audio head: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        with torch.no_grad():
+            self.log_scale_ai.copy_(state["log_scale_ai"])
+            self.log_scale_at.copy_(state["log_scale_at"])
+
     def set_train_mode(self) -> None:
         self.train()
         self.clip.eval()
