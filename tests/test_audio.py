@@ -362,3 +362,34 @@ def test_world_sound_and_sketch_sets_are_added_without_changing_the_world(tmp_pa
     shutil.rmtree(world / "sounds")
     ensure_sounds(world, n_train=12, per_class=2)
     assert (world / "sounds" / "test" / "audio" / "00-000.wav").read_bytes() == first  # deterministic
+
+
+@pytest.mark.slow
+def test_compare_adds_audio_and_sketch_metrics_for_original_and_un2clip(tmp_path):
+    from un2clip.world.audiosketch import QUICK, add_audio_sketch
+    from un2clip.world.evalsets import generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, seed=0, n_train=16, n_val=2, pairs_per_pattern=1, n_seg=1, n_zeroshot_per_class=1,
+                   n_detect=0, n_depth=0, n_pointcloud_per_class=0, n_video_per_class=0, progress=False)
+    results = {"original": {"mmvp/average": 30.0}, "un2clip": {"mmvp/average": 40.0}, "lora": {"mmvp/average": 35.0}}
+    models = {"original": "tiny", "un2clip": "tiny", "lora": "tiny"}
+    out = add_audio_sketch(results, tmp_path / "seed0", world, models, seed=0, settings=QUICK, progress=False)
+    for name in ("original", "un2clip"):
+        m = out[name]
+        assert {"audio/acc1", "audio/fold1_acc1", "sketch/acc1@2", "sketch/acc1_photo"} <= set(m)
+        assert 0 <= m["audio/acc1"] <= 100 and m["mmvp/average"] == results[name]["mmvp/average"]
+    assert out["lora"] == results["lora"]  # only the original and the un2clip encoder are measured this way
+    assert (tmp_path / "seed0" / "audio" / "un2clip" / "DONE").is_file()
+    cached = tmp_path / "seed0" / "eval" / "audiosketch_original.json"
+    stamp = cached.stat().st_mtime_ns
+    again = add_audio_sketch(results, tmp_path / "seed0", world, models, seed=0, settings=QUICK, progress=False)
+    assert again == out and cached.stat().st_mtime_ns == stamp  # cached: nothing recomputed
+
+
+def test_the_compare_table_has_the_audio_and_sketch_columns():
+    from un2clip.world.compare import report_table
+
+    lines = report_table({"original": {"audio/acc1": (12.5, math.nan, 1), "sketch/acc1@8": (50.0, math.nan, 1)}})
+    assert "audio zs" in lines[0] and "sketch@8" in lines[0]
+    assert "| 12.5 |" in lines[2] and "| 50.0 |" in lines[2]

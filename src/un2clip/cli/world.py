@@ -160,6 +160,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="start every seed from the shipped CLIP and decoders of seed S (the worlds, pairs and "
                         "fine-tune draws still follow --seeds)")
     _add_world_settings(p)
+    p.add_argument("--audio-sketch", action="store_true",
+                   help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
+                        "space on the world's scene sounds, then zero-shot on 36 colour + shape sounds: audio zs) "
+                        "and CLIPasso (each one sketches the world's shapes with 4, 8, 16 strokes, the original CLIP "
+                        "judges: sketch@8); default off")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -170,6 +175,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         from un2clip.world.compare import QUICK, CompareSettings, run_compare
 
         settings = QUICK if args.quick else CompareSettings()
+        if args.audio_sketch:
+            from un2clip.world import audiosketch
+
+            settings = replace(settings, audio_sketch=audiosketch.QUICK if args.quick
+                               else audiosketch.AudioSketchSettings())
         settings = replace(settings, demo=_world_settings(args, settings.demo))
         if args.flow_decoder_steps is not None:
             if args.flow_decoder_steps < 1:

@@ -8,7 +8,7 @@ trains only that head so that its embeddings meet the frozen CLIP's image and te
   mel_scale="htk"``), written from the formula;
 - :class:`LogMel`: ``torch.stft`` power spectrogram (Hann window, centred frames) through that bank,
   ``log(mel + 1e-6)``;
-- :class:`AudioHead`: a stem, stages of ResNeXt bottleneck blocks (1x1, grouped 3x3, 1x1 with a residual;
+- :class:`AudioHead`: a stride-2 stem, stages of ResNeXt bottleneck blocks (1x1, grouped 3x3, 1x1 with a residual;
   cardinality ``cardinality``), global average pooling and a linear map to the joint space;
 - :class:`AudioClip`: a trained head beside the CLIP it was trained into (what ``eval audio-zeroshot`` takes).
 
@@ -133,8 +133,8 @@ class AudioHead(nn.Module):
         self.frontend = LogMel(sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
                                n_mels=config.n_mels, f_min=config.f_min, f_max=config.f_max)
         self.input_norm = nn.BatchNorm2d(1)  # the log-mel's scale is learnt, not a dataset statistic
-        self.stem = nn.Sequential(nn.Conv2d(1, config.stem, 3, padding=1, bias=False), nn.BatchNorm2d(config.stem),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(1, config.stem, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(config.stem), nn.ReLU())  # halves both axes, as ResNeXt's stem
         layers, ch = [], config.stem
         for width, n in zip(config.widths, config.blocks):
             for i in range(n):

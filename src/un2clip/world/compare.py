@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.stages import finish_stage, recorded_stage, train_run
@@ -43,6 +44,8 @@ class CompareSettings:
     anchor_weights: tuple[float, ...] = (0.1, 1.0)  # λ of the anchor term (1 - cosine to the original)
     lora_rank: int = 8
     lora_lr_factor: float = 10.0  # LoRA's learning rate = the fine-tune's x this (adapters start at zero)
+    # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
+    audio_sketch: AudioSketchSettings | None = None
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -332,6 +335,11 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
+    if settings.audio_sketch is not None:
+        from un2clip.world.audiosketch import add_audio_sketch
+
+        results = add_audio_sketch(results, seed_dir, seed_dir / "world", models, seed=seed,
+                                   settings=settings.audio_sketch, fresh=fresh, progress=progress)
     return {name: results[name] for name in models}
 
 
@@ -340,7 +348,8 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
 ZEROSHOT = "zeroshot/mean_acc1"  # mean of the demo's zero-shot sets
 COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_shape/acc1", "zs shape"),
            ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
-           ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
+           ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"), ("audio/acc1", "audio zs"),
+           ("sketch/acc1@8", "sketch@8"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
 
 
