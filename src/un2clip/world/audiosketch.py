@@ -86,7 +86,9 @@ def evaluate_audio_sketch(out: Path, world: Path, models: dict[str, str], *, jud
             train_run(**fields, output=str(folder / "run"), progress=progress)
             finish_stage(folder, recipe, t)
         cached = out / "eval" / f"audiosketch_{name}.json"
-        wanted = {"settings": asdict(s), "head": _made(folder), "judge": judge, "encoder": recipe["encoder"]}
+        # as JSON stores it (tuples as lists), so that a cached record compares equal
+        wanted = json.loads(json.dumps({"settings": asdict(s), "head": _made(folder), "judge": judge,
+                                        "encoder": recipe["encoder"]}))
         if cached.exists() and not fresh and (record := json.loads(cached.read_text()))["recipe"] == wanted:
             results[name] = record["metrics"]
             continue
