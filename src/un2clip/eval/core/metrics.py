@@ -109,6 +109,18 @@ def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, f
     return out
 
 
+def fold_accuracy(logits: torch.Tensor, targets: torch.Tensor, folds: Sequence[int]) -> dict[str, float]:
+    """Top-1 accuracy of each fold (``fold<N>_acc1``, the module's tie rule) and their unweighted mean (``acc1``),
+    as ESC-50 and UrbanSound8K results are reported (folds of unequal size weigh the same)."""
+    folds_t = torch.as_tensor(list(folds), dtype=torch.long)
+    if folds_t.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits but {folds_t.shape[0]} folds")
+    hits = class_ranks(logits, targets) == 1
+    out = {f"fold{f}_acc1": float(hits[folds_t == f].double().mean()) for f in sorted(set(folds_t.tolist()))}
+    out["acc1"] = sum(out.values()) / len(out)
+    return out
+
+
 # -- retrieval ---------------------------------------------------------------------------------------
 
 
