@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from un2clip.cli.types import nonneg_int, positive_int
+from un2clip.cli.types import nonneg_int, positive_int, positive_int_list
 
 
 def _dashed(name: str) -> str:
@@ -357,17 +357,6 @@ def _add_train_grounding(sub: argparse._SubParsersAction) -> None:
 AUDIO_DEFAULTS = {"lr": 1e-3, "output": "runs/audio"}  # a head trained from scratch: a larger rate than a fine-tune
 
 
-def _int_list(text: str) -> list[int]:
-    """``64,128,256`` -> [64, 128, 256] (positive integers)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _add_train_audio(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-audio", help="AudioCLIP (partial training): an audio head learns a frozen CLIP's joint space",
@@ -396,9 +385,10 @@ def _add_train_audio(sub: argparse._SubParsersAction) -> None:
                                                       "(default 5, ESC-50's)")
     g.add_argument("--sample-rate", type=positive_int, help="clips are resampled to this rate (default 16000)")
     g.add_argument("--n-mels", type=positive_int, help="mel bands of the front end (default 64)")
-    g.add_argument("--widths", type=_int_list, metavar="W,W,...", help="channels of the CNN's stages (default "
-                                                                        "64,128,256)")
-    g.add_argument("--blocks", type=_int_list, metavar="N,N,...", help="ResNeXt blocks per stage (default 1,1,1)")
+    g.add_argument("--widths", type=positive_int_list, metavar="W,W,...",
+                   help="channels of the CNN's stages (default 64,128,256)")
+    g.add_argument("--blocks", type=positive_int_list, metavar="N,N,...",
+                   help="ResNeXt blocks per stage (default 1,1,1)")
     g.add_argument("--cardinality", type=positive_int, help="groups of each block's 3x3 convolution (default 8)")
     g.add_argument("--no-images", dest="use_images", action="store_false", default=None,
                    help="leave the audio-image pairs out of the loss (default: used where the data has images)")

@@ -417,6 +417,19 @@ def xyxy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
+def greedy_nms(overlaps: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy non-maximum suppression given the (N, N) pairwise IoU of the boxes: the indices kept, best score
+    first; a box is dropped when its IoU with a kept, better-scored box exceeds ``iou``."""
+    suppressed = torch.zeros(len(scores), dtype=torch.bool)
+    keep: list[int] = []
+    for i in scores.argsort(descending=True).tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i] > iou
+    return torch.tensor(keep, dtype=torch.long)
+
+
 def grounding_hits(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int] = GROUNDING_KS,
                    threshold: float = 0.5) -> dict[int, bool]:
     """``{k: found}`` for one phrase: whether one of the first k of ``ranked`` (R, 4) boxes, best first, has
