@@ -307,6 +307,58 @@ def _add_genhancer(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _block_list(text: str) -> list[int]:
+    try:
+        blocks = [int(b) for b in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 4 block indices such as 5,11,17,23, got {text!r}") from None
+    if len(blocks) != 4 or min(blocks) < 0:
+        raise argparse.ArgumentTypeError(f"expected 4 non-negative block indices such as 5,11,17,23, got {text!r}")
+    return blocks
+
+
+DENSE_DEFAULTS = {"output": "runs/lseg", "lr": 1e-3}  # the command's defaults of shared flags (no recipe file)
+
+
+def _add_train_dense(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-dense", help="train a dense head (LSeg) on a frozen CLIP image tower, per pixel against the frozen "
+                            "text embeddings of the label names",
+        description="LSeg (Li et al. 2022): four blocks of the image tower, a DPT reassemble-and-fuse decoder, a 1x1 "
+                    "projection to the joint space; per-pixel logits = 1/0.07 x cosine with the text embeddings of "
+                    "the dataset's label names; per-pixel cross entropy. The tower stays frozen, so the head "
+                    "measures the encoder; `un2clip eval seg --method lseg --head RUN` scores it, also on label "
+                    "names it never saw. LSeg's own recipe is SGD, lr 0.004 with the head at 10x, poly decay; "
+                    f"this command's defaults: --lr {DENSE_DEFAULTS['lr']} (AdamW), --output "
+                    f"{DENSE_DEFAULTS['output']}.")
+    _add_train_flags(p)
+    g = p.add_argument_group("dense-head options")
+    g.add_argument("--head", choices=["lseg"], default="lseg", help="which head (default lseg)")
+    g.add_argument("--model", metavar="SPEC", help="the frozen encoder: preset, folder, Hub id or run directory "
+                                                   "(the same as --clip; default the preset's)")
+    g.add_argument("--dataset", dest="seg_layout", metavar="LAYOUT",
+                   help="layout of --data: generic (images/, masks/, classes.txt; default) or a named "
+                        "mmsegmentation layout (voc21, context59, ade20k, ...), as `un2clip eval seg` reads")
+    g.add_argument("--split", dest="seg_split", metavar="SPLIT",
+                   help="split of a named layout (default train; ADE20K's is training)")
+    g.add_argument("--features", type=positive_int, help="the decoder's fusion width (default 256, LSeg's)")
+    g.add_argument("--blocks", type=_block_list, metavar="I,J,K,L",
+                   help="the 4 blocks (0-based) the head reads (default: the last of each quarter of the tower, "
+                        "5,11,17,23 on 24 blocks as LSeg)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flips (default: flip half the crops)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.model:
+            if args.clip and args.clip != args.model:
+                raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
+            args.clip = args.model
+        return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip},
+                             defaults=DENSE_DEFAULTS)
+
+    p.set_defaults(func=run)
+
+
 # sub-commands of this group, in the order `un2clip --help` lists them
 COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva,
-            _add_genhancer]
+            _add_genhancer, _add_train_dense]

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
 register_objective = OBJECTIVES.register
+DENSE_OBJECTIVES = ("lseg",)  # trained on segmentation datasets (`un2clip train-dense`)
 
 
 def _construct(cls, *args, options: dict, **kwargs):
@@ -233,6 +234,22 @@ def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, di
     return objective, info
 
 
+@register_objective("lseg")
+def build_lseg(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """LSeg: a dense head on the frozen tower of ``--clip`` (or the preset's), labels = the dataset's classes."""
+    from un2clip.objectives.lseg import LSegObjective
+
+    labels = getattr(source, "labels", None)
+    if not labels:
+        raise ValueError(f"{cfg.data}: the lseg head trains on a segmentation dataset (images/, masks/, "
+                         "classes.txt or a named layout), not on a {source.kind} source")
+    clip_spec, clip = _clip(cfg)
+    objective = _construct(LSegObjective, clip, labels, model_spec=clip_spec, options=cfg.objective_options)
+    info = {"kind": "lseg", "clip": clip_spec, "random_weights": cfg.random_weights, "labels": labels,
+            "seg_layout": cfg.seg_layout, "seg_split": cfg.seg_split}
+    return objective, info
+
+
 def load_llava(spec: str) -> tuple[Any, Any]:
     """(LlavaForConditionalGeneration, processor) of a LLaVA folder or of a llava run (its ``llava/``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -264,8 +281,13 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     check_tracker_packages(tracker_names(cfg.report_to))  # before any model loads
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
-    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
-                         image_folder=cfg.image_folder)
+    if cfg.objective in DENSE_OBJECTIVES:  # image + label map pairs, in the layouts `eval seg` reads
+        from un2clip.train.dense import open_segmentation
+
+        source = open_segmentation(cfg.data, cfg.seg_layout, cfg.seg_split)
+    else:
+        source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
+                             image_folder=cfg.image_folder)
     if (source.kind == "conversations") != (cfg.objective == "llava"):
         raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
                          f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")
