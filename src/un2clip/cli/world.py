@@ -19,6 +19,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                    help="probability that a caption names each rare attribute (default 0.03)")
     g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
     g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
+    g.add_argument("--n-lseg", type=int, default=0,
+                   help="LSeg sets: lseg/train (this many scenes of the seen shapes) and lseg/unseen (as many of the "
+                        "unseen arrow and cross), for `un2clip train-dense` and `eval seg --method lseg` (default 0: "
+                        "none; the other outputs are the same either way)")
     g.add_argument("--noise-swap", type=float, default=0.0, metavar="F",
                    help="noisy pool: fraction of training captions replaced by another image's caption (default 0)")
     g.add_argument("--noise-boilerplate", type=float, default=0.0, metavar="F",
@@ -67,9 +71,9 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
                               talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors, mllm=args.mllm,
                               n_mllm_instruct=args.mllm_instruct, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
-                              n_cvbench_per_task=args.cvbench_per_task)
+                              n_cvbench_per_task=args.cvbench_per_task, n_lseg=args.n_lseg)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
-                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm")
+                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm", "n_lseg")
         print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0
