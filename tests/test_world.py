@@ -457,7 +457,9 @@ def test_lseg_sets_and_nouns_leave_the_other_outputs_unchanged(tmp_path):
     assert [k for k in a if k != "world.json" and a[k] != b.get(k)] == []  # every other output byte-identical
     assert sorted(set(b) - set(a)) == sorted(k for k in b if k.startswith("lseg/"))
     assert (tmp_path / "plain" / "nouns.txt").read_text().split() == list(W.SHAPES)
-    for name, shapes in (("train", ["circle", "square", "triangle", "star"]), ("unseen", ["arrow", "cross"])):
+    seen = ["circle", "square", "triangle", "star"]
+    assert all_files(tmp_path / "lseg" / "lseg" / "train") != all_files(tmp_path / "lseg" / "lseg" / "val")
+    for name, shapes in (("train", seen), ("val", seen), ("unseen", ["arrow", "cross"])):
         folder = tmp_path / "lseg" / "lseg" / name
         assert (folder / "classes.txt").read_text().split() == ["background", *shapes]
         masks = [np.asarray(Image.open(p)) for p in sorted((folder / "masks").glob("*.png"))]

@@ -20,8 +20,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
     g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
     g.add_argument("--n-lseg", type=int, default=0,
-                   help="LSeg sets: lseg/train (this many scenes of the seen shapes) and lseg/unseen (as many of the "
-                        "unseen arrow and cross), for `un2clip train-dense` and `eval seg --method lseg` (default 0: "
+                   help="LSeg sets: lseg/train and lseg/val (this many scenes each of the seen shapes) and lseg/unseen "
+                        "(as many of the unseen arrow and cross), for `un2clip train-dense` and `eval seg --method lseg` (default 0: "
                         "none; the other outputs are the same either way)")
     g.add_argument("--noise-swap", type=float, default=0.0, metavar="F",
                    help="noisy pool: fraction of training captions replaced by another image's caption (default 0)")

@@ -383,11 +383,12 @@ def _write_zeroshot(root: Path, seed: int, per_class: int, out: _ImageWriter) ->
 
 
 def _write_lseg(root: Path, seed: int, n: int, out: _ImageWriter) -> list[tuple[Path, dict[int, int]]]:
-    """LSeg's sets: train/ (scenes of the seen shapes, their classes only) and unseen/ (scenes of the unseen
-    shapes, ``LSEG_UNSEEN``), each a generic segmentation folder of ``n`` images. Returns each folder and the
+    """LSeg's sets: train/ and val/ (scenes of the seen shapes, their classes only; val held out) and unseen/
+    (scenes of the unseen shapes, ``LSEG_UNSEEN``), each a generic segmentation folder of ``n`` images. Returns each folder and the
     map from the renderer's class ids (shape index + 1) to the folder's, applied once the masks are written."""
     remaps = []
-    for name, split, unseen in (("train", "lseg-train", False), ("unseen", "lseg-unseen", True)):
+    for name, split, unseen in (("train", "lseg-train", False), ("val", "lseg-val", False),
+                                ("unseen", "lseg-unseen", True)):
         folder = root / "lseg" / name
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -536,8 +537,8 @@ def generate_world(
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
         nouns.txt         the nouns captions name objects by (GroupViT's multi-label prompts)
-        lseg/             (``n_lseg`` > 0) train/ (``n_lseg`` scenes of the seen shapes, classes background +
-                          those) and unseen/ (``n_lseg`` scenes of LSEG_UNSEEN, classes background + those):
+        lseg/             (``n_lseg`` > 0) train/ and val/ (``n_lseg`` scenes each of the seen shapes, classes
+                          background + those) and unseen/ (``n_lseg`` scenes of LSEG_UNSEEN, classes background + those):
                           generic segmentation folders for `un2clip train-dense` and `eval seg --method lseg`
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
                           training a DFN-style filter (`un2clip train-filter`)
@@ -591,7 +592,7 @@ def generate_world(
     root.mkdir(parents=True, exist_ok=True)
     tasks = zeroshot_tasks()
     n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
-    total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg + 2 * n_lseg
+    total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg + 3 * n_lseg
     n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
     out = _ImageWriter(image_size, n_workers, total, progress)
     try:
