@@ -141,3 +141,67 @@ def test_eval_seg_groupvit_on_a_generic_folder(tiny, tmp_path, capsys):
     assert record["options"]["templates"] == ["a photo of a {c}."]  # NVlabs' simple template
     assert 0 <= record["metrics"]["mIoU"] <= 100 and "background_mIoU" in record["metrics"]
     assert "groupvit" in capsys.readouterr().out
+
+
+def test_multi_label_loss_by_hand():
+    from un2clip.objectives.groupvit import multi_label_loss
+
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    prompts = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])  # (B 2, L 2, D 2)
+    s = torch.tensor(2.0)
+    # image 0 scores prompts (1, 0, 0, 0) x 2, targets (1/2, 1/2, 0, 0); image 1 scores (0, 1, 1, 1), same targets
+    # on its own two; prompt (b, l) scores the two images, target its own
+    e2 = math.exp(2)
+    img0 = -(0.5 * math.log(e2 / (e2 + 3)) + 0.5 * math.log(1 / (e2 + 3)))
+    img1 = -(0.5 * math.log(e2 / (1 + 3 * e2)) + 0.5 * math.log(e2 / (1 + 3 * e2)))
+    p00 = -math.log(e2 / (e2 + 1))  # prompt (0, 0) = image 0's direction
+    p01 = -math.log(1 / (1 + e2))  # prompt (0, 1) points at image 1 but belongs to image 0
+    p1x = -math.log(e2 / (1 + e2))
+    expected = 0.5 * ((img0 + img1) / 2 + (p00 + p01 + 2 * p1x) / 4)
+    assert float(multi_label_loss(image, prompts, s)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_noun_prompts_are_the_captions_nouns_padded_with_the_caption():
+    import random
+
+    from un2clip.objectives.groupvit import caption_nouns, noun_prompts
+
+    nouns = ["circle", "star", "square"]
+    assert caption_nouns("A red star and a blue circle, a star", nouns) == ["star", "circle"]
+    got = noun_prompts("a red star and a blue circle", nouns, 3, random.Random(0))
+    assert sorted(got[:2]) == ["a photo of a circle.", "a photo of a star."]
+    assert got[2] == "a red star and a blue circle"
+    assert noun_prompts("a red thing", nouns, 2, random.Random(0)) == ["a red thing"] * 2
+
+
+def test_pretrain_a_tiny_groupvit_from_scratch_then_segment_with_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_seg_data import make_generic
+    from un2clip.cli import main
+
+    (tmp_path / "img").mkdir()
+    rows = ["image,caption"]
+    for i, (shape, colour) in enumerate([("circle", (255, 0, 0)), ("star", (0, 0, 255))] * 2):
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[8:24, 8:24] = colour
+        Image.fromarray(img).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,a {shape}")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "nouns.txt").write_text("circle\nstar\n")
+    run = tmp_path / "run"
+    assert main(["pretrain", "--preset", "groupvit-tiny", "--data", str(tmp_path / "captions.csv"), "--nouns",
+                 str(tmp_path / "nouns.txt"), "--max-words", "2", "--batch-size", "4", "--max-steps", "2",
+                 "--lr", "1e-3", "--output", str(run), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "loss" in x]
+    assert len(steps) == 2 and all("loss_multi_label" in x and "loss_contrastive" in x for x in steps)
+    trained = load_groupvit(run)
+    fresh = build_tiny_groupvit(seed=0)
+    assert not torch.equal(trained.model.text_projection[0].weight, fresh.model.text_projection[0].weight)
+    data = make_generic(tmp_path / "seg", n=1, h=32, w=32)
+    out = tmp_path / "out"
+    assert main(["eval", "seg", "--method", "groupvit", "--model", str(run), "--data", str(data), "--output",
+                 str(out), "--num-workers", "0", "--no-progress"]) == 0
+    assert json.loads(next(out.glob("*.json")).read_text())["metrics"]["n_images"] == 1

@@ -96,9 +96,20 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "line (`un2clip world generate` writes swap_groups.txt); each caption also gives a copy with "
                         "one word swapped within its group, scored as an extra negative (default: none)")
 
+    g = p.add_argument_group("GroupViT options (--preset groupvit-tiny: a tiny GroupViT from scratch, or --clip a "
+                             "GroupViT folder or run)")
+    g.add_argument("--nouns", metavar="FILE",
+                   help="one noun a line (the world's nouns.txt): each caption also gives prompts 'a photo of a "
+                        "{noun}.' of its nouns for GroupViT's multi-label contrastive loss (default: none, InfoNCE "
+                        "only)")
+    g.add_argument("--max-words", type=nonneg_int, help="noun prompts per caption, padded with the caption (default 3)")
+    g.add_argument("--multi-label-weight", type=float, help="weight of the multi-label loss (default 1)")
+
     def run(args: argparse.Namespace) -> int:
         return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale,
-                                                   "hard_negatives": args.hard_negatives})
+                                                   "hard_negatives": args.hard_negatives, "nouns": args.nouns,
+                                                   "max_words": args.max_words,
+                                                   "multi_label_weight": args.multi_label_weight})
 
     p.set_defaults(func=run)
 
