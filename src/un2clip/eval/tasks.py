@@ -424,7 +424,8 @@ register_task(EvalTask(
     "training-free open-vocabulary segmentation: vanilla | maskclip | sclip | clearclip | naclip. Change the last "
     "block of a frozen CLIP ViT (MaskCLIP, SCLIP, ClearCLIP, NACLIP or none), compare patch features with text "
     "embeddings of class names (80 ImageNet templates, synonyms), sliding window, mIoU as mmsegmentation computes "
-    "it. One JSON per model x method x dataset in --output, then one table. Settings default to each method's "
-    "preset for the dataset.",
+    "it. Also lseg (a trained LSeg head, `train-dense`, on the frozen tower: --head) and groupvit (a GroupViT's "
+    "grouping, NVlabs' inference). One JSON per model x method x dataset in --output, then one table. Settings "
+    "default to each method's preset for the dataset.",
     flags=_seg_flags, runner="seg",
 ))
