@@ -142,7 +142,8 @@ def test_train_dense_resumes_and_eval_seg_scores_seen_and_unseen_names(tmp_path,
     train = _world_like(tmp_path / "train")
     run = tmp_path / "run"
     common = ["train-dense", "--head", "lseg", "--model", "tiny", "--random-weights", "--data", str(train),
-              "--batch-size", "2", "--features", "8", "--output", str(run), *FAST[2:]]
+              "--batch-size", "2", "--features", "8", "--lr", "1e-3", "--seg-layout", "generic", "--output",
+              str(run), *FAST[2:]]
     assert main([*common, "--max-steps", "1"]) == 0
     assert main(["train-dense", "--resume", str(run), "--max-steps", "2", "--no-progress"]) == 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -328,9 +328,6 @@ def _block_list(text: str) -> list[int]:
     return blocks
 
 
-DENSE_DEFAULTS = {"output": "runs/lseg", "lr": 1e-3}  # the command's defaults of shared flags (no recipe file)
-
-
 def _add_train_dense(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-dense", help="train a dense head (LSeg) on a frozen CLIP image tower, per pixel against the frozen "
@@ -339,18 +336,18 @@ def _add_train_dense(sub: argparse._SubParsersAction) -> None:
                     "projection to the joint space; per-pixel logits = 1/0.07 x cosine with the text embeddings of "
                     "the dataset's label names; per-pixel cross entropy. The tower stays frozen, so the head "
                     "measures the encoder; `un2clip eval seg --method lseg --head RUN` scores it, also on label "
-                    "names it never saw. LSeg's own recipe is SGD, lr 0.004 with the head at 10x, poly decay; "
-                    f"this command's defaults: --lr {DENSE_DEFAULTS['lr']} (AdamW), --output "
-                    f"{DENSE_DEFAULTS['output']}.")
+                    "names it never saw. LSeg's own recipe is SGD, lr 0.004 with the head at 10x, poly decay; a "
+                    "head trained from scratch wants a higher rate than the shared default (e.g. --lr 1e-3) and its "
+                    "own --output.")
     _add_train_flags(p)
     g = p.add_argument_group("dense-head options")
     g.add_argument("--head", choices=["lseg"], default="lseg", help="which head (default lseg)")
     g.add_argument("--model", metavar="SPEC", help="the frozen encoder: preset, folder, Hub id or run directory "
                                                    "(the same as --clip; default the preset's)")
-    g.add_argument("--dataset", dest="seg_layout", metavar="LAYOUT",
+    g.add_argument("--seg-layout", metavar="LAYOUT",
                    help="layout of --data: generic (images/, masks/, classes.txt; default) or a named "
                         "mmsegmentation layout (voc21, context59, ade20k, ...), as `un2clip eval seg` reads")
-    g.add_argument("--split", dest="seg_split", metavar="SPLIT",
+    g.add_argument("--seg-split", metavar="SPLIT",
                    help="split of a named layout (default train; ADE20K's is training)")
     g.add_argument("--features", type=positive_int, help="the decoder's fusion width (default 256, LSeg's)")
     g.add_argument("--blocks", type=_block_list, metavar="I,J,K,L",
@@ -364,8 +361,7 @@ def _add_train_dense(sub: argparse._SubParsersAction) -> None:
             if args.clip and args.clip != args.model:
                 raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
             args.clip = args.model
-        return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip},
-                             defaults=DENSE_DEFAULTS)
+        return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip})
 
     p.set_defaults(func=run)
 
