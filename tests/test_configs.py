@@ -51,7 +51,8 @@ def test_bad_values_are_refused():
 
 # -- one source of truth: RunConfig's fields give the training flags, their help defaults and the resume rule --
 
-TRAINING_COMMANDS = ("pretrain", "train-decoder", "train-autoencoder", "finetune", "diva", "train-filter")
+TRAINING_COMMANDS = ("pretrain", "train-decoder", "train-autoencoder", "finetune", "diva", "train-filter",
+                     "train-dense")
 
 # the shared training flags as they were before the flags were generated: (type, choices, action), parser default None
 FLAGS_BEFORE = {

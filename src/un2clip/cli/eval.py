@@ -309,7 +309,7 @@ def _run_seg(args: argparse.Namespace) -> int:
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
                       num_workers=args.num_workers, precision=args.precision, progress=not args.no_progress,
-                      settings=settings, resize_masks=args.resize_masks)
+                      settings=settings, resize_masks=args.resize_masks, heads=args.head)
     print(format_table(records))
     return 0
 

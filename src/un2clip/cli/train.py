@@ -1,5 +1,5 @@
 """`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva, genhancer,
-train-grounding, train-audio."""
+train-grounding, train-audio, train-dense."""
 
 from __future__ import annotations
 
@@ -97,9 +97,20 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "line (`un2clip world generate` writes swap_groups.txt); each caption also gives a copy with "
                         "one word swapped within its group, scored as an extra negative (default: none)")
 
+    g = p.add_argument_group("GroupViT options (--preset groupvit-tiny: a tiny GroupViT from scratch, or --clip a "
+                             "GroupViT folder or run)")
+    g.add_argument("--nouns", metavar="FILE",
+                   help="one noun a line (the world's nouns.txt): each caption also gives prompts 'a photo of a "
+                        "{noun}.' of its nouns for GroupViT's multi-label contrastive loss (default: none, InfoNCE "
+                        "only)")
+    g.add_argument("--max-words", type=nonneg_int, help="noun prompts per caption, padded with the caption (default 3)")
+    g.add_argument("--multi-label-weight", type=float, help="weight of the multi-label loss (default 1)")
+
     def run(args: argparse.Namespace) -> int:
         return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale,
-                                                   "hard_negatives": args.hard_negatives})
+                                                   "hard_negatives": args.hard_negatives, "nouns": args.nouns,
+                                                   "max_words": args.max_words,
+                                                   "multi_label_weight": args.multi_label_weight})
 
     p.set_defaults(func=run)
 
@@ -409,6 +420,55 @@ def _add_train_audio(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _block_list(text: str) -> list[int]:
+    try:
+        blocks = [int(b) for b in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 4 block indices such as 5,11,17,23, got {text!r}") from None
+    if len(blocks) != 4 or min(blocks) < 0:
+        raise argparse.ArgumentTypeError(f"expected 4 non-negative block indices such as 5,11,17,23, got {text!r}")
+    return blocks
+
+
+def _add_train_dense(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-dense", help="train a dense head (LSeg) on a frozen CLIP image tower, per pixel against the frozen "
+                            "text embeddings of the label names",
+        description="LSeg (Li et al. 2022): four blocks of the image tower, a DPT reassemble-and-fuse decoder, a 1x1 "
+                    "projection to the joint space; per-pixel logits = 1/0.07 x cosine with the text embeddings of "
+                    "the dataset's label names; per-pixel cross entropy. The tower stays frozen, so the head "
+                    "measures the encoder; `un2clip eval seg --method lseg --head RUN` scores it, also on label "
+                    "names it never saw. LSeg's own recipe is SGD, lr 0.004 with the head at 10x, poly decay; a "
+                    "head trained from scratch wants a higher rate than the shared default (e.g. --lr 1e-3) and its "
+                    "own --output.")
+    _add_train_flags(p)
+    g = p.add_argument_group("dense-head options")
+    g.add_argument("--head", choices=["lseg"], default="lseg", help="which head (default lseg)")
+    g.add_argument("--model", metavar="SPEC", help="the frozen encoder: preset, folder, Hub id or run directory "
+                                                   "(the same as --clip; default the preset's)")
+    g.add_argument("--seg-layout", metavar="LAYOUT",
+                   help="layout of --data: generic (images/, masks/, classes.txt; default) or a named "
+                        "mmsegmentation layout (voc21, context59, ade20k, ...), as `un2clip eval seg` reads")
+    g.add_argument("--seg-split", metavar="SPLIT",
+                   help="split of a named layout (default train; ADE20K's is training)")
+    g.add_argument("--features", type=positive_int, help="the decoder's fusion width (default 256, LSeg's)")
+    g.add_argument("--blocks", type=_block_list, metavar="I,J,K,L",
+                   help="the 4 blocks (0-based) the head reads (default: the last of each quarter of the tower, "
+                        "5,11,17,23 on 24 blocks as LSeg)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flips (default: flip half the crops)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.model:
+            if args.clip and args.clip != args.model:
+                raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
+            args.clip = args.model
+        return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip})
+
+    p.set_defaults(func=run)
+
+
 # sub-commands of this group, in the order `un2clip --help` lists them
 COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva,
-            _add_genhancer, _add_train_grounding, _add_train_audio]
+            _add_genhancer, _add_train_grounding, _add_train_audio,
+            _add_train_dense]

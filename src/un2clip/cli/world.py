@@ -22,6 +22,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n-grounding", type=int, default=40, metavar="N",
                    help="scenes of the grounding set, grounding/ in RefCOCO's layout (two referring expressions per "
                         "object; every fifth scene val; 0: none) (default 40)")
+    g.add_argument("--n-lseg", type=int, default=0,
+                   help="LSeg sets: lseg/train and lseg/val (this many scenes each of the seen shapes) and lseg/unseen "
+                        "(as many of the unseen arrow and cross), for `un2clip train-dense` and `eval seg --method "
+                        "lseg` (default 0: none; the other outputs are the same either way)")
     g.add_argument("--noise-swap", type=float, default=0.0, metavar="F",
                    help="noisy pool: fraction of training captions replaced by another image's caption (default 0)")
     g.add_argument("--noise-boilerplate", type=float, default=0.0, metavar="F",
@@ -70,9 +74,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
                               talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors, mllm=args.mllm,
                               n_mllm_instruct=args.mllm_instruct, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
-                              n_cvbench_per_task=args.cvbench_per_task, n_grounding=args.n_grounding)
+                              n_cvbench_per_task=args.cvbench_per_task, n_grounding=args.n_grounding,
+                              n_lseg=args.n_lseg)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
-                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm")
+                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm", "n_lseg")
         print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0

@@ -266,7 +266,12 @@ def _video_zeroshot_flags(g: argparse._ArgumentGroup) -> None:
 def _seg_flags(p: argparse.ArgumentParser) -> None:
     """Flags of `un2clip eval seg` (and its alias `un2clip seg`): every flag, grouped."""
     p.add_argument("--method", nargs="+", required=True, metavar="M",
-                   help="vanilla, maskclip, sclip, clearclip, naclip (several: one table)")
+                   help="vanilla, maskclip, sclip, clearclip, naclip (several: one table); lseg (a trained LSeg head "
+                        "on --model's frozen tower: --head); groupvit (--model a GroupViT: Hub id such as "
+                        "nvidia/groupvit-gcc-yfcc, folder or pretrain run; segments by its grouping, on its own)")
+    p.add_argument("--head", nargs="+", metavar="RUN",
+                   help="with --method lseg: the `un2clip train-dense --head lseg` run(s), one per --model or one "
+                        "for all (default: none; lseg needs it)")
     p.add_argument("--model", nargs="+", required=True, metavar="MODEL",
                    help="preset (e.g. tiny), Hub id, model folder, fine-tune run directory or exported folder")
     p.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
@@ -464,7 +469,8 @@ register_task(EvalTask(
     "training-free open-vocabulary segmentation: vanilla | maskclip | sclip | clearclip | naclip. Change the last "
     "block of a frozen CLIP ViT (MaskCLIP, SCLIP, ClearCLIP, NACLIP or none), compare patch features with text "
     "embeddings of class names (80 ImageNet templates, synonyms), sliding window, mIoU as mmsegmentation computes "
-    "it. One JSON per model x method x dataset in --output, then one table. Settings default to each method's "
-    "preset for the dataset.",
+    "it. Also lseg (a trained LSeg head, `train-dense`, on the frozen tower: --head) and groupvit (a GroupViT's "
+    "grouping, NVlabs' inference). One JSON per model x method x dataset in --output, then one table. Settings "
+    "default to each method's preset for the dataset.",
     flags=_seg_flags, runner="seg",
 ))

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
 register_objective = OBJECTIVES.register
+DENSE_OBJECTIVES = ("lseg",)  # trained on segmentation datasets (`un2clip train-dense`)
 
 
 def _construct(cls, *args, options: dict, **kwargs):
@@ -97,9 +98,53 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
         log.warning("%s: %d row(s) have an empty caption (row %s%s); contrastive training skips them and counts "
                     "them with the unreadable images", cfg.data, len(blank), ", ".join(map(str, blank[:5])),
                     ", ..." if len(blank) > 5 else "")
+    if _is_groupvit(cfg):
+        return _build_groupvit(cfg)
+    opts = {k: v for k, v in cfg.objective_options.items() if k not in GROUPVIT_OPTIONS or v is None}
+    given = sorted(k for k in cfg.objective_options if k in GROUPVIT_OPTIONS and cfg.objective_options[k] is not None)
+    if given:
+        raise ValueError(f"{given} are GroupViT options: pretrain a GroupViT with --preset {GROUPVIT_PRESET}")
     clip_spec, clip = _clip(cfg)
-    objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
+    objective = _construct(ContrastiveObjective, clip, options=opts)
     return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
+
+
+GROUPVIT_PRESET = "groupvit-tiny"  # `pretrain --preset groupvit-tiny`: a tiny GroupViT from scratch
+GROUPVIT_OPTIONS = ("nouns", "max_words", "multi_label_weight")
+
+
+def _is_groupvit(cfg: RunConfig) -> bool:
+    from un2clip.models.groupvit import RUN_FOLDER, is_groupvit_folder
+
+    if cfg.clip:
+        path = Path(cfg.clip)
+        return is_groupvit_folder(path) or is_groupvit_folder(path / RUN_FOLDER)
+    return cfg.preset == GROUPVIT_PRESET
+
+
+def _build_groupvit(cfg: RunConfig) -> tuple[Objective, dict]:
+    """GroupViT's objective on a tiny GroupViT built from its config (seeded), or on ``--clip``, a GroupViT."""
+    from un2clip.models.groupvit import build_tiny_groupvit, load_groupvit
+    from un2clip.objectives.groupvit import GroupViTObjective
+
+    opts = dict(cfg.objective_options)
+    if opts.pop("hard_negatives", None) or opts.pop("max_logit_scale", None):
+        raise ValueError("--hard-negatives and --max-logit-scale are CLIP options; a GroupViT clamps its scales at "
+                         "100 and trains on captions and their nouns")
+    nouns_file = opts.pop("nouns", None)
+    nouns: list[str] = []
+    if nouns_file:
+        path = Path(nouns_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--nouns {path} not found: expected one noun a line (the world's nouns.txt)")
+        nouns = [w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+        if not nouns:
+            raise ValueError(f"--nouns {path} lists no nouns")
+    model = load_groupvit(cfg.clip) if cfg.clip else build_tiny_groupvit(seed=cfg.seed)
+    objective = _construct(GroupViTObjective, model, nouns=nouns,
+                           options={k: v for k, v in opts.items() if v is not None})
+    info = {"kind": "groupvit", "groupvit": cfg.clip or GROUPVIT_PRESET, "nouns": nouns_file}
+    return objective, info
 
 
 @register_objective("decoder")
@@ -263,6 +308,22 @@ def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, di
     return objective, info
 
 
+@register_objective("lseg")
+def build_lseg(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """LSeg: a dense head on the frozen tower of ``--clip`` (or the preset's), labels = the dataset's classes."""
+    from un2clip.objectives.lseg import LSegObjective
+
+    labels = getattr(source, "labels", None)
+    if not labels:
+        raise ValueError(f"{cfg.data}: the lseg head trains on a segmentation dataset (images/, masks/, "
+                         "classes.txt or a named layout), not on a {source.kind} source")
+    clip_spec, clip = _clip(cfg)
+    objective = _construct(LSegObjective, clip, labels, model_spec=clip_spec, options=cfg.objective_options)
+    info = {"kind": "lseg", "clip": clip_spec, "random_weights": cfg.random_weights, "labels": labels,
+            "seg_layout": cfg.seg_layout, "seg_split": cfg.seg_split}
+    return objective, info
+
+
 def load_llava(spec: str) -> tuple[Any, Any]:
     """(LlavaForConditionalGeneration, processor) of a LLaVA folder or of a llava run (its ``llava/``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -298,6 +359,10 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
         from un2clip.data.audio import AudioSource
 
         source: Source = AudioSource(cfg.data)
+    elif cfg.objective in DENSE_OBJECTIVES:  # image + label map pairs, in the layouts `eval seg` reads
+        from un2clip.train.dense import open_segmentation
+
+        source = open_segmentation(cfg.data, cfg.seg_layout, cfg.seg_split)
     else:
         source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
                              image_folder=cfg.image_folder)
