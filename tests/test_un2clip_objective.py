@@ -230,6 +230,73 @@ def test_only_the_image_tower_trains_unless_the_decoder_is_asked_for(tiny_clip):
     assert next(both.decoder.unet.parameters()).dtype == torch.float32  # a training decoder keeps its dtype
 
 
+def test_a_step_moves_the_tower_and_leaves_the_frozen_decoder_and_text_tower_bit_identical(tiny_clip):
+    decoder = _micro_decoder()  # built trainable (requires_grad True): the objective must freeze it
+    objective = _objective(tiny_clip, decoder)
+    assert list(decoder.parameters()) and not any(p.requires_grad for p in decoder.parameters())
+    assert not decoder.training
+    frozen = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    text = {n: p.detach().clone() for n, p in objective.clip.model.text_model.named_parameters()}
+    vision = {n: p.detach().clone() for n, p in objective.clip.vision_model.named_parameters()}
+    optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.5)
+    objective.set_train_mode()
+    objective(_batch())["loss"].backward()
+    optimizer.step()
+    assert all(p.grad is None for p in decoder.parameters())
+    assert all(torch.equal(p, frozen[n]) for n, p in decoder.named_parameters())
+    assert all(torch.equal(p, text[n]) for n, p in objective.clip.model.text_model.named_parameters())
+    moved = [n for n, p in objective.clip.vision_model.named_parameters() if not torch.equal(p, vision[n])]
+    assert len(moved) > len(vision) // 2  # the encoder is what trains
+
+
+def test_train_decoder_makes_a_frozen_decoders_unet_trainable(tiny_clip):
+    decoder = _micro_decoder().freeze()  # frozen first, as a loaded decoder may be
+    assert not any(p.requires_grad for p in decoder.unet.parameters())
+    objective = _objective(tiny_clip, decoder, train_decoder=True)
+    unet = list(decoder.unet.parameters())
+    assert unet and all(p.requires_grad for p in unet)
+    trainable = {id(p) for p in objective.trainable_parameters()}
+    assert all(id(p) in trainable for p in unet)
+    before = [p.detach().clone() for p in unet]
+    objective.set_train_mode()
+    objective(_batch())["loss"].backward()
+    torch.optim.SGD(objective.trainable_parameters(), lr=0.5).step()
+    assert any(not torch.equal(p, b) for p, b in zip(unet, before))
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------
+
+
+def test_lora_puts_adapters_on_the_named_layers_only_and_trains_only_them(tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from un2clip.models.lora import has_lora
+
+    objective = _objective(tiny_clip, tiny_decoder, lora_rank=1, lora_targets=("q_proj", "fc1"))
+    names = {n for n, p in objective.named_parameters() if p.requires_grad}
+    layer = "clip.model.vision_model.encoder.layers.0."
+    assert names == {layer + "self_attn.q_proj.lora_A.default.weight", layer + "self_attn.q_proj.lora_B.default.weight",
+                     layer + "mlp.fc1.lora_A.default.weight", layer + "mlp.fc1.lora_B.default.weight"}
+    # rank 1 on width 32: q_proj 32 -> 32 (A 1 x 32, B 32 x 1), fc1 32 -> 64 (A 1 x 32, B 64 x 1)
+    assert sum(p.numel() for p in objective.trainable_parameters()) == (32 + 32) + (32 + 64) == 160
+    assert has_lora(objective.clip.vision_model)
+    assert not any("lora_" in n for n, _ in objective.clip.model.text_model.named_parameters())
+    assert not any("lora_" in n for n, _ in objective.clip.visual_projection.named_parameters())
+    assert not any(p.requires_grad for p in objective.decoder.parameters())
+
+
+def test_lora_scale_is_alpha_over_rank_and_defaults_to_one(tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from peft.tuners.lora import LoraLayer
+
+    def scales(objective):
+        return {n.rsplit(".", 1)[-1]: m.scaling["default"] for n, m in objective.clip.vision_model.named_modules()
+                if isinstance(m, LoraLayer)}
+
+    assert scales(_objective(tiny_clip, tiny_decoder, lora_rank=2, lora_alpha=6.0)) == {
+        k: 3.0 for k in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+    assert set(scales(_objective(tiny_clip, tiny_decoder, lora_rank=2)).values()) == {1.0}
+
+
 def test_anchor_term_adds_its_weighted_distance(tiny_clip, tiny_decoder):
     from un2clip.objectives.un2clip import anchor_distance
 
