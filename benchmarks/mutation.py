@@ -23,6 +23,12 @@ Usage (from the repository root, on the shared machine with ``nice``)::
 
 ``--list`` prints the mutants without running them; ``--show KEY`` prints one mutant's diff. Options go
 before the module (what follows the module is passed to pytest).
+
+Sampled runs, for modules too large to run whole on a shared machine: ``--sample N --seed S`` runs a
+uniform random sample of N of the module's mutants (of those ``--within`` / ``--only`` leave), drawn with
+``random.Random(S)``, and reports killed / (sampled - equivalent) with its 95 % Wilson score interval::
+
+    nice -n 10 python benchmarks/mutation.py --sample 50 --seed 1 src/un2clip/eval/downstream/depth.py
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import difflib
 import importlib.abc
 import importlib.util
 import json
+import math
 import os
+import random
 import signal
 import sys
 import time
@@ -378,18 +386,45 @@ def _preload(listing: Path) -> None:
             pass
 
 
-def _summary(rel: str, pytest_args: list[str], base_s: float, mutants: list[Mutant]) -> dict:
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % for the default z); (nan, nan) for no trials."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_mutants(mutants: list[Mutant], size: int, seed: int) -> list[Mutant]:
+    """A uniform random sample (without replacement) of ``size`` mutants, drawn by ``random.Random(seed)``,
+    in source order; all of them when there are no more than ``size``."""
+    if size < 1:
+        raise ValueError(f"the sample size must be >= 1, got {size}")
+    if size >= len(mutants):
+        return list(mutants)
+    chosen = set(random.Random(seed).sample(range(len(mutants)), size))
+    return [m for i, m in enumerate(mutants) if i in chosen]
+
+
+def _summary(rel: str, pytest_args: list[str], base_s: float, mutants: list[Mutant],
+             sampling: dict | None = None) -> dict:
     counts = {s: sum(m.status == s for m in mutants) for s in ("killed", "timeout", "survived", "equivalent")}
     counts["mutants"] = sum(m.status != "pending" for m in mutants)
     denominator = counts["mutants"] - counts["equivalent"]
-    score = 100.0 * (counts["killed"] + counts["timeout"]) / denominator if denominator else float("nan")
+    killed = counts["killed"] + counts["timeout"]
+    score = 100.0 * killed / denominator if denominator else float("nan")
+    low, high = wilson_interval(killed, denominator)
     return {"module": rel, "tests": pytest_args, "test_seconds": round(base_s, 2), **counts,
-            "score": round(score, 1), "mutants_detail": [asdict(m) for m in mutants]}
+            "score": round(score, 1), "wilson95": [round(100 * low, 1), round(100 * high, 1)],
+            "total_mutants": len(mutants), **(sampling or {}), "mutants_detail": [asdict(m) for m in mutants]}
 
 
 def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = None,
                within: list[str] | None = None, workdir: Path, progress: bool = True,
-               partial: Path | None = None) -> dict:
+               partial: Path | None = None, sample: int | None = None, seed: int = 0) -> dict:
     path = (ROOT / module).resolve()
     rel = str(path.relative_to(ROOT))
     source = path.read_text()
@@ -414,16 +449,18 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
     _preload(log.with_suffix(".modules"))
     _, base_s, _ = run_one(name, path, source, pytest_args, 3600, log)  # timed, without the tracer
     timeout = 3 * base_s + 10
+    chosen = [m for m in mutants if (only is None or m.key in only) and (
+        within is None or any(m.key.startswith(f"{name}: ") or m.key.startswith(f"{name}.") for name in within))]
+    sampling = None
+    if sample is not None:
+        sampling = {"sample": sample, "seed": seed, "population": len(chosen)}
+        chosen = sample_mutants(chosen, sample, seed)
     if progress:
-        print(f"{rel}: {len(mutants)} mutants, tests take {base_s:.1f} s, timeout {timeout:.0f} s", flush=True)
-    for m in mutants:
-        if only is not None and m.key not in only:
-            continue
-        if within is not None and not any(m.key.startswith(f"{name}: ") or m.key.startswith(f"{name}.")
-                                          for name in within):
-            continue
+        what = f", a sample of {len(chosen)} (seed {seed})" if sample is not None else ""
+        print(f"{rel}: {len(mutants)} mutants{what}, tests take {base_s:.1f} s, timeout {timeout:.0f} s", flush=True)
+    for m in chosen:
         if partial is not None:  # what has run so far, for a run stopped early
-            partial.write_text(json.dumps([_summary(rel, pytest_args, base_s, mutants)], indent=1) + "\n")
+            partial.write_text(json.dumps([_summary(rel, pytest_args, base_s, mutants, sampling)], indent=1) + "\n")
         if m.key in equivalent:
             m.status = "equivalent"
             continue
@@ -441,16 +478,20 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
         m.status, m.seconds, _ = run_one(name, path, mutated_source(source, m), selection, timeout, log)
         if progress and m.status == "survived":
             print(f"  survived  line {m.line}: {m.key}", flush=True)
-    return _summary(rel, pytest_args, base_s, mutants)
+    return _summary(rel, pytest_args, base_s, mutants, sampling)
 
 
 def _table(results: list[dict]) -> str:
-    rows = ["| module | mutants | killed (timeouts) | survived | equivalent excluded | score |",
+    rows = ["| module | run / mutants | killed (timeouts) | survived | equivalent excluded | score [95 % Wilson] |",
             "|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['module'].removeprefix('src/un2clip/')} | {r['mutants']} | "
+        run = f"{r['mutants']} / {r['total_mutants']}"
+        if "sample" in r:
+            run += f" (sample of {r['population']}, seed {r['seed']})"
+        low, high = r["wilson95"]
+        rows.append(f"| {r['module'].removeprefix('src/un2clip/')} | {run} | "
                     f"{r['killed'] + r['timeout']} ({r['timeout']}) | {r['survived']} | {r['equivalent']} | "
-                    f"{r['score']:.1f} % |")
+                    f"{r['score']:.1f} % [{low:.1f}, {high:.1f}] |")
     return "\n".join(rows)
 
 
@@ -468,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutant(s) with this key (repeatable)")
     parser.add_argument("--within", metavar="NAME", action="append",
                         help="mutate only inside this top-level function or class (repeatable)")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="run a uniform random sample of N of the mutants (default: all of them)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default: 0)")
     parser.add_argument("--json", type=Path, help="also write the results (every mutant's status) to this file "
                                                  "(updated after every mutant while the run goes on)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"un2clip-mutation-{os.getpid()}",
@@ -480,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = list(CORE) if args.all else [args.module]
     if modules == [None]:
         parser.error("name a module or --all")
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be >= 1, got {args.sample}")
     if args.list or args.show:
         for module in modules:
             source = (ROOT / module).read_text()
@@ -498,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pytest_args:
             parser.error(f"no test selection for {module}: name the test files")
         results.append(run_module(module, pytest_args, only=args.only, within=args.within, workdir=args.workdir,
-                                  partial=args.json))
+                                  partial=args.json, sample=args.sample, seed=args.seed))
         print(_table(results[-1:]), flush=True)
     if len(results) > 1:
         print(_table(results))
