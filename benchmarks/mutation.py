@@ -108,6 +108,11 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "max_timestep is an int (the CLI's type=int, the recipe's int field); int() returns it unchanged",
         "Un2ClipObjective.__init__: float(anchor_weight) -> anchor_weight":
             "an int or float weight multiplies the anchor term to the same float loss",
+        "Un2ClipObjective.save_outputs: has_lora(clip.vision_model) -> clip.vision_model":
+            "an image tower (an nn.Module, no __len__) is always true: without adapters the mutant saves a deep "
+            "copy, which merge_lora returns unchanged, so the same files are written",
+        "Un2ClipObjective.save_outputs: str(Path(folder) / 'projector.safetensors') -> "
+        "Path(folder) / 'projector.safetensors'": "safetensors' save_file takes a str or an os.PathLike alike",
     },
     "src/un2clip/eval/downstream/depth.py": {},
 }

@@ -435,3 +435,59 @@ def test_the_smallest_valid_options_are_accepted(tiny_clip, tiny_decoder):
                            max_timestep=1)
     assert objective.timesteps_per_image == 1 and objective.anchor is None and objective.t_range == (0, 1)
     assert _objective(tiny_clip, tiny_decoder, max_timestep=1000).t_range == (0, 1000)
+
+
+# -- what a finished run writes ---------------------------------------------------------------------------
+
+
+def test_save_outputs_writes_the_encoder_and_only_the_parts_that_trained(tmp_path, tiny_clip):
+    from safetensors.torch import load_file
+
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.unclip import UnclipDecoder
+
+    x = _batch()["clip_pixels"]
+    plain = _objective(tiny_clip, _micro_decoder())
+    with torch.no_grad():
+        for p in plain.clip.vision_model.parameters():  # a trained encoder differs from the one it started as
+            p.add_(0.05)
+    plain.save_outputs(str(tmp_path / "plain"))  # a str folder works as a Path does
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["clip"]
+    with torch.no_grad():
+        torch.testing.assert_close(ClipModel.from_pretrained(tmp_path / "plain" / "clip").encode_image(x),
+                                   plain.clip.encode_image(x), rtol=0, atol=1e-6)
+
+    both = _objective(tiny_clip, _micro_decoder(), projector="identity", train_decoder=True)
+    with torch.no_grad():
+        both.projector.bias.fill_(0.25)
+    both.save_outputs(str(tmp_path / "both"))
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["clip", "decoder", "projector.safetensors"]
+    saved = load_file(str(tmp_path / "both" / "projector.safetensors"))
+    dim = tiny_clip.embed_dim
+    assert set(saved) == {"weight", "bias"}
+    assert torch.equal(saved["weight"], torch.eye(dim)) and torch.equal(saved["bias"], torch.full((dim,), 0.25))
+    decoder = UnclipDecoder.from_pretrained(tmp_path / "both" / "decoder")
+    state = both.decoder.unet.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in decoder.unet.state_dict().items())
+
+
+def test_save_outputs_merges_lora_into_a_copy_and_keeps_the_training_adapters(tmp_path, tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.lora import has_lora
+
+    objective = _objective(tiny_clip, tiny_decoder, lora_rank=1, lora_alpha=2.0)
+    with torch.no_grad():  # adapters start as a no-op (B = 0): give them weights
+        for n, p in objective.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = _batch()["clip_pixels"]
+    with torch.no_grad():
+        adapted = objective.clip.encode_image(x)
+        assert not torch.allclose(adapted, tiny_clip.encode_image(x), atol=1e-4)  # the adapters change the output
+    objective.save_outputs(tmp_path)
+    merged = ClipModel.from_pretrained(tmp_path / "clip")
+    assert not any("lora" in k for k in merged.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged.encode_image(x), adapted, rtol=1e-5, atol=1e-6)
+    assert has_lora(objective.clip.vision_model)  # the training model keeps its adapters
