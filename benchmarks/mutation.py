@@ -486,6 +486,17 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
     return _summary(rel, pytest_args, base_s, mutants, sampling)
 
 
+def rescore(result: dict) -> dict:
+    """A finished run's result (as --json writes it) with its survivors now listed in EQUIVALENT excluded."""
+    equivalent = EQUIVALENT.get(result["module"], {})
+    mutants = [Mutant(**m) for m in result["mutants_detail"]]
+    for m in mutants:
+        if m.status == "survived" and m.key in equivalent:
+            m.status = "equivalent"
+    sampling = {k: result[k] for k in ("sample", "seed", "population") if k in result}
+    return _summary(result["module"], result["tests"], result["test_seconds"], mutants, sampling or None)
+
+
 def _table(results: list[dict]) -> str:
     rows = ["| module | run / mutants | killed (timeouts) | survived | equivalent excluded | score [95 % Wilson] |",
             "|---|---|---|---|---|---|"]
@@ -514,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutant(s) with this key (repeatable)")
     parser.add_argument("--within", metavar="NAME", action="append",
                         help="mutate only inside this top-level function or class (repeatable)")
+    parser.add_argument("--rescore", type=Path, metavar="JSON",
+                        help="print the table of a finished run's --json file with the current list of equivalent "
+                             "mutants (survivors found equivalent after the run), running nothing")
     parser.add_argument("--sample", type=int, metavar="N",
                         help="run a uniform random sample of N of the mutants (default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default: 0)")
@@ -522,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"un2clip-mutation-{os.getpid()}",
                         help="folder for the test logs (default: /tmp/un2clip-mutation-<pid>)")
     args = parser.parse_args(argv)
+    if args.rescore:
+        print(_table([rescore(r) for r in json.loads(args.rescore.read_text())]))
+        return 0
     os.chdir(ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(ROOT / "src"))

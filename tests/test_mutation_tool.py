@@ -48,3 +48,17 @@ def test_sample_is_seeded_uniform_without_replacement_in_source_order(mutation):
     assert min(counts) > 15 and max(counts) < 70  # expected 40 each
     with pytest.raises(ValueError, match="sample size must be >= 1"):
         mutation.sample_mutants(mutants, 0, seed=1)
+
+
+def test_rescore_excludes_survivors_listed_as_equivalent_after_the_run(mutation):
+    module = "src/un2clip/objectives/un2clip.py"
+    listed = "anchor_distance: -1 -> 1"
+    assert listed in mutation.EQUIVALENT[module]
+    detail = [mutation.Mutant(0, 0, 1, 1, listed, "survived"), mutation.Mutant(1, 0, 2, 2, "f: 1 -> 2", "survived"),
+              mutation.Mutant(2, 0, 3, 3, "f: 2 -> 3", "killed"), mutation.Mutant(3, 0, 4, 4, "f: 3 -> 4", "pending")]
+    result = mutation._summary(module, ["tests/x.py"], 1.0, detail, {"sample": 3, "seed": 7, "population": 4})
+    assert (result["survived"], result["equivalent"], result["score"]) == (2, 0, 33.3)
+    again = mutation.rescore(result)
+    assert (again["mutants"], again["killed"], again["survived"], again["equivalent"]) == (3, 1, 1, 1)
+    assert again["score"] == 50.0 and (again["sample"], again["seed"], again["population"]) == (3, 7, 4)
+    assert result["survived"] == 2  # the run's own result is left as it was
