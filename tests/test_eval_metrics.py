@@ -353,6 +353,18 @@ def test_default_ks_and_plain_float_results():
     assert sorted(both) == sorted(f"{d}_recall@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10))
 
 
+def test_video_retrieval_default_ks_are_1_5_10():
+    from un2clip.eval.core.metrics import video_retrieval_metrics
+
+    scores = torch.eye(12)  # caption i belongs to video i
+    scores[0, 1:7] = 2.0  # caption 0 ranks its video 7th; videos 1-6 rank caption 0 above their own (2nd)
+    m = video_retrieval_metrics(scores, torch.arange(12))
+    recalls = {k: v for k, v in m.items() if "recall@" in k}
+    assert recalls == {"text_to_video_recall@1": pytest.approx(11 / 12), "text_to_video_recall@5": pytest.approx(11 / 12),
+                       "text_to_video_recall@10": 1.0, "video_to_text_recall@1": 0.5, "video_to_text_recall@5": 1.0,
+                       "video_to_text_recall@10": 1.0}
+
+
 def test_every_metric_lives_in_the_metrics_module():
     """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
     from un2clip.eval.core import metrics
