@@ -94,7 +94,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "any Sequence has len() and iterates the same; the list() is a copy",
         "SegHistogram.summary: str(c) -> c": "the names go into f'IoU.{name}', which formats an int as str() does",
     },
-    "src/un2clip/eval/core/metrics.py": {},
+    "src/un2clip/eval/core/metrics.py": {
+        "_with_areas: float(a['bbox'][3]) -> a['bbox'][3]": "float(w) * h is the same float whether h is an int or not",
+    },
+    "src/un2clip/eval/seg/heads.py": {
+        "gaussian_bias: -1 -> 1": "torch.stack of 1-D tensors along dim 1 is along dim -1",
+    },
     "src/un2clip/eval/encoder/mmvp.py": {},
     "src/un2clip/objectives/un2clip.py": {
         "anchor_distance: -1 -> 1": "cosine_similarity over dim 1 of (B, D) embeddings is dim -1",
@@ -108,13 +113,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "max_timestep is an int (the CLI's type=int, the recipe's int field); int() returns it unchanged",
         "Un2ClipObjective.__init__: float(anchor_weight) -> anchor_weight":
             "an int or float weight multiplies the anchor term to the same float loss",
+        "Un2ClipObjective.forward: -1 -> 1 #2": "the embeddings are (B, D): a norm over dim 1 is over dim -1",
         "Un2ClipObjective.save_outputs: has_lora(clip.vision_model) -> clip.vision_model":
             "an image tower (an nn.Module, no __len__) is always true: without adapters the mutant saves a deep "
             "copy, which merge_lora returns unchanged, so the same files are written",
         "Un2ClipObjective.save_outputs: str(Path(folder) / 'projector.safetensors') -> "
         "Path(folder) / 'projector.safetensors'": "safetensors' save_file takes a str or an os.PathLike alike",
     },
-    "src/un2clip/eval/downstream/depth.py": {},
+    "src/un2clip/eval/downstream/depth.py": {
+        "depthclip_input: T.to_rgb(image) -> image": "T.pil_to_tensor converts with the same to_rgb itself",
+    },
 }
 
 BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult,

@@ -491,3 +491,33 @@ def test_save_outputs_merges_lora_into_a_copy_and_keeps_the_training_adapters(tm
     with torch.no_grad():
         torch.testing.assert_close(merged.encode_image(x), adapted, rtol=1e-5, atol=1e-6)
     assert has_lora(objective.clip.vision_model)  # the training model keeps its adapters
+
+
+def test_transform_sends_cached_samples_to_cached_views_and_records_to_two_views(tiny_clip, tiny_decoder):
+    from un2clip.data.latent_cache import CachedSample
+    from un2clip.objectives.un2clip import cached_views, two_views
+
+    objective = _objective(tiny_clip, tiny_decoder)
+    sample = CachedSample(latents=torch.ones(3, 16, 16, dtype=torch.float16),
+                          clip_pixels=torch.full((3, 16, 16), 7, dtype=torch.uint8), width=40, height=64, key="g")
+    got = objective.transform(sample, random.Random(5))
+    want = cached_views(sample, random.Random(5), tiny_clip.processing)
+    assert set(got) == {"clip_pixels", "latents", "draw_seed"}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    record = _gradient_record()
+    got = objective.transform(record, random.Random(5))
+    want = two_views(record, random.Random(5), tiny_clip.processing, tiny_decoder.image_size)
+    assert set(got) == {"clip_pixels", "decoder_pixels", "draw_seed"}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_on_the_fly_pixels_go_through_the_decoders_encoder(tiny_clip):
+    decoder = _micro_decoder()
+    objective = _objective(tiny_clip, decoder)
+    decoder.encode_pixels = lambda pixels: 0.5 * pixels  # a stand-in encoder (the pixel-space one is the identity)
+    batch = _batch()
+    with torch.no_grad():
+        got = objective(batch)["loss"]
+        embeds = objective.clip.encode_image(batch["clip_pixels"]).float()
+        want, _ = _reference_loss(decoder, embeds, 0.5 * batch["decoder_pixels"], [11, 22])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
