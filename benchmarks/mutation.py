@@ -505,6 +505,22 @@ def rescore(result: dict) -> dict:
     return _summary(result["module"], result["tests"], result["test_seconds"], mutants, sampling or None)
 
 
+def merge_results(runs: list[list[dict]]) -> list[dict]:
+    """Results of several runs, one per module: a later run's finished mutants replace the earlier run's (same key);
+    the test selections are listed together, the first run's sampling kept."""
+    merged: dict[str, dict] = {}
+    for run in runs:
+        for result in run:
+            base = merged.get(result["module"])
+            if base is None:
+                merged[result["module"]] = copy.deepcopy(result)
+                continue
+            later = {m["key"]: m for m in result["mutants_detail"] if m["status"] != "pending"}
+            base["mutants_detail"] = [later.get(m["key"], m) for m in base["mutants_detail"]]
+            base["tests"] = base["tests"] + ["+"] + result["tests"]
+    return list(merged.values())
+
+
 def _table(results: list[dict]) -> str:
     rows = ["| module | run / mutants | killed (timeouts) | survived | equivalent excluded | score [95 % Wilson] |",
             "|---|---|---|---|---|---|"]
@@ -533,9 +549,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutant(s) with this key (repeatable)")
     parser.add_argument("--within", metavar="NAME", action="append",
                         help="mutate only inside this top-level function or class (repeatable)")
-    parser.add_argument("--rescore", type=Path, metavar="JSON",
-                        help="print the table of a finished run's --json file with the current list of equivalent "
-                             "mutants (survivors found equivalent after the run), running nothing")
+    parser.add_argument("--rescore", type=Path, metavar="JSON", nargs="+",
+                        help="print the table of finished runs' --json files with the current list of equivalent "
+                             "mutants (survivors found equivalent after the run), running nothing; a later file's "
+                             "mutants of the same module replace the earlier's (a rerun of survivors with --only)")
     parser.add_argument("--sample", type=int, metavar="N",
                         help="run a uniform random sample of N of the mutants (default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default: 0)")
@@ -545,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the test logs (default: /tmp/un2clip-mutation-<pid>)")
     args = parser.parse_args(argv)
     if args.rescore:
-        print(_table([rescore(r) for r in json.loads(args.rescore.read_text())]))
+        print(_table([rescore(r) for r in merge_results([json.loads(p.read_text()) for p in args.rescore])]))
         return 0
     os.chdir(ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

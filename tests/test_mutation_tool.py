@@ -62,3 +62,18 @@ def test_rescore_excludes_survivors_listed_as_equivalent_after_the_run(mutation)
     assert (again["mutants"], again["killed"], again["survived"], again["equivalent"]) == (3, 1, 1, 1)
     assert again["score"] == 50.0 and (again["sample"], again["seed"], again["population"]) == (3, 7, 4)
     assert result["survived"] == 2  # the run's own result is left as it was
+
+
+def test_merge_results_lets_a_rerun_replace_the_first_runs_statuses(mutation):
+    module = "src/un2clip/eval/core/metrics.py"
+    first = [mutation.Mutant(0, 0, 1, 1, "f: 1 -> 2", "survived"), mutation.Mutant(1, 0, 2, 2, "f: 2 -> 3", "killed"),
+             mutation.Mutant(2, 0, 3, 3, "f: 3 -> 4", "pending")]
+    rerun = [mutation.Mutant(0, 0, 1, 1, "f: 1 -> 2", "killed"), mutation.Mutant(1, 0, 2, 2, "f: 2 -> 3", "pending"),
+             mutation.Mutant(2, 0, 3, 3, "f: 3 -> 4", "pending")]
+    a = mutation._summary(module, ["tests/a.py"], 1.0, first, {"sample": 2, "seed": 1, "population": 3})
+    b = mutation._summary(module, ["tests/b.py"], 1.0, rerun)
+    (merged,) = mutation.merge_results([[a], [b]])
+    again = mutation.rescore(merged)
+    assert (again["mutants"], again["killed"], again["survived"], again["score"]) == (2, 2, 0, 100.0)
+    assert again["tests"] == ["tests/a.py", "+", "tests/b.py"] and again["sample"] == 2
+    assert a["survived"] == 1  # the inputs are left as they were
