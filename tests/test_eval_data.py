@@ -285,6 +285,11 @@ def test_mmvp_unknown_patterns_come_after_the_official_ones(tmp_path):
     assert scores == {"Texts": 0.0, "Zebra": 100.0, "Alpha": 100.0, "average": pytest.approx(200 / 3), "n_pairs": 3}
     assert mmvp.average_definition(scores).startswith("the mean of the 3 pattern scores")
     assert mmvp.average_definition({"A": 1.0, "average": 1.0}).startswith("the mean of the 1 pattern scores")
+    # an unknown pattern with two pairs is one pattern of the average, not two
+    root = make_mmvp(tmp_path / "mmvp2", [("Zebra", "blue", "red", "blue", "red"), ("Texts", "red", "green", "red", "red"),
+                                          ("Zebra", "red", "green", "red", "green")])
+    assert mmvp.evaluate(ColourClip(), root, progress=False) == {"Texts": 0.0, "Zebra": 100.0, "average": 50.0,
+                                                                 "n_pairs": 3}
 
 
 def test_published_anchor_only_for_the_original_hub_model():
