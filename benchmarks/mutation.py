@@ -100,7 +100,10 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     "src/un2clip/eval/seg/heads.py": {
         "gaussian_bias: -1 -> 1": "torch.stack of 1-D tensors along dim 1 is along dim -1",
     },
-    "src/un2clip/eval/encoder/mmvp.py": {},
+    "src/un2clip/eval/encoder/mmvp.py": {
+        "mmvp_logits: 32 -> 33": "the batch size groups the images and texts; each embedding is computed alone",
+        "mmvp_logits: 0 -> 1": "one data-loader worker process reads the same images in the same order as none",
+    },
     "src/un2clip/objectives/un2clip.py": {
         "anchor_distance: -1 -> 1": "cosine_similarity over dim 1 of (B, D) embeddings is dim -1",
         "FrozenImageTower.forward: -1 -> 1": "HF's interpolate_pos_encoding returns the position embeddings "
