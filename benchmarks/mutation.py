@@ -125,6 +125,8 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     },
     "src/un2clip/eval/downstream/depth.py": {
         "depthclip_input: T.to_rgb(image) -> image": "T.pil_to_tensor converts with the same to_rgb itself",
+        "score_mask: tuple(gt.shape) -> gt.shape": "a torch.Size is a tuple: == with a tuple gives the same answer",
+        "evaluate: tuple(gt.shape) -> gt.shape #2": "a torch.Size is a tuple: != with a tuple gives the same answer",
     },
 }
 

@@ -416,3 +416,14 @@ def test_grid_depth_normalises_each_patch_token_before_the_words():
     assert got.shape == (1, 1, 2)
     assert got.flatten().tolist() == pytest.approx([2.0 * (1 - w) + 2.25 * w] * 2, abs=2e-5)  # float32 logits
 
+
+
+def test_evaluate_asks_the_text_tower_for_depthclips_sentences(tmp_path):
+    write_pair(tmp_path, "a", size=(32, 16))
+    model, seen = WordModel(), []
+    encode = model.encode_text
+    model.encode_text = lambda texts: (seen.extend(texts), encode(texts))[1]
+    Dp.evaluate(model, tmp_path, progress=False)
+    assert seen == ["This object is giant", "This object is extremely close", "This object is close",
+                    "This object is not in distance", "This object is a little remote", "This object is far",
+                    "This object is unseen"]
