@@ -116,7 +116,7 @@ def test_generated_flags_keep_todays_names_types_choices_and_defaults(command):
 def test_every_field_has_a_flag_or_a_reason_why_not():
     from dataclasses import fields
 
-    parsers = {c: _options(_command_parser(c)) for c in (*TRAINING_COMMANDS, "llava train")}
+    parsers = {c: _options(_command_parser(c)) for c in (*TRAINING_COMMANDS, "llava train", "train-grounding")}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("flag") == "shared":
@@ -128,7 +128,7 @@ def test_every_field_has_a_flag_or_a_reason_why_not():
                 assert any(flag in options for options in parsers.values()), f.name
     assert "--vae" in parsers["train-decoder"] and "--vae" in parsers["train-autoencoder"]
     assert "--keep-checkpoints" in parsers["finetune"]
-    assert "--image-folder" in parsers["llava train"]
+    assert "--image-folder" in parsers["llava train"] and "--image-folder" in parsers["train-grounding"]
 
 
 @pytest.mark.parametrize("command", TRAINING_COMMANDS)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from un2clip.errors import first_few
 from un2clip.files import check_output, replace_output
 
 
@@ -39,3 +40,11 @@ def test_replace_output_replaces_whole_and_keeps_the_old_on_failure(tmp_path):
     with replace_output(out) as tmp:  # a folder replaced by a file
         tmp.write_text("a file now")
     assert out.read_text() == "a file now"
+
+
+@pytest.mark.parametrize("items, shown", [([], ""), (["a"], "a"), (["a", "b", "c"], "a, b, c"),
+                                          (["a", "b", "c", "d"], "a, b, c and 1 more"),
+                                          ([1, 2, 3, 4, 5, 6], "1, 2, 3 and 3 more")])
+def test_first_few_names_three_and_counts_the_rest(items, shown):
+    assert first_few(items) == shown
+    assert first_few(["x", "y"], n=1) == "x and 1 more"

@@ -10,6 +10,15 @@ checkpoint, a run folder in use by another process.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def first_few(items: Sequence[object], n: int = 3) -> str:
+    """The first ``n`` items joined by commas, and how many more there are: what an error names of a long list
+    ("a, b, c and 4 more")."""
+    shown = ", ".join(str(x) for x in items[:n])
+    return f"{shown} and {len(items) - n} more" if len(items) > n else shown
+
 
 class Un2clipError(Exception):
     """Base of the toolkit's own errors: a message meant for the user, complete on one line."""

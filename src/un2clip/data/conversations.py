@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from un2clip.data.sources import Record, Source, Strings, check_index, decode_image
+from un2clip.errors import first_few
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
@@ -96,7 +97,7 @@ class ConversationSource(Source):
         missing = [p for _, p, _ in parsed if not (root / p).is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) of {path} missing under {root}: "
-                                    f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} "
+                                    f"{first_few(missing)} "
                                     "(pass the folder the image paths are relative to as --image-folder)")
         self.root = root
         self._images = Strings(p for _, p, _ in parsed)

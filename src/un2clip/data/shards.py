@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from un2clip.data.sources import LAYOUTS, Record, Source, Strings, check_index, decode_image
+from un2clip.errors import first_few
 from un2clip.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -335,9 +336,8 @@ def shard_paths(spec: str) -> list[str] | None:
             else:
                 missing.append(expanded)
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"shard pattern {spec!r}: {len(missing)} shard(s) not found: "
-                                f"{', '.join(missing[:3])}{more} (pass the folder instead to use the shards "
+                                f"{first_few(missing)} (pass the folder instead to use the shards "
                                 f"that exist); {LAYOUTS}")
     not_tar = [p for p in paths if not p.lower().endswith(".tar")]
     if not_tar:

@@ -136,6 +136,24 @@ def _detect_flags(g: argparse._ArgumentGroup) -> None:
                         "preprocesses (ViLD; default); squash = stretched to a square (ours before)")
 
 
+def _grounding_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--head", required=True, metavar="RUN",
+                   help="the grounding head: a `un2clip train-grounding` run (or its head/ folder) trained on this "
+                        "--model")
+    g.add_argument("--split", help="split to score: a RefCOCO refs split (val, testA, testB, test) or a Flickr30k "
+                                   "Entities DIR/<split>.txt (default val)")
+    g.add_argument("--images", metavar="DIR", help="folder of the image files (default: DIR/images for RefCOCO, "
+                                                   "DIR/flickr30k-images for Flickr30k Entities)")
+    g.add_argument("--split-by", metavar="NAME",
+                   help="RefCOCO's refs(NAME).p to read when the folder holds several (umd, google, unc; default: "
+                        "the only one)")
+    g.add_argument("--merge-boxes", action="store_true",
+                   help="score each phrase against the union of its boxes (Flickr30k's merged protocol; default: "
+                        "any of its boxes, GLIP's and MDETR's default)")
+    g.add_argument("--nms-iou", type=fraction, help="NMS IoU among a phrase's boxes, in [0, 1] (default 0.6, GLIP's)")
+    g.add_argument("--limit", type=positive_int, help="score the first N captions only (default: all)")
+
+
 def _sketch_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--judge", metavar="SPEC",
                    help="the fixed model that classifies the sketches: preset, folder, Hub id or run directory "
@@ -354,6 +372,19 @@ register_task(EvalTask(
     "and named; an unreadable image is skipped, counted (n_skipped_images) and named",
     flags=_detect_flags, check_data="un2clip.eval.downstream.detect:read_detection_set", extras=("detect",),
     ignores=("num_workers",),
+))
+register_task(EvalTask(
+    "grounding", "un2clip.eval.downstream.grounding:evaluate", ("accuracy", "recall@5", "recall@10"),
+    "phrase grounding, GLIP's protocol, with a head trained on the frozen --model by `un2clip train-grounding` "
+    "(--head RUN): each location's box scored sqrt(mean token sigmoid x centerness sigmoid), NMS 0.6, a phrase "
+    "found at k when one of its k best boxes has IoU >= 0.5 with a ground-truth box; accuracy (= recall@1) and "
+    "recall@5/10 in percent of phrases, and accuracy_mean_box (one constant box, the mean ground truth: a "
+    "reference that reads neither image nor words). Layouts: RefCOCO (DIR/instances.json + DIR/refs(<split_by>).p "
+    "or .json) or Flickr30k Entities (DIR/Sentences/<id>.txt, DIR/Annotations/<id>.xml, DIR/<split>.txt). A "
+    "malformed file is an error naming the file and row; an unreadable image is skipped, counted "
+    "(n_skipped_images) and named",
+    flags=_grounding_flags, check_data="un2clip.eval.downstream.grounding:read_grounding_set",
+    ignores=("num_workers",), item_csv="samples_csv",
 ))
 register_task(EvalTask(
     "depth", "un2clip.eval.downstream.depth:evaluate", ("delta1", "abs_rel", "rmse"),

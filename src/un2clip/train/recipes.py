@@ -198,6 +198,19 @@ def build_genhancer(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     info = {"kind": "genhancer", "clip": clip_spec, "flow_decoder": cfg.decoder, "random_weights": cfg.random_weights}
     return objective, info
 
+@register_objective("grounding")
+def build_grounding(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """GLIP-style grounding head on the frozen encoder ``--clip`` (or the preset's); only the head trains."""
+    from un2clip.objectives.grounding import GroundingObjective
+
+    clip_spec, clip = _clip(cfg)
+    objective = _construct(GroundingObjective, clip, options=cfg.objective_options, clip_spec=clip_spec,
+                           seed=cfg.seed)
+    info = {"kind": "grounding", "clip": clip_spec, "random_weights": cfg.random_weights,
+            "layout": getattr(source, "layout", None)}
+    return objective, info
+
+
 @register_objective("llava")
 def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """LLaVA-1.5: ``init`` (a LLaVA folder or an earlier llava run, e.g. stage 1 for stage 2), else a new model of
@@ -269,6 +282,10 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     if (source.kind == "conversations") != (cfg.objective == "llava"):
         raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
                          f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")
+    if (source.kind == "grounding") != (cfg.objective == "grounding"):
+        raise ValueError(f"{cfg.data}: grounding training (`un2clip train-grounding`) reads RefCOCO or Flickr30k "
+                         f"Entities annotations and nothing else does; the {cfg.objective} objective got a "
+                         f"{source.kind} source")
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")

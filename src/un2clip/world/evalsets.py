@@ -213,7 +213,8 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "mllm", "world.json",
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "mllm",
+                "grounding", "world.json",
                 "swap_groups.txt", "metadata.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
@@ -463,6 +464,7 @@ def generate_world(
     n_depth: int = 40,
     n_pointcloud_per_class: int = 8,
     n_video_per_class: int = 20,
+    n_grounding: int = 40,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -498,6 +500,10 @@ def generate_world(
                           downward or turning clockwise, counterclockwise: retrieval/captions.csv +
                           retrieval/videos/<id>/<frame>.png (un2clip eval video-retrieval),
                           actions/<motion>/<id>/<frame>.png (un2clip eval video-zeroshot), clips.jsonl
+        grounding/        (``n_grounding`` > 0) RefCOCO layout: instances.json, refs(unc).p, images/<id>.png, 64 px
+                          scenes of two objects, referred to as "the small red circle" and "the square to the left
+                          of the star"; info.json records its parameters (world.json does not: a world's record
+                          stays as it was)  (un2clip train-grounding, eval grounding; :mod:`un2clip.world.grounding`)
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
@@ -533,7 +539,7 @@ def generate_world(
                                           "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class,
                                           "n_video_per_class": n_video_per_class, "n_mllm_instruct": n_mllm_instruct,
                                           "mllm_pairs_per_pattern": mllm_pairs_per_pattern,
-                                          "n_cvbench_per_task": n_cvbench_per_task})
+                                          "n_cvbench_per_task": n_cvbench_per_task, "n_grounding": n_grounding})
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
@@ -571,6 +577,10 @@ def generate_world(
     out.close()
     write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class,
                      n_video_per_class=n_video_per_class)
+    if n_grounding:
+        from un2clip.world.grounding import write_grounding
+
+        write_grounding(root, seed, n_grounding)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,

@@ -13,6 +13,9 @@ exception: :mod:`un2clip.eval.seg.metrics`). Conventions follow the official pro
 - Monocular depth (BTS / AdaBins): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image,
   then averaged.
 - Detection: COCO box AP by pycocotools (the ``detect`` extra, imported when called).
+- Phrase grounding (GLIP / MDETR's RefCOCO and Flickr30k Entities protocols): a phrase is found at k when one
+  of its k best boxes overlaps one of its ground-truth boxes with IoU >= 0.5; accuracy is that at k = 1, all
+  in percent of phrases.
 
 One tie rule for every accuracy, recall and rank here (:func:`positive_ranks`): a tie counts against the
 query. The rank of a query's answer is 1 + the number of wrong candidates scored at least as high as its
@@ -383,6 +386,45 @@ def mean_metrics(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
     if not per_image:
         raise ValueError("no images scored")
     return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
+
+
+# -- phrase grounding ----------------------------------------------------------------------------------
+
+GROUNDING_KS = (1, 5, 10)
+
+
+def xyxy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4), (M, 4) boxes x0, y0, x1, y1 -> (N, M) intersection over union (0 where both are empty)."""
+    a, b = a.float(), b.float()
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def grounding_hits(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int] = GROUNDING_KS,
+                   threshold: float = 0.5) -> dict[int, bool]:
+    """``{k: found}`` for one phrase: whether one of the first k of ``ranked`` (R, 4) boxes, best first, has
+    IoU >= ``threshold`` with one of ``truth`` (G, 4)."""
+    if truth.shape[0] == 0:
+        raise ValueError("a phrase without a ground-truth box cannot be scored")
+    if ranked.shape[0] == 0:
+        return {k: False for k in ks}
+    good = (xyxy_iou(ranked, truth) >= threshold).any(1)  # (R,)
+    return {k: bool(good[:k].any()) for k in ks}
+
+
+def grounding_metrics(hits: Sequence[dict[int, bool]], ks: Sequence[int] = GROUNDING_KS) -> dict[str, float]:
+    """``accuracy`` (percent of phrases found at k = 1) and ``recall@k`` (percent found among the k best)."""
+    if not hits:
+        raise ValueError("no phrases scored")
+    if 1 not in ks:
+        raise ValueError(f"accuracy is recall@1: ks must hold 1, got {tuple(ks)}")
+    recalls = {f"recall@{k}": 100.0 * sum(h[k] for h in hits) / len(hits) for k in ks}
+    return {"accuracy": recalls["recall@1"], **recalls}
 
 
 # -- detection: COCO box AP by pycocotools (the ``detect`` extra), imported on use ----------------------

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from un2clip.errors import first_few
 from un2clip.eval.core.embed import ImageList, PathImages, embed_images, embed_texts
 from un2clip.eval.core.metrics import mmvp_pair_correct, mmvp_scores, mmvp_text_picks
 
@@ -121,8 +122,7 @@ def read_mmvp(root: str | Path) -> list[MmvpPair]:
         missing += [str(p) for p in images if not p.is_file()]
         pairs.append(MmvpPair((q1, q2), t1, (s1, s2), images))
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
+        raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {first_few(missing)}; {LAYOUT}")
     _warn_official_category_mismatch(table, [p.pattern for p in pairs])
     return pairs
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from un2clip.errors import first_few
 from un2clip.eval.core.metrics import cvbench_scores
 from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
@@ -106,8 +107,7 @@ def read_cvbench(data: str | Path) -> list[CvBenchItem]:
         raise ValueError(f"{data} holds no questions; {LAYOUT}")
     missing = [str(it.image) for it in items if isinstance(it.image, Path) and not it.image.is_file()]
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} CV-Bench image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
+        raise FileNotFoundError(f"{len(missing)} CV-Bench image(s) missing: {first_few(missing)}; {LAYOUT}")
     return items
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from un2clip.errors import first_few
 from un2clip.eval.core.metrics import mmvp_mllm_scores
 from un2clip.eval.mllm.choices import generate_answers, letter_index, match_choice, write_samples_csv
 
@@ -95,8 +96,7 @@ def read_mmvp_mllm(root: str | Path) -> list[MmvpQuestion]:
             missing.append(str(image))
         questions.append(MmvpQuestion(row["Index"], row["Question"], options, answer, image, row["Options"]))
     if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {', '.join(missing[:3])}{more}; {LAYOUT}")
+        raise FileNotFoundError(f"{len(missing)} MMVP image(s) missing: {first_few(missing)}; {LAYOUT}")
     return questions
 
 
