@@ -97,6 +97,13 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     "src/un2clip/eval/core/metrics.py": {
         "_with_areas: float(a['bbox'][3]) -> a['bbox'][3]": "float(w) * h is the same float whether h is an int or not",
     },
+    "src/un2clip/eval/seg/infer.py": {
+        "text_classifier: -1 -> 1": "the text embeddings are (b, D): normalising over dim 1 is over dim -1",
+        "resize_uint8: 2 -> 1": "the same-size shortcut is then never taken, and cv2's INTER_LINEAR resize to the "
+                                "same size returns the same pixels",
+        "_neighbours: abs(dx) -> dx": "every offset set passed (the 8-ring times a dilation d) has dx = +d, so the "
+                                      "padding max(|dy|, dx) is d either way",
+    },
     "src/un2clip/eval/seg/heads.py": {
         "gaussian_bias: -1 -> 1": "torch.stack of 1-D tensors along dim 1 is along dim -1",
     },
