@@ -1,11 +1,11 @@
 """`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva, genhancer,
-train-grounding."""
+train-grounding, train-audio."""
 
 from __future__ import annotations
 
 import argparse
 
-from un2clip.cli.types import nonneg_int, positive_int
+from un2clip.cli.types import nonneg_int, positive_int, positive_int_list
 
 
 def _dashed(name: str) -> str:
@@ -354,6 +354,61 @@ def _add_train_grounding(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+AUDIO_DEFAULTS = {"lr": 1e-3, "output": "runs/audio"}  # a head trained from scratch: a larger rate than a fine-tune
+
+
+def _add_train_audio(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-audio", help="AudioCLIP (partial training): an audio head learns a frozen CLIP's joint space",
+        description="AudioCLIP's partial-training mode: a log-mel front end and a small ResNeXt-style CNN map "
+                    "sound clips into the frozen CLIP's joint space, by a symmetric cross-entropy against the "
+                    "clips' text embeddings (class names, or a caption column) and, where the meta file has an "
+                    "image column (the shapes world's sounds), their images' embeddings; one learnable scale per "
+                    "pair, initialised to 100 and clamped to [1, 100]. --data: an ESC-50 folder (audio/*.wav, "
+                    "meta/esc50.csv) or an UrbanSound8K folder (audio/foldN/*.wav, metadata/UrbanSound8K.csv). "
+                    "The run's audio/ is the head; `un2clip eval audio-zeroshot --model RUN` scores it.")
+    _add_train_flags(p)
+    for action in p._actions:  # the shared flags whose defaults this command sets otherwise
+        if action.dest == "lr":
+            action.help = f"learning rate (default {AUDIO_DEFAULTS['lr']:g}: the head trains from scratch)"
+        elif action.dest == "output":
+            action.help = ("run directory (metrics.jsonl, config.yaml, checkpoints/, the head in audio/; default "
+                           f"{AUDIO_DEFAULTS['output']})")
+        elif action.dest == "data":
+            action.help = ("an ESC-50 folder (audio/*.wav, meta/esc50.csv) or an UrbanSound8K folder "
+                           "(audio/foldN/*.wav, metadata/UrbanSound8K.csv); optional meta columns caption and image")
+    g = p.add_argument_group("audio options")
+    g.add_argument("--model", metavar="SPEC",
+                   help="the frozen CLIP (preset, folder, Hub id or run directory; the same as --clip; default: "
+                        "the preset's)")
+    g.add_argument("--clip-seconds", type=float, help="clips are cropped (randomly) or zero-padded to this length "
+                                                      "(default 5, ESC-50's)")
+    g.add_argument("--sample-rate", type=positive_int, help="clips are resampled to this rate (default 16000)")
+    g.add_argument("--n-mels", type=positive_int, help="mel bands of the front end (default 64)")
+    g.add_argument("--widths", type=positive_int_list, metavar="W,W,...",
+                   help="channels of the CNN's stages (default 64,128,256)")
+    g.add_argument("--blocks", type=positive_int_list, metavar="N,N,...",
+                   help="ResNeXt blocks per stage (default 1,1,1)")
+    g.add_argument("--cardinality", type=positive_int, help="groups of each block's 3x3 convolution (default 8)")
+    g.add_argument("--no-images", dest="use_images", action="store_false", default=None,
+                   help="leave the audio-image pairs out of the loss (default: used where the data has images)")
+    g.add_argument("--no-texts", dest="use_texts", action="store_false", default=None,
+                   help="leave the audio-text pairs out of the loss (default: used)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.model:
+            if args.clip and args.clip != args.model:
+                raise ValueError(f"--model {args.model} and --clip {args.clip} name two CLIPs; give one")
+            args.clip = args.model
+        if args.clip_seconds is not None and args.clip_seconds <= 0:
+            raise ValueError(f"--clip-seconds must be > 0, got {args.clip_seconds}")
+        opts = {k: getattr(args, k) for k in ("clip_seconds", "sample_rate", "n_mels", "widths", "blocks",
+                                               "cardinality", "use_images", "use_texts")}
+        return _run_training(args, "audio", opts, defaults=AUDIO_DEFAULTS)
+
+    p.set_defaults(func=run)
+
+
 # sub-commands of this group, in the order `un2clip --help` lists them
 COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva,
-            _add_genhancer, _add_train_grounding]
+            _add_genhancer, _add_train_grounding, _add_train_audio]

@@ -168,6 +168,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "(`un2clip train-grounding`, lr 1e-3), scored on its val split beside the constant "
                         "mean-box reference (default: off)")
     _add_world_settings(p)
+    p.add_argument("--audio-sketch", action="store_true",
+                   help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
+                        "space on the world's scene sounds, then zero-shot on 36 colour + shape sounds: audio zs) "
+                        "and CLIPasso (each one sketches the world's shapes with 4, 8, 16 strokes, the original CLIP "
+                        "judges: sketch@8); default off")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -181,6 +186,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         settings = QUICK if args.quick else CompareSettings()
         if args.grounding:
             settings = replace(settings, grounding=GROUNDING_QUICK if args.quick else GroundingSettings())
+        if args.audio_sketch:
+            from un2clip.world import audiosketch
+
+            settings = replace(settings, audio_sketch=audiosketch.QUICK if args.quick
+                               else audiosketch.AudioSketchSettings())
         settings = replace(settings, demo=_world_settings(args, settings.demo))
         if args.flow_decoder_steps is not None:
             if args.flow_decoder_steps < 1:

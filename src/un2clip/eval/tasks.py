@@ -169,6 +169,12 @@ def _sketch_flags(g: argparse._ArgumentGroup) -> None:
                         "templates.txt, else CLIP's 80 ImageNet templates)")
 
 
+def _audio_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--templates", metavar="FILE",
+                   help="one template a line, {c} or {} for the class name (default: DIR/templates.txt, else '{}', "
+                        "the class name alone, as AudioCLIP prompts)")
+
+
 def _depth_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--depth-scale", type=positive_float,
                    help="PNG value per metre (default: DIR/depth_scale.txt, else 1000 as NYUv2 exports write)")
@@ -444,6 +450,14 @@ register_task(EvalTask(
     "image is skipped and counted (n_skipped_images)",
     flags=_sketch_flags, check_data="un2clip.eval.downstream.sketch:read_sketch_set",
     ignores=("precision", "batch_size", "num_workers"),
+))
+register_task(EvalTask(
+    "audio-zeroshot", "un2clip.eval.downstream.audio:evaluate", ("acc1",),
+    "zero-shot sound classification, AudioCLIP: a `un2clip train-audio` run's audio head against its CLIP's text "
+    "embeddings of the class names; ESC-50 (DIR/audio/*.wav, DIR/meta/esc50.csv) or UrbanSound8K "
+    "(DIR/audio/foldN/*.wav, DIR/metadata/UrbanSound8K.csv); top-1 accuracy per fold (foldN_acc1) and their mean "
+    "(acc1)",
+    flags=_audio_flags, check_data="un2clip.eval.downstream.audio:read_sound_set", model_kind="audio",
 ))
 register_task(EvalTask(
     "seg", "un2clip.eval.seg:evaluate", ("mIoU", "aAcc", "mAcc"),

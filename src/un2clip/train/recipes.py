@@ -198,6 +198,7 @@ def build_genhancer(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     info = {"kind": "genhancer", "clip": clip_spec, "flow_decoder": cfg.decoder, "random_weights": cfg.random_weights}
     return objective, info
 
+
 @register_objective("grounding")
 def build_grounding(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """GLIP-style grounding head on the frozen encoder ``--clip`` (or the preset's); only the head trains."""
@@ -208,6 +209,22 @@ def build_grounding(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
                            seed=cfg.seed)
     info = {"kind": "grounding", "clip": clip_spec, "random_weights": cfg.random_weights,
             "layout": getattr(source, "layout", None)}
+    return objective, info
+
+
+@register_objective("audio")
+def build_audio(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """AudioCLIP's partial training: an audio head into the frozen CLIP's (``--clip``, else the preset's) space."""
+    from un2clip.objectives.audio import AudioClipObjective
+
+    clip_spec, clip = _clip(cfg)
+    options = dict(cfg.objective_options)
+    options.setdefault("seed", cfg.seed)
+    if not getattr(source, "has_images", False):
+        options["use_images"] = False  # ESC-50 / UrbanSound8K: audio-text pairs only
+    objective = _construct(AudioClipObjective, clip, options=options)
+    info = {"kind": "audio", "clip": clip_spec, "random_weights": cfg.random_weights,
+            "pairs": [p for p, on in (("image", objective.use_images), ("text", objective.use_texts)) if on]}
     return objective, info
 
 
@@ -277,8 +294,13 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     check_tracker_packages(tracker_names(cfg.report_to))  # before any model loads
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
-    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
-                         image_folder=cfg.image_folder)
+    if cfg.objective == "audio":  # sound clips: an ESC-50 or UrbanSound8K layout
+        from un2clip.data.audio import AudioSource
+
+        source: Source = AudioSource(cfg.data)
+    else:
+        source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
+                             image_folder=cfg.image_folder)
     if (source.kind == "conversations") != (cfg.objective == "llava"):
         raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
                          f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")

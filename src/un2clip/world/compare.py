@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
@@ -45,6 +46,8 @@ class CompareSettings:
     lora_rank: int = 8
     lora_lr_factor: float = 10.0  # LoRA's learning rate = the fine-tune's x this (adapters start at zero)
     grounding: GroundingSettings | None = None  # --grounding: a grounding head per encoder (original, un2clip)
+    # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
+    audio_sketch: AudioSketchSettings | None = None
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -341,6 +344,11 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         for name, extra in grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
                                              progress=progress).items():
             results[name] = {**results[name], **extra}
+    if settings.audio_sketch is not None:
+        from un2clip.world.audiosketch import add_audio_sketch
+
+        results = add_audio_sketch(results, seed_dir, seed_dir / "world", models, seed=seed,
+                                   settings=settings.audio_sketch, fresh=fresh, progress=progress)
     return {name: results[name] for name in models}
 
 
@@ -351,8 +359,10 @@ COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_sha
            ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
            ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
-# shown when some variant has them (measured on request): grounding accuracy and its constant-box reference
-OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"))
+# shown when some variant has them (measured on request: --grounding, --audio-sketch): grounding accuracy and its
+# constant-box reference, AudioCLIP zero-shot, CLIPasso recognisability at 8 strokes
+OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"),
+                    ("audio/acc1", "audio zs"), ("sketch/acc1@8", "sketch@8"))
 
 
 def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:

@@ -109,6 +109,18 @@ def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, f
     return out
 
 
+def fold_accuracy(logits: torch.Tensor, targets: torch.Tensor, folds: Sequence[int]) -> dict[str, float]:
+    """Top-1 accuracy of each fold (``fold<N>_acc1``, the module's tie rule) and their unweighted mean (``acc1``),
+    as ESC-50 and UrbanSound8K results are reported (folds of unequal size weigh the same)."""
+    folds_t = torch.as_tensor(list(folds), dtype=torch.long)
+    if folds_t.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits but {folds_t.shape[0]} folds")
+    hits = class_ranks(logits, targets) == 1
+    out = {f"fold{f}_acc1": float(hits[folds_t == f].double().mean()) for f in sorted(set(folds_t.tolist()))}
+    out["acc1"] = sum(out.values()) / len(out)
+    return out
+
+
 # -- retrieval ---------------------------------------------------------------------------------------
 
 
@@ -403,6 +415,19 @@ def xyxy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def greedy_nms(overlaps: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy non-maximum suppression given the (N, N) pairwise IoU of the boxes: the indices kept, best score
+    first; a box is dropped when its IoU with a kept, better-scored box exceeds ``iou``."""
+    suppressed = torch.zeros(len(scores), dtype=torch.bool)
+    keep: list[int] = []
+    for i in scores.argsort(descending=True).tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i] > iou
+    return torch.tensor(keep, dtype=torch.long)
 
 
 def grounding_hits(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int] = GROUNDING_KS,

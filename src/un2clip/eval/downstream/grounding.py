@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from un2clip.data.grounding import GroundingSample, GroundingSet, read_grounding
 from un2clip.data.sources import decode_image
 from un2clip.eval.core.embed import inference_context
-from un2clip.eval.core.metrics import GROUNDING_KS, grounding_hits, grounding_metrics, xyxy_iou
+from un2clip.eval.core.metrics import GROUNDING_KS, greedy_nms, grounding_hits, grounding_metrics, xyxy_iou
 from un2clip.eval.downstream.common import report_skipped
 from un2clip.models.grounding import GroundingHead, phrase_token_map
 from un2clip.objectives.grounding import (
@@ -47,16 +47,7 @@ def read_grounding_set(data: str | Path, *, split: str = "val", images: str | Pa
 
 def nms_xyxy(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
     """Greedy non-maximum suppression of (N, 4) boxes x0, y0, x1, y1: kept indices, best score first."""
-    order = scores.argsort(descending=True)
-    overlaps = xyxy_iou(boxes, boxes)
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    keep: list[int] = []
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= overlaps[i] > iou
-    return torch.tensor(keep, dtype=torch.long)
+    return greedy_nms(xyxy_iou(boxes, boxes), scores, iou)
 
 
 def phrase_scores(logits: torch.Tensor, centerness: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
