@@ -107,6 +107,13 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     "src/un2clip/eval/seg/heads.py": {
         "gaussian_bias: -1 -> 1": "torch.stack of 1-D tensors along dim 1 is along dim -1",
     },
+    "src/un2clip/eval/encoder/zeroshot.py": {
+        "zeroshot_classifier: 256 -> 257": "the batch size groups the prompts; each text embedding is computed alone",
+        "evaluate: max(batch_size, 64) -> batch_size": "the text batch size; each class prompt is embedded alone",
+    },
+    "src/un2clip/eval/encoder/retrieval.py": {
+        "evaluate: max(batch_size, 64) -> batch_size": "the caption batch size; each caption is embedded alone",
+    },
     "src/un2clip/eval/encoder/mmvp.py": {
         "mmvp_logits: 32 -> 33": "the batch size groups the images and texts; each embedding is computed alone",
         "mmvp_logits: 0 -> 1": "one data-loader worker process reads the same images in the same order as none",

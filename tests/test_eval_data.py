@@ -436,3 +436,53 @@ def test_retrieval_jsonl_and_webdataset(tmp_path):
     m = retrieval.evaluate(ColourClip(), root, progress=False)
     assert (m["n_images"], m["n_captions"], m["n_skipped_images"]) == (2, 3, 1)
     assert m["text_to_image_recall@1"] == 1.0
+
+
+def test_image_folder_reads_nested_folders_and_skips_hidden_ones(tmp_path):
+    root = make_image_folder(tmp_path / "set", {"cat": ["red"], "dog": ["blue"]})
+    solid(root / "cat" / "more" / "deep.png", "red")  # a nested folder is read
+    solid(root / "dog" / ".thumbnails" / "t.png", "blue")  # a hidden folder is not
+    data = zeroshot.load_classification_set(root)
+    assert data.classnames == ["cat", "dog"] and data.n == 3
+    images = embed_images(ColourClip(), ImageList(data.load, data.n, ColourClip().processing), progress=False)
+    assert sorted(images.payloads) == [0, 0, 1]
+
+
+def test_webdataset_shards_of_a_folder_are_path_strings_in_numeric_order(tmp_path):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for name in ("10", "2", "1"):
+        (folder / f"{name}.tar").write_bytes(b"")
+    shards = zeroshot.webdataset_shards(tmp_path, "test")
+    assert shards == [str(folder / "1.tar"), str(folder / "2.tar"), str(folder / "10.tar")]
+    assert all(type(s) is str for s in shards)
+
+
+def test_retrieval_table_skips_short_rows_and_counts_nothing_skipped(tmp_path):
+    solid(tmp_path / "red.png", "red")
+    (tmp_path / "pairs.csv").write_text("image,caption\nred.png,red\nred.png\n,orphan caption\n")
+    data = retrieval.load_retrieval_set(tmp_path / "pairs.csv")
+    assert data.n == 1 and data.load.payloads == [["red"]] and data.n_skipped_at_open == 0
+    (tmp_path / "header.csv").write_text("image,caption\nred.png\n")  # only a row too short to hold a caption
+    with pytest.raises(ValueError, match="header.csv holds no image-caption rows"):
+        retrieval.load_retrieval_set(tmp_path / "header.csv")
+
+
+def test_retrieval_json_must_be_a_list_of_records(tmp_path):
+    solid(tmp_path / "red.png", "red")
+    (tmp_path / "set.json").write_text(json.dumps({"image": "red.png", "caption": "red"}))
+    with pytest.raises(ValueError, match="set.json holds no image-caption rows"):
+        retrieval.load_retrieval_set(tmp_path / "set.json")
+    (tmp_path / "set.json").write_text(json.dumps([{"image": "red.png", "caption": "red"}]))
+    assert retrieval.load_retrieval_set(tmp_path / "set.json").load.payloads == [["red"]]
+
+
+def test_retrieval_webdataset_counts_skips_at_open_and_while_embedding(tmp_path):
+    root = tmp_path / "wds"
+    root.mkdir()
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    # "c": an image without captions (skipped while embedding); "d": captions without an image (skipped at open)
+    write_wds(root, [("a", "red", "red"), ("b", "blue", "blue"), ("c", "green", None), ("d", None, "orphan")])
+    assert retrieval.load_retrieval_set(root).n_skipped_at_open == 1
+    m = retrieval.evaluate(ColourClip(), root, progress=False)
+    assert (m["n_images"], m["n_captions"], m["n_skipped_images"]) == (2, 2, 2)
