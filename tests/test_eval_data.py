@@ -486,3 +486,13 @@ def test_retrieval_webdataset_counts_skips_at_open_and_while_embedding(tmp_path)
     assert retrieval.load_retrieval_set(root).n_skipped_at_open == 1
     m = retrieval.evaluate(ColourClip(), root, progress=False)
     assert (m["n_images"], m["n_captions"], m["n_skipped_images"]) == (2, 2, 2)
+
+
+def test_mmvp_logits_defaults_are_a_direct_call_with_seed_0_and_no_workers(tmp_path, tiny_clip):
+    root = make_mmvp(tmp_path / "mmvp", [("Texts", "blue", "red", "blue", "red")] * 2)
+    pairs = mmvp.read_mmvp(root)
+    default = mmvp.mmvp_logits(tiny_clip, pairs, readout="diva", progress=False)  # num_workers=0: runs in-process
+    assert torch.equal(default, mmvp.mmvp_logits(tiny_clip, pairs, readout="diva", readout_seed=0, num_workers=0,
+                                                 progress=False))
+    assert not torch.allclose(default, mmvp.mmvp_logits(tiny_clip, pairs, readout="diva", readout_seed=1,
+                                                        progress=False))
