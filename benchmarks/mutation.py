@@ -23,6 +23,12 @@ Usage (from the repository root, on the shared machine with ``nice``)::
 
 ``--list`` prints the mutants without running them; ``--show KEY`` prints one mutant's diff. Options go
 before the module (what follows the module is passed to pytest).
+
+Sampled runs, for modules too large to run whole on a shared machine: ``--sample N --seed S`` runs a
+uniform random sample of N of the module's mutants (of those ``--within`` / ``--only`` leave), drawn with
+``random.Random(S)``, and reports killed / (sampled - equivalent) with its 95 % Wilson score interval::
+
+    nice -n 10 python benchmarks/mutation.py --sample 50 --seed 1 src/un2clip/eval/downstream/depth.py
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import difflib
 import importlib.abc
 import importlib.util
 import json
+import math
 import os
+import random
 import signal
 import sys
 import time
@@ -86,8 +94,23 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "any Sequence has len() and iterates the same; the list() is a copy",
         "SegHistogram.summary: str(c) -> c": "the names go into f'IoU.{name}', which formats an int as str() does",
     },
-    "src/un2clip/eval/core/metrics.py": {},
-    "src/un2clip/eval/encoder/mmvp.py": {},
+    "src/un2clip/eval/core/metrics.py": {
+        "_with_areas: float(a['bbox'][3]) -> a['bbox'][3]": "float(w) * h is the same float whether h is an int or not",
+    },
+    "src/un2clip/eval/seg/infer.py": {
+        "text_classifier: -1 -> 1": "the text embeddings are (b, D): normalising over dim 1 is over dim -1",
+        "resize_uint8: 2 -> 1": "the same-size shortcut is then never taken, and cv2's INTER_LINEAR resize to the "
+                                "same size returns the same pixels",
+        "_neighbours: abs(dx) -> dx": "every offset set passed (the 8-ring times a dilation d) has dx = +d, so the "
+                                      "padding max(|dy|, dx) is d either way",
+    },
+    "src/un2clip/eval/seg/heads.py": {
+        "gaussian_bias: -1 -> 1": "torch.stack of 1-D tensors along dim 1 is along dim -1",
+    },
+    "src/un2clip/eval/encoder/mmvp.py": {
+        "mmvp_logits: 32 -> 33": "the batch size groups the images and texts; each embedding is computed alone",
+        "mmvp_logits: 0 -> 1": "one data-loader worker process reads the same images in the same order as none",
+    },
     "src/un2clip/objectives/un2clip.py": {
         "anchor_distance: -1 -> 1": "cosine_similarity over dim 1 of (B, D) embeddings is dim -1",
         "FrozenImageTower.forward: -1 -> 1": "HF's interpolate_pos_encoding returns the position embeddings "
@@ -100,8 +123,18 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "max_timestep is an int (the CLI's type=int, the recipe's int field); int() returns it unchanged",
         "Un2ClipObjective.__init__: float(anchor_weight) -> anchor_weight":
             "an int or float weight multiplies the anchor term to the same float loss",
+        "Un2ClipObjective.forward: -1 -> 1 #2": "the embeddings are (B, D): a norm over dim 1 is over dim -1",
+        "Un2ClipObjective.save_outputs: has_lora(clip.vision_model) -> clip.vision_model":
+            "an image tower (an nn.Module, no __len__) is always true: without adapters the mutant saves a deep "
+            "copy, which merge_lora returns unchanged, so the same files are written",
+        "Un2ClipObjective.save_outputs: str(Path(folder) / 'projector.safetensors') -> "
+        "Path(folder) / 'projector.safetensors'": "safetensors' save_file takes a str or an os.PathLike alike",
     },
-    "src/un2clip/eval/downstream/depth.py": {},
+    "src/un2clip/eval/downstream/depth.py": {
+        "depthclip_input: T.to_rgb(image) -> image": "T.pil_to_tensor converts with the same to_rgb itself",
+        "score_mask: tuple(gt.shape) -> gt.shape": "a torch.Size is a tuple: == with a tuple gives the same answer",
+        "evaluate: tuple(gt.shape) -> gt.shape #2": "a torch.Size is a tuple: != with a tuple gives the same answer",
+    },
 }
 
 BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult,
@@ -378,18 +411,45 @@ def _preload(listing: Path) -> None:
             pass
 
 
-def _summary(rel: str, pytest_args: list[str], base_s: float, mutants: list[Mutant]) -> dict:
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95 % for the default z); (nan, nan) for no trials."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_mutants(mutants: list[Mutant], size: int, seed: int) -> list[Mutant]:
+    """A uniform random sample (without replacement) of ``size`` mutants, drawn by ``random.Random(seed)``,
+    in source order; all of them when there are no more than ``size``."""
+    if size < 1:
+        raise ValueError(f"the sample size must be >= 1, got {size}")
+    if size >= len(mutants):
+        return list(mutants)
+    chosen = set(random.Random(seed).sample(range(len(mutants)), size))
+    return [m for i, m in enumerate(mutants) if i in chosen]
+
+
+def _summary(rel: str, pytest_args: list[str], base_s: float, mutants: list[Mutant],
+             sampling: dict | None = None) -> dict:
     counts = {s: sum(m.status == s for m in mutants) for s in ("killed", "timeout", "survived", "equivalent")}
     counts["mutants"] = sum(m.status != "pending" for m in mutants)
     denominator = counts["mutants"] - counts["equivalent"]
-    score = 100.0 * (counts["killed"] + counts["timeout"]) / denominator if denominator else float("nan")
+    killed = counts["killed"] + counts["timeout"]
+    score = 100.0 * killed / denominator if denominator else float("nan")
+    low, high = wilson_interval(killed, denominator)
     return {"module": rel, "tests": pytest_args, "test_seconds": round(base_s, 2), **counts,
-            "score": round(score, 1), "mutants_detail": [asdict(m) for m in mutants]}
+            "score": round(score, 1), "wilson95": [round(100 * low, 1), round(100 * high, 1)],
+            "total_mutants": len(mutants), **(sampling or {}), "mutants_detail": [asdict(m) for m in mutants]}
 
 
 def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = None,
                within: list[str] | None = None, workdir: Path, progress: bool = True,
-               partial: Path | None = None) -> dict:
+               partial: Path | None = None, sample: int | None = None, seed: int = 0) -> dict:
     path = (ROOT / module).resolve()
     rel = str(path.relative_to(ROOT))
     source = path.read_text()
@@ -414,16 +474,18 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
     _preload(log.with_suffix(".modules"))
     _, base_s, _ = run_one(name, path, source, pytest_args, 3600, log)  # timed, without the tracer
     timeout = 3 * base_s + 10
+    chosen = [m for m in mutants if (only is None or m.key in only) and (
+        within is None or any(m.key.startswith(f"{name}: ") or m.key.startswith(f"{name}.") for name in within))]
+    sampling = None
+    if sample is not None:
+        sampling = {"sample": sample, "seed": seed, "population": len(chosen)}
+        chosen = sample_mutants(chosen, sample, seed)
     if progress:
-        print(f"{rel}: {len(mutants)} mutants, tests take {base_s:.1f} s, timeout {timeout:.0f} s", flush=True)
-    for m in mutants:
-        if only is not None and m.key not in only:
-            continue
-        if within is not None and not any(m.key.startswith(f"{name}: ") or m.key.startswith(f"{name}.")
-                                          for name in within):
-            continue
+        what = f", a sample of {len(chosen)} (seed {seed})" if sample is not None else ""
+        print(f"{rel}: {len(mutants)} mutants{what}, tests take {base_s:.1f} s, timeout {timeout:.0f} s", flush=True)
+    for m in chosen:
         if partial is not None:  # what has run so far, for a run stopped early
-            partial.write_text(json.dumps([_summary(rel, pytest_args, base_s, mutants)], indent=1) + "\n")
+            partial.write_text(json.dumps([_summary(rel, pytest_args, base_s, mutants, sampling)], indent=1) + "\n")
         if m.key in equivalent:
             m.status = "equivalent"
             continue
@@ -441,16 +503,47 @@ def run_module(module: str, pytest_args: list[str], *, only: list[str] | None = 
         m.status, m.seconds, _ = run_one(name, path, mutated_source(source, m), selection, timeout, log)
         if progress and m.status == "survived":
             print(f"  survived  line {m.line}: {m.key}", flush=True)
-    return _summary(rel, pytest_args, base_s, mutants)
+    return _summary(rel, pytest_args, base_s, mutants, sampling)
+
+
+def rescore(result: dict) -> dict:
+    """A finished run's result (as --json writes it) with its survivors now listed in EQUIVALENT excluded."""
+    equivalent = EQUIVALENT.get(result["module"], {})
+    mutants = [Mutant(**m) for m in result["mutants_detail"]]
+    for m in mutants:
+        if m.status == "survived" and m.key in equivalent:
+            m.status = "equivalent"
+    sampling = {k: result[k] for k in ("sample", "seed", "population") if k in result}
+    return _summary(result["module"], result["tests"], result["test_seconds"], mutants, sampling or None)
+
+
+def merge_results(runs: list[list[dict]]) -> list[dict]:
+    """Results of several runs, one per module: a later run's finished mutants replace the earlier run's (same key);
+    the test selections are listed together, the first run's sampling kept."""
+    merged: dict[str, dict] = {}
+    for run in runs:
+        for result in run:
+            base = merged.get(result["module"])
+            if base is None:
+                merged[result["module"]] = copy.deepcopy(result)
+                continue
+            later = {m["key"]: m for m in result["mutants_detail"] if m["status"] != "pending"}
+            base["mutants_detail"] = [later.get(m["key"], m) for m in base["mutants_detail"]]
+            base["tests"] = base["tests"] + ["+"] + result["tests"]
+    return list(merged.values())
 
 
 def _table(results: list[dict]) -> str:
-    rows = ["| module | mutants | killed (timeouts) | survived | equivalent excluded | score |",
+    rows = ["| module | run / mutants | killed (timeouts) | survived | equivalent excluded | score [95 % Wilson] |",
             "|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['module'].removeprefix('src/un2clip/')} | {r['mutants']} | "
+        run = f"{r['mutants']} / {r['total_mutants']}"
+        if "sample" in r:
+            run += f" (sample of {r['population']}, seed {r['seed']})"
+        low, high = r["wilson95"]
+        rows.append(f"| {r['module'].removeprefix('src/un2clip/')} | {run} | "
                     f"{r['killed'] + r['timeout']} ({r['timeout']}) | {r['survived']} | {r['equivalent']} | "
-                    f"{r['score']:.1f} % |")
+                    f"{r['score']:.1f} % [{low:.1f}, {high:.1f}] |")
     return "\n".join(rows)
 
 
@@ -468,11 +561,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutant(s) with this key (repeatable)")
     parser.add_argument("--within", metavar="NAME", action="append",
                         help="mutate only inside this top-level function or class (repeatable)")
+    parser.add_argument("--rescore", type=Path, metavar="JSON", nargs="+",
+                        help="print the table of finished runs' --json files with the current list of equivalent "
+                             "mutants (survivors found equivalent after the run), running nothing; a later file's "
+                             "mutants of the same module replace the earlier's (a rerun of survivors with --only)")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="run a uniform random sample of N of the mutants (default: all of them)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default: 0)")
     parser.add_argument("--json", type=Path, help="also write the results (every mutant's status) to this file "
                                                  "(updated after every mutant while the run goes on)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp") / f"un2clip-mutation-{os.getpid()}",
                         help="folder for the test logs (default: /tmp/un2clip-mutation-<pid>)")
     args = parser.parse_args(argv)
+    if args.rescore:
+        print(_table([rescore(r) for r in merge_results([json.loads(p.read_text()) for p in args.rescore])]))
+        return 0
     os.chdir(ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(ROOT / "src"))
@@ -480,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = list(CORE) if args.all else [args.module]
     if modules == [None]:
         parser.error("name a module or --all")
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be >= 1, got {args.sample}")
     if args.list or args.show:
         for module in modules:
             source = (ROOT / module).read_text()
@@ -498,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pytest_args:
             parser.error(f"no test selection for {module}: name the test files")
         results.append(run_module(module, pytest_args, only=args.only, within=args.within, workdir=args.workdir,
-                                  partial=args.json))
+                                  partial=args.json, sample=args.sample, seed=args.seed))
         print(_table(results[-1:]), flush=True)
     if len(results) > 1:
         print(_table(results))

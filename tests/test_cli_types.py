@@ -16,6 +16,7 @@ from un2clip.argtypes import (
     open_fraction,
     positive_float,
     positive_int,
+    positive_int_list,
 )
 
 
@@ -28,6 +29,8 @@ from un2clip.argtypes import (
     (nonneg_float, {"0": 0.0, "2.5": 2.5}, ["-1e-9", "nan"]),
     (finite_float, {"-3": -3.0, "0": 0.0}, ["nan", "inf", "-inf", "one"]),
     (float_in(0.0, 1.0, high_open=True), {"0": 0.0, "0.99": 0.99}, ["1", "1.5"]),
+    (positive_int_list, {"64,128,256": [64, 128, 256], "3": [3], "1, 2,": [1, 2]}, ["", ",", "1,0", "2,-1", "a,b",
+                                                                                       "1.5"]),
 ])
 def test_types_accept_and_refuse(parse, good, bad):
     for text, value in good.items():

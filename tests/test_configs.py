@@ -51,7 +51,8 @@ def test_bad_values_are_refused():
 
 # -- one source of truth: RunConfig's fields give the training flags, their help defaults and the resume rule --
 
-TRAINING_COMMANDS = ("pretrain", "train-decoder", "train-autoencoder", "finetune", "diva", "train-filter")
+TRAINING_COMMANDS = ("pretrain", "train-decoder", "train-autoencoder", "finetune", "diva", "train-filter",
+                     "train-dense")
 
 # the shared training flags as they were before the flags were generated: (type, choices, action), parser default None
 FLAGS_BEFORE = {
@@ -116,7 +117,7 @@ def test_generated_flags_keep_todays_names_types_choices_and_defaults(command):
 def test_every_field_has_a_flag_or_a_reason_why_not():
     from dataclasses import fields
 
-    parsers = {c: _options(_command_parser(c)) for c in (*TRAINING_COMMANDS, "llava train")}
+    parsers = {c: _options(_command_parser(c)) for c in (*TRAINING_COMMANDS, "llava train", "train-grounding")}
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("flag") == "shared":
@@ -128,7 +129,7 @@ def test_every_field_has_a_flag_or_a_reason_why_not():
                 assert any(flag in options for options in parsers.values()), f.name
     assert "--vae" in parsers["train-decoder"] and "--vae" in parsers["train-autoencoder"]
     assert "--keep-checkpoints" in parsers["finetune"]
-    assert "--image-folder" in parsers["llava train"]
+    assert "--image-folder" in parsers["llava train"] and "--image-folder" in parsers["train-grounding"]
 
 
 @pytest.mark.parametrize("command", TRAINING_COMMANDS)

@@ -393,3 +393,37 @@ def test_evaluate_with_no_readable_image_says_so(tmp_path):
     (tmp_path / "images" / "0001.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="none of the 1 images of .* could be read"):
         Dp.evaluate(WordModel(), tmp_path, progress=False)
+
+
+class ScaledTokenModel(WordModel):
+    """Every patch token is 3 x (e_2 + 1.001 e_3): not unit length, between the words "close" and "not in distance"."""
+
+    def image_tokens(self, x):
+        self.inputs.append(x.clone())
+        n = (x.shape[-2] // 16) * (x.shape[-1] // 16)
+        token = torch.zeros(8)
+        token[2], token[3] = 3.0, 3.003
+        return token.repeat(n, 1)[None]  # (1, n, 8)
+
+
+def test_grid_depth_normalises_each_patch_token_before_the_words():
+    x = torch.zeros(1, 3, 16, 32)  # a 1 x 2 grid: two tokens
+    got = Dp.grid_depth(ScaledTokenModel(), x, torch.eye(8)[:7])
+    # unit token (a, 1.001 a), a = 1 / sqrt(1 + 1.001^2): logits 100 / 0.1 x (a, 1.001 a) on "close" (2.00 m) and
+    # "not in distance" (2.25 m), 0 elsewhere (weight ~e^-700)
+    a = 1 / math.sqrt(1 + 1.001**2)
+    w = 1 / (1 + math.exp(1000 * (a - 1.001 * a)))
+    assert got.shape == (1, 1, 2)
+    assert got.flatten().tolist() == pytest.approx([2.0 * (1 - w) + 2.25 * w] * 2, abs=2e-5)  # float32 logits
+
+
+
+def test_evaluate_asks_the_text_tower_for_depthclips_sentences(tmp_path):
+    write_pair(tmp_path, "a", size=(32, 16))
+    model, seen = WordModel(), []
+    encode = model.encode_text
+    model.encode_text = lambda texts: (seen.extend(texts), encode(texts))[1]
+    Dp.evaluate(model, tmp_path, progress=False)
+    assert seen == ["This object is giant", "This object is extremely close", "This object is close",
+                    "This object is not in distance", "This object is a little remote", "This object is far",
+                    "This object is unseen"]

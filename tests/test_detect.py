@@ -64,6 +64,21 @@ def test_a_shifted_box_counts_at_iou_50_not_at_95():
     assert m["AP"] == pytest.approx(7 / 10)  # thresholds .50 .55 ... .80 of ten: 7 hits
 
 
+def test_ap50_is_iou_half_and_group_ap_counts_100_detections_per_image():
+    gt = {1: [([0, 0, 40, 40], 1)]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 24.8], "score": 0.9}]  # IoU 992 / 1600 = 0.62
+    m = D.coco_box_ap(coco(gt), dets, groups={"one": [1]})
+    # thresholds .50 .55 .60 of ten hit: AP 3/10; AP50 1 (AP75, the next of pycocotools' stats, would be 0)
+    assert (m["AP50"], m["AP50_one"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert (m["AP"], m["AP_one"]) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert all(type(v) is float for v in m.values())
+    # 12 boxes in one image, all found: every one counts (COCO's 100 detections per image, not 10)
+    many = {1: [([5 * k, 0, 4, 4], 1) for k in range(12)]}
+    found = [{"image_id": 1, "category_id": 1, "bbox": [5 * k, 0, 4, 4], "score": 1 - k / 100} for k in range(12)]
+    m = D.coco_box_ap(coco(many), found, groups={"one": [1]})
+    assert (m["AP"], m["AP50"], m["AP_one"], m["AP50_one"]) == tuple(pytest.approx(1.0) for _ in range(4))
+
+
 def test_scale_and_clip_box():
     assert D.scale_box([10, 10, 20, 20], 1.5, 100, 100) == (5.0, 5.0, 35.0, 35.0)
     assert D.scale_box([0, 0, 20, 20], 1.5, 100, 100) == (0.0, 0.0, 25.0, 25.0)  # clipped at the border

@@ -73,15 +73,17 @@ def test_mmvp_known_scores_tie_and_one_sided_pairs(tmp_path):
         ("Color and Appearance", "red", "green", "red", "green"),  # both right
         ("Color and Appearance", "red", "green", "red", "red"),  # only text 1 right
     ])
-    scores = mmvp.evaluate(ColourClip(), root, progress=False, pairs_csv=tmp_path / "pairs.csv")
+    scores = mmvp.evaluate(ColourClip(), root, progress=False, pairs_csv=tmp_path / "new" / "pairs.csv")
     # keys follow the official pattern order, whatever the file's order
     assert list(scores) == ["Color and Appearance", "Texts", "average", "n_pairs"]
     assert scores["Color and Appearance"] == 50.0 and scores["Texts"] == 50.0 and scores["average"] == 50.0
     assert mmvp.average_definition(scores).startswith("the mean of the 2 pattern scores, each pattern weighted equally")
-    rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "new" / "pairs.csv")))  # its folder made
     assert [(r["qid1"], r["pred1"], r["pred2"], r["score"]) for r in rows] == [
         ("1", "img2", "img2", "0"), ("3", "img1", "img2", "1"), ("5", "img1", "img2", "1"), ("7", "img1", "img1", "0")]
     assert rows[0]["p_img1_text1"] == "0.500000" and rows[0]["gt1"] == "img1" and rows[0]["gt2"] == "img2"
+    # blue / red pair: text 1 ("blue") puts nearly all its probability on image 1, text 2 ("red") on image 2
+    assert float(rows[1]["p_img1_text1"]) > 0.99 and float(rows[1]["p_img1_text2"]) < 0.01
 
 
 def test_mmvp_prompt_prefix_reaches_the_text_encoder(tmp_path):
@@ -283,6 +285,11 @@ def test_mmvp_unknown_patterns_come_after_the_official_ones(tmp_path):
     assert scores == {"Texts": 0.0, "Zebra": 100.0, "Alpha": 100.0, "average": pytest.approx(200 / 3), "n_pairs": 3}
     assert mmvp.average_definition(scores).startswith("the mean of the 3 pattern scores")
     assert mmvp.average_definition({"A": 1.0, "average": 1.0}).startswith("the mean of the 1 pattern scores")
+    # an unknown pattern with two pairs is one pattern of the average, not two
+    root = make_mmvp(tmp_path / "mmvp2", [("Zebra", "blue", "red", "blue", "red"), ("Texts", "red", "green", "red", "red"),
+                                          ("Zebra", "red", "green", "red", "green")])
+    assert mmvp.evaluate(ColourClip(), root, progress=False) == {"Texts": 0.0, "Zebra": 100.0, "average": 50.0,
+                                                                 "n_pairs": 3}
 
 
 def test_published_anchor_only_for_the_original_hub_model():

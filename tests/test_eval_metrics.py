@@ -353,6 +353,18 @@ def test_default_ks_and_plain_float_results():
     assert sorted(both) == sorted(f"{d}_recall@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10))
 
 
+def test_video_retrieval_default_ks_are_1_5_10():
+    from un2clip.eval.core.metrics import video_retrieval_metrics
+
+    scores = torch.eye(12)  # caption i belongs to video i
+    scores[0, 1:7] = 2.0  # caption 0 ranks its video 7th; videos 1-6 rank caption 0 above their own (2nd)
+    m = video_retrieval_metrics(scores, torch.arange(12))
+    recalls = {k: v for k, v in m.items() if "recall@" in k}
+    assert recalls == {"text_to_video_recall@1": pytest.approx(11 / 12), "text_to_video_recall@5": pytest.approx(11 / 12),
+                       "text_to_video_recall@10": 1.0, "video_to_text_recall@1": 0.5, "video_to_text_recall@5": 1.0,
+                       "video_to_text_recall@10": 1.0}
+
+
 def test_every_metric_lives_in_the_metrics_module():
     """The evaluation modules embed and score; the numbers come from eval.core.metrics (their old names still work)."""
     from un2clip.eval.core import metrics
@@ -410,3 +422,51 @@ def test_depth_metrics_valid_pixels_and_refusals():
     assert mean_metrics([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 6.0}]) == {"a": 2.0, "b": 4.0}
     with pytest.raises(ValueError, match="no images scored"):
         mean_metrics([])
+
+
+def test_depth_metrics_are_scale_free_and_sub_metre_truth_is_scored():
+    from un2clip.eval.core.metrics import depth_metrics
+
+    # the first test's pairs doubled (exact in binary): the under-predictions now have pred != 1, and the
+    # deltas, abs_rel and log10 of a ratio do not change with the unit
+    pred = torch.tensor([1.0, 1.0, 1.8, 1.0, 1.2, 1.25, 1.0, 1.953125])
+    gt = torch.tensor([1.0, 1.4, 1.0, 2.2, 1.0, 1.0, 1.5625, 1.0])
+    m = depth_metrics(2 * pred, 2 * gt)
+    assert (m["delta1"], m["delta2"], m["delta3"]) == (2 / 8, 4 / 8, 6 / 8)
+    assert m["abs_rel"] == pytest.approx((0 + 0.4 / 1.4 + 0.8 + 1.2 / 2.2 + 0.2 + 0.25 + 0.36 + 0.953125) / 8, rel=1e-6)
+    # ground truth below 1 m is a measurement like any other, with or without a mask
+    sub = depth_metrics(torch.tensor([0.25, 1.0]), torch.tensor([0.5, 0.0]), torch.tensor([True, True]))
+    assert (sub["abs_rel"], sub["delta3"]) == (0.5, 0.0)
+    assert depth_metrics(torch.tensor([0.25, 1.0]), torch.tensor([0.5, 0.0]))["abs_rel"] == 0.5
+
+
+def test_mmvp_mllm_scores_count_pairs_with_both_answers_right():
+    from un2clip.eval.core.metrics import mmvp_mllm_scores
+
+    # pairs (T, T) (T, F) (F, F) (T, T): 2 of 4 pairs, 5 of 8 questions
+    got = mmvp_mllm_scores([True, True, True, False, False, False, True, True])
+    assert got == {"accuracy": 50.0, "question_accuracy": 62.5, "n_pairs": 4, "n_questions": 8}
+    assert mmvp_mllm_scores([False, True]) == {"accuracy": 0.0, "question_accuracy": 50.0, "n_pairs": 1,
+                                               "n_questions": 2}
+    for bad in ([], [True], [True, True, False]):
+        with pytest.raises(ValueError, match="MMVP needs a positive even number"):
+            mmvp_mllm_scores(bad)
+
+
+def test_cvbench_scores_per_source_task_and_the_2d_3d_means():
+    from un2clip.eval.core.metrics import cvbench_scores
+
+    sources = ["ADE20K", "ADE20K", "COCO", "Omni3D", "Omni3D", "Omni3D"]
+    tasks = ["Count", "Relation", "Count", "Depth", "Distance", "Depth"]
+    correct = [True, False, True, True, False, False]
+    got = cvbench_scores(sources, tasks, correct)
+    # 2D: mean of ADE20K 50 and COCO 100 = 75; 3D: Omni3D 1 of 3; overall the mean of the two
+    want = {"accuracy_2d": 75.0, "accuracy_3d": pytest.approx(100 / 3), "accuracy": pytest.approx((75 + 100 / 3) / 2),
+            "source_ADE20K": 50.0, "source_COCO": 100.0, "source_Omni3D": pytest.approx(100 / 3),
+            "task_Count": 100.0, "task_Relation": 0.0, "task_Depth": 50.0, "task_Distance": 0.0, "n_questions": 6}
+    assert got == want
+    only_2d = cvbench_scores(["COCO", "COCO"], ["Count", "Count"], [True, False])
+    assert only_2d == {"accuracy_2d": 50.0, "source_COCO": 50.0, "task_Count": 50.0, "n_questions": 2}
+    for bad in ((["COCO"], ["Count"], []), (["COCO"], ["Count", "Count"], [True, True]), ([], [], [])):
+        with pytest.raises(ValueError, match="equally long and not empty"):
+            cvbench_scores(*bad)

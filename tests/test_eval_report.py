@@ -14,8 +14,9 @@ from un2clip.eval.report import results_table, write_report
 
 
 def test_registry_names_every_task_with_its_headline():
-    assert list(TASKS) == ["mmvp", "zeroshot", "retrieval", "diffloss", "mmvp-mllm", "cvbench", "detect", "depth",
-                           "pointcloud", "video-retrieval", "video-zeroshot", "sketch", "seg"]
+    assert list(TASKS) == ["mmvp", "zeroshot", "retrieval", "diffloss", "mmvp-mllm", "cvbench", "detect", "grounding",
+                           "depth", "pointcloud", "video-retrieval", "video-zeroshot", "sketch", "audio-zeroshot",
+                           "seg"]
     assert get_task("mmvp").headline == ("average",) and get_task("diffloss").needs_decoder
     with pytest.raises(ValueError, match="unknown evaluation 'seg2'"):
         get_task("seg2")

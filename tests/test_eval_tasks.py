@@ -24,6 +24,7 @@ RUNNER_FLAGS = {
              "no_progress"},
     "llava": {"help", "debug", "model", "data", "output", "model_name", "dataset_name", "device", "dtype",
               "prompt_template", "no_progress"},
+    "audio": {"help", "debug", "model", "data", "output", "model_name", "dataset_name", "device", "no_progress"},
 }
 
 

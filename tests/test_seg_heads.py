@@ -141,6 +141,10 @@ def test_gaussian_bias():
     assert torch.allclose(omega.diagonal(), torch.ones(12))
     with pytest.raises(ValueError):
         gaussian_bias(2, 2, std=0)
+    # NACLIP's sigma is 5 by default: exp(-d^2 / 50), d^2 = 1 for grid neighbours, 2 for diagonal ones
+    default = gaussian_bias(2, 2)
+    assert default[0].tolist() == pytest.approx([1.0, math.exp(-1 / 50), math.exp(-1 / 50), math.exp(-2 / 50)])
+    torch.testing.assert_close(default, _omega(2, 2, 5.0))
 
 
 def test_unknown_method():

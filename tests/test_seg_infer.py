@@ -45,6 +45,14 @@ def test_text_classifier_default_uses_the_80_templates(tiny_clip):
     torch.testing.assert_close(clf.queries[0], F.normalize(emb.mean(0), dim=0), atol=1e-5, rtol=0)
 
 
+def test_text_classifier_refuses_a_class_without_names_and_no_templates(tiny_clip):
+    for classes in ([["circle"], []], [[], ["square"]], []):
+        with pytest.raises(ValueError, match="every class needs at least one name"):
+            text_classifier(tiny_clip, classes, ["a {c}."])
+    with pytest.raises(ValueError, match="no prompt templates"):
+        text_classifier(tiny_clip, [["circle"]], [])
+
+
 def test_window_boxes_follow_mmsegmentation():
     assert window_boxes(336, 500, 224, 112) == [
         (y1, y2, x1, x2) for y1, y2 in [(0, 224), (112, 336)]

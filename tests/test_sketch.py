@@ -240,13 +240,13 @@ def test_un2clip_sketch_writes_svg_png_and_grid(images, tmp_path, capsys, one_th
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--strokes", "0"], "--strokes: must be >= 1"),
-    (["--steps", "0"], "--steps: must be >= 1"),
+    (["--strokes", "0"], "--strokes: must be an integer >= 1"),
+    (["--steps", "0"], "--steps: must be an integer >= 1"),
     (["--layers", "4"], "block 4 is beyond the image tower's depth (4 blocks"),
     (["--layers", "1", "--layer-weights", "1", "2"], "2 weights for 1 layers"),
 ])
 def test_un2clip_sketch_refuses_bad_settings(images, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) if "must be >=" in message else _no_raise():
+    with pytest.raises(SystemExit) if "must be an integer >=" in message else _no_raise():
         rc = main(["sketch", str(images[0]), "--output", str(tmp_path / "o"), "--model", "tiny", "--steps", "1",
                    "--canvas", "32", "--no-progress", *extra])
         assert rc == 2

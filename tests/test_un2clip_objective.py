@@ -230,6 +230,73 @@ def test_only_the_image_tower_trains_unless_the_decoder_is_asked_for(tiny_clip):
     assert next(both.decoder.unet.parameters()).dtype == torch.float32  # a training decoder keeps its dtype
 
 
+def test_a_step_moves_the_tower_and_leaves_the_frozen_decoder_and_text_tower_bit_identical(tiny_clip):
+    decoder = _micro_decoder()  # built trainable (requires_grad True): the objective must freeze it
+    objective = _objective(tiny_clip, decoder)
+    assert list(decoder.parameters()) and not any(p.requires_grad for p in decoder.parameters())
+    assert not decoder.training
+    frozen = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    text = {n: p.detach().clone() for n, p in objective.clip.model.text_model.named_parameters()}
+    vision = {n: p.detach().clone() for n, p in objective.clip.vision_model.named_parameters()}
+    optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.5)
+    objective.set_train_mode()
+    objective(_batch())["loss"].backward()
+    optimizer.step()
+    assert all(p.grad is None for p in decoder.parameters())
+    assert all(torch.equal(p, frozen[n]) for n, p in decoder.named_parameters())
+    assert all(torch.equal(p, text[n]) for n, p in objective.clip.model.text_model.named_parameters())
+    moved = [n for n, p in objective.clip.vision_model.named_parameters() if not torch.equal(p, vision[n])]
+    assert len(moved) > len(vision) // 2  # the encoder is what trains
+
+
+def test_train_decoder_makes_a_frozen_decoders_unet_trainable(tiny_clip):
+    decoder = _micro_decoder().freeze()  # frozen first, as a loaded decoder may be
+    assert not any(p.requires_grad for p in decoder.unet.parameters())
+    objective = _objective(tiny_clip, decoder, train_decoder=True)
+    unet = list(decoder.unet.parameters())
+    assert unet and all(p.requires_grad for p in unet)
+    trainable = {id(p) for p in objective.trainable_parameters()}
+    assert all(id(p) in trainable for p in unet)
+    before = [p.detach().clone() for p in unet]
+    objective.set_train_mode()
+    objective(_batch())["loss"].backward()
+    torch.optim.SGD(objective.trainable_parameters(), lr=0.5).step()
+    assert any(not torch.equal(p, b) for p, b in zip(unet, before))
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------
+
+
+def test_lora_puts_adapters_on_the_named_layers_only_and_trains_only_them(tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from un2clip.models.lora import has_lora
+
+    objective = _objective(tiny_clip, tiny_decoder, lora_rank=1, lora_targets=("q_proj", "fc1"))
+    names = {n for n, p in objective.named_parameters() if p.requires_grad}
+    layer = "clip.model.vision_model.encoder.layers.0."
+    assert names == {layer + "self_attn.q_proj.lora_A.default.weight", layer + "self_attn.q_proj.lora_B.default.weight",
+                     layer + "mlp.fc1.lora_A.default.weight", layer + "mlp.fc1.lora_B.default.weight"}
+    # rank 1 on width 32: q_proj 32 -> 32 (A 1 x 32, B 32 x 1), fc1 32 -> 64 (A 1 x 32, B 64 x 1)
+    assert sum(p.numel() for p in objective.trainable_parameters()) == (32 + 32) + (32 + 64) == 160
+    assert has_lora(objective.clip.vision_model)
+    assert not any("lora_" in n for n, _ in objective.clip.model.text_model.named_parameters())
+    assert not any("lora_" in n for n, _ in objective.clip.visual_projection.named_parameters())
+    assert not any(p.requires_grad for p in objective.decoder.parameters())
+
+
+def test_lora_scale_is_alpha_over_rank_and_defaults_to_one(tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from peft.tuners.lora import LoraLayer
+
+    def scales(objective):
+        return {n.rsplit(".", 1)[-1]: m.scaling["default"] for n, m in objective.clip.vision_model.named_modules()
+                if isinstance(m, LoraLayer)}
+
+    assert scales(_objective(tiny_clip, tiny_decoder, lora_rank=2, lora_alpha=6.0)) == {
+        k: 3.0 for k in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+    assert set(scales(_objective(tiny_clip, tiny_decoder, lora_rank=2)).values()) == {1.0}
+
+
 def test_anchor_term_adds_its_weighted_distance(tiny_clip, tiny_decoder):
     from un2clip.objectives.un2clip import anchor_distance
 
@@ -368,3 +435,89 @@ def test_the_smallest_valid_options_are_accepted(tiny_clip, tiny_decoder):
                            max_timestep=1)
     assert objective.timesteps_per_image == 1 and objective.anchor is None and objective.t_range == (0, 1)
     assert _objective(tiny_clip, tiny_decoder, max_timestep=1000).t_range == (0, 1000)
+
+
+# -- what a finished run writes ---------------------------------------------------------------------------
+
+
+def test_save_outputs_writes_the_encoder_and_only_the_parts_that_trained(tmp_path, tiny_clip):
+    from safetensors.torch import load_file
+
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.unclip import UnclipDecoder
+
+    x = _batch()["clip_pixels"]
+    plain = _objective(tiny_clip, _micro_decoder())
+    with torch.no_grad():
+        for p in plain.clip.vision_model.parameters():  # a trained encoder differs from the one it started as
+            p.add_(0.05)
+    plain.save_outputs(str(tmp_path / "plain"))  # a str folder works as a Path does
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["clip"]
+    with torch.no_grad():
+        torch.testing.assert_close(ClipModel.from_pretrained(tmp_path / "plain" / "clip").encode_image(x),
+                                   plain.clip.encode_image(x), rtol=0, atol=1e-6)
+
+    both = _objective(tiny_clip, _micro_decoder(), projector="identity", train_decoder=True)
+    with torch.no_grad():
+        both.projector.bias.fill_(0.25)
+    both.save_outputs(str(tmp_path / "both"))
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["clip", "decoder", "projector.safetensors"]
+    saved = load_file(str(tmp_path / "both" / "projector.safetensors"))
+    dim = tiny_clip.embed_dim
+    assert set(saved) == {"weight", "bias"}
+    assert torch.equal(saved["weight"], torch.eye(dim)) and torch.equal(saved["bias"], torch.full((dim,), 0.25))
+    decoder = UnclipDecoder.from_pretrained(tmp_path / "both" / "decoder")
+    state = both.decoder.unet.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in decoder.unet.state_dict().items())
+
+
+def test_save_outputs_merges_lora_into_a_copy_and_keeps_the_training_adapters(tmp_path, tiny_clip, tiny_decoder):
+    pytest.importorskip("peft")
+    from un2clip.models.clip import ClipModel
+    from un2clip.models.lora import has_lora
+
+    objective = _objective(tiny_clip, tiny_decoder, lora_rank=1, lora_alpha=2.0)
+    with torch.no_grad():  # adapters start as a no-op (B = 0): give them weights
+        for n, p in objective.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = _batch()["clip_pixels"]
+    with torch.no_grad():
+        adapted = objective.clip.encode_image(x)
+        assert not torch.allclose(adapted, tiny_clip.encode_image(x), atol=1e-4)  # the adapters change the output
+    objective.save_outputs(tmp_path)
+    merged = ClipModel.from_pretrained(tmp_path / "clip")
+    assert not any("lora" in k for k in merged.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged.encode_image(x), adapted, rtol=1e-5, atol=1e-6)
+    assert has_lora(objective.clip.vision_model)  # the training model keeps its adapters
+
+
+def test_transform_sends_cached_samples_to_cached_views_and_records_to_two_views(tiny_clip, tiny_decoder):
+    from un2clip.data.latent_cache import CachedSample
+    from un2clip.objectives.un2clip import cached_views, two_views
+
+    objective = _objective(tiny_clip, tiny_decoder)
+    sample = CachedSample(latents=torch.ones(3, 16, 16, dtype=torch.float16),
+                          clip_pixels=torch.full((3, 16, 16), 7, dtype=torch.uint8), width=40, height=64, key="g")
+    got = objective.transform(sample, random.Random(5))
+    want = cached_views(sample, random.Random(5), tiny_clip.processing)
+    assert set(got) == {"clip_pixels", "latents", "draw_seed"}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    record = _gradient_record()
+    got = objective.transform(record, random.Random(5))
+    want = two_views(record, random.Random(5), tiny_clip.processing, tiny_decoder.image_size)
+    assert set(got) == {"clip_pixels", "decoder_pixels", "draw_seed"}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_on_the_fly_pixels_go_through_the_decoders_encoder(tiny_clip):
+    decoder = _micro_decoder()
+    objective = _objective(tiny_clip, decoder)
+    decoder.encode_pixels = lambda pixels: 0.5 * pixels  # a stand-in encoder (the pixel-space one is the identity)
+    batch = _batch()
+    with torch.no_grad():
+        got = objective(batch)["loss"]
+        embeds = objective.clip.encode_image(batch["clip_pixels"]).float()
+        want, _ = _reference_loss(decoder, embeds, 0.5 * batch["decoder_pixels"], [11, 22])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

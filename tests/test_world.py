@@ -445,3 +445,26 @@ def test_tiny_tokenizer_knows_every_world_word():
     tok = build_tiny_clip().tokenizer
     ids = tok(W.describe(W.sample_scene(np.random.default_rng(0))))["input_ids"]
     assert tok.unk_token_id not in ids
+
+
+def test_lseg_sets_and_nouns_leave_the_other_outputs_unchanged(tmp_path):
+    small = {**SMALL, "n_train": 6, "n_val": 2, "n_seg": 2, "n_detect": 1, "n_depth": 1, "n_pointcloud_per_class": 1,
+             "n_video_per_class": 1, "workers": 1}
+    plain = W.generate_world(tmp_path / "plain", seed=5, **small)
+    with_lseg = W.generate_world(tmp_path / "lseg", seed=5, n_lseg=6, **small)
+    assert "n_lseg" not in plain and with_lseg["n_lseg"] == 6 and with_lseg["lseg_unseen"] == ["arrow", "cross"]
+    a, b = all_files(tmp_path / "plain"), all_files(tmp_path / "lseg")
+    assert [k for k in a if k != "world.json" and a[k] != b.get(k)] == []  # every other output byte-identical
+    assert sorted(set(b) - set(a)) == sorted(k for k in b if k.startswith("lseg/"))
+    assert (tmp_path / "plain" / "nouns.txt").read_text().split() == list(W.SHAPES)
+    seen = ["circle", "square", "triangle", "star"]
+    assert all_files(tmp_path / "lseg" / "lseg" / "train") != all_files(tmp_path / "lseg" / "lseg" / "val")
+    for name, shapes in (("train", seen), ("val", seen), ("unseen", ["arrow", "cross"])):
+        folder = tmp_path / "lseg" / "lseg" / name
+        assert (folder / "classes.txt").read_text().split() == ["background", *shapes]
+        masks = [np.asarray(Image.open(p)) for p in sorted((folder / "masks").glob("*.png"))]
+        assert len(masks) == 6 and len(list((folder / "images").glob("*.png"))) == 6
+        values = set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())
+        assert values <= set(range(len(shapes) + 1)) and values - {0}  # relabelled to the folder's own classes
+    with pytest.raises(ValueError, match="n_lseg must be >= 0"):
+        W.generate_world(tmp_path / "bad", seed=5, n_lseg=-1, **small)

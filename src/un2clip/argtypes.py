@@ -19,7 +19,7 @@ OVERWRITE_HELP = ("replace OUTPUT if it exists (default: an existing file or non
                   "is never written over")
 
 __all__ = ["positive_int", "nonneg_int", "fraction", "open_fraction", "positive_float", "nonneg_float",
-           "finite_float", "int_at_least", "float_in", "not_all_zero", "template_with",
+           "finite_float", "positive_int_list", "int_at_least", "float_in", "not_all_zero", "template_with",
            "OVERWRITE_HELP"]
 
 
@@ -94,6 +94,17 @@ def nonneg_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
     return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """``64,128,256`` -> [64, 128, 256]: comma-separated positive integers, at least one."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, not {text!r}")
+    return values
 
 
 def finite_float(text: str) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from un2clip.errors import HubUnavailable
+from un2clip.models.audio import AudioClip
 from un2clip.models.clip import ClipModel
 from un2clip.models.openclip_format import is_openclip_checkpoint
 from un2clip.models.presets import PRESETS
@@ -22,7 +23,7 @@ from un2clip.runs import RUN_MARKER, checkpoint_weights, is_run, read_run_marker
 log = logging.getLogger(__name__)
 
 __all__ = ["RUN_MARKER", "check_pair", "clip_from_checkpoint", "hub_error", "load_clip", "load_decoder", "load_run_clip",
-           "load_run_decoder", "load_t2i_decoder", "load_vae", "missing_local_path"]
+           "load_audio_model", "load_run_decoder", "load_t2i_decoder", "load_vae", "missing_local_path"]
 
 
 def missing_local_path(spec: str) -> bool:
@@ -247,6 +248,28 @@ def load_run_decoder(run_dir: Path) -> UnclipDecoder:
     if weights:
         decoder.load_state_dict(weights, strict=False)
     return decoder
+
+
+def load_audio_model(spec: str | Path) -> AudioClip:
+    """A `un2clip train-audio` run -> its audio head (final ``audio/``, else the newest checkpoint's weights on
+    the head the run built) beside the frozen CLIP it was trained into."""
+    from un2clip.models.audio import AudioHead, AudioHeadConfig
+
+    run_dir = Path(spec)
+    if not is_run(run_dir) or read_run_marker(run_dir).get("kind") != "audio":
+        raise ValueError(f"{spec} is not a `un2clip train-audio` run (no {RUN_MARKER} of kind audio)")
+    info = read_run_marker(run_dir)
+    clip = load_clip(info["clip"], random_weights=bool(info.get("random_weights")))
+    if (run_dir / "audio" / "config.json").is_file():
+        head = AudioHead.from_pretrained(run_dir / "audio")
+    else:
+        import yaml
+
+        options = yaml.safe_load((run_dir / "config.yaml").read_text()).get("objective_options") or {}
+        fields = {k: v for k, v in options.items() if k in AudioHeadConfig.__dataclass_fields__}
+        head = AudioHead(AudioHeadConfig(**{**fields, "embed_dim": clip.embed_dim}))
+        head.load_state_dict(checkpoint_weights(run_dir, "head."))
+    return AudioClip(head.eval(), clip.eval())
 
 
 # -- OpenAI-CLIP / open_clip checkpoints ----------------------------------------------------------------

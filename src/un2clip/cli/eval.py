@@ -62,6 +62,22 @@ def _llava_flags(tp: argparse.ArgumentParser) -> None:
     tp.add_argument("--no-progress", action="store_true", help="no progress bars (transformers' included)")
 
 
+def _audio_flags(tp: argparse.ArgumentParser) -> None:
+    tp.add_argument("--model", nargs="+", required=True, metavar="RUN",
+                    help="`un2clip train-audio` run directories (each an audio head and the CLIP it was trained into)")
+    tp.add_argument("--data", required=True, help="the dataset folder (see the layout above)")
+    _result_flags(tp)
+    tp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    tp.add_argument("--batch-size", type=positive_int, help="clips per batch (default 32)")
+    tp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _load_audio(spec: str, args: argparse.Namespace, device: Any) -> Any:
+    from un2clip.load import load_audio_model
+
+    return load_audio_model(spec).to(device)
+
+
 def _load_clip(spec: str, args: argparse.Namespace, device: Any) -> Any:
     from un2clip.load import load_clip
 
@@ -91,6 +107,7 @@ class ModelKind:
 MODEL_KINDS = {
     "clip": ModelKind(_clip_flags, ("precision", "batch_size", "num_workers"), _load_clip,
                       lambda args: ({}, {"random_weights": args.random_weights})),
+    "audio": ModelKind(_audio_flags, ("batch_size",), _load_audio, lambda args: ({}, {})),
     "llava": ModelKind(_llava_flags, ("batch_size", "max_new_tokens", "prompt_suffix"), _load_llava,
                        lambda args: ({"prompt_template": args.prompt_template, "dtype": args.dtype}, {})),
 }
@@ -292,7 +309,7 @@ def _run_seg(args: argparse.Namespace) -> int:
                       classes=args.classes, templates=templates, split=args.split, max_images=args.max_images,
                       random_weights=args.random_weights, device=args.device, batch_size=args.batch_size,
                       num_workers=args.num_workers, precision=args.precision, progress=not args.no_progress,
-                      settings=settings, resize_masks=args.resize_masks)
+                      settings=settings, resize_masks=args.resize_masks, heads=args.head)
     print(format_table(records))
     return 0
 

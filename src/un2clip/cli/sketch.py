@@ -4,31 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+from un2clip.argtypes import int_at_least, nonneg_float
 
 
 def _add_sketch(sub: argparse._SubParsersAction) -> None:
@@ -41,22 +17,22 @@ def _add_sketch(sub: argparse._SubParsersAction) -> None:
                     "all of the area) of both. Writes NAME.svg and NAME.png per image and grid.png (each row: "
                     "image, sketch) to --output.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images to sketch")
-    p.add_argument("--strokes", type=_int_at_least(1), default=16, metavar="N", help="strokes per sketch (default 16)")
+    p.add_argument("--strokes", type=int_at_least(1), default=16, metavar="N", help="strokes per sketch (default 16)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the SVG, PNG and grid files")
     p.add_argument("--model", required=True, metavar="SPEC",
                    help="the encoder: preset, folder, Hub id, run directory or OpenAI-CLIP/open_clip checkpoint")
-    p.add_argument("--steps", type=_int_at_least(1), default=500, help="Adam steps (default 500, CLIPasso's)")
+    p.add_argument("--steps", type=int_at_least(1), default=500, help="Adam steps (default 500, CLIPasso's)")
     p.add_argument("--layers", type=int, nargs="+", metavar="K",
                    help="0-based blocks of the image tower whose outputs the geometric loss compares (default: "
                         "the blocks ending the 2nd and 3rd quarters of its depth, 5 and 8 of 12: where CLIPasso's "
                         "RN101 weights 0,0,1,1,0 put it)")
-    p.add_argument("--layer-weights", type=_non_negative_float, nargs="+", metavar="W",
+    p.add_argument("--layer-weights", type=nonneg_float, nargs="+", metavar="W",
                    help="one weight per --layers block (default 1 each)")
-    p.add_argument("--width", type=_non_negative_float, default=1.5, help="stroke width in pixels (default 1.5)")
-    p.add_argument("--canvas", type=_int_at_least(8), default=224,
+    p.add_argument("--width", type=nonneg_float, default=1.5, help="stroke width in pixels (default 1.5)")
+    p.add_argument("--canvas", type=int_at_least(8), default=224,
                    help="canvas side in pixels; images are resized (shortest side) and centre-cropped to it "
                         "(default 224, CLIPasso's)")
-    p.add_argument("--perspective", type=_non_negative_float, default=0.0,
+    p.add_argument("--perspective", type=nonneg_float, default=0.0,
                    help="random perspective of the augmented views, corners moved up to this share of the side "
                         "/ 2 (CLIPasso uses 0.5; default 0: crops only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start points and augmentations (default 0)")

@@ -1,10 +1,11 @@
-"""`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva, genhancer."""
+"""`un2clip` training commands: pretrain, train-decoder, finetune (un²CLIP), cache-latents, diva, genhancer,
+train-grounding, train-audio, train-dense."""
 
 from __future__ import annotations
 
 import argparse
 
-from un2clip.cli.types import nonneg_int, positive_int
+from un2clip.cli.types import nonneg_int, positive_int, positive_int_list
 
 
 def _dashed(name: str) -> str:
@@ -96,9 +97,20 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "line (`un2clip world generate` writes swap_groups.txt); each caption also gives a copy with "
                         "one word swapped within its group, scored as an extra negative (default: none)")
 
+    g = p.add_argument_group("GroupViT options (--preset groupvit-tiny: a tiny GroupViT from scratch, or --clip a "
+                             "GroupViT folder or run)")
+    g.add_argument("--nouns", metavar="FILE",
+                   help="one noun a line (the world's nouns.txt): each caption also gives prompts 'a photo of a "
+                        "{noun}.' of its nouns for GroupViT's multi-label contrastive loss (default: none, InfoNCE "
+                        "only)")
+    g.add_argument("--max-words", type=nonneg_int, help="noun prompts per caption, padded with the caption (default 3)")
+    g.add_argument("--multi-label-weight", type=float, help="weight of the multi-label loss (default 1)")
+
     def run(args: argparse.Namespace) -> int:
         return _run_training(args, "contrastive", {"max_logit_scale": args.max_logit_scale,
-                                                   "hard_negatives": args.hard_negatives})
+                                                   "hard_negatives": args.hard_negatives, "nouns": args.nouns,
+                                                   "max_words": args.max_words,
+                                                   "multi_label_weight": args.multi_label_weight})
 
     p.set_defaults(func=run)
 
@@ -307,6 +319,156 @@ def _add_genhancer(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# the shared flags whose defaults train-grounding sets otherwise: GLIP's fine-tuning optimiser (AdamW, lr 1e-4,
+# weight decay 1e-4) and a run folder of its own
+GROUNDING_DEFAULTS = {"lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16, "output": "runs/grounding"}
+GROUNDING_FLAG_HELP = {
+    "lr": "learning rate (default 1e-4, GLIP's fine-tuning rate; a head from scratch in the world trains faster "
+          "at 1e-3)",
+    "weight_decay": "weight decay (default 1e-4, GLIP's)",
+    "batch_size": "global batch: all processes and accumulation steps (default 16)",
+    "output": "run directory (metrics.jsonl, config.yaml, checkpoints/, head/) (default runs/grounding)",
+}
+
+
+def _add_train_grounding(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-grounding", help="GLIP-style phrase grounding on a frozen CLIP: train a box + region-word head on "
+                                "its patch grid (RefCOCO or Flickr30k Entities layout)",
+        description="Both CLIP towers (--clip, else the preset's) stay frozen; a head on the image tower's patch "
+                    "grid learns, FCOS-style, a box (distances to its edges) and a centerness per location, and "
+                    "region-word logits = projected location features . projected, L2-normalised text-token "
+                    "features / a learned temperature + a per-token bias, trained with GLIP's token-level sigmoid "
+                    "focal loss (alpha 0.25, gamma 2) against the positive box->token map, GIoU and centerness "
+                    "losses. --data: a RefCOCO folder (instances.json + refs(<split_by>).p|json) or a Flickr30k "
+                    "Entities folder (Sentences/, Annotations/, train.txt); its train split is read. The run's "
+                    "head/ is what `un2clip eval grounding --head RUN` scores. Images are squashed to the input "
+                    "square (no crop, no flip: 'left of' phrases keep their meaning).")
+    _add_train_flags(p)
+    for action in p._actions:
+        if action.dest in GROUNDING_FLAG_HELP:
+            action.help = GROUNDING_FLAG_HELP[action.dest]
+    g = p.add_argument_group("grounding options")
+    g.add_argument("--image-folder", metavar="DIR",
+                   help="folder of the annotations' image files (default: DIR/images for RefCOCO, "
+                        "DIR/flickr30k-images for Flickr30k Entities)")
+    g.add_argument("--hidden-dim", type=positive_int, help="width of the head's two 3x3 convolutions (default 128)")
+    g.add_argument("--proj-dim", type=positive_int, help="width of the region-word dot product (default 64)")
+    g.add_argument("--input-size", type=positive_int,
+                   help="side of the square the image is resized to, a multiple of the patch size (default: the "
+                        "encoder's input size)")
+
+    def run(args: argparse.Namespace) -> int:
+        opts = {"hidden_dim": args.hidden_dim, "proj_dim": args.proj_dim, "input_size": args.input_size}
+        return _run_training(args, "grounding", opts, None if args.resume else dict(GROUNDING_DEFAULTS))
+
+    p.set_defaults(func=run)
+
+
+AUDIO_DEFAULTS = {"lr": 1e-3, "output": "runs/audio"}  # a head trained from scratch: a larger rate than a fine-tune
+
+
+def _add_train_audio(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-audio", help="AudioCLIP (partial training): an audio head learns a frozen CLIP's joint space",
+        description="AudioCLIP's partial-training mode: a log-mel front end and a small ResNeXt-style CNN map "
+                    "sound clips into the frozen CLIP's joint space, by a symmetric cross-entropy against the "
+                    "clips' text embeddings (class names, or a caption column) and, where the meta file has an "
+                    "image column (the shapes world's sounds), their images' embeddings; one learnable scale per "
+                    "pair, initialised to 100 and clamped to [1, 100]. --data: an ESC-50 folder (audio/*.wav, "
+                    "meta/esc50.csv) or an UrbanSound8K folder (audio/foldN/*.wav, metadata/UrbanSound8K.csv). "
+                    "The run's audio/ is the head; `un2clip eval audio-zeroshot --model RUN` scores it.")
+    _add_train_flags(p)
+    for action in p._actions:  # the shared flags whose defaults this command sets otherwise
+        if action.dest == "lr":
+            action.help = f"learning rate (default {AUDIO_DEFAULTS['lr']:g}: the head trains from scratch)"
+        elif action.dest == "output":
+            action.help = ("run directory (metrics.jsonl, config.yaml, checkpoints/, the head in audio/; default "
+                           f"{AUDIO_DEFAULTS['output']})")
+        elif action.dest == "data":
+            action.help = ("an ESC-50 folder (audio/*.wav, meta/esc50.csv) or an UrbanSound8K folder "
+                           "(audio/foldN/*.wav, metadata/UrbanSound8K.csv); optional meta columns caption and image")
+    g = p.add_argument_group("audio options")
+    g.add_argument("--model", metavar="SPEC",
+                   help="the frozen CLIP (preset, folder, Hub id or run directory; the same as --clip; default: "
+                        "the preset's)")
+    g.add_argument("--clip-seconds", type=float, help="clips are cropped (randomly) or zero-padded to this length "
+                                                      "(default 5, ESC-50's)")
+    g.add_argument("--sample-rate", type=positive_int, help="clips are resampled to this rate (default 16000)")
+    g.add_argument("--n-mels", type=positive_int, help="mel bands of the front end (default 64)")
+    g.add_argument("--widths", type=positive_int_list, metavar="W,W,...",
+                   help="channels of the CNN's stages (default 64,128,256)")
+    g.add_argument("--blocks", type=positive_int_list, metavar="N,N,...",
+                   help="ResNeXt blocks per stage (default 1,1,1)")
+    g.add_argument("--cardinality", type=positive_int, help="groups of each block's 3x3 convolution (default 8)")
+    g.add_argument("--no-images", dest="use_images", action="store_false", default=None,
+                   help="leave the audio-image pairs out of the loss (default: used where the data has images)")
+    g.add_argument("--no-texts", dest="use_texts", action="store_false", default=None,
+                   help="leave the audio-text pairs out of the loss (default: used)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.model:
+            if args.clip and args.clip != args.model:
+                raise ValueError(f"--model {args.model} and --clip {args.clip} name two CLIPs; give one")
+            args.clip = args.model
+        if args.clip_seconds is not None and args.clip_seconds <= 0:
+            raise ValueError(f"--clip-seconds must be > 0, got {args.clip_seconds}")
+        opts = {k: getattr(args, k) for k in ("clip_seconds", "sample_rate", "n_mels", "widths", "blocks",
+                                               "cardinality", "use_images", "use_texts")}
+        return _run_training(args, "audio", opts, defaults=AUDIO_DEFAULTS)
+
+    p.set_defaults(func=run)
+
+
+def _block_list(text: str) -> list[int]:
+    try:
+        blocks = [int(b) for b in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 4 block indices such as 5,11,17,23, got {text!r}") from None
+    if len(blocks) != 4 or min(blocks) < 0:
+        raise argparse.ArgumentTypeError(f"expected 4 non-negative block indices such as 5,11,17,23, got {text!r}")
+    return blocks
+
+
+def _add_train_dense(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-dense", help="train a dense head (LSeg) on a frozen CLIP image tower, per pixel against the frozen "
+                            "text embeddings of the label names",
+        description="LSeg (Li et al. 2022): four blocks of the image tower, a DPT reassemble-and-fuse decoder, a 1x1 "
+                    "projection to the joint space; per-pixel logits = 1/0.07 x cosine with the text embeddings of "
+                    "the dataset's label names; per-pixel cross entropy. The tower stays frozen, so the head "
+                    "measures the encoder; `un2clip eval seg --method lseg --head RUN` scores it, also on label "
+                    "names it never saw. LSeg's own recipe is SGD, lr 0.004 with the head at 10x, poly decay; a "
+                    "head trained from scratch wants a higher rate than the shared default (e.g. --lr 1e-3) and its "
+                    "own --output.")
+    _add_train_flags(p)
+    g = p.add_argument_group("dense-head options")
+    g.add_argument("--head", choices=["lseg"], default="lseg", help="which head (default lseg)")
+    g.add_argument("--model", metavar="SPEC", help="the frozen encoder: preset, folder, Hub id or run directory "
+                                                   "(the same as --clip; default the preset's)")
+    g.add_argument("--seg-layout", metavar="LAYOUT",
+                   help="layout of --data: generic (images/, masks/, classes.txt; default) or a named "
+                        "mmsegmentation layout (voc21, context59, ade20k, ...), as `un2clip eval seg` reads")
+    g.add_argument("--seg-split", metavar="SPLIT",
+                   help="split of a named layout (default train; ADE20K's is training)")
+    g.add_argument("--features", type=positive_int, help="the decoder's fusion width (default 256, LSeg's)")
+    g.add_argument("--blocks", type=_block_list, metavar="I,J,K,L",
+                   help="the 4 blocks (0-based) the head reads (default: the last of each quarter of the tower, "
+                        "5,11,17,23 on 24 blocks as LSeg)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flips (default: flip half the crops)")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.model:
+            if args.clip and args.clip != args.model:
+                raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
+            args.clip = args.model
+        return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip})
+
+    p.set_defaults(func=run)
+
+
 # sub-commands of this group, in the order `un2clip --help` lists them
 COMMANDS = [_add_pretrain, _add_train_autoencoder, _add_train_decoder, _add_finetune, _add_cache_latents, _add_diva,
-            _add_genhancer]
+            _add_genhancer, _add_train_grounding, _add_train_audio,
+            _add_train_dense]

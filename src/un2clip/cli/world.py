@@ -19,6 +19,13 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                    help="probability that a caption names each rare attribute (default 0.03)")
     g.add_argument("--pairs-per-pattern", type=int, default=15, help="MMVP pairs per pattern (default 15)")
     g.add_argument("--n-seg", type=int, default=200, help="segmentation images (default 200)")
+    g.add_argument("--n-grounding", type=int, default=40, metavar="N",
+                   help="scenes of the grounding set, grounding/ in RefCOCO's layout (two referring expressions per "
+                        "object; every fifth scene val; 0: none) (default 40)")
+    g.add_argument("--n-lseg", type=int, default=0,
+                   help="LSeg sets: lseg/train and lseg/val (this many scenes each of the seen shapes) and lseg/unseen "
+                        "(as many of the unseen arrow and cross), for `un2clip train-dense` and `eval seg --method "
+                        "lseg` (default 0: none; the other outputs are the same either way)")
     g.add_argument("--noise-swap", type=float, default=0.0, metavar="F",
                    help="noisy pool: fraction of training captions replaced by another image's caption (default 0)")
     g.add_argument("--noise-boilerplate", type=float, default=0.0, metavar="F",
@@ -67,9 +74,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
                               talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors, mllm=args.mllm,
                               n_mllm_instruct=args.mllm_instruct, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
-                              n_cvbench_per_task=args.cvbench_per_task)
+                              n_cvbench_per_task=args.cvbench_per_task, n_grounding=args.n_grounding,
+                              n_lseg=args.n_lseg)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
-                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm")
+                "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm", "n_lseg")
         print(json.dumps({k: info[k] for k in keys if k in info}))
         print(f"wrote the world to {args.output}")
         return 0
@@ -159,7 +167,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-seed", type=int, metavar="S",
                    help="start every seed from the shipped CLIP and decoders of seed S (the worlds, pairs and "
                         "fine-tune draws still follow --seeds)")
+    p.add_argument("--grounding", action="store_true",
+                   help="also GLIP-style grounding accuracy of original and un2clip: per seed a grounding set "
+                        "(400 scenes, RefCOCO layout), a head trained 300 steps on each frozen encoder "
+                        "(`un2clip train-grounding`, lr 1e-3), scored on its val split beside the constant "
+                        "mean-box reference (default: off)")
     _add_world_settings(p)
+    p.add_argument("--audio-sketch", action="store_true",
+                   help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
+                        "space on the world's scene sounds, then zero-shot on 36 colour + shape sounds: audio zs) "
+                        "and CLIPasso (each one sketches the world's shapes with 4, 8, 16 strokes, the original CLIP "
+                        "judges: sketch@8); default off")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -168,8 +186,16 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         from pathlib import Path
 
         from un2clip.world.compare import QUICK, CompareSettings, run_compare
+        from un2clip.world.grounding import GROUNDING_QUICK, GroundingSettings
 
         settings = QUICK if args.quick else CompareSettings()
+        if args.grounding:
+            settings = replace(settings, grounding=GROUNDING_QUICK if args.quick else GroundingSettings())
+        if args.audio_sketch:
+            from un2clip.world import audiosketch
+
+            settings = replace(settings, audio_sketch=audiosketch.QUICK if args.quick
+                               else audiosketch.AudioSketchSettings())
         settings = replace(settings, demo=_world_settings(args, settings.demo))
         if args.flow_decoder_steps is not None:
             if args.flow_decoder_steps < 1:

@@ -21,7 +21,10 @@ def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
     webdataset shards they name member extensions (``"jpg;png"``, ``"txt"``); image
     folders ignore them. A ``.json`` file is LLaVA's conversation format
     (:class:`~un2clip.data.conversations.ConversationSource`), its image paths relative to ``image_folder``
-    (default: the file's folder). Raises FileNotFoundError for a path that does not exist and
+    (default: the file's folder). A folder in a grounding layout (RefCOCO's instances.json + refs, or Flickr30k
+    Entities' Sentences/ + Annotations/) opens its train split as a
+    :class:`~un2clip.data.grounding.GroundingSource`, images under ``image_folder``. Raises FileNotFoundError for a
+    path that does not exist and
     ValueError for a source without images.
     """
     spec = os.fspath(spec)
@@ -41,6 +44,10 @@ def open_source(spec: str | os.PathLike, *, image_column: str | None = None,
     if path.is_dir():
         if is_latent_cache(path):  # written by `un2clip cache-latents`
             return LatentCacheSource(path)
+        from un2clip.data.grounding import GroundingSource, layout_of
+
+        if layout_of(path):  # RefCOCO or Flickr30k Entities annotations: its train split, for train-grounding
+            return GroundingSource(path, split="train", images=image_folder)
         return ImageFolderSource(path)
     suffix = path.suffix.lower()
     if suffix == ".json":

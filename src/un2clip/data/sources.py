@@ -72,6 +72,13 @@ class Record:
     key: str
 
 
+@dataclass
+class MaskedRecord(Record):
+    """A training example with a per-pixel label map (index values, 255 ignored) of the image's size."""
+
+    mask: np.ndarray | None = None
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -72,7 +72,9 @@ class EvalTask:
     flags: FlagsHook | None = None  # adds the task's own flags; each dest is a keyword of evaluate
     # opens the data without a model (with the keywords of evaluate it shares), so a malformed folder fails fast
     check_data: Callable[..., object] | None = None
-    model_kind: str = "clip"  # what evaluate takes: "clip" (ClipModel) | "llava" (un2clip.models.llava.LlavaChat)
+    # what evaluate takes: "clip" (ClipModel) | "llava" (un2clip.models.llava.LlavaChat) | "audio"
+    # (un2clip.models.audio.AudioClip, a `train-audio` run)
+    model_kind: str = "clip"
     needs_decoder: bool = False  # evaluate takes ``decoder=UnclipDecoder``, loaded from the ``decoder`` option
     extras: tuple[str, ...] = ()  # the un2clip extras it may need: pip install 'un2clip[NAME]'
     ignores: tuple[str, ...] = ()  # shared flags of its model kind that its evaluate has no use for

@@ -136,6 +136,24 @@ def _detect_flags(g: argparse._ArgumentGroup) -> None:
                         "preprocesses (ViLD; default); squash = stretched to a square (ours before)")
 
 
+def _grounding_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--head", required=True, metavar="RUN",
+                   help="the grounding head: a `un2clip train-grounding` run (or its head/ folder) trained on this "
+                        "--model")
+    g.add_argument("--split", help="split to score: a RefCOCO refs split (val, testA, testB, test) or a Flickr30k "
+                                   "Entities DIR/<split>.txt (default val)")
+    g.add_argument("--images", metavar="DIR", help="folder of the image files (default: DIR/images for RefCOCO, "
+                                                   "DIR/flickr30k-images for Flickr30k Entities)")
+    g.add_argument("--split-by", metavar="NAME",
+                   help="RefCOCO's refs(NAME).p to read when the folder holds several (umd, google, unc; default: "
+                        "the only one)")
+    g.add_argument("--merge-boxes", action="store_true",
+                   help="score each phrase against the union of its boxes (Flickr30k's merged protocol; default: "
+                        "any of its boxes, GLIP's and MDETR's default)")
+    g.add_argument("--nms-iou", type=fraction, help="NMS IoU among a phrase's boxes, in [0, 1] (default 0.6, GLIP's)")
+    g.add_argument("--limit", type=positive_int, help="score the first N captions only (default: all)")
+
+
 def _sketch_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--judge", metavar="SPEC",
                    help="the fixed model that classifies the sketches: preset, folder, Hub id or run directory "
@@ -149,6 +167,12 @@ def _sketch_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--templates", metavar="FILE",
                    help="one template a line, {c} or {} for the class name (default: the dataset's "
                         "templates.txt, else CLIP's 80 ImageNet templates)")
+
+
+def _audio_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--templates", metavar="FILE",
+                   help="one template a line, {c} or {} for the class name (default: DIR/templates.txt, else '{}', "
+                        "the class name alone, as AudioCLIP prompts)")
 
 
 def _depth_flags(g: argparse._ArgumentGroup) -> None:
@@ -242,7 +266,12 @@ def _video_zeroshot_flags(g: argparse._ArgumentGroup) -> None:
 def _seg_flags(p: argparse.ArgumentParser) -> None:
     """Flags of `un2clip eval seg` (and its alias `un2clip seg`): every flag, grouped."""
     p.add_argument("--method", nargs="+", required=True, metavar="M",
-                   help="vanilla, maskclip, sclip, clearclip, naclip (several: one table)")
+                   help="vanilla, maskclip, sclip, clearclip, naclip (several: one table); lseg (a trained LSeg head "
+                        "on --model's frozen tower: --head); groupvit (--model a GroupViT: Hub id such as "
+                        "nvidia/groupvit-gcc-yfcc, folder or pretrain run; segments by its grouping, on its own)")
+    p.add_argument("--head", nargs="+", metavar="RUN",
+                   help="with --method lseg: the `un2clip train-dense --head lseg` run(s), one per --model or one "
+                        "for all (default: none; lseg needs it)")
     p.add_argument("--model", nargs="+", required=True, metavar="MODEL",
                    help="preset (e.g. tiny), Hub id, model folder, fine-tune run directory or exported folder")
     p.add_argument("--model-name", nargs="+", metavar="NAME", help="names of the models in the results")
@@ -356,6 +385,19 @@ register_task(EvalTask(
     ignores=("num_workers",),
 ))
 register_task(EvalTask(
+    "grounding", "un2clip.eval.downstream.grounding:evaluate", ("accuracy", "recall@5", "recall@10"),
+    "phrase grounding, GLIP's protocol, with a head trained on the frozen --model by `un2clip train-grounding` "
+    "(--head RUN): each location's box scored sqrt(mean token sigmoid x centerness sigmoid), NMS 0.6, a phrase "
+    "found at k when one of its k best boxes has IoU >= 0.5 with a ground-truth box; accuracy (= recall@1) and "
+    "recall@5/10 in percent of phrases, and accuracy_mean_box (one constant box, the mean ground truth: a "
+    "reference that reads neither image nor words). Layouts: RefCOCO (DIR/instances.json + DIR/refs(<split_by>).p "
+    "or .json) or Flickr30k Entities (DIR/Sentences/<id>.txt, DIR/Annotations/<id>.xml, DIR/<split>.txt). A "
+    "malformed file is an error naming the file and row; an unreadable image is skipped, counted "
+    "(n_skipped_images) and named",
+    flags=_grounding_flags, check_data="un2clip.eval.downstream.grounding:read_grounding_set",
+    ignores=("num_workers",), item_csv="samples_csv",
+))
+register_task(EvalTask(
     "depth", "un2clip.eval.downstream.depth:evaluate", ("delta1", "abs_rel", "rmse"),
     "zero-shot monocular depth, DepthCLIP: patch features vs 'This object is {giant ... unseen}', softmax over "
     "the seven words weights DepthCLIP's bin depths (1-3 m); by default as DepthCLIP evaluates NYUv2 (640x480 "
@@ -415,11 +457,20 @@ register_task(EvalTask(
     ignores=("precision", "batch_size", "num_workers"),
 ))
 register_task(EvalTask(
+    "audio-zeroshot", "un2clip.eval.downstream.audio:evaluate", ("acc1",),
+    "zero-shot sound classification, AudioCLIP: a `un2clip train-audio` run's audio head against its CLIP's text "
+    "embeddings of the class names; ESC-50 (DIR/audio/*.wav, DIR/meta/esc50.csv) or UrbanSound8K "
+    "(DIR/audio/foldN/*.wav, DIR/metadata/UrbanSound8K.csv); top-1 accuracy per fold (foldN_acc1) and their mean "
+    "(acc1)",
+    flags=_audio_flags, check_data="un2clip.eval.downstream.audio:read_sound_set", model_kind="audio",
+))
+register_task(EvalTask(
     "seg", "un2clip.eval.seg:evaluate", ("mIoU", "aAcc", "mAcc"),
     "training-free open-vocabulary segmentation: vanilla | maskclip | sclip | clearclip | naclip. Change the last "
     "block of a frozen CLIP ViT (MaskCLIP, SCLIP, ClearCLIP, NACLIP or none), compare patch features with text "
     "embeddings of class names (80 ImageNet templates, synonyms), sliding window, mIoU as mmsegmentation computes "
-    "it. One JSON per model x method x dataset in --output, then one table. Settings default to each method's "
-    "preset for the dataset.",
+    "it. Also lseg (a trained LSeg head, `train-dense`, on the frozen tower: --head) and groupvit (a GroupViT's "
+    "grouping, NVlabs' inference). One JSON per model x method x dataset in --output, then one table. Settings "
+    "default to each method's preset for the dataset.",
     flags=_seg_flags, runner="seg",
 ))

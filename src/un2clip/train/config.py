@@ -73,8 +73,14 @@ class RunConfig:
     caption_column: str | None = flag(None, group="data", default_text="a column named caption, text or title",
                                       help="CSV/TSV column holding captions")
     image_folder: str | None = not_a_flag(None, by_command=True,
-                                          why="llava train adds --image-folder: the folder a LLaVA JSON's image "
-                                              "paths are relative to (default: the JSON's folder)")
+                                          why="llava train and train-grounding add --image-folder: the folder a "
+                                              "LLaVA JSON's image paths (the JSON's folder by default) or a grounding "
+                                              "set's image files are relative to")
+    seg_layout: str = not_a_flag("generic", by_command=True,
+                                 why="train-dense adds --seg-layout: the layout of its segmentation data (generic or "
+                                     "a named mmsegmentation layout)")
+    seg_split: str = not_a_flag("train", by_command=True,
+                                why="train-dense adds --seg-split: the split of a named segmentation layout")
     num_workers: int = flag(0, group="data", resumable=True, help="data-loader worker processes")
     max_skip_rate: float = flag(0.5, group="data", resumable=True, metavar="F",
                                 help="stop when more than this fraction of the last --skip-window images drawn "

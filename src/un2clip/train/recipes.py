@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
 register_objective = OBJECTIVES.register
+DENSE_OBJECTIVES = ("lseg",)  # trained on segmentation datasets (`un2clip train-dense`)
 
 
 def _construct(cls, *args, options: dict, **kwargs):
@@ -97,9 +98,53 @@ def build_contrastive(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
         log.warning("%s: %d row(s) have an empty caption (row %s%s); contrastive training skips them and counts "
                     "them with the unreadable images", cfg.data, len(blank), ", ".join(map(str, blank[:5])),
                     ", ..." if len(blank) > 5 else "")
+    if _is_groupvit(cfg):
+        return _build_groupvit(cfg)
+    opts = {k: v for k, v in cfg.objective_options.items() if k not in GROUPVIT_OPTIONS or v is None}
+    given = sorted(k for k in cfg.objective_options if k in GROUPVIT_OPTIONS and cfg.objective_options[k] is not None)
+    if given:
+        raise ValueError(f"{given} are GroupViT options: pretrain a GroupViT with --preset {GROUPVIT_PRESET}")
     clip_spec, clip = _clip(cfg)
-    objective = _construct(ContrastiveObjective, clip, options=cfg.objective_options)
+    objective = _construct(ContrastiveObjective, clip, options=opts)
     return objective, {"kind": "contrastive", "clip": clip_spec, "random_weights": cfg.random_weights}
+
+
+GROUPVIT_PRESET = "groupvit-tiny"  # `pretrain --preset groupvit-tiny`: a tiny GroupViT from scratch
+GROUPVIT_OPTIONS = ("nouns", "max_words", "multi_label_weight")
+
+
+def _is_groupvit(cfg: RunConfig) -> bool:
+    from un2clip.models.groupvit import RUN_FOLDER, is_groupvit_folder
+
+    if cfg.clip:
+        path = Path(cfg.clip)
+        return is_groupvit_folder(path) or is_groupvit_folder(path / RUN_FOLDER)
+    return cfg.preset == GROUPVIT_PRESET
+
+
+def _build_groupvit(cfg: RunConfig) -> tuple[Objective, dict]:
+    """GroupViT's objective on a tiny GroupViT built from its config (seeded), or on ``--clip``, a GroupViT."""
+    from un2clip.models.groupvit import build_tiny_groupvit, load_groupvit
+    from un2clip.objectives.groupvit import GroupViTObjective
+
+    opts = dict(cfg.objective_options)
+    if opts.pop("hard_negatives", None) or opts.pop("max_logit_scale", None):
+        raise ValueError("--hard-negatives and --max-logit-scale are CLIP options; a GroupViT clamps its scales at "
+                         "100 and trains on captions and their nouns")
+    nouns_file = opts.pop("nouns", None)
+    nouns: list[str] = []
+    if nouns_file:
+        path = Path(nouns_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--nouns {path} not found: expected one noun a line (the world's nouns.txt)")
+        nouns = [w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
+        if not nouns:
+            raise ValueError(f"--nouns {path} lists no nouns")
+    model = load_groupvit(cfg.clip) if cfg.clip else build_tiny_groupvit(seed=cfg.seed)
+    objective = _construct(GroupViTObjective, model, nouns=nouns,
+                           options={k: v for k, v in opts.items() if v is not None})
+    info = {"kind": "groupvit", "groupvit": cfg.clip or GROUPVIT_PRESET, "nouns": nouns_file}
+    return objective, info
 
 
 @register_objective("decoder")
@@ -198,6 +243,36 @@ def build_genhancer(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     info = {"kind": "genhancer", "clip": clip_spec, "flow_decoder": cfg.decoder, "random_weights": cfg.random_weights}
     return objective, info
 
+
+@register_objective("grounding")
+def build_grounding(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """GLIP-style grounding head on the frozen encoder ``--clip`` (or the preset's); only the head trains."""
+    from un2clip.objectives.grounding import GroundingObjective
+
+    clip_spec, clip = _clip(cfg)
+    objective = _construct(GroundingObjective, clip, options=cfg.objective_options, clip_spec=clip_spec,
+                           seed=cfg.seed)
+    info = {"kind": "grounding", "clip": clip_spec, "random_weights": cfg.random_weights,
+            "layout": getattr(source, "layout", None)}
+    return objective, info
+
+
+@register_objective("audio")
+def build_audio(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """AudioCLIP's partial training: an audio head into the frozen CLIP's (``--clip``, else the preset's) space."""
+    from un2clip.objectives.audio import AudioClipObjective
+
+    clip_spec, clip = _clip(cfg)
+    options = dict(cfg.objective_options)
+    options.setdefault("seed", cfg.seed)
+    if not getattr(source, "has_images", False):
+        options["use_images"] = False  # ESC-50 / UrbanSound8K: audio-text pairs only
+    objective = _construct(AudioClipObjective, clip, options=options)
+    info = {"kind": "audio", "clip": clip_spec, "random_weights": cfg.random_weights,
+            "pairs": [p for p, on in (("image", objective.use_images), ("text", objective.use_texts)) if on]}
+    return objective, info
+
+
 @register_objective("llava")
 def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """LLaVA-1.5: ``init`` (a LLaVA folder or an earlier llava run, e.g. stage 1 for stage 2), else a new model of
@@ -233,6 +308,22 @@ def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, di
     return objective, info
 
 
+@register_objective("lseg")
+def build_lseg(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """LSeg: a dense head on the frozen tower of ``--clip`` (or the preset's), labels = the dataset's classes."""
+    from un2clip.objectives.lseg import LSegObjective
+
+    labels = getattr(source, "labels", None)
+    if not labels:
+        raise ValueError(f"{cfg.data}: the lseg head trains on a segmentation dataset (images/, masks/, "
+                         "classes.txt or a named layout), not on a {source.kind} source")
+    clip_spec, clip = _clip(cfg)
+    objective = _construct(LSegObjective, clip, labels, model_spec=clip_spec, options=cfg.objective_options)
+    info = {"kind": "lseg", "clip": clip_spec, "random_weights": cfg.random_weights, "labels": labels,
+            "seg_layout": cfg.seg_layout, "seg_split": cfg.seg_split}
+    return objective, info
+
+
 def load_llava(spec: str) -> tuple[Any, Any]:
     """(LlavaForConditionalGeneration, processor) of a LLaVA folder or of a llava run (its ``llava/``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -264,11 +355,24 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     check_tracker_packages(tracker_names(cfg.report_to))  # before any model loads
     if not cfg.data:
         raise ValueError("no training data: pass --data (an image folder, a CSV/TSV file or webdataset shards)")
-    source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
-                         image_folder=cfg.image_folder)
+    if cfg.objective == "audio":  # sound clips: an ESC-50 or UrbanSound8K layout
+        from un2clip.data.audio import AudioSource
+
+        source: Source = AudioSource(cfg.data)
+    elif cfg.objective in DENSE_OBJECTIVES:  # image + label map pairs, in the layouts `eval seg` reads
+        from un2clip.train.dense import open_segmentation
+
+        source = open_segmentation(cfg.data, cfg.seg_layout, cfg.seg_split)
+    else:
+        source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
+                             image_folder=cfg.image_folder)
     if (source.kind == "conversations") != (cfg.objective == "llava"):
         raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
                          f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")
+    if (source.kind == "grounding") != (cfg.objective == "grounding"):
+        raise ValueError(f"{cfg.data}: grounding training (`un2clip train-grounding`) reads RefCOCO or Flickr30k "
+                         f"Entities annotations and nothing else does; the {cfg.objective} objective got a "
+                         f"{source.kind} source")
     if source.kind == "latent-cache" and cfg.objective != "un2clip":
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")

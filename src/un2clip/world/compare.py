@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
+from un2clip.world.grounding import GroundingSettings
 from un2clip.world.stages import finish_stage, recorded_stage, train_run
 
 
@@ -43,6 +45,9 @@ class CompareSettings:
     anchor_weights: tuple[float, ...] = (0.1, 1.0)  # λ of the anchor term (1 - cosine to the original)
     lora_rank: int = 8
     lora_lr_factor: float = 10.0  # LoRA's learning rate = the fine-tune's x this (adapters start at zero)
+    grounding: GroundingSettings | None = None  # --grounding: a grounding head per encoder (original, un2clip)
+    # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
+    audio_sketch: AudioSketchSettings | None = None
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -332,6 +337,18 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
+    if settings.grounding is not None:  # GLIP-style grounding accuracy of a head trained on each frozen encoder
+        from un2clip.world.grounding import grounding_results
+
+        picked = {n: models[n] for n in ("original", "un2clip") if n in models}
+        for name, extra in grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
+                                             progress=progress).items():
+            results[name] = {**results[name], **extra}
+    if settings.audio_sketch is not None:
+        from un2clip.world.audiosketch import add_audio_sketch
+
+        results = add_audio_sketch(results, seed_dir, seed_dir / "world", models, seed=seed,
+                                   settings=settings.audio_sketch, fresh=fresh, progress=progress)
     return {name: results[name] for name in models}
 
 
@@ -342,6 +359,10 @@ COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_sha
            ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
            ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
+# shown when some variant has them (measured on request: --grounding, --audio-sketch): grounding accuracy and its
+# constant-box reference, AudioCLIP zero-shot, CLIPasso recognisability at 8 strokes
+OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"),
+                    ("audio/acc1", "audio zs"), ("sketch/acc1@8", "sketch@8"))
 
 
 def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:
@@ -386,10 +407,11 @@ def _cell(stat: tuple[float, float, int] | None, digits: int, signed: bool = Fal
 
 def report_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> list[str]:
     """Markdown rows: one per variant, mean ± std over seeds (the ± is left out for one seed)."""
-    head = ["variant"] + [title for _, title in COLUMNS] + [title for _, title in PAIRED] + ["seeds"]
+    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in st for st in summary.values()))
+    head = ["variant"] + [title for _, title in columns] + [title for _, title in PAIRED] + ["seeds"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for variant, stats in summary.items():
-        cells = [_cell(stats.get(k), 5 if k.startswith("diffloss") else 1) for k, _ in COLUMNS]
+        cells = [_cell(stats.get(k), 5 if k.startswith("diffloss") else 1) for k, _ in columns]
         cells += [_cell(stats.get(f"delta/{k}"), 1, signed=True) for k, _ in PAIRED]
         n = max((st[2] for st in stats.values()), default=0)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {n} |")

@@ -46,8 +46,11 @@ from un2clip.world.scenes import (
 )
 from un2clip.world.words import (
     BOILERPLATE_CAPTIONS,
+    LSEG_UNSEEN,
     ZEROSHOT_TEMPLATES,
     caption,
+    lseg_classes,
+    nouns,
     phrase,
     seg_classes,
     swap_groups,
@@ -213,8 +216,8 @@ def zeroshot_scene(rng: np.random.Generator, task: str, classname: str) -> Scene
 
 
 # ----------------------------------------------------------------------------- writing
-OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "mllm", "world.json",
-                "swap_groups.txt", "metadata.txt")
+OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", "depth", "pointcloud", "video", "mllm",
+                "grounding", "world.json", "swap_groups.txt", "metadata.txt", "lseg", "nouns.txt")
 _CHUNK = 256  # images per job sent to a worker process
 
 
@@ -379,6 +382,39 @@ def _write_zeroshot(root: Path, seed: int, per_class: int, out: _ImageWriter) ->
         (folder / "templates.txt").write_text("\n".join(spec["templates"]) + "\n", encoding="utf-8")
 
 
+def _write_lseg(root: Path, seed: int, n: int, out: _ImageWriter) -> list[tuple[Path, dict[int, int]]]:
+    """LSeg's sets: train/ and val/ (scenes of the seen shapes, their classes only; val held out) and unseen/
+    (scenes of the unseen shapes, ``LSEG_UNSEEN``), each a generic segmentation folder of ``n`` images. Returns each
+    folder and the map from the renderer's class ids (shape index + 1) to the folder's, applied once the masks are
+    written."""
+    remaps = []
+    for name, split, unseen in (("train", "lseg-train", False), ("val", "lseg-val", False),
+                                ("unseen", "lseg-unseen", True)):
+        folder = root / "lseg" / name
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        classes = lseg_classes(unseen)
+        shapes = classes[1:]
+        rng = split_rng(seed, split)
+        for i in range(n):
+            scene = sample_scene(rng, shapes=shapes, filled_only=True, allow_glyph=False)
+            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png")
+        (folder / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+        remaps.append((folder, {0: 0, **{SHAPES.index(s) + 1: k + 1 for k, s in enumerate(shapes)}}))
+    return remaps
+
+
+def _relabel_masks(folder: Path, remap: dict[int, int]) -> None:
+    """Rewrite a folder's masks with ``remap`` (every id in them must be a key)."""
+    lut = np.full(256, 255, dtype=np.uint8)
+    for a, b in remap.items():
+        lut[a] = b
+    for path in sorted((folder / "masks").glob("*.png")):
+        with Image.open(path) as im:
+            mask = np.asarray(im)
+        Image.fromarray(lut[mask], "L").save(path, format="PNG")
+
+
 def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter) -> None:
     folder = root / "seg"
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -463,6 +499,7 @@ def generate_world(
     n_depth: int = 40,
     n_pointcloud_per_class: int = 8,
     n_video_per_class: int = 20,
+    n_grounding: int = 40,
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
@@ -477,6 +514,7 @@ def generate_world(
     n_mllm_instruct: int = 2000,
     mllm_pairs_per_pattern: int = 15,
     n_cvbench_per_task: int = 50,
+    n_lseg: int = 0,
 ) -> dict:
     """Write a shapes world under ``out_dir`` and return its parameters (also ``world.json``).
 
@@ -498,8 +536,17 @@ def generate_world(
                           downward or turning clockwise, counterclockwise: retrieval/captions.csv +
                           retrieval/videos/<id>/<frame>.png (un2clip eval video-retrieval),
                           actions/<motion>/<id>/<frame>.png (un2clip eval video-zeroshot), clips.jsonl
+        grounding/        (``n_grounding`` > 0) RefCOCO layout: instances.json, refs(unc).p, images/<id>.png, 64 px
+                          scenes of two objects, referred to as "the small red circle" and "the square to the left
+                          of the star"; info.json records its parameters (world.json does not: a world's record
+                          stays as it was)  (un2clip train-grounding, eval grounding; :mod:`un2clip.world.grounding`)
         world.json, swap_groups.txt  (word groups for hard-negative captions: pretrain --hard-negatives)
         metadata.txt      the world's attribute phrases, one a line (curate --metadata)
+        nouns.txt         the nouns captions name objects by (GroupViT's multi-label prompts)
+        lseg/             (``n_lseg`` > 0) train/ and val/ (``n_lseg`` scenes each of the seen shapes, classes
+                          background + those) and unseen/ (``n_lseg`` scenes of LSEG_UNSEEN, classes background
+                          + those):
+                          generic segmentation folders for `un2clip train-dense` and `eval seg --method lseg`
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
                           training a DFN-style filter (`un2clip train-filter`)
         mllm/             (``mllm``) LLaVA data: pretrain.json (the train captions), instruct.json + images/
@@ -533,7 +580,8 @@ def generate_world(
                                           "n_depth": n_depth, "n_pointcloud_per_class": n_pointcloud_per_class,
                                           "n_video_per_class": n_video_per_class, "n_mllm_instruct": n_mllm_instruct,
                                           "mllm_pairs_per_pattern": mllm_pairs_per_pattern,
-                                          "n_cvbench_per_task": n_cvbench_per_task})
+                                          "n_cvbench_per_task": n_cvbench_per_task, "n_grounding": n_grounding,
+                                          "n_lseg": n_lseg})
     if not (0 <= noise_swap and 0 <= noise_boilerplate and noise_swap + noise_boilerplate <= 1):
         raise ValueError(f"noise_swap and noise_boilerplate must be >= 0 with a sum <= 1, got {noise_swap} "
                          f"and {noise_boilerplate}")
@@ -552,7 +600,7 @@ def generate_world(
     root.mkdir(parents=True, exist_ok=True)
     tasks = zeroshot_tasks()
     n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
-    total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg
+    total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg + 3 * n_lseg
     n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
     out = _ImageWriter(image_size, n_workers, total, progress)
     try:
@@ -565,12 +613,19 @@ def generate_world(
         _write_mmvp(root, seed, pairs_per_pattern, out, mmvp_colors)
         _write_zeroshot(root, seed, n_zeroshot_per_class, out)
         _write_seg(root, seed, n_seg, out)
+        remaps = _write_lseg(root, seed, n_lseg, out) if n_lseg else []
     except BaseException:
         out.close(finish=False)
         raise
     out.close()
+    for folder, remap in remaps:  # the renderer labels shape k as k + 1; each LSeg set numbers its own classes
+        _relabel_masks(folder, remap)
     write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class,
                      n_video_per_class=n_video_per_class)
+    if n_grounding:
+        from un2clip.world.grounding import write_grounding
+
+        write_grounding(root, seed, n_grounding)
     params = {"version": WORLD_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train, "n_val": n_val,
               "rare_rate": rare_rate, "pairs_per_pattern": pairs_per_pattern,
               "n_mmvp_questions": 2 * pairs_per_pattern * len(MMVP_TYPES), "n_seg": n_seg,
@@ -580,6 +635,8 @@ def generate_world(
     if noise_swap or noise_boilerplate or long_tail or n_trusted:  # absent from a plain world's record
         params.update(noise_swap=noise_swap, noise_boilerplate=noise_boilerplate, long_tail=long_tail,
                       n_trusted=n_trusted)
+    if n_lseg:  # absent from a world without the LSeg sets
+        params.update(n_lseg=n_lseg, lseg_unseen=list(LSEG_UNSEEN))
     if talk_colors or mmvp_colors is not None:
         params.update(talk_colors=talk_colors, talk_rate=talk_rate, mmvp_colors=list(mmvp_colors or COLORS))
     if mllm:  # absent from a world without the LLaVA sets
@@ -593,6 +650,7 @@ def generate_world(
                                     mmvp_talk=talk_pairs)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
+    (root / "nouns.txt").write_text("".join(n + "\n" for n in nouns()), encoding="utf-8")
     (root / "world.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return params
 

@@ -123,7 +123,8 @@ class Scene:
 
 SPLIT_IDS = {"train": 0, "val": 1, "mmvp": 2, "zeroshot": 3, "seg": 4,
              "detect": 5, "depth": 6, "pointcloud": 7, "video": 8, "trusted": 9,
-             "mllm-train": 10, "mllm-mmvp": 11, "mllm-mmvp-talk": 12, "mllm-cvbench": 13}  # one stream family each
+             "mllm-train": 10, "mllm-mmvp": 11, "mllm-mmvp-talk": 12, "mllm-cvbench": 13,
+             "grounding": 14, "lseg-train": 15, "lseg-unseen": 16, "lseg-val": 17}  # one stream family each
 
 
 def split_rng(seed: int, split: str, stream: int = 0) -> np.random.Generator:

@@ -195,6 +195,19 @@ def seg_classes() -> list[str]:
     return ["background", *SHAPES]
 
 
+LSEG_UNSEEN = ("arrow", "cross")  # the shapes an LSeg head never trains on (its zero-shot split)
+
+
+def lseg_classes(unseen: bool = False) -> list[str]:
+    """Class names of the LSeg sets: background, then the seen shapes (train) or the unseen ones."""
+    return ["background", *[s for s in SHAPES if (s in LSEG_UNSEEN) == unseen]]
+
+
+def nouns() -> list[str]:
+    """The nouns captions name objects by (GroupViT's multi-label prompts 'a photo of a {noun}')."""
+    return list(SHAPES)
+
+
 # ----------------------------------------------------------------------------- zero-shot
 def zeroshot_tasks() -> dict[str, dict]:
     """Class names and templates of the zero-shot sets (class names are folder names)."""

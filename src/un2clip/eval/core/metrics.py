@@ -13,6 +13,9 @@ exception: :mod:`un2clip.eval.seg.metrics`). Conventions follow the official pro
 - Monocular depth (BTS / AdaBins): delta1/2/3, abs_rel, sq_rel, rmse, rmse_log, log10, silog per image,
   then averaged.
 - Detection: COCO box AP by pycocotools (the ``detect`` extra, imported when called).
+- Phrase grounding (GLIP / MDETR's RefCOCO and Flickr30k Entities protocols): a phrase is found at k when one
+  of its k best boxes overlaps one of its ground-truth boxes with IoU >= 0.5; accuracy is that at k = 1, all
+  in percent of phrases.
 
 One tie rule for every accuracy, recall and rank here (:func:`positive_ranks`): a tie counts against the
 query. The rank of a query's answer is 1 + the number of wrong candidates scored at least as high as its
@@ -103,6 +106,18 @@ def zeroshot_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, f
     ks = (1, 5) if logits.shape[1] >= 5 else (1,)
     out = {f"acc{k}": int((ranks <= k).sum()) / len(ranks) for k in ks}
     out["mean_per_class_recall"] = mean_per_class_recall(ranks == 1, targets)
+    return out
+
+
+def fold_accuracy(logits: torch.Tensor, targets: torch.Tensor, folds: Sequence[int]) -> dict[str, float]:
+    """Top-1 accuracy of each fold (``fold<N>_acc1``, the module's tie rule) and their unweighted mean (``acc1``),
+    as ESC-50 and UrbanSound8K results are reported (folds of unequal size weigh the same)."""
+    folds_t = torch.as_tensor(list(folds), dtype=torch.long)
+    if folds_t.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits but {folds_t.shape[0]} folds")
+    hits = class_ranks(logits, targets) == 1
+    out = {f"fold{f}_acc1": float(hits[folds_t == f].double().mean()) for f in sorted(set(folds_t.tolist()))}
+    out["acc1"] = sum(out.values()) / len(out)
     return out
 
 
@@ -383,6 +398,58 @@ def mean_metrics(per_image: Sequence[dict[str, float]]) -> dict[str, float]:
     if not per_image:
         raise ValueError("no images scored")
     return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
+
+
+# -- phrase grounding ----------------------------------------------------------------------------------
+
+GROUNDING_KS = (1, 5, 10)
+
+
+def xyxy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4), (M, 4) boxes x0, y0, x1, y1 -> (N, M) intersection over union (0 where both are empty)."""
+    a, b = a.float(), b.float()
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def greedy_nms(overlaps: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy non-maximum suppression given the (N, N) pairwise IoU of the boxes: the indices kept, best score
+    first; a box is dropped when its IoU with a kept, better-scored box exceeds ``iou``."""
+    suppressed = torch.zeros(len(scores), dtype=torch.bool)
+    keep: list[int] = []
+    for i in scores.argsort(descending=True).tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i] > iou
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def grounding_hits(ranked: torch.Tensor, truth: torch.Tensor, ks: Sequence[int] = GROUNDING_KS,
+                   threshold: float = 0.5) -> dict[int, bool]:
+    """``{k: found}`` for one phrase: whether one of the first k of ``ranked`` (R, 4) boxes, best first, has
+    IoU >= ``threshold`` with one of ``truth`` (G, 4)."""
+    if truth.shape[0] == 0:
+        raise ValueError("a phrase without a ground-truth box cannot be scored")
+    if ranked.shape[0] == 0:
+        return {k: False for k in ks}
+    good = (xyxy_iou(ranked, truth) >= threshold).any(1)  # (R,)
+    return {k: bool(good[:k].any()) for k in ks}
+
+
+def grounding_metrics(hits: Sequence[dict[int, bool]], ks: Sequence[int] = GROUNDING_KS) -> dict[str, float]:
+    """``accuracy`` (percent of phrases found at k = 1) and ``recall@k`` (percent found among the k best)."""
+    if not hits:
+        raise ValueError("no phrases scored")
+    if 1 not in ks:
+        raise ValueError(f"accuracy is recall@1: ks must hold 1, got {tuple(ks)}")
+    recalls = {f"recall@{k}": 100.0 * sum(h[k] for h in hits) / len(hits) for k in ks}
+    return {"accuracy": recalls["recall@1"], **recalls}
 
 
 # -- detection: COCO box AP by pycocotools (the ``detect`` extra), imported on use ----------------------

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from un2clip.data import transforms as T
 from un2clip.data.sources import decode_image
 from un2clip.eval.core.embed import embed_texts, inference_context
-from un2clip.eval.core.metrics import coco_box_ap, require_pycocotools
+from un2clip.eval.core.metrics import coco_box_ap, greedy_nms, require_pycocotools
 from un2clip.eval.downstream.common import report_skipped
 from un2clip.eval.encoder.zeroshot import _lines, fill_template, imagenet_templates, zeroshot_classifier
 
@@ -132,17 +132,8 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices of the kept boxes, best score first."""
-    order = scores.argsort(descending=True)
-    keep: list[int] = []
-    overlaps = box_iou(boxes, boxes)
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= overlaps[i] > iou
-    return torch.tensor(keep, dtype=torch.long)
+    """Greedy non-maximum suppression of (N, 4) boxes [x, y, w, h]: indices of the kept boxes, best score first."""
+    return greedy_nms(box_iou(boxes, boxes), scores, iou)
 
 
 # -- pure scoring --------------------------------------------------------------------------------------

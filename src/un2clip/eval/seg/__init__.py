@@ -1,7 +1,7 @@
 """Training-free open-vocabulary semantic segmentation with a frozen CLIP image encoder.
 
 ``evaluate(model, data, method=..., dataset=...)`` runs one method (``heads.METHODS``:
-vanilla, maskclip, sclip, clearclip, naclip) on one dataset (``datasets.DATASETS``) and
+vanilla, maskclip, sclip, clearclip, naclip; or a model's own, ``dense.DENSE_METHODS``: lseg, groupvit) on one dataset (``datasets.DATASETS``) and
 returns mIoU, aAcc, mAcc (percent), the image counts and ``IoU.<class>`` per class. The
 method x dataset settings come from ``presets``; every one can be overridden by name.
 """
@@ -25,7 +25,8 @@ from un2clip.eval.seg.datasets import (
     load_dataset,
     size_mismatch,
 )
-from un2clip.eval.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias, get_head
+from un2clip.eval.seg.dense import DENSE_METHODS, DenseScorer
+from un2clip.eval.seg.heads import HEADS, METHODS, HeadSpec, dense_features, gaussian_bias
 from un2clip.eval.seg.infer import (
     TextClassifier,
     class_probabilities,
@@ -38,7 +39,7 @@ from un2clip.eval.seg.infer import (
     window_logits,
 )
 from un2clip.eval.seg.metrics import SegHistogram, intersect_and_union
-from un2clip.eval.seg.presets import SegSettings, resolve_settings
+from un2clip.eval.seg.presets import SegSettings, check_method, resolve_settings
 from un2clip.eval.seg.reference import SegReferences, geometry_of, reference_scores
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BENCHMARKS", "BENCHMARK_DIRS", "DATASETS", "HEADS", "METHODS", "HeadSpec", "SegDataset", "SegHistogram",
+    "BENCHMARKS", "BENCHMARK_DIRS", "DATASETS", "DENSE_METHODS", "HEADS", "METHODS", "HeadSpec", "SegDataset", "SegHistogram",
     "SegSettings", "TextClassifier", "dense_features", "evaluate", "gaussian_bias", "intersect_and_union",
     "SegReferences", "load_dataset", "reference_scores", "resolve_settings", "segment_image", "text_classifier",
 ]
@@ -55,8 +56,10 @@ __all__ = [
 
 def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassifier, *, method: str | HeadSpec,
                   settings: SegSettings, out_size: tuple[int, int] | None = None, background: int | None = None,
-                  batch_size: int = 16) -> torch.Tensor:
-    """(3, H, W) uint8 image -> (H', W') long class map at ``out_size`` (default the image's size)."""
+                  batch_size: int = 16, scorer: DenseScorer | None = None) -> torch.Tensor:
+    """(3, H, W) uint8 image -> (H', W') long class map at ``out_size`` (default the image's size).
+
+    ``scorer`` scores the windows instead of a last-block head (the ``lseg`` and ``groupvit`` methods)."""
     proc = model.processing
     image = prepare_image(pixels.to(model.device), settings.short_side, proc.mean, proc.std)
     queries = classifier.queries.to(model.device)
@@ -64,6 +67,8 @@ def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassi
     pad = settings.pad_windows and settings.crop > 0  # the whole image is never padded, as in every reference
 
     def logits_fn(crops: torch.Tensor) -> torch.Tensor:
+        if scorer is not None:
+            return scorer.window_logits(crops, queries)
         return window_logits(model, crops, queries, method, gaussian_std=settings.gaussian_std, pad=pad)
 
     logits = slide_logits(logits_fn, image, len(queries), crop=settings.crop, stride=settings.stride,
@@ -81,7 +86,7 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
              classes: str | Path | list[list[str]] | None = None, templates: list[str] | None = None,
              split: str = "val", max_images: int | None = None, classifier: TextClassifier | None = None,
              batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
-             resize_masks: bool = False, **settings) -> dict[str, float]:
+             resize_masks: bool = False, scorer: DenseScorer | None = None, **settings) -> dict[str, float]:
     """mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_out_of_range and ``IoU.<class>`` of ``method`` on a dataset,
     with the two reference points of the same label maps (``reference``): background_mIoU and background_aAcc of the
     constant predictor (the background class, else the most frequent one), oracle_mIoU and oracle_aAcc of the
@@ -98,9 +103,13 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
     ``classes`` is given; a ``SegDataset`` keeps its own). ``precision``: see
     ``infer.resolve_precision`` (auto: fp16 on CUDA, fp32 on CPU). Prompt templates: ``templates``,
     else the dataset's own (a generic folder's templates.txt), else CLIP's 80 ImageNet ones.
-    ``classifier`` reuses text queries already computed for this model and these classes.
+    ``classifier`` reuses text queries already computed for this model and these classes. The ``lseg`` and
+    ``groupvit`` methods need their ``scorer`` (``dense.LSegScorer``, ``dense.GroupViTScorer``; ``model`` then
+    the CLIP under the LSeg head, or the ``GroupViTClip``).
     """
-    get_head(method)  # an unknown method fails before any data is read
+    check_method(method)  # an unknown method fails before any data is read
+    if method in DENSE_METHODS and scorer is None:
+        raise ValueError(f"method {method!r} needs its scorer (an LSeg head or a GroupViT), see eval.seg.dense")
     if isinstance(data, SegDataset):
         ds = data  # its class names as the caller chose them
         cfg = resolve_settings(method, ds.name, **settings)
@@ -132,7 +141,8 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
                                                (label.shape[1], label.shape[0])))
             label = label.to(model.device)
             pred = segment_image(model, pixels, classifier, method=method, settings=cfg,
-                                 out_size=tuple(label.shape), background=ds.background, batch_size=batch_size)
+                                 out_size=tuple(label.shape), background=ds.background, batch_size=batch_size,
+                                 scorer=scorer)
             if hist.update(pred, label):
                 outside_masks.append(i)
             refs.update(label)

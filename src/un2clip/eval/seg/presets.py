@@ -105,6 +105,13 @@ NACLIP_DATASETS = {
     "cityscapes": {"short_side": 560},
 }
 
+# lseg: LSeg's own scale 1/0.07; the windows' side is the head's training crop, set by the runner (its image_size)
+LSEG_BASE = SegSettings(logit_scale=1.0 / 0.07)
+# groupvit: NVlabs' segmentation configs: short side 448, sliding window 448 / stride 224; its own background
+# rule (threshold 0.95, eval.seg.dense), no probability threshold; scores are arg-maxed, the scale moves nothing
+GROUPVIT_BASE = SegSettings(short_side=448, crop=448, stride=224, logit_scale=1.0, class_names="clearclip")
+DENSE_PRESETS = {"lseg": (LSEG_BASE, {}), "groupvit": (GROUPVIT_BASE, {})}
+
 PRESETS: dict[str, tuple[SegSettings, dict[str, dict]]] = {
     "vanilla": (SCLIP_BASE, SCLIP_DATASETS),
     "maskclip": (SCLIP_BASE, SCLIP_DATASETS),
@@ -112,14 +119,26 @@ PRESETS: dict[str, tuple[SegSettings, dict[str, dict]]] = {
     "clearclip": (CLEARCLIP_BASE, CLEARCLIP_DATASETS),
     "naclip": (NACLIP_BASE, NACLIP_DATASETS),
 }
-assert set(PRESETS) == set(METHODS)
+PRESETS.update(DENSE_PRESETS)
+ALL_METHODS = (*METHODS, *DENSE_PRESETS)
+assert set(PRESETS) == set(ALL_METHODS)
 
 OPTION_NAMES = tuple(f.name for f in fields(SegSettings))
 
 
+def check_method(method: str | object) -> None:
+    """A last-block head (name or HeadSpec) or a dense method; anything else is one error listing them all."""
+    if isinstance(method, str) and method in DENSE_PRESETS:
+        return
+    try:
+        get_head(method)
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(ALL_METHODS)}") from None
+
+
 def resolve_settings(method: str, dataset: str = "generic", **overrides) -> SegSettings:
     """The preset of ``method`` on ``dataset``, with every non-None override applied."""
-    get_head(method)  # an unknown method: one error, listing the known ones
+    check_method(method)  # an unknown method: one error, listing the known ones
     unknown = set(overrides) - set(OPTION_NAMES)
     if unknown:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}; settings are {', '.join(OPTION_NAMES)}")

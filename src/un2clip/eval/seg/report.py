@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from un2clip.eval.seg.datasets import BENCHMARK_DIRS, BENCHMARKS, SegDataset, check_mask_sizes, load_dataset
+from un2clip.eval.seg.dense import DEFAULT_TEMPLATES, DENSE_METHODS
 from un2clip.eval.seg.presets import resolve_settings
 from un2clip.files import atomic_write_text
 
@@ -141,8 +142,13 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
             classes: str | Path | None = None, templates: Sequence[str] | None = None, split: str = "val",
             max_images: int | None = None, random_weights: bool = False, device: str | None = None,
             batch_size: int = 16, num_workers: int = 2, precision: str = "auto", progress: bool = True,
-            settings: dict[str, Any] | None = None, resize_masks: bool = False, log=print) -> list[dict[str, Any]]:
+            settings: dict[str, Any] | None = None, resize_masks: bool = False, heads: Sequence[str] | None = None,
+            log=print) -> list[dict[str, Any]]:
     """Evaluate every model x method x dataset; write one JSON each into ``output``; return the records.
+
+    ``lseg`` needs ``heads``: one trained LSeg head (`un2clip train-dense` run or head folder) per model, or one
+    for all; its windows default to the head's training crop. ``groupvit`` reads GroupViT models (``models``)
+    and goes in a command of its own; on a generic folder its windows default to the model's input size.
 
     Methods, settings and every dataset folder are checked before any model is loaded; the
     text queries of a dataset are computed once per model and class-name set and shared by the
@@ -157,6 +163,9 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     names = list(model_names) if model_names else [m.rstrip("/") for m in models]
     if len(names) != len(models):
         raise ValueError(f"{len(models)} models but {len(names)} model names")
+    lseg_heads, heads_used = _lseg_heads(models, methods, heads)
+    if "groupvit" in methods and len(set(methods)) > 1:
+        raise ValueError("--method groupvit reads GroupViT models, the other methods CLIP models: run it on its own")
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     # each method reads its own repo's class-name files (its preset's class_names), unless --classes is given
     runs = [(method, i, resolve_settings(method, spec.dataset, **settings)) for i, spec in enumerate(data)
@@ -179,25 +188,39 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
     used_precision = resolve_precision(dev, precision)
     records = []
     for spec, name in zip(models, names):
-        model = load_clip(spec, random_weights=random_weights).to(dev).eval()
-        classifiers: dict[tuple[int, str], TextClassifier] = {}
+        if "groupvit" in methods:
+            from un2clip.models.groupvit import load_groupvit
+
+            model = load_groupvit(spec).to(dev).eval()
+        else:
+            model = load_clip(spec, random_weights=random_weights).to(dev).eval()
+        head = lseg_heads.get(spec)
+        classifiers: dict[tuple[int, str, str], TextClassifier] = {}
         for i in range(len(data)):
             for method in methods:
                 cfg = next(c for m, j, c in runs if m == method and j == i)
+                if method in DENSE_METHODS:  # the windows' side follows the head or the model
+                    cfg = resolve_settings(method, data[i].dataset,
+                                           **{**_dense_sizes(method, data[i].dataset, model, head), **settings})
                 key = (i, "file" if classes is not None else cfg.class_names)
                 ds = loaded[key]
-                used = list(templates) if templates is not None else ds.templates
-                if key not in classifiers:
-                    classifiers[key] = text_classifier(model, ds.classes, used, precision=precision)
-                metrics = evaluate(model, ds, method=method, classifier=classifiers[key], batch_size=batch_size,
+                used = list(templates) if templates is not None else DEFAULT_TEMPLATES.get(method, ds.templates)
+                text_key = (*key, repr(used))
+                if text_key not in classifiers:
+                    classifiers[text_key] = text_classifier(model, ds.classes, used, precision=precision)
+                scorer = _scorer(method, model, head, classifiers[text_key], ds.background)
+                metrics = evaluate(model, ds, method=method, classifier=classifiers[text_key], batch_size=batch_size,
                                    num_workers=num_workers, precision=precision, progress=progress,
-                                   resize_masks=resize_masks, **cfg.to_dict())
+                                   resize_masks=resize_masks, scorer=scorer, **cfg.to_dict())
                 options = {**cfg.to_dict(), "split": split, "max_images": max_images, "precision": used_precision,
                            "precision_requested": precision, "resize_masks": resize_masks,
                            "templates": "imagenet-80" if used is None else used,
                            "classes_file": None if classes is None else str(classes), "classes": ds.classes}
                 extra = {"model_spec": spec, "data": str(ds.root.resolve()), "device": str(dev),
                          "random_weights": random_weights}
+                if method == "lseg":
+                    extra["lseg_head"] = heads_used[spec]
+                    extra["lseg_trained_labels"] = list(head.config.labels)
                 record = result_record(name, method, ds.name, metrics, options, extra)
                 if output is not None:
                     path = write_record(output, record)
@@ -206,3 +229,45 @@ def run_seg(models: Sequence[str], methods: Sequence[str], data: Sequence[DataSp
                 records.append(record)
         del model
     return records
+
+
+def _lseg_heads(models: Sequence[str], methods: Sequence[str],
+                heads: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """{model spec: LSegHead} and {model spec: head spec} for ``--method lseg``; every head read before any model."""
+    if "lseg" not in methods:
+        if heads:
+            raise ValueError("--head goes with --method lseg (a trained LSeg head)")
+        return {}, {}
+    if not heads:
+        raise ValueError("--method lseg needs --head RUN: a `un2clip train-dense --head lseg` run (or its lseg/ "
+                         "folder), one per --model or one for all")
+    if len(heads) not in (1, len(models)):
+        raise ValueError(f"{len(models)} models but {len(heads)} LSeg heads: give one head per model, or one")
+    from un2clip.models.lseg import load_head
+
+    chosen = list(heads) * len(models) if len(heads) == 1 else list(heads)
+    loaded = {h: load_head(h) for h in dict.fromkeys(chosen)}
+    return {m: loaded[h] for m, h in zip(models, chosen)}, dict(zip(models, chosen))
+
+
+def _dense_sizes(method: str, dataset: str, model: Any, head: Any) -> dict[str, int]:
+    """Default window geometry of a dense method: LSeg's training crop; GroupViT's input size on a generic folder
+    (NVlabs' 448 / 224 on the named benchmarks)."""
+    if method == "lseg":
+        side = int(head.config.image_size)
+    elif dataset == "generic":
+        side = int(model.image_size)
+    else:
+        return {}
+    return {"short_side": side, "crop": side, "stride": max(1, side // 2)}
+
+
+def _scorer(method: str, model: Any, head: Any, classifier: Any, background: int | None) -> Any:
+    """The window scorer of a dense method (None for the last-block heads)."""
+    from un2clip.eval.seg.dense import GroupViTScorer, LSegScorer
+
+    if method == "lseg":
+        return LSegScorer(model, head)
+    if method == "groupvit":
+        return GroupViTScorer(model, classifier.query_class.tolist(), background)
+    return None
