@@ -45,6 +45,9 @@ def export_openclip(clip: ClipModel, output: str | Path, *, visual_only: bool = 
 
     if clip.family != "clip":
         raise ValueError(f"the open_clip layout holds CLIP ViTs; this is a {clip.family} model")
+    if clip.meta.pooling != "class":
+        raise ValueError(f"the open_clip layout pools the class token; this model pools {clip.meta.pooling!r} "
+                         "(open_clip would compute another image embedding): export it as a HF folder")
     state = oc.hf_to_openclip(clip.model.state_dict(), visual_only=visual_only)
     cfg = oc.openclip_config(clip.model.config, visual_only=visual_only)
     output = Path(output)

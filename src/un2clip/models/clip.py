@@ -3,7 +3,8 @@
 Every task of the toolkit talks to an image-text model through this class:
 
 - ``encode_image(pixels)``  (B, 3, S, S) -> (B, D)  joint-space embedding. For CLIP this is
-  the projected ``image_embeds`` that Stable unCLIP conditions on; for SigLIP the pooled
+  the projected ``image_embeds`` that Stable unCLIP conditions on (or, for a model saved with
+  ``pooling="max"``, CLIPpy's max over the projected patch tokens); for SigLIP the pooled
   (attention-pooling head) output.
 - ``image_tokens(pixels)``  (B, 3, S, S) -> (B, N, D) per-patch features in the joint space
   (CLIP: last hidden state -> final norm -> projection, class token dropped).
@@ -27,6 +28,7 @@ from torch import nn
 from un2clip.data import transforms as T
 
 META_FILE = "un2clip_clip.json"
+POOLINGS = ("class", "max")  # how a CLIP's image embedding is pooled from its tokens (see ``pool_image``)
 
 
 @dataclass
@@ -72,6 +74,29 @@ class ClipMeta:
     family: str = "clip"  # "clip" | "siglip"
     processing: ImageProcessing = field(default_factory=ImageProcessing)
     context_length: int = 77
+    pooling: str = "class"  # "class": the class token (CLIP's own) | "max": CLIPpy's max over patch tokens
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling != "class" and self.family != "clip":
+            raise ValueError(f"pooling {self.pooling!r} needs a CLIP vision tower (class token), not {self.family}")
+
+
+def pool_image(out: Any, vision_model: nn.Module, projection: nn.Module, pooling: str = "class") -> torch.Tensor:
+    """A CLIP vision tower's output -> (B, D) joint-space image embedding, pooled as ``pooling`` says.
+
+    ``"class"``: the class token through the final norm and the projection (HF's ``pooler_output``).
+    ``"max"`` (CLIPpy, arXiv 2210.09996): every patch token through the final norm and the projection,
+    then the maximum over patches of each dimension; the class token is left out, so the embedding is
+    made of the very tokens ``ClipModel.image_tokens`` hands the dense heads.
+    """
+    if pooling == "class":
+        return projection(out.pooler_output)
+    if pooling == "max":
+        patches = vision_model.post_layernorm(out.last_hidden_state[:, 1:])  # (B, N, W)
+        return projection(patches).amax(dim=1)  # (B, D)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
 
 
 def _processing_from_hf(folder: Path | str, image_size: int, family: str) -> ImageProcessing:
@@ -164,7 +189,7 @@ class ClipModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D) joint-space embedding, not normalised."""
         out = self._vision(pixels, interpolate=tuple(pixels.shape[-2:]) != (self.image_size,) * 2)
-        return self.visual_projection(out.pooler_output)  # (B, D)
+        return pool_image(out, self.vision_model, self.visual_projection, self.meta.pooling)  # (B, D)
 
     def image_tokens(self, pixels: torch.Tensor, *, keep_class: bool = False) -> torch.Tensor:
         """(B, 3, S, S) -> (B, N, D) patch features in the joint space, class token dropped.
@@ -257,7 +282,7 @@ def _family_of(model_type: str) -> str:
 def _meta_from_json(data: dict) -> ClipMeta:
     proc = ImageProcessing(**data.get("processing", {}))
     return ClipMeta(family=data.get("family", "clip"), processing=proc,
-                    context_length=int(data.get("context_length", 77)))
+                    context_length=int(data.get("context_length", 77)), pooling=data.get("pooling", "class"))
 
 
 def _write_preprocessor_config(folder: Path, proc: ImageProcessing, family: str) -> None:

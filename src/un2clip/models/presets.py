@@ -63,8 +63,10 @@ def build_clip_from_config(
     processing: ImageProcessing,
     vocab_words: list[str] | None = None,
     seed: int = TINY_SEED,
+    pooling: str = "class",
 ) -> ClipModel:
-    """A HF CLIPModel with random weights (seeded) and a word-level tokenizer built in code."""
+    """A HF CLIPModel with random weights (seeded) and a word-level tokenizer built in code; ``pooling``: how
+    its image embedding is pooled (``ClipMeta.pooling``: the class token, or CLIPpy's max over patch tokens)."""
     from transformers import CLIPConfig
 
     from un2clip.models.tokenizer import build_word_tokenizer
@@ -76,7 +78,7 @@ def build_clip_from_config(
             "pad_token_id": tokenizer.pad_token_id}
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     model = _init_seeded(lambda: _clip_model(config), seed)
-    meta = ClipMeta(family="clip", processing=processing, context_length=context)
+    meta = ClipMeta(family="clip", processing=processing, context_length=context, pooling=pooling)
     return ClipModel(model.eval(), tokenizer, meta)
 
 
@@ -141,14 +143,21 @@ TINY_IMAGE = 32
 TINY_EMBED = 128
 
 
-def build_tiny_clip(seed: int = TINY_SEED) -> ClipModel:
-    """ViT patch 8 on 32 px (17 tokens), width 128, 4 layers; word-level text, 3 layers; 128-d joint space."""
+def build_tiny_clip(seed: int = TINY_SEED, *, image_size: int = TINY_IMAGE, patch_size: int = 8,
+                    pooling: str = "class") -> ClipModel:
+    """ViT patch 8 on 32 px (17 tokens), width 128, 4 layers; word-level text, 3 layers; 128-d joint space.
+
+    ``image_size`` / ``patch_size`` change the vision tower's input and grid (the rest is the same);
+    ``pooling="max"`` makes the image embedding CLIPpy's max over the patch tokens.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
     vision = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-              "image_size": TINY_IMAGE, "patch_size": 8, "hidden_act": "quick_gelu"}
+              "image_size": image_size, "patch_size": patch_size, "hidden_act": "quick_gelu"}
     text = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
             "max_position_embeddings": 32, "hidden_act": "quick_gelu"}
-    processing = ImageProcessing(size=TINY_IMAGE)
-    return build_clip_from_config(vision, text, TINY_EMBED, processing=processing, seed=seed)
+    processing = ImageProcessing(size=image_size)
+    return build_clip_from_config(vision, text, TINY_EMBED, processing=processing, seed=seed, pooling=pooling)
 
 
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
@@ -368,6 +377,22 @@ register(Preset(
 register(Preset(
     "tiny-latent", "builtin:tiny", "builtin:tiny-latent", build_tiny_clip, build_tiny_latent_decoder,
     "tiny CLIP + latent unCLIP decoder (tiny AutoencoderKL, 4 x 8 x 8 latents); the shapes world's decoder",
+))
+register(Preset(
+    "tiny-maxpool", "builtin:tiny-maxpool", "builtin:tiny-latent", lambda: build_tiny_clip(pooling="max"),
+    build_tiny_latent_decoder,
+    "tiny CLIP whose image embedding is CLIPpy's max over its patch tokens (no class token) + the latent "
+    "decoder; issue 28's localisation lever",
+))
+register(Preset(
+    "tiny-64", "builtin:tiny-64", "builtin:tiny-latent", lambda: build_tiny_clip(image_size=64),
+    build_tiny_latent_decoder,
+    "tiny CLIP at 64 px, patch 8 (8 x 8 grid; `world generate --image-size 64`) + the latent decoder (32 px)",
+))
+register(Preset(
+    "tiny-64-p4", "builtin:tiny-64-p4", "builtin:tiny-latent",
+    lambda: build_tiny_clip(image_size=64, patch_size=4), build_tiny_latent_decoder,
+    "tiny CLIP at 64 px, patch 4 (16 x 16 grid, 257 tokens: several times the cost of tiny-64) + the latent decoder",
 ))
 register(Preset(
     "small", "builtin:small", "builtin:small", build_small_clip, build_small_decoder,

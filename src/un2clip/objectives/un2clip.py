@@ -28,7 +28,7 @@ from un2clip.data import transforms as T
 from un2clip.data.latent_cache import CachedSample
 from un2clip.data.sources import Record
 from un2clip.load import check_pair
-from un2clip.models.clip import ClipModel
+from un2clip.models.clip import ClipModel, pool_image
 from un2clip.models.lora import DEFAULT_TARGETS, add_lora, has_lora, merge_lora
 from un2clip.models.unclip import UnclipDecoder
 from un2clip.objectives.base import Objective
@@ -67,6 +67,7 @@ class FrozenImageTower(nn.Module):
         self.vision_model = copy.deepcopy(clip.vision_model)
         self.visual_projection = copy.deepcopy(clip.visual_projection)
         self.image_size = clip.image_size
+        self.pooling = clip.meta.pooling
         self.requires_grad_(False)
         self.eval()
 
@@ -76,7 +77,7 @@ class FrozenImageTower(nn.Module):
         first = next(self.vision_model.parameters())
         kwargs = {"interpolate_pos_encoding": True} if pixels.shape[-1] != self.image_size else {}
         out = self.vision_model(pixel_values=pixels.to(first.device, first.dtype), **kwargs)
-        return self.visual_projection(out.pooler_output)
+        return pool_image(out, self.vision_model, self.visual_projection, self.pooling)
 
 
 def two_views(record: Record, rng: random.Random, clip_processing, decoder_size: int, *,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from un2clip.models.clip import ClipModel
+from un2clip.models.clip import ClipModel, pool_image
 
 SEMANTIC_WEIGHT = 0.1  # CLIPasso's clip_fc_loss_weight
 N_AUGS = 4  # CLIPasso's num_aug_clip
@@ -111,7 +111,7 @@ def tower_features(model: ClipModel, pixels: torch.Tensor, layers: Sequence[int]
     """[0, 1] pictures (B, 3, H, W) -> (B, D) final embeddings and the (B, T, W) outputs of the given blocks."""
     inputs = model.processing.from_unit(pixels).to(model.device)
     out = model.vision_model(pixel_values=inputs, output_hidden_states=True)
-    embeds = model.visual_projection(out.pooler_output)
+    embeds = pool_image(out, model.vision_model, model.visual_projection, model.meta.pooling)
     return embeds, [out.hidden_states[k + 1] for k in layers]  # hidden_states[0]: the embeddings, before block 0
 
 
