@@ -188,3 +188,12 @@ def test_lseg_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train-dense", "--blocks", "1,2", "--data", str(data)])
     assert "expected 4 non-negative block indices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train-dense", "train-audio"])
+def test_head_trainers_refuse_two_different_encoders(tmp_path, capsys, command):
+    rc = main([command, "--model", "tiny", "--clip", "tiny-maxpool", "--data", str(tmp_path), "--output",
+               str(tmp_path / "run")])
+    assert rc == 2
+    assert "--model tiny and --clip tiny-maxpool name two encoders: give one" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

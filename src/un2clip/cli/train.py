@@ -365,6 +365,15 @@ def _add_train_grounding(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _model_as_clip(args: argparse.Namespace) -> None:
+    """Commands that train a head on a frozen encoder also take it as --model (as `eval` names it): one of the
+    two, or both naming the same."""
+    if args.model:
+        if args.clip and args.clip != args.model:
+            raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
+        args.clip = args.model
+
+
 AUDIO_DEFAULTS = {"lr": 1e-3, "output": "runs/audio"}  # a head trained from scratch: a larger rate than a fine-tune
 
 
@@ -407,10 +416,7 @@ def _add_train_audio(sub: argparse._SubParsersAction) -> None:
                    help="leave the audio-text pairs out of the loss (default: used)")
 
     def run(args: argparse.Namespace) -> int:
-        if args.model:
-            if args.clip and args.clip != args.model:
-                raise ValueError(f"--model {args.model} and --clip {args.clip} name two CLIPs; give one")
-            args.clip = args.model
+        _model_as_clip(args)
         if args.clip_seconds is not None and args.clip_seconds <= 0:
             raise ValueError(f"--clip-seconds must be > 0, got {args.clip_seconds}")
         opts = {k: getattr(args, k) for k in ("clip_seconds", "sample_rate", "n_mels", "widths", "blocks",
@@ -459,10 +465,7 @@ def _add_train_dense(sub: argparse._SubParsersAction) -> None:
                    help="no random horizontal flips (default: flip half the crops)")
 
     def run(args: argparse.Namespace) -> int:
-        if args.model:
-            if args.clip and args.clip != args.model:
-                raise ValueError(f"--model {args.model} and --clip {args.clip} name two encoders: give one")
-            args.clip = args.model
+        _model_as_clip(args)
         return _run_training(args, args.head, {"features": args.features, "blocks": args.blocks, "flip": args.flip})
 
     p.set_defaults(func=run)
