@@ -396,3 +396,20 @@ def test_train_filter_checks_keep_fraction_before_training(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "argument --keep-fraction: must be a fraction in [0, 1], not '2'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_of_other_weights_is_refused_naming_the_keys():
+    from un2clip.objectives.base import check_state_keys, module_state
+
+    head = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    state = module_state(head, "head.")
+    # buffers travel with the weights (a resumed run needs the batch-norm statistics), detached
+    assert {"head.0.weight", "head.0.bias", "head.1.running_mean", "head.1.num_batches_tracked"} <= set(state)
+    assert not any(v.requires_grad for v in state.values())
+    check_state_keys(state, dict(state), "the head")  # the same keys pass
+    other = {k.replace("head.1.", "head.2."): v for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"checkpoint does not fit the head: missing \['head.1.bias'.*"
+                                         r"unexpected \['head.2.bias'"):
+        check_state_keys(state, other, "the head")
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['extra'\]"):
+        check_state_keys(state, {**state, "extra": torch.zeros(1)}, "the head")

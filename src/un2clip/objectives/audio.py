@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from un2clip.data.audio import AudioRecord
 from un2clip.models.audio import AudioHead, AudioHeadConfig, fit_length, resample
 from un2clip.models.clip import ClipModel
-from un2clip.objectives.base import Objective
+from un2clip.objectives.base import Objective, check_state_keys, module_state
 
 SCALE_INIT, SCALE_MIN, SCALE_MAX = 100.0, 1.0, 100.0
 
@@ -117,15 +117,10 @@ class AudioClipObjective(Objective):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's whole state (its batch-norm statistics too: a resumed run must not restart them) and the
         two scales."""
-        state = {f"head.{k}": v.detach() for k, v in self.head.state_dict().items()}
-        return {**state, "log_scale_ai": self.log_scale_ai.detach(), "log_scale_at": self.log_scale_at.detach()}
+        return {**module_state(self.head, "head."), "log_scale_ai": self.log_scale_ai.detach(), "log_scale_at": self.log_scale_at.detach()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the audio head: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}")
+        check_state_keys(self.trainable_state_dict(), state, "the audio head")
         self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         with torch.no_grad():
             self.log_scale_ai.copy_(state["log_scale_ai"])

@@ -17,6 +17,19 @@ from torch import nn
 from un2clip.data.sources import Record
 
 
+def check_state_keys(own: dict, state: dict, what: str) -> None:
+    """Refuse a checkpoint ``state`` whose keys are not exactly ``own``'s, naming up to five of each kind."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def module_state(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """``module``'s whole state (parameters and buffers, e.g. batch-norm statistics that a resumed run needs),
+    detached, keys under ``prefix``."""
+    return {f"{prefix}{k}": v.detach() for k, v in module.state_dict().items()}
+
+
 class Objective(nn.Module):
     """Base class: subclasses implement ``transform``, ``forward`` and ``save_outputs``."""
 
@@ -32,11 +45,7 @@ class Objective(nn.Module):
         return {k: v.detach() for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the objective: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        check_state_keys(self.trainable_state_dict(), state, "the objective")
         self.load_state_dict(state, strict=False)
 
     def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor] | None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from un2clip.data.sources import Record
 from un2clip.models.groupvit import MAX_LOGIT_SCALE, RUN_FOLDER, GroupViTClip
-from un2clip.objectives.base import Objective
+from un2clip.objectives.base import Objective, check_state_keys, module_state
 from un2clip.objectives.contrastive import clip_contrastive_loss
 
 NOUN_TEMPLATE = "a photo of a {}."
@@ -81,13 +81,10 @@ class GroupViTObjective(Objective):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight and buffer (the projections' batch-norm statistics too: a resumed run needs them)."""
-        return {k: v.detach() for k, v in self.state_dict().items()}
+        return module_state(self, "")
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the GroupViT: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        check_state_keys(self.state_dict(), state, "the GroupViT")
         self.load_state_dict(state)
 
     def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from un2clip.models.lseg import (
     lseg_loss,
     save_head,
 )
-from un2clip.objectives.base import Objective
+from un2clip.objectives.base import Objective, check_state_keys, module_state
 
 IGNORE_INDEX = 255
 
@@ -82,14 +82,10 @@ class LSegObjective(Objective):
     # -- what trains --------------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's parameters and its batch-norm statistics (buffers: a resumed run needs them too)."""
-        return {f"head.{k}": v.detach() for k, v in self.head.state_dict().items()}
+        return module_state(self.head, "head.")
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the LSeg head: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}")
+        check_state_keys(self.trainable_state_dict(), state, "the LSeg head")
         self.head.load_state_dict({k[len("head."):]: v for k, v in state.items()})
 
     def set_train_mode(self) -> None:
