@@ -37,14 +37,6 @@ CHILD = Path(__file__).with_name("faults_child.py")
 FT = ["finetune", "--preset", "tiny", "--batch-size", "4", "--lr", "1e-4", "--no-progress"]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _child(args: list[str], **kwargs) -> subprocess.Popen:
     """A training command in its own process (and process group), one thread, this checkout's source first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

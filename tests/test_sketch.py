@@ -18,15 +18,6 @@ from un2clip.sketch.rasterise import bezier_points, render
 WORLD_CLIP = Path(__file__).resolve().parents[1] / "assets" / "tiny-world" / "seed0" / "clip"
 
 
-@pytest.fixture
-def one_thread():
-    """The sketches' tensors are small: one thread, or a busy machine spends ~20x the time syncing two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def straight(x0: float, x1: float, y: float) -> list[list[float]]:
     """Control points of a straight horizontal stroke from (x0, y) to (x1, y)."""
     return [[x0 + (x1 - x0) * k / 3, y] for k in range(4)]
