@@ -156,6 +156,18 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 2
 
 
+@pytest.mark.parametrize("where", [".", "run", "sub/run"])
+def test_a_run_folder_in_the_data_folder_is_refused_before_anything_is_written(tmp_path, capsys, where):
+    data = _images(tmp_path / "img", 8)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    out = data / where
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(out)]) == 2
+    assert "data folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    # beside the data is fine
+    assert cli(FT + ["--data", str(data), "--max-steps", "1", "--output", str(tmp_path / "img-run")]) == 0
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert cli(FT + ["--data", str(tmp_path / "nope"), "--max-steps", "1", "--output", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err

@@ -377,6 +377,7 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
         raise ValueError(f"{cfg.data} is a latent cache (`un2clip cache-latents`): it feeds `un2clip finetune` "
                          f"only, not the {cfg.objective} objective; pass the images instead")
     output = Path(cfg.output)
+    check_output_apart_from_data(output, cfg.data)
     with _output_lock(output):
         changes = None
         if resume:
@@ -390,6 +391,18 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
             dump_run_info(output, info)
             cfg.save(output / "config.yaml")
         return train(objective, source, cfg, resume=resume, progress=progress, resume_changes=changes)
+
+
+def check_output_apart_from_data(output: Path, data: str) -> None:
+    """Refuse a run folder that is the data folder or lies inside it: the run's files (curves, checkpoints) would
+    mix with the data, and a resumed or later run would read them as data."""
+    folder = Path(data)
+    if not folder.is_dir():
+        return
+    out, data_dir = output.resolve(), folder.resolve()
+    if out == data_dir or data_dir in out.parents:
+        raise ValueError(f"--output {output} is {'the data folder' if out == data_dir else 'inside the data folder'} "
+                         f"{data}: choose a run folder outside the data")
 
 
 def check_steps_left(output: Path, max_steps: int) -> None:
