@@ -60,6 +60,10 @@ def test_mel_filterbank_known_values_and_bad_bands():
     np.testing.assert_allclose(bank.numpy(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="f_max"):
         mel_filterbank(n_freqs=5, n_mels=2, sample_rate=16000, f_max=9000)
+    # more bands than bins (train-audio --n-mels 100000 once tried to allocate 25 GB): refused, naming both
+    assert mel_filterbank(n_freqs=5, n_mels=4, sample_rate=16000).shape == (5, 4)
+    with pytest.raises(ValueError, match="5 mel bands need more than 5 FFT bins, the STFT has 5 .n_fft 8."):
+        mel_filterbank(n_freqs=5, n_mels=5, sample_rate=16000)
 
 
 def test_a_pure_tone_lights_the_mel_band_whose_centre_is_nearest():

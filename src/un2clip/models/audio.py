@@ -52,6 +52,9 @@ def mel_filterbank(*, n_freqs: int, n_mels: int, sample_rate: int, f_min: float 
                          f"{sample_rate}")
     if n_mels < 1 or n_freqs < 2:
         raise ValueError(f"need n_mels >= 1 and n_freqs >= 2, got {n_mels}, {n_freqs}")
+    if n_mels >= n_freqs:
+        raise ValueError(f"{n_mels} mel bands need more than {n_mels} FFT bins, the STFT has {n_freqs} (n_fft "
+                         f"{2 * (n_freqs - 1)}): choose fewer bands or a larger n_fft")
     bins = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
     points = mel_to_hz(torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2,
                                       dtype=torch.float64))
