@@ -235,14 +235,26 @@ def test_un2clip_sketch_writes_svg_png_and_grid(images, tmp_path, capsys, one_th
     (["--steps", "0"], "--steps: must be an integer >= 1"),
     (["--layers", "4"], "block 4 is beyond the image tower's depth (4 blocks"),
     (["--layers", "1", "--layer-weights", "1", "2"], "2 weights for 1 layers"),
+    (["--width", "0"], "--width: must be a finite number > 0"),
 ])
 def test_un2clip_sketch_refuses_bad_settings(images, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) if "must be an integer >=" in message else _no_raise():
+    with pytest.raises(SystemExit) if "must be a" in message else _no_raise():
         rc = main(["sketch", str(images[0]), "--output", str(tmp_path / "o"), "--model", "tiny", "--steps", "1",
                    "--canvas", "32", "--no-progress", *extra])
         assert rc == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_un2clip_sketch_never_overwrites_an_input_image(images, capsys):
+    # --output the images' own folder: scene0.png would be replaced by its sketch
+    before = [p.read_bytes() for p in images]
+    rc = main(["sketch", *map(str, images), "--output", str(images[0].parent), "--model", "tiny", "--steps", "1",
+               "--canvas", "32", "--no-progress"])
+    assert rc == 2
+    assert "would overwrite the input image" in capsys.readouterr().err
+    assert [p.read_bytes() for p in images] == before
+    assert not list(images[0].parent.glob("*.svg"))
 
 
 def test_un2clip_sketch_refuses_an_unreadable_image(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from un2clip.argtypes import int_at_least, nonneg_float
+from un2clip.argtypes import int_at_least, nonneg_float, positive_float
 
 
 def _add_sketch(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def _add_sketch(sub: argparse._SubParsersAction) -> None:
                         "RN101 weights 0,0,1,1,0 put it)")
     p.add_argument("--layer-weights", type=nonneg_float, nargs="+", metavar="W",
                    help="one weight per --layers block (default 1 each)")
-    p.add_argument("--width", type=nonneg_float, default=1.5, help="stroke width in pixels (default 1.5)")
+    p.add_argument("--width", type=positive_float, default=1.5, help="stroke width in pixels, > 0 (default 1.5)")
     p.add_argument("--canvas", type=int_at_least(8), default=224,
                    help="canvas side in pixels; images are resized (shortest side) and centre-cropped to it "
                         "(default 224, CLIPasso's)")

@@ -91,9 +91,15 @@ def sketch_files(model, paths: Sequence[str | Path], output: str | Path, *, n_st
     if not paths:
         raise ValueError("no images given")
     files = [Path(p) for p in paths]
+    names = _names(files)
+    written = [Path(output) / f"{n}.{ext}" for n in names for ext in ("svg", "png")] + [Path(output) / "grid.png"]
+    clash = {w.resolve() for w in written} & {f.resolve() for f in files}
+    if clash:
+        raise ValueError(f"--output {output} would overwrite the input image {sorted(clash)[0]} with its sketch: "
+                         "choose another --output")
     images = [load_image(p, canvas) for p in files]
     records, rows = [], []
-    for path, name, image in zip(files, _names(files), images):
+    for path, name, image in zip(files, names, images):
         with tqdm(total=steps, desc=f"sketch {name}", unit="step", disable=not progress) as bar:
             def tick(step: int, loss: float, bar=bar) -> None:
                 bar.update(1)
