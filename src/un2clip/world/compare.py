@@ -33,7 +33,7 @@ from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
-from un2clip.world.stages import finish_stage, recorded_stage, train_run
+from un2clip.world.stages import done_time, finish_stage, recorded_stage, train_run
 
 
 @dataclass(frozen=True)
@@ -167,12 +167,6 @@ def diva_available(preset: str) -> str | None:
 
 # -- stages of one seed ----------------------------------------------------------------------------
 
-def _made(folder: Path) -> int:
-    """When the stage in ``folder`` last finished (its DONE marker's mtime), 0 if never."""
-    done = Path(folder) / "DONE"
-    return done.stat().st_mtime_ns if done.exists() else 0
-
-
 def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
     """A finished demo fine-tune with other steps / batch / lr than asked: drop it so the demo redoes it."""
     import yaml
@@ -245,7 +239,7 @@ def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSett
     use_shipped = shipped is not None and (shipped / name / "unet").is_dir()
     fields = DECODER_STAGES[name](seed_dir, clip, seed, s)
     made = {"command": ["copy", f"shipped {shipped.name}"]} if use_shipped else {"run": fields}
-    recipe = {**made, "clip": _made(seed_dir / "clip")}
+    recipe = {**made, "clip": done_time(seed_dir / "clip")}
     folder, done = recorded_stage(seed_dir, name, recipe, fresh)
     if not done:
         t = time.perf_counter()
@@ -263,10 +257,10 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
     """(recipe, output name) of a made variant: how it is made, and when the stages it starts from finished."""
     clip, decoder = seed_dir / "clip" / "clip", seed_dir / "decoder" / "decoder"
     images = str(seed_dir / "world" / "train" / "images")
-    upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
+    upstream = {"clip": done_time(seed_dir / "clip"), "decoder": done_time(seed_dir / "decoder")}
     if variant.kind == "export":
         export = {"model": str(seed_dir / "finetune"), "alpha": variant.alpha, "original": str(clip)}
-        return {"export": export, "un2clip": _made(seed_dir / "finetune")}, "clip"
+        return {"export": export, "un2clip": done_time(seed_dir / "finetune")}, "clip"
     if variant.kind == "finetune":
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(decoder), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor), "objective_options": dict(variant.options)}
@@ -275,19 +269,19 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
         flow = _decoder_stage(seed_dir, "flow-decoder", clip, seed, s, fresh, progress)
         run = {"objective": "genhancer", "clip": str(clip), "decoder": str(flow), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor, variant), "objective_options": dict(variant.options)}
-        return {"run": run, "clip": upstream["clip"], "flow-decoder": _made(seed_dir / "flow-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "flow-decoder": done_time(seed_dir / "flow-decoder")}, "run"
     if variant.kind == "genhancer-unet":  # stage 2: the encoder through its own frozen light UNet
         light = _decoder_stage(seed_dir, "light-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(light), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor)}
-        return {"run": run, "clip": upstream["clip"], "light-decoder": _made(seed_dir / "light-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "light-decoder": done_time(seed_dir / "light-decoder")}, "run"
     if variant.kind == "diva":
         t2i = _decoder_stage(seed_dir, "t2i-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "diva", "preset": s.t2i_preset, "clip": str(clip), "decoder": str(t2i), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor, variant)}
         if variant.options:
             run["objective_options"] = dict(variant.options)
-        return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "t2i-decoder": done_time(seed_dir / "t2i-decoder")}, "run"
     raise ValueError(f"unknown variant kind {variant.kind!r}")
 
 
