@@ -175,9 +175,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
-                        "space on the world's scene sounds, then zero-shot on 36 colour + shape sounds: audio zs) "
-                        "and CLIPasso (each one sketches the world's shapes with 4, 8, 16 strokes, the original CLIP "
-                        "judges: sketch@8); default off")
+                        "space on the world's scene sounds and their images and captions, then zero-shot on 36 "
+                        "colour + shape sounds: audio zs; a second head on the audio-image pairs alone, as "
+                        "train-audio --no-texts: audio zs (img)) and CLIPasso (each one sketches the world's shapes "
+                        "with 4, 8, 16 strokes, the original CLIP judges: sketch@8); default off")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

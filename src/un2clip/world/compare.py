@@ -354,9 +354,10 @@ COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_sha
            ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
 # shown when some variant has them (measured on request: --grounding, --audio-sketch): grounding accuracy and its
-# constant-box reference, AudioCLIP zero-shot, CLIPasso recognisability at 8 strokes
+# constant-box reference, AudioCLIP zero-shot (head trained on images and captions; on images only), CLIPasso
+# recognisability at 8 strokes
 OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"),
-                    ("audio/acc1", "audio zs"), ("sketch/acc1@8", "sketch@8"))
+                    ("audio/acc1", "audio zs"), ("audio_img/acc1", "audio zs (img)"), ("sketch/acc1@8", "sketch@8"))
 
 
 def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:
