@@ -168,6 +168,21 @@ def test_train_dense_resumes_and_eval_seg_scores_seen_and_unseen_names(tmp_path,
     assert set(record["per_class_iou"]) == {"background", "star", "cross"}
 
 
+def test_the_head_starts_from_the_runs_seed_whatever_ran_before(tiny_clip):
+    from un2clip.objectives.lseg import LSegObjective
+
+    def first_weights(seed):
+        objective = LSegObjective(tiny_clip, ["background", "circle"], features=8, seed=seed)
+        return torch.cat([p.detach().flatten() for p in objective.head.parameters()])
+
+    torch.manual_seed(1)
+    a = first_weights(0)
+    torch.rand(100)  # draws in between (another head trained first in the same process)
+    state = torch.get_rng_state()
+    assert torch.equal(first_weights(0), a) and not torch.equal(first_weights(1), a)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left as it was
+
+
 def test_lseg_errors_are_one_line(tmp_path, capsys):
     data = _world_like(tmp_path / "d", n=1)
     base = ["eval", "seg", "--model", "tiny", "--data", str(data), "--output", str(tmp_path / "o")]
