@@ -172,6 +172,12 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "(400 scenes, RefCOCO layout), a head trained 300 steps on each frozen encoder "
                         "(`un2clip train-grounding`, lr 1e-3), scored on its val split beside the constant "
                         "mean-box reference (default: off)")
+    p.add_argument("--lseg", action="store_true",
+                   help="also LSeg mIoU of original and un2clip: per seed the LSeg sets (200 scenes each, as `world "
+                        "generate --n-lseg 200`), a dense head trained 300 steps of 16 on each frozen encoder "
+                        "(`un2clip train-dense --head lseg`, lr 1e-3), scored by `eval seg --method lseg` on seen "
+                        "names (lseg/val) and unseen ones (lseg/unseen), each beside its all-background reference "
+                        "(default: off)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
@@ -192,6 +198,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         settings = QUICK if args.quick else CompareSettings()
         if args.grounding:
             settings = replace(settings, grounding=GROUNDING_QUICK if args.quick else GroundingSettings())
+        if args.lseg:
+            from un2clip.world.lseg import LSEG_QUICK, LSegSettings
+
+            settings = replace(settings, lseg=LSEG_QUICK if args.quick else LSegSettings())
         if args.audio_sketch:
             from un2clip.world import audiosketch
 

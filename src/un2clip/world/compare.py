@@ -33,6 +33,7 @@ from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
+from un2clip.world.lseg import LSegSettings
 from un2clip.world.stages import done_time, finish_stage, recorded_stage, train_run
 
 
@@ -48,6 +49,7 @@ class CompareSettings:
     grounding: GroundingSettings | None = None  # --grounding: a grounding head per encoder (original, un2clip)
     # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
     audio_sketch: AudioSketchSettings | None = None
+    lseg: LSegSettings | None = None  # --lseg: an LSeg head per encoder (original, un2clip), seen and unseen names
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -331,12 +333,20 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
+    picked = {n: models[n] for n in ("original", "un2clip") if n in models}  # a head each is a training run
+    heads = []
     if settings.grounding is not None:  # GLIP-style grounding accuracy of a head trained on each frozen encoder
         from un2clip.world.grounding import grounding_results
 
-        picked = {n: models[n] for n in ("original", "un2clip") if n in models}
-        for name, extra in grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
-                                             progress=progress).items():
+        heads.append(grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
+                                       progress=progress))
+    if settings.lseg is not None:  # LSeg mIoU of a dense head trained on each frozen encoder
+        from un2clip.world.lseg import lseg_results
+
+        heads.append(lseg_results(seed_dir, picked, seed=seed, settings=settings.lseg, fresh=fresh,
+                                  progress=progress))
+    for measured in heads:
+        for name, extra in measured.items():
             results[name] = {**results[name], **extra}
     if settings.audio_sketch is not None:
         from un2clip.world.audiosketch import add_audio_sketch
@@ -353,10 +363,12 @@ COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_sha
            ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
            ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
-# shown when some variant has them (measured on request: --grounding, --audio-sketch): grounding accuracy and its
-# constant-box reference, AudioCLIP zero-shot (head trained on images and captions; on images only), CLIPasso
-# recognisability at 8 strokes
+# shown when some variant has them (measured on request: --grounding, --lseg, --audio-sketch): grounding accuracy
+# and its constant-box reference, LSeg mIoU on seen and unseen names and the all-background reference of each,
+# AudioCLIP zero-shot (head trained on images and captions; on images only), CLIPasso recognisability at 8 strokes
 OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"),
+                    ("lseg/seen_miou", "LSeg seen"), ("lseg/seen_background_miou", "all-bg seen"),
+                    ("lseg/unseen_miou", "LSeg unseen"), ("lseg/unseen_background_miou", "all-bg unseen"),
                     ("audio/acc1", "audio zs"), ("audio_img/acc1", "audio zs (img)"), ("sketch/acc1@8", "sketch@8"))
 
 
