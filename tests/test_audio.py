@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,19 +382,43 @@ def test_compare_adds_audio_and_sketch_metrics_for_original_and_un2clip(tmp_path
     out = add_audio_sketch(results, tmp_path / "seed0", world, models, seed=0, settings=QUICK, progress=False)
     for name in ("original", "un2clip"):
         m = out[name]
-        assert {"audio/acc1", "audio/fold1_acc1", "sketch/acc1@2", "sketch/acc1_photo"} <= set(m)
-        assert 0 <= m["audio/acc1"] <= 100 and m["mmvp/average"] == results[name]["mmvp/average"]
+        assert {"audio/acc1", "audio/fold1_acc1", "sketch/acc1@2", "sketch/acc1_photo", "audio_img/acc1",
+                "audio_img/fold1_acc1"} <= set(m)
+        assert 0 <= m["audio/acc1"] <= 100 and 0 <= m["audio_img/acc1"] <= 100
+        assert m["mmvp/average"] == results[name]["mmvp/average"]
+        # two heads per encoder: on images and captions, and on the audio-image pairs alone (--no-texts)
+        for folder, pairs in (("audio", ["image", "text"]), ("audio-img", ["image"])):
+            run = tmp_path / "seed0" / folder / name / "run"
+            assert json.loads((run / "un2clip_run.json").read_text())["pairs"] == pairs
     assert out["lora"] == results["lora"]  # only the original and the un2clip encoder are measured this way
     assert (tmp_path / "seed0" / "audio" / "un2clip" / "DONE").is_file()
-    cached = tmp_path / "seed0" / "eval" / "audiosketch_original.json"
-    stamp = cached.stat().st_mtime_ns
+    cached = [tmp_path / "seed0" / "eval" / f for f in ("audiosketch_original.json", "audio_img_original.json")]
+    stamps = [p.stat().st_mtime_ns for p in cached + [tmp_path / "seed0" / "audio-img" / "original" / "DONE"]]
     again = add_audio_sketch(results, tmp_path / "seed0", world, models, seed=0, settings=QUICK, progress=False)
-    assert again == out and cached.stat().st_mtime_ns == stamp  # cached: nothing recomputed
+    assert again == out  # cached: nothing recomputed
+    assert [p.stat().st_mtime_ns for p in cached + [tmp_path / "seed0" / "audio-img" / "original" / "DONE"]] == stamps
+
+
+def test_the_audio_head_on_images_and_captions_keeps_its_recorded_recipe():
+    # runs cached by an earlier `compare --audio-sketch` stay valid: the first head's fields are as they were
+    # recorded, and the images-only head differs from it by --no-texts alone
+    from un2clip.world.audiosketch import AudioSketchSettings, audio_fields
+
+    s = AudioSketchSettings()
+    assert audio_fields(Path("w"), "clip", 1, s) == {
+        "objective": "audio", "clip": "clip", "data": str(Path("w") / "sounds" / "train"), "max_steps": 300,
+        "batch_size": 32, "lr": 1e-3, "save_every": 300, "seed": 1,
+        "objective_options": {"clip_seconds": 1.0, "widths": [32, 64, 128], "blocks": [1, 1, 1]}}
+    images_only = audio_fields(Path("w"), "clip", 1, s, texts=False)
+    assert images_only.pop("objective_options") == {"clip_seconds": 1.0, "widths": [32, 64, 128],
+                                                     "blocks": [1, 1, 1], "use_texts": False}
+    assert images_only == {k: v for k, v in audio_fields(Path("w"), "clip", 1, s).items() if k != "objective_options"}
 
 
 def test_the_compare_table_has_the_audio_and_sketch_columns():
     from un2clip.world.compare import report_table
 
-    lines = report_table({"original": {"audio/acc1": (12.5, math.nan, 1), "sketch/acc1@8": (50.0, math.nan, 1)}})
-    assert "audio zs" in lines[0] and "sketch@8" in lines[0]
-    assert "| 12.5 |" in lines[2] and "| 50.0 |" in lines[2]
+    lines = report_table({"original": {"audio/acc1": (12.5, math.nan, 1), "audio_img/acc1": (25.0, math.nan, 1),
+                                       "sketch/acc1@8": (50.0, math.nan, 1)}})
+    assert "| audio zs | audio zs (img) | sketch@8 |" in lines[0]
+    assert "| 12.5 | 25.0 | 50.0 |" in lines[2]

@@ -129,6 +129,32 @@ def test_stage_with_another_recipe_is_redone(tmp_path):
     assert not folder.exists()
 
 
+def test_cached_metrics_are_reused_only_when_made_the_same_way(tmp_path):
+    from un2clip.world.stages import cached_metrics, made_stage
+
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return {"acc": value}
+
+    path = tmp_path / "eval" / "m.json"
+    assert cached_metrics(path, lambda: compute(1.0), recipe={"steps": (2, 3)}) == {"acc": 1.0}
+    assert cached_metrics(path, lambda: compute(2.0), recipe={"steps": [2, 3]}) == {"acc": 1.0}  # tuples as lists
+    assert calls == [1.0]
+    assert cached_metrics(path, lambda: compute(3.0), recipe={"steps": [2, 4]}) == {"acc": 3.0}
+    assert cached_metrics(path, lambda: compute(4.0), recipe={"steps": [2, 4]}, fresh=True) == {"acc": 4.0}
+    plain = tmp_path / "plain.json"  # without a recipe the file holds the metrics alone
+    assert cached_metrics(plain, lambda: compute(5.0)) == {"acc": 5.0} == json.loads(plain.read_text())
+    assert cached_metrics(plain, lambda: compute(6.0)) == {"acc": 5.0} and calls == [1.0, 3.0, 4.0, 5.0]
+    made = []
+    folder = made_stage(tmp_path, "s", {"n": 1}, made.append)
+    assert made == [folder] and (folder / "DONE").is_file()
+    assert made_stage(tmp_path, "s", {"n": 1}, made.append) == folder and made == [folder]
+    made_stage(tmp_path, "s", {"n": 2}, made.append)
+    assert made == [folder, folder] and json.loads((folder / "recipe.json").read_text()) == {"n": 2}
+
+
 def _untrained_demo_models(seed_dir):
     """The demo's finished CLIP and decoder stages, with the untrained tiny models (test_demo trains them)."""
     from un2clip.models.presets import PRESETS, build_tiny_clip

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,21 @@ def test_train_dense_resumes_and_eval_seg_scores_seen_and_unseen_names(tmp_path,
     assert set(record["per_class_iou"]) == {"background", "star", "cross"}
 
 
+def test_the_head_starts_from_the_runs_seed_whatever_ran_before(tiny_clip):
+    from un2clip.objectives.lseg import LSegObjective
+
+    def first_weights(seed):
+        objective = LSegObjective(tiny_clip, ["background", "circle"], features=8, seed=seed)
+        return torch.cat([p.detach().flatten() for p in objective.head.parameters()])
+
+    torch.manual_seed(1)
+    a = first_weights(0)
+    torch.rand(100)  # draws in between (another head trained first in the same process)
+    state = torch.get_rng_state()
+    assert torch.equal(first_weights(0), a) and not torch.equal(first_weights(1), a)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left as it was
+
+
 def test_lseg_errors_are_one_line(tmp_path, capsys):
     data = _world_like(tmp_path / "d", n=1)
     base = ["eval", "seg", "--model", "tiny", "--data", str(data), "--output", str(tmp_path / "o")]
@@ -197,3 +213,126 @@ def test_head_trainers_refuse_two_different_encoders(tmp_path, capsys, command):
     assert rc == 2
     assert "--model tiny and --clip tiny-maxpool name two encoders: give one" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# -- `un2clip compare --lseg`: the sets, a head per encoder, cached, report columns ------------------------------
+
+
+def test_lseg_sets_written_alone_are_the_worlds(tmp_path):
+    from un2clip.world.evalsets import generate_world, write_lseg
+
+    generate_world(tmp_path / "world", seed=3, n_train=2, n_val=1, pairs_per_pattern=1, n_seg=1,
+                   n_zeroshot_per_class=1, n_detect=0, n_depth=0, n_pointcloud_per_class=0, n_video_per_class=0,
+                   n_grounding=0, n_lseg=3, progress=False)
+    alone = write_lseg(tmp_path / "alone", seed=3, n=3)
+    world = tmp_path / "world" / "lseg"
+    files = sorted(p.relative_to(world) for p in world.rglob("*") if p.is_file())
+    assert len(files) == 3 * (2 * 3 + 1) and sorted(p.relative_to(alone) for p in alone.rglob("*")
+                                                      if p.is_file()) == files
+    assert all((world / f).read_bytes() == (alone / f).read_bytes() for f in files)
+    other = write_lseg(tmp_path / "other", seed=4, n=3)
+    assert (other / "val" / "images" / "000000.png").read_bytes() != (alone / "val" / "images" / "000000.png").read_bytes()
+
+
+def _all_background_miou(folder):
+    """mIoU (%) of predicting class 0 everywhere on a generic folder's masks, counted here from the files."""
+    classes = (folder / "classes.txt").read_text().split()
+    hist = SegHistogram(len(classes))
+    for path in sorted((folder / "masks").glob("*.png")):
+        label = torch.from_numpy(np.array(Image.open(path))).long()
+        hist.update(torch.zeros_like(label), label)
+    return float(np.nanmean(hist.per_class_iou().numpy()))
+
+
+def _stub_demo(tmp_path, monkeypatch, tiny_clip, seed_dir):
+    """A seed folder whose demo stages are the untrained tiny CLIP (original and, standing in, un2clip), and the
+    demo's evaluations stubbed: only what --lseg adds runs."""
+    from un2clip.world import compare
+    from un2clip.world import demo as demo_module
+
+    tiny_clip.save_pretrained(seed_dir / "clip" / "clip")
+    (seed_dir / "clip" / "DONE").write_text("{}")
+    tiny_clip.save_pretrained(seed_dir / "finetune")
+    monkeypatch.setattr(compare, "run_demo", lambda *a, **k: None)
+    monkeypatch.setattr(compare, "start_weights", lambda *a, **k: None)
+    monkeypatch.setattr(demo_module, "shipped_weights", lambda *a, **k: tmp_path / "none")
+    import un2clip.world.report as world_report
+
+    monkeypatch.setattr(world_report, "evaluate_models", lambda out, world, models, *a, **k: {
+        n: {"mmvp/average": 50.0, "zeroshot_shape/acc1": 40.0} for n in models})
+
+
+def test_compare_lseg_trains_a_head_per_encoder_caches_it_and_reports_it(tmp_path, monkeypatch, tiny_clip):
+    from un2clip.world.lseg import LSEG_QUICK
+
+    out = tmp_path / "cmp"
+    seed_dir = out / "seed0"
+    _stub_demo(tmp_path, monkeypatch, tiny_clip, seed_dir)
+    args = ["compare", "--quick", "--lseg", "--seeds", "0", "--variants", "original", "un2clip", "--output", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    sets = seed_dir / "lseg-set" / "lseg"
+    assert len(list((sets / "train" / "images").glob("*.png"))) == LSEG_QUICK.n_scenes
+    for name in ("original", "un2clip"):
+        got = results[name]
+        assert got["mmvp/average"] == 50.0
+        for prefix, folder in (("seen", "val"), ("unseen", "unseen")):
+            assert 0 <= got[f"lseg/{prefix}_miou"] <= 100 and 0 <= got[f"lseg/{prefix}_aacc"] <= 100
+            # the reference is the all-background predictor on the very masks scored
+            assert got[f"lseg/{prefix}_background_miou"] == pytest.approx(_all_background_miou(sets / folder))
+            assert got[f"lseg/{prefix}_oracle_miou"] > got[f"lseg/{prefix}_background_miou"]
+        head = load_head(seed_dir / "lseg" / name / "run")
+        assert head.config.labels == ["background", "circle", "square", "triangle", "star"]
+        assert head.config.features == LSEG_QUICK.features
+        steps = [json.loads(x).get("step") for x in (seed_dir / "lseg" / name / "run" / "metrics.jsonl")
+                 .read_text().splitlines()]
+        assert max(s for s in steps if s is not None) == LSEG_QUICK.steps
+    # both encoders are the same tiny CLIP here: same seed, same head, same numbers
+    assert {k: v for k, v in results["original"].items() if k.startswith("lseg/")} == {
+        k: v for k, v in results["un2clip"].items() if k.startswith("lseg/")}
+    report = (out / "report.md").read_text()
+    assert "| LSeg seen | all-bg seen | LSeg unseen | all-bg unseen |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| un2clip |"))
+    assert f"| {results['un2clip']['lseg/unseen_miou']:.1f} |" in row
+    # a second call reuses the set, the heads and their evaluations
+    stamps = {p: p.stat().st_mtime_ns for p in (seed_dir / "lseg-set" / "DONE", seed_dir / "lseg" / "original" / "DONE",
+                                                seed_dir / "lseg" / "un2clip" / "DONE",
+                                                seed_dir / "eval" / "lseg_un2clip.json")}
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["per_seed"]["0"] == results
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_compare_lseg_head_is_trained_again_when_asked_another_way(tmp_path, monkeypatch, tiny_clip):
+    from dataclasses import replace
+
+    from un2clip.world.lseg import LSEG_QUICK, lseg_results
+
+    seed_dir = tmp_path / "seed0"
+    _stub_demo(tmp_path, monkeypatch, tiny_clip, seed_dir)
+    models = {"original": str(seed_dir / "clip" / "clip")}
+    first = lseg_results(seed_dir, models, seed=0, settings=LSEG_QUICK, progress=False)
+    done = seed_dir / "lseg" / "original" / "DONE"
+    stamp = done.stat().st_mtime_ns
+    again = lseg_results(seed_dir, models, seed=0, settings=replace(LSEG_QUICK, steps=3), progress=False)
+    assert done.stat().st_mtime_ns != stamp and set(again["original"]) == set(first["original"])
+    assert json.loads((seed_dir / "lseg" / "original" / "recipe.json").read_text())["run"]["max_steps"] == 3
+    cached = json.loads((seed_dir / "eval" / "lseg_original.json").read_text())
+    assert cached["recipe"]["head"] == done.stat().st_mtime_ns and cached["metrics"] == again["original"]
+
+
+def test_compare_lseg_defaults_are_the_readme_measurement():
+    from un2clip.cli import build_parser
+    from un2clip.world.lseg import LSEG_QUICK, LSegSettings, lseg_fields
+
+    s = LSegSettings()
+    assert (s.n_scenes, s.steps, s.batch_size, s.lr, s.image_size) == (200, 300, 16, 1e-3, 32)
+    fields = lseg_fields(Path("sets"), "clip", 0, s)
+    assert fields["objective"] == "lseg" and fields["data"] == str(Path("sets") / "train")
+    assert fields["objective_options"] == {}  # the head's own defaults, as train-dense without flags
+    assert lseg_fields(Path("sets"), "clip", 0, LSEG_QUICK)["objective_options"] == {"features": 8}
+    parser = build_parser()
+    text = next(a.help for a in parser._subparsers._group_actions[0].choices["compare"]._actions
+                if "--lseg" in a.option_strings)
+    assert f"{s.n_scenes} scenes" in text and f"{s.steps} steps of {s.batch_size}" in text and "lr 1e-3" in text

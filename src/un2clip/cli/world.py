@@ -172,12 +172,19 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "(400 scenes, RefCOCO layout), a head trained 300 steps on each frozen encoder "
                         "(`un2clip train-grounding`, lr 1e-3), scored on its val split beside the constant "
                         "mean-box reference (default: off)")
+    p.add_argument("--lseg", action="store_true",
+                   help="also LSeg mIoU of original and un2clip: per seed the LSeg sets (200 scenes each, as `world "
+                        "generate --n-lseg 200`), a dense head trained 300 steps of 16 on each frozen encoder "
+                        "(`un2clip train-dense --head lseg`, lr 1e-3), scored by `eval seg --method lseg` on seen "
+                        "names (lseg/val) and unseen ones (lseg/unseen), each beside its all-background reference "
+                        "(default: off)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
-                        "space on the world's scene sounds, then zero-shot on 36 colour + shape sounds: audio zs) "
-                        "and CLIPasso (each one sketches the world's shapes with 4, 8, 16 strokes, the original CLIP "
-                        "judges: sketch@8); default off")
+                        "space on the world's scene sounds and their images and captions, then zero-shot on 36 "
+                        "colour + shape sounds: audio zs; a second head on the audio-image pairs alone, as "
+                        "train-audio --no-texts: audio zs (img)) and CLIPasso (each one sketches the world's shapes "
+                        "with 4, 8, 16 strokes, the original CLIP judges: sketch@8); default off")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test, no result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -191,6 +198,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         settings = QUICK if args.quick else CompareSettings()
         if args.grounding:
             settings = replace(settings, grounding=GROUNDING_QUICK if args.quick else GroundingSettings())
+        if args.lseg:
+            from un2clip.world.lseg import LSEG_QUICK, LSegSettings
+
+            settings = replace(settings, lseg=LSEG_QUICK if args.quick else LSegSettings())
         if args.audio_sketch:
             from un2clip.world import audiosketch
 

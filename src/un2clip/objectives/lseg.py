@@ -57,7 +57,7 @@ class LSegObjective(Objective):
     kind = "lseg"
 
     def __init__(self, clip: ClipModel, labels: Sequence[str], *, features: int = 256,
-                 blocks: Sequence[int] | None = None, model_spec: str = "", flip: bool = True) -> None:
+                 blocks: Sequence[int] | None = None, model_spec: str = "", flip: bool = True, seed: int = 0) -> None:
         super().__init__()
         if len(labels) < 2:
             raise ValueError(f"LSeg needs at least 2 label names, got {list(labels)}")
@@ -73,7 +73,9 @@ class LSegObjective(Objective):
         config = LSegConfig(width=int(vcfg.hidden_size), embed_dim=clip.embed_dim, blocks=blocks, features=features,
                             class_token=clip.family == "clip", labels=list(labels), image_size=clip.image_size,
                             model=model_spec)
-        self.head = LSegHead(config)
+        with torch.random.fork_rng():  # the head's first weights follow the run's seed, not what ran before
+            torch.manual_seed(seed)
+            self.head = LSegHead(config)
         self.flip = flip
         with torch.no_grad():
             text = F.normalize(clip.encode_text(list(labels)).float(), dim=-1)

@@ -318,7 +318,8 @@ def build_lseg(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
         raise ValueError(f"{cfg.data}: the lseg head trains on a segmentation dataset (images/, masks/, "
                          "classes.txt or a named layout), not on a {source.kind} source")
     clip_spec, clip = _clip(cfg)
-    objective = _construct(LSegObjective, clip, labels, model_spec=clip_spec, options=cfg.objective_options)
+    objective = _construct(LSegObjective, clip, labels, model_spec=clip_spec, options=cfg.objective_options,
+                           seed=cfg.seed)
     info = {"kind": "lseg", "clip": clip_spec, "random_weights": cfg.random_weights, "labels": labels,
             "seg_layout": cfg.seg_layout, "seg_split": cfg.seg_split}
     return objective, info

@@ -5,23 +5,26 @@
   encoder) and captions (through its text tower), then classifying the held-out single-object sounds among 36
   colour + shape names (``audio/fold<N>_acc1`` too). The text tower is the same for the original CLIP and
   un²CLIP, so a difference comes from the image embeddings the head was pulled towards. Chance: 1/36.
+- **audio zero-shot, images only** (``audio_img/acc1``, %): the same, with a head trained on the audio-image
+  pairs alone (`un2clip train-audio --no-texts`): text reaches the sounds only through the encoder's own
+  image-text alignment, so that the measurement is not saturated by captions naming colour and shape.
 - **sketch recognisability** (``sketch/acc1@N``, %): each encoder sketches the world's sketch set with N strokes
   (CLIPasso under that encoder), and one fixed judge (the original CLIP) names the shape of each sketch among
   the six; ``sketch/acc1_photo`` is the judge on the images themselves. Chance: 1/6.
 
-Each model's head is a cached stage (``OUT/audio/<name>/``, made again when its recipe or encoder changed);
-the metrics are cached in ``OUT/eval/audiosketch_<name>.json`` with the recipe they were made with.
+Each model's heads are cached stages (``OUT/audio/<name>/``, ``OUT/audio-img/<name>/``, made again when their
+recipe or encoder changed); the metrics are cached in ``OUT/eval/audiosketch_<name>.json`` and
+``OUT/eval/audio_img_<name>.json`` with the recipe they were made with.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from un2clip.world.sounds import ensure_sketch, ensure_sounds
-from un2clip.world.stages import finish_stage, recorded_stage, train_run
+from un2clip.world.stages import cached_metrics, done_time, trained_stage
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,15 @@ QUICK = AudioSketchSettings(audio_steps=2, audio_batch=4, audio_widths=(8, 16), 
                             sketch_canvas=16)
 
 
-def audio_fields(world: Path, clip: str, seed: int, s: AudioSketchSettings) -> dict:
-    """The `un2clip train-audio` run of one encoder (RunConfig fields)."""
+def audio_fields(world: Path, clip: str, seed: int, s: AudioSketchSettings, *, texts: bool = True) -> dict:
+    """The `un2clip train-audio` run of one encoder (RunConfig fields); ``texts=False``: audio-image pairs only
+    (``--no-texts``)."""
+    options = {"clip_seconds": 1.0, "widths": list(s.audio_widths), "blocks": [1] * len(s.audio_widths)}
+    if not texts:  # only then: the recipe of the head on images and captions stays as it was recorded
+        options["use_texts"] = False
     return {"objective": "audio", "clip": clip, "data": str(world / "sounds" / "train"), "max_steps": s.audio_steps,
             "batch_size": s.audio_batch, "lr": s.audio_lr, "save_every": max(s.audio_steps, 1), "seed": seed,
-            "objective_options": {"clip_seconds": 1.0, "widths": list(s.audio_widths),
-                                  "blocks": [1] * len(s.audio_widths)}}
-
-
-def _made(folder: Path) -> int:
-    done = Path(folder) / "DONE"
-    return done.stat().st_mtime_ns if done.exists() else 0
+            "objective_options": options}
 
 
 def _model_made(spec: str) -> int:
@@ -65,42 +66,54 @@ def _model_made(spec: str) -> int:
     return max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
 
 
+def _zero_shot(head: Path, world: Path, prefix: str, progress: bool) -> dict[str, float]:
+    """Top-1 accuracies (%, mean and per fold) of an audio head on the world's test sounds, keys ``prefix/...``."""
+    from un2clip.eval.downstream import audio
+    from un2clip.load import load_audio_model
+
+    a = audio.evaluate(load_audio_model(head), world / "sounds" / "test", progress=progress)
+    return {f"{prefix}/{k}": 100 * v for k, v in a.items() if k.endswith("acc1")}
+
+
+def _audio_and_sketch(world: Path, spec: str, head: Path, *, judge: str, seed: int, settings: AudioSketchSettings,
+                      progress: bool) -> dict[str, float]:
+    """``audio/...`` of the head on images and captions, and ``sketch/...`` of the encoder ``spec``."""
+    from un2clip.eval.downstream import sketch
+    from un2clip.load import load_clip
+
+    s = settings
+    metrics = _zero_shot(head, world, "audio", progress)
+    k = sketch.evaluate(load_clip(spec), world / "sketch", judge=judge, strokes=s.sketch_strokes, steps=s.sketch_steps,
+                        limit=s.sketch_per_class, seed=seed, canvas=s.sketch_canvas, progress=progress)
+    return {**metrics, **{f"sketch/{key}": 100 * v for key, v in k.items() if key.startswith("acc1")}}
+
+
 def evaluate_audio_sketch(out: Path, world: Path, models: dict[str, str], *, judge: str, seed: int,
                           settings: AudioSketchSettings = AudioSketchSettings(), fresh: bool = False,
                           progress: bool = True) -> dict[str, dict[str, float]]:
     """{model name: {audio/..., sketch/...}} for each model spec (see the module); ``judge``: the sketch judge."""
-    from un2clip.eval.downstream import audio, sketch
-    from un2clip.load import load_audio_model, load_clip
-
     s = settings
     ensure_sounds(world, n_train=s.n_train_sounds, per_class=s.sounds_per_class)
     ensure_sketch(world, per_class=s.sketch_per_class)
     results = {}
     for name, spec in models.items():
-        fields = audio_fields(world, spec, seed, s)
-        recipe = {"run": fields, "encoder": _model_made(spec)}
-        folder, done = recorded_stage(out / "audio", name, recipe, fresh)
-        if not done:
-            t = time.perf_counter()
-            folder.mkdir(parents=True)
-            train_run(**fields, output=str(folder / "run"), progress=progress)
-            finish_stage(folder, recipe, t)
-        cached = out / "eval" / f"audiosketch_{name}.json"
-        # as JSON stores it (tuples as lists), so that a cached record compares equal
-        wanted = json.loads(json.dumps({"settings": asdict(s), "head": _made(folder), "judge": judge,
-                                        "encoder": recipe["encoder"]}))
-        if cached.exists() and not fresh and (record := json.loads(cached.read_text()))["recipe"] == wanted:
-            results[name] = record["metrics"]
-            continue
-        a = audio.evaluate(load_audio_model(folder / "run"), world / "sounds" / "test", progress=progress)
-        metrics = {f"audio/{k}": 100 * v for k, v in a.items() if k.endswith("acc1")}
-        k = sketch.evaluate(load_clip(spec), world / "sketch", judge=judge, strokes=s.sketch_strokes,
-                            steps=s.sketch_steps, limit=s.sketch_per_class, seed=seed, canvas=s.sketch_canvas,
-                            progress=progress)
-        metrics.update({f"sketch/{key}": 100 * v for key, v in k.items() if key.startswith("acc1")})
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps({"recipe": wanted, "metrics": metrics}, indent=2))
-        results[name] = metrics
+        encoder = _model_made(spec)
+        heads = {}
+        for folder_name, texts in (("audio", True), ("audio-img", False)):
+            fields = audio_fields(world, spec, seed, s, texts=texts)
+            heads[folder_name], _ = trained_stage(out / folder_name, name, fields, {"run": fields, "encoder": encoder},
+                                                  fresh=fresh, progress=progress)
+
+        eval_dir = out / "eval"
+        recipe = {"settings": asdict(s), "head": done_time(heads["audio"]), "judge": judge, "encoder": encoder}
+        metrics = cached_metrics(eval_dir / f"audiosketch_{name}.json",
+                                 partial(_audio_and_sketch, world, spec, heads["audio"] / "run", judge=judge, seed=seed,
+                                         settings=s, progress=progress), recipe=recipe, fresh=fresh)
+        recipe = {"settings": asdict(s), "head": done_time(heads["audio-img"]), "encoder": encoder}
+        images_only = cached_metrics(eval_dir / f"audio_img_{name}.json",
+                                     partial(_zero_shot, heads["audio-img"] / "run", world, "audio_img", progress),
+                                     recipe=recipe, fresh=fresh)
+        results[name] = {**metrics, **images_only}
     return results
 
 
@@ -110,8 +123,8 @@ COMPARED = ("original", "un2clip")  # the encoders compare measures this way (an
 def add_audio_sketch(results: dict[str, dict[str, float]], out: Path, world: Path, models: dict[str, str], *,
                      seed: int, settings: AudioSketchSettings, fresh: bool = False,
                      progress: bool = True) -> dict[str, dict[str, float]]:
-    """``results`` with the audio and sketch metrics of the :data:`COMPARED` models among ``models`` added; the
-    original CLIP judges the sketches."""
+    """``results`` with the audio (both heads) and sketch metrics of the :data:`COMPARED` models among ``models``
+    added; the original CLIP judges the sketches."""
     chosen = {n: models[n] for n in COMPARED if n in models}
     if "original" not in chosen:
         return results

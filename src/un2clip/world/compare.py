@@ -33,7 +33,8 @@ from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
-from un2clip.world.stages import finish_stage, recorded_stage, train_run
+from un2clip.world.lseg import LSegSettings
+from un2clip.world.stages import done_time, finish_stage, recorded_stage, train_run
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CompareSettings:
     grounding: GroundingSettings | None = None  # --grounding: a grounding head per encoder (original, un2clip)
     # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
     audio_sketch: AudioSketchSettings | None = None
+    lseg: LSegSettings | None = None  # --lseg: an LSeg head per encoder (original, un2clip), seen and unseen names
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -167,12 +169,6 @@ def diva_available(preset: str) -> str | None:
 
 # -- stages of one seed ----------------------------------------------------------------------------
 
-def _made(folder: Path) -> int:
-    """When the stage in ``folder`` last finished (its DONE marker's mtime), 0 if never."""
-    done = Path(folder) / "DONE"
-    return done.stat().st_mtime_ns if done.exists() else 0
-
-
 def _forget_stale_demo_finetune(seed_dir: Path, demo: DemoSettings) -> None:
     """A finished demo fine-tune with other steps / batch / lr than asked: drop it so the demo redoes it."""
     import yaml
@@ -245,7 +241,7 @@ def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSett
     use_shipped = shipped is not None and (shipped / name / "unet").is_dir()
     fields = DECODER_STAGES[name](seed_dir, clip, seed, s)
     made = {"command": ["copy", f"shipped {shipped.name}"]} if use_shipped else {"run": fields}
-    recipe = {**made, "clip": _made(seed_dir / "clip")}
+    recipe = {**made, "clip": done_time(seed_dir / "clip")}
     folder, done = recorded_stage(seed_dir, name, recipe, fresh)
     if not done:
         t = time.perf_counter()
@@ -263,10 +259,10 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
     """(recipe, output name) of a made variant: how it is made, and when the stages it starts from finished."""
     clip, decoder = seed_dir / "clip" / "clip", seed_dir / "decoder" / "decoder"
     images = str(seed_dir / "world" / "train" / "images")
-    upstream = {"clip": _made(seed_dir / "clip"), "decoder": _made(seed_dir / "decoder")}
+    upstream = {"clip": done_time(seed_dir / "clip"), "decoder": done_time(seed_dir / "decoder")}
     if variant.kind == "export":
         export = {"model": str(seed_dir / "finetune"), "alpha": variant.alpha, "original": str(clip)}
-        return {"export": export, "un2clip": _made(seed_dir / "finetune")}, "clip"
+        return {"export": export, "un2clip": done_time(seed_dir / "finetune")}, "clip"
     if variant.kind == "finetune":
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(decoder), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor), "objective_options": dict(variant.options)}
@@ -275,19 +271,19 @@ def _variant_recipe(seed_dir: Path, variant: Variant, *, seed: int, s: DemoSetti
         flow = _decoder_stage(seed_dir, "flow-decoder", clip, seed, s, fresh, progress)
         run = {"objective": "genhancer", "clip": str(clip), "decoder": str(flow), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor, variant), "objective_options": dict(variant.options)}
-        return {"run": run, "clip": upstream["clip"], "flow-decoder": _made(seed_dir / "flow-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "flow-decoder": done_time(seed_dir / "flow-decoder")}, "run"
     if variant.kind == "genhancer-unet":  # stage 2: the encoder through its own frozen light UNet
         light = _decoder_stage(seed_dir, "light-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "un2clip", "clip": str(clip), "decoder": str(light), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor)}
-        return {"run": run, "clip": upstream["clip"], "light-decoder": _made(seed_dir / "light-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "light-decoder": done_time(seed_dir / "light-decoder")}, "run"
     if variant.kind == "diva":
         t2i = _decoder_stage(seed_dir, "t2i-decoder", clip, seed, s, fresh, progress, shipped=shipped)
         run = {"objective": "diva", "preset": s.t2i_preset, "clip": str(clip), "decoder": str(t2i), "data": images,
                **_finetune_fields(s, seed, variant.lr_factor, variant)}
         if variant.options:
             run["objective_options"] = dict(variant.options)
-        return {"run": run, "clip": upstream["clip"], "t2i-decoder": _made(seed_dir / "t2i-decoder")}, "run"
+        return {"run": run, "clip": upstream["clip"], "t2i-decoder": done_time(seed_dir / "t2i-decoder")}, "run"
     raise ValueError(f"unknown variant kind {variant.kind!r}")
 
 
@@ -337,12 +333,20 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
+    picked = {n: models[n] for n in ("original", "un2clip") if n in models}  # a head each is a training run
+    heads = []
     if settings.grounding is not None:  # GLIP-style grounding accuracy of a head trained on each frozen encoder
         from un2clip.world.grounding import grounding_results
 
-        picked = {n: models[n] for n in ("original", "un2clip") if n in models}
-        for name, extra in grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
-                                             progress=progress).items():
+        heads.append(grounding_results(seed_dir, picked, seed=seed, settings=settings.grounding, fresh=fresh,
+                                       progress=progress))
+    if settings.lseg is not None:  # LSeg mIoU of a dense head trained on each frozen encoder
+        from un2clip.world.lseg import lseg_results
+
+        heads.append(lseg_results(seed_dir, picked, seed=seed, settings=settings.lseg, fresh=fresh,
+                                  progress=progress))
+    for measured in heads:
+        for name, extra in measured.items():
             results[name] = {**results[name], **extra}
     if settings.audio_sketch is not None:
         from un2clip.world.audiosketch import add_audio_sketch
@@ -359,10 +363,13 @@ COLUMNS = (("mmvp/average", "MMVP avg"), (ZEROSHOT, "zero-shot"), ("zeroshot_sha
            ("zeroshot_color/acc1", "zs colour"), ("retrieval/t2i_r1", "t2i R@1"), ("seg_clearclip/mIoU", "seg mIoU"),
            ("diffloss/loss_mean", "diff. loss"), ("probe/mean", "probe"))
 PAIRED = (("mmvp/average", "Δ MMVP"), (ZEROSHOT, "Δ zero-shot"))
-# shown when some variant has them (measured on request: --grounding, --audio-sketch): grounding accuracy and its
-# constant-box reference, AudioCLIP zero-shot, CLIPasso recognisability at 8 strokes
+# shown when some variant has them (measured on request: --grounding, --lseg, --audio-sketch): grounding accuracy
+# and its constant-box reference, LSeg mIoU on seen and unseen names and the all-background reference of each,
+# AudioCLIP zero-shot (head trained on images and captions; on images only), CLIPasso recognisability at 8 strokes
 OPTIONAL_COLUMNS = (("grounding/accuracy", "grounding acc"), ("grounding/accuracy_mean_box", "mean-box acc"),
-                    ("audio/acc1", "audio zs"), ("sketch/acc1@8", "sketch@8"))
+                    ("lseg/seen_miou", "LSeg seen"), ("lseg/seen_background_miou", "all-bg seen"),
+                    ("lseg/unseen_miou", "LSeg unseen"), ("lseg/unseen_background_miou", "all-bg unseen"),
+                    ("audio/acc1", "audio zs"), ("audio_img/acc1", "audio zs (img)"), ("sketch/acc1@8", "sketch@8"))
 
 
 def with_zeroshot_mean(metrics: dict[str, float]) -> dict[str, float]:

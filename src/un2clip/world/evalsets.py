@@ -404,6 +404,23 @@ def _write_lseg(root: Path, seed: int, n: int, out: _ImageWriter) -> list[tuple[
     return remaps
 
 
+def write_lseg(root: str | Path, seed: int, n: int, image_size: int = 32, progress: bool = False) -> Path:
+    """``root/lseg/`` alone: the same files :func:`generate_world` writes with ``n_lseg=n`` (each set draws from a
+    stream of its own), for a world written without them. Returns the folder."""
+    root = Path(root)
+    _check_sizes(0.0, image_size, {"n_lseg": n})
+    out = _ImageWriter(image_size, 1, 3 * n, progress)
+    try:
+        remaps = _write_lseg(root, seed, n, out)
+    except BaseException:
+        out.close(finish=False)
+        raise
+    out.close()
+    for folder, remap in remaps:  # the renderer labels shape k as k + 1; each LSeg set numbers its own classes
+        _relabel_masks(folder, remap)
+    return root / "lseg"
+
+
 def _relabel_masks(folder: Path, remap: dict[int, int]) -> None:
     """Rewrite a folder's masks with ``remap`` (every id in them must be a key)."""
     lut = np.full(256, 255, dtype=np.uint8)

@@ -106,12 +106,12 @@ GROUNDING_QUICK = GroundingSettings(n_images=10, steps=2, batch_size=4, hidden_d
 GROUNDING_KEYS = ("accuracy", "recall@5", "recall@10", "accuracy_mean_box")
 
 
-def _made_at(spec: str) -> int:
-    """When the stage holding model ``spec`` finished (its DONE marker, in the folder or the one above), 0 if none."""
-    for folder in (Path(spec), Path(spec).parent):
-        if (folder / "DONE").is_file():
-            return (folder / "DONE").stat().st_mtime_ns
-    return 0
+def _val_metrics(spec: str, data: Path, head: Path, progress: bool) -> dict[str, float]:
+    """The grounding metrics of ``head`` on encoder ``spec``, val split of ``data``."""
+    from un2clip.eval.downstream.grounding import evaluate
+    from un2clip.load import load_clip
+
+    return evaluate(load_clip(spec), data, head=head, split="val", precision="fp32", progress=progress)
 
 
 def grounding_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings: GroundingSettings,
@@ -119,18 +119,13 @@ def grounding_results(seed_dir: Path, models: dict[str, str], *, seed: int, sett
     """``{model: {"grounding/accuracy": ..., ...}}``: per model a grounding head trained on the frozen encoder
     (cached stage ``seed_dir/grounding/<model>``) and scored on the val split of the seed's grounding set
     (``seed_dir/grounding-set``, drawn from the world seed), evaluations cached in ``seed_dir/eval``."""
-    import time
+    from functools import partial
 
-    from un2clip.eval.downstream.grounding import evaluate
-    from un2clip.load import load_clip
-    from un2clip.world.stages import finish_stage, recorded_stage, train_run
+    from un2clip.world.stages import cached_metrics, done_time, made_at, made_stage, trained_stage
 
     recipe = {"seed": seed, "n_images": settings.n_images}
-    folder, done = recorded_stage(seed_dir, "grounding-set", recipe, fresh)
-    if not done:
-        t = time.perf_counter()
-        write_grounding(folder, seed, settings.n_images)
-        finish_stage(folder, recipe, t)
+    folder = made_stage(seed_dir, "grounding-set", recipe, partial(write_grounding, seed=seed, n=settings.n_images),
+                        fresh=fresh)
     data = folder / "grounding"
     out = {}
     for name, spec in models.items():
@@ -138,21 +133,12 @@ def grounding_results(seed_dir: Path, models: dict[str, str], *, seed: int, sett
                   "batch_size": settings.batch_size, "lr": settings.lr, "weight_decay": 1e-4, "seed": seed,
                   "save_every": settings.steps, "objective_options": {"hidden_dim": settings.hidden_dim,
                                                                       "proj_dim": settings.proj_dim}}
-        run_recipe = {"run": fields, "model": _made_at(spec), "set": (folder / "DONE").stat().st_mtime_ns}
-        stage_dir, done = recorded_stage(seed_dir / "grounding", name, run_recipe, fresh)
+        run_recipe = {"run": fields, "model": made_at(spec), "set": done_time(folder)}
         cached = seed_dir / "eval" / f"grounding_{name}.json"
-        if not done:
-            t = time.perf_counter()
+        stage_dir, trained = trained_stage(seed_dir / "grounding", name, fields, run_recipe, fresh=fresh,
+                                           progress=progress)
+        if trained:
             cached.unlink(missing_ok=True)
-            stage_dir.mkdir(parents=True)
-            train_run(**fields, output=str(stage_dir / "run"), progress=progress)
-            finish_stage(stage_dir, run_recipe, t)
-        if cached.is_file() and not fresh:
-            metrics = json.loads(cached.read_text(encoding="utf-8"))
-        else:
-            metrics = evaluate(load_clip(spec), data, head=stage_dir / "run", split="val", precision="fp32",
-                               progress=progress)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        metrics = cached_metrics(cached, partial(_val_metrics, spec, data, stage_dir / "run", progress), fresh=fresh)
         out[name] = {f"grounding/{k}": metrics[k] for k in GROUNDING_KEYS}
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from un2clip.train.config import RunConfig
@@ -20,6 +21,21 @@ def stage(out: Path, name: str, fresh: bool) -> tuple[Path, bool]:
     if fresh and folder.exists():
         shutil.rmtree(folder)
     return folder, (folder / "DONE").exists()
+
+
+def done_time(folder: str | Path) -> int:
+    """When the stage in ``folder`` last finished (its DONE marker's mtime in ns), 0 if never."""
+    done = Path(folder) / "DONE"
+    return done.stat().st_mtime_ns if done.exists() else 0
+
+
+def made_at(spec: str | Path) -> int:
+    """When the stage holding model ``spec`` finished (its DONE marker, in the folder or the one above), 0 if none
+    (a preset or a Hub id)."""
+    for folder in (Path(spec), Path(spec).parent):
+        if (folder / "DONE").is_file():
+            return done_time(folder)
+    return 0
 
 
 def mark_done(folder: Path, seconds: float) -> None:
@@ -61,3 +77,52 @@ def train_run(*, progress: bool = True, **fields) -> RunConfig:
     run(cfg, progress=progress)
     return cfg
 
+
+
+def made_stage(parent: Path, name: str, recipe: dict, make: Callable[[Path], object], *,
+               fresh: bool = False) -> Path:
+    """The folder of a stage that records ``recipe``: reused when finished with the same recipe, else made (again)
+    in a new empty folder by ``make(folder)`` (see :func:`recorded_stage`)."""
+    folder, done = recorded_stage(parent, name, recipe, fresh)
+    if not done:
+        t = time.perf_counter()
+        folder.mkdir(parents=True)
+        make(folder)
+        finish_stage(folder, recipe, t)
+    return folder
+
+
+def trained_stage(parent: Path, name: str, fields: dict, recipe: dict, *, fresh: bool = False,
+                  progress: bool = True) -> tuple[Path, bool]:
+    """(folder, trained now?) of a stage holding one training run (``folder/run``, RunConfig ``fields``) that
+    records ``recipe``: reused when finished with the same recipe, else trained again (see :func:`recorded_stage`)."""
+    folder, done = recorded_stage(parent, name, recipe, fresh)
+    if not done:
+        t = time.perf_counter()
+        folder.mkdir(parents=True)
+        train_run(**fields, output=str(folder / "run"), progress=progress)
+        finish_stage(folder, recipe, t)
+    return folder, not done
+
+
+def cached_metrics(path: Path, compute: Callable[[], dict], *, recipe: dict | None = None,
+                   fresh: bool = False) -> dict:
+    """The metrics cached in ``path``, or ``compute()`` written there when the file is absent, ``fresh`` is asked or
+    it was made with another ``recipe``.
+
+    With a ``recipe`` the file holds ``{"recipe": ..., "metrics": ...}`` (the recipe compared as JSON stores it:
+    tuples as lists); without one, the metrics alone (a caller then removes the file when what it measured
+    changes).
+    """
+    wanted = None if recipe is None else json.loads(json.dumps(recipe))
+    if path.is_file() and not fresh:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if wanted is None:
+            return record
+        if record.get("recipe") == wanted:
+            return record["metrics"]
+    metrics = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = metrics if wanted is None else {"recipe": wanted, "metrics": metrics}
+    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return metrics
