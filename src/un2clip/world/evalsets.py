@@ -279,6 +279,13 @@ class _ImageWriter:
         if self.bar is not None:
             self.bar.update(n)
 
+    def __enter__(self) -> _ImageWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Wait for every job on success; after an error drop the queued ones (and let the error through)."""
+        self.close(finish=exc_type is None)
+
     def close(self, *, finish: bool = True) -> None:
         """Wait for every job (``finish``) or drop the queued ones (after an error)."""
         try:
@@ -409,13 +416,8 @@ def write_lseg(root: str | Path, seed: int, n: int, image_size: int = 32, progre
     stream of its own), for a world written without them. Returns the folder."""
     root = Path(root)
     _check_sizes(0.0, image_size, {"n_lseg": n})
-    out = _ImageWriter(image_size, 1, 3 * n, progress)
-    try:
+    with _ImageWriter(image_size, 1, 3 * n, progress) as out:
         remaps = _write_lseg(root, seed, n, out)
-    except BaseException:
-        out.close(finish=False)
-        raise
-    out.close()
     for folder, remap in remaps:  # the renderer labels shape k as k + 1; each LSeg set numbers its own classes
         _relabel_masks(folder, remap)
     return root / "lseg"
@@ -619,8 +621,7 @@ def generate_world(
     n_zs = sum(len(t["classnames"]) for t in tasks.values()) * n_zeroshot_per_class
     total = n_train + n_val + n_trusted + 2 * pairs_per_pattern * len(MMVP_TYPES) + n_zs + n_seg + 3 * n_lseg
     n_workers = _auto_workers(total) if workers is None else max(1, int(workers))
-    out = _ImageWriter(image_size, n_workers, total, progress)
-    try:
+    with _ImageWriter(image_size, n_workers, total, progress) as out:
         talk = {"talk_colors": talk_colors, "talk_rate": talk_rate}
         _write_caption_split(root, "train", n_train, seed, rare_rate, out, swap_rate=noise_swap,
                              boilerplate_rate=noise_boilerplate, long_tail=long_tail, **talk)
@@ -631,10 +632,6 @@ def generate_world(
         _write_zeroshot(root, seed, n_zeroshot_per_class, out)
         _write_seg(root, seed, n_seg, out)
         remaps = _write_lseg(root, seed, n_lseg, out) if n_lseg else []
-    except BaseException:
-        out.close(finish=False)
-        raise
-    out.close()
     for folder, remap in remaps:  # the renderer labels shape k as k + 1; each LSeg set numbers its own classes
         _relabel_masks(folder, remap)
     write_downstream(root, seed, n_detect=n_detect, n_depth=n_depth, n_pointcloud_per_class=n_pointcloud_per_class,
