@@ -62,7 +62,7 @@ FLAGS_BEFORE = {
     "--num-workers": (int, None, "store"), "--max-skip-rate": (float, None, "store"),
     "--skip-window": (int, None, "store"), "--lr": (float, None, "store"),
     "--optimizer": (None, ("adamw", "sgd"), "store"), "--weight-decay": (float, None, "store"),
-    "--warmup-steps": (int, None, "store"), "--lr-schedule": (None, ("constant", "cosine"), "store"),
+    "--warmup-steps": (int, None, "store"), "--lr-schedule": (None, ("constant", "cosine", "poly"), "store"),
     "--max-grad-norm": (float, None, "store"), "--max-steps": (int, None, "store"),
     "--batch-size": (int, None, "store"), "--grad-accum": (int, None, "store"),
     "--precision": (None, ("fp32", "bf16", "fp16"), "store"), "--grad-checkpointing": (None, None, "store_true"),

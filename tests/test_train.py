@@ -425,3 +425,19 @@ def test_a_checkpoint_of_other_weights_is_refused_naming_the_keys():
         check_state_keys(state, other, "the head")
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \['extra'\]"):
         check_state_keys(state, {**state, "extra": torch.zeros(1)}, "the head")
+
+
+def test_poly_schedule_is_lsegs_decay_after_warmup():
+    from un2clip.train.loop import lr_factor
+
+    def poly(step, warmup=0, total=10):
+        return lr_factor(step, warmup_steps=warmup, max_steps=total, schedule="poly")
+
+    # LSeg: LambdaLR(lambda x: (1 - x / num_steps) ** 0.9)
+    assert [poly(s) for s in (0, 5, 10)] == [1.0, pytest.approx(0.5 ** 0.9), 0.0]
+    assert poly(3) == pytest.approx(0.7 ** 0.9)
+    # with warm-up the decay starts where the warm-up ends
+    assert [poly(s, 2, 12) for s in (0, 1, 2, 7)] == [0.5, 1.0, 1.0, pytest.approx(0.5 ** 0.9)]
+    assert poly(50) == 0.0  # past the budget (a resume with fewer steps) the rate stays at 0
+    with pytest.raises(ValueError, match="'constant', 'cosine' or 'poly'"):
+        lr_factor(0, warmup_steps=0, max_steps=10, schedule="linear")

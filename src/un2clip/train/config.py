@@ -94,8 +94,8 @@ class RunConfig:
                      help="learning rate (default {default}; paper: 3e-7 for ViT-L/14)")
     weight_decay: float = flag(0.0, group="optimisation", help="weight decay")
     warmup_steps: int = flag(0, group="optimisation", help="linear warm-up steps")
-    lr_schedule: str = flag("constant", group="optimisation", choices=("constant", "cosine"),
-                            help="learning-rate schedule after warm-up")
+    lr_schedule: str = flag("constant", group="optimisation", choices=("constant", "cosine", "poly"),
+                            help="learning-rate schedule after warm-up (poly: (1 - progress) ** 0.9, LSeg's)")
     max_grad_norm: float | None = flag(1.0, group="optimisation",
                                        help="clip gradients to this norm (default {default}; 0: no clipping)")
     # loop

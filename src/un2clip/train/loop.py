@@ -110,16 +110,22 @@ def make_optimizer(params: list[torch.nn.Parameter], *, name: str, lr: float, we
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
 
 
+#: the power of the "poly" schedule: LSeg's LambdaLR (1 - epoch / epochs) ** 0.9, applied here per step
+POLY_POWER = 0.9
+
+
 def lr_factor(step: int, *, warmup_steps: int, max_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate at optimiser step ``step`` (0-based)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    raise ValueError(f"lr schedule must be 'constant' or 'cosine', got {schedule!r}")
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "poly":  # LSeg's (and mmseg's) polynomial decay, power 0.9, to 0
+        return (1.0 - progress) ** POLY_POWER
+    raise ValueError(f"lr schedule must be 'constant', 'cosine' or 'poly', got {schedule!r}")
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
