@@ -304,6 +304,34 @@ def test_the_saved_processor_asks_as_training_laid_out(pretrained):
     assert chat.processor.tokenizer.convert_ids_to_tokens(ids[first_answer:]) == ["red", "[EOS]"]
 
 
+def test_finetune_with_the_class_token_reads_one_image_token_more(world, pretrained, tmp_path):
+    """--vision-select full on an --init model: the saved LLaVA and its processor put the class token (17 image
+    tokens of the 32 px, patch-8 tower), and the first image token's features are the class token's."""
+    from un2clip.models.llava import LlavaChat, set_vision_select
+    from un2clip.train.recipes import load_llava
+
+    out = tmp_path / "cls"
+    assert cli(TRAIN + ["--stage", "finetune", "--init", str(pretrained), "--data", str(world / "mllm" / "instruct.json"),
+                        "--max-steps", "1", "--vision-select", "full", "--output", str(out)]) == 0
+    chat = LlavaChat.from_pretrained(out)
+    assert chat.model.config.vision_feature_select_strategy == "full"
+    ids = chat.processor(images=[Image.new("RGB", (32, 32))], text=[chat.prompt("how many?")],
+                         return_tensors="pt")["input_ids"][0]
+    assert int((ids == chat.model.config.image_token_index).sum()) == 17
+    model, processor = load_llava(pretrained)
+    pixels = processor.image_processor(images=[Image.new("RGB", (32, 32), (200, 30, 30))], return_tensors="pt")
+    tower = model.model.vision_tower(pixels["pixel_values"], output_hidden_states=True).hidden_states[-2]
+    set_vision_select(model, processor, "full")
+    feats = model.model.get_image_features(pixel_values=pixels["pixel_values"])
+    feats = getattr(feats, "pooler_output", feats)
+    feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+    assert feats.reshape(-1, feats.shape[-1]).shape[0] == 17
+    assert torch.allclose(feats.reshape(-1, feats.shape[-1])[0], model.model.multi_modal_projector(tower[0, :1])[0],
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="default"):
+        set_vision_select(model, processor, "cls")
+
+
 def test_stage_one_step_counts_come_from_the_epoch(world, tmp_path):
     from un2clip.cli.llava import llava_defaults
 
