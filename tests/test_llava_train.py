@@ -185,6 +185,61 @@ def test_world_instruct_data_asks_every_attribute_and_answers_with_one_word(worl
     assert not unknown
 
 
+def _first_answers(data):
+    """(question text, the right option's text) of each conversation's first question (letters resolved)."""
+    out = []
+    for entry in data:
+        prompt, answer = (t["value"] for t in entry["conversations"][:2])
+        text = prompt.removeprefix("<image>\n").split("?")[0] + "?"
+        if re.fullmatch(r"[a-dA-D]", answer):
+            answer = re.search(r"\(" + answer + r"\) ([a-z0-9]+)", prompt).group(1)
+        out.append((text, answer))
+    return out
+
+
+def test_world_instruct_scenes_come_in_pairs_with_different_right_answers(tmp_path):
+    from un2clip.world.mllm import write_instruct
+
+    write_instruct(tmp_path / "pairs", 0, 400, image_size=32, talk_colors=("red", "yellow", "green"))
+    data = json.loads((tmp_path / "pairs" / "instruct.json").read_text())
+    assert len(data) == 400 and all(len(e["conversations"]) == 6 for e in data)
+    assert all(e["conversations"][0]["value"].startswith("<image>\n") for e in data)
+    assert not any("<image>" in t["value"] for e in data for t in e["conversations"][1:])
+    first = _first_answers(data)
+    for (qa, aa), (qb, ab) in zip(first[::2], first[1::2]):
+        assert qa == qb and aa != ab, (qa, aa, ab)
+    # each yes/no or two-way template answered both ways equally often: its words do not tell the answer
+    answers: dict[str, list[str]] = {}
+    for q, a in first:
+        answers.setdefault(re.sub(r"\b(red|yellow|green)\b", "C", q), []).append(a)
+    two_way = {q: a for q, a in answers.items() if len(set(a)) == 2}
+    assert any("dot" in q for q in two_way) and any("view" in q for q in two_way)
+    for q, a in two_way.items():
+        assert a.count(a[0]) == len(a) / 2, (q, sorted(set(a)))
+    assert all(Image.open(tmp_path / "pairs" / e["image"]).size == (32, 32) for e in data)
+    # the first version, scenes drawn alone, stays available and differs
+    write_instruct(tmp_path / "alone", 0, 400, image_size=32, talk_colors=("red", "yellow", "green"), contrastive=False)
+    alone = _first_answers(json.loads((tmp_path / "alone" / "instruct.json").read_text()))
+    assert sum(qa == qb and aa != ab for (qa, aa), (qb, ab) in zip(alone[::2], alone[1::2])) < 20
+
+
+def test_world_contrastive_pairs_use_the_talk_colours_except_colour_pairs():
+    import numpy as np
+
+    from un2clip.world.mllm import contrastive_pair
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        a, b, qa, qb = contrastive_pair(rng, ("red", "yellow", "green"))
+        seen.add(qa[0])
+        assert qa[:3] == qb[:3] and qa[3] != qb[3] and a != b
+        colours = {o.color for s in (a, b) for o in s.objects}
+        if qa[0] != "color":
+            assert colours <= {"red", "yellow", "green"}, (qa, colours)
+    assert seen == {"orientation", "dot", "state", "count", "position", "relation", "color", "size", "glyph", "view"}
+
+
 def test_other_world_outputs_are_unchanged_by_the_llava_sets(tmp_path):
     from un2clip.world import generate_world
 
@@ -247,6 +302,34 @@ def test_the_saved_processor_asks_as_training_laid_out(pretrained):
     first_answer = next(k for k, lab in enumerate(labels) if lab != IGNORE_INDEX)
     assert prompt == ids[:first_answer]
     assert chat.processor.tokenizer.convert_ids_to_tokens(ids[first_answer:]) == ["red", "[EOS]"]
+
+
+def test_finetune_with_the_class_token_reads_one_image_token_more(world, pretrained, tmp_path):
+    """--vision-select full on an --init model: the saved LLaVA and its processor put the class token (17 image
+    tokens of the 32 px, patch-8 tower), and the first image token's features are the class token's."""
+    from un2clip.models.llava import LlavaChat, set_vision_select
+    from un2clip.train.recipes import load_llava
+
+    out = tmp_path / "cls"
+    assert cli(TRAIN + ["--stage", "finetune", "--init", str(pretrained), "--data", str(world / "mllm" / "instruct.json"),
+                        "--max-steps", "1", "--vision-select", "full", "--output", str(out)]) == 0
+    chat = LlavaChat.from_pretrained(out)
+    assert chat.model.config.vision_feature_select_strategy == "full"
+    ids = chat.processor(images=[Image.new("RGB", (32, 32))], text=[chat.prompt("how many?")],
+                         return_tensors="pt")["input_ids"][0]
+    assert int((ids == chat.model.config.image_token_index).sum()) == 17
+    model, processor = load_llava(pretrained)
+    pixels = processor.image_processor(images=[Image.new("RGB", (32, 32), (200, 30, 30))], return_tensors="pt")
+    tower = model.model.vision_tower(pixels["pixel_values"], output_hidden_states=True).hidden_states[-2]
+    set_vision_select(model, processor, "full")
+    feats = model.model.get_image_features(pixel_values=pixels["pixel_values"])
+    feats = getattr(feats, "pooler_output", feats)
+    feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+    assert feats.reshape(-1, feats.shape[-1]).shape[0] == 17
+    assert torch.allclose(feats.reshape(-1, feats.shape[-1])[0], model.model.multi_modal_projector(tower[0, :1])[0],
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="default"):
+        set_vision_select(model, processor, "cls")
 
 
 def test_stage_one_step_counts_come_from_the_epoch(world, tmp_path):

@@ -114,6 +114,10 @@ def _add_llava_train(cmds: argparse._SubParsersAction) -> None:
                    help="tokens per conversation, image tokens included; longer ones are cut (default 2048)")
     g.add_argument("--system-prompt", metavar="TEXT",
                    help="system prompt of the finetune conversations (default: Vicuna-v1's, as LLaVA-1.5)")
+    g.add_argument("--vision-select", choices=["default", "full"],
+                   help="image tokens the LM reads: default, the penultimate layer's patch tokens (LLaVA-1.5); full, "
+                        "the class token too (one token more); with --init it changes the loaded LLaVA "
+                        "(default: a new model's default, an --init model's own)")
     g.add_argument("--epochs", type=float, default=1.0,
                    help="passes over the data that set --max-steps when it is not given (default 1)")
     g.add_argument("--warmup-ratio", type=float, default=WARMUP_RATIO,
@@ -121,7 +125,7 @@ def _add_llava_train(cmds: argparse._SubParsersAction) -> None:
 
     def train(args: argparse.Namespace) -> int:
         opts = {"stage": args.stage, "init": args.init, "language_model": args.language_model,
-                "max_length": args.max_length, "system": args.system_prompt}
+                "max_length": args.max_length, "system": args.system_prompt, "vision_select": args.vision_select}
         defaults = None
         if not args.resume:
             if args.stage is None:

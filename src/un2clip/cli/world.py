@@ -53,6 +53,9 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                         "mmvp-mllm | cvbench` read (default: off)")
     m.add_argument("--mllm-instruct", type=int, default=2000, metavar="N",
                    help="scenes of the instruction data, three questions each (default 2000)")
+    m.add_argument("--mllm-single-scenes", action="store_true",
+                   help="draw every instruction scene alone, as the first version did (default: scenes in pairs that "
+                        "differ in one attribute, both asked the question whose answer differs first)")
     m.add_argument("--mllm-pairs-per-pattern", type=int, default=15, metavar="N",
                    help="MMVP-MLLM image pairs per pattern, in each of the two sets (default 15)")
     m.add_argument("--cvbench-per-task", type=int, default=50, metavar="N",
@@ -73,7 +76,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               noise_swap=args.noise_swap, noise_boilerplate=args.noise_boilerplate,
                               long_tail=args.long_tail, n_trusted=args.n_trusted, talk_colors=args.talk_colors,
                               talk_rate=args.talk_rate, mmvp_colors=args.mmvp_colors, mllm=args.mllm,
-                              n_mllm_instruct=args.mllm_instruct, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
+                              n_mllm_instruct=args.mllm_instruct,
+                              mllm_contrastive=not args.mllm_single_scenes, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
                               n_cvbench_per_task=args.cvbench_per_task, n_grounding=args.n_grounding,
                               n_lseg=args.n_lseg)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",

@@ -177,6 +177,20 @@ def build_llava(tower: torch.nn.Module, language_model: Any, tokenizer: Any, *, 
     return model.to(next(language_model.parameters()).dtype)
 
 
+VISION_SELECTS = ("default", "full")
+
+
+def set_vision_select(model: Any, processor: Any, select: str) -> None:
+    """Make ``model`` and ``processor`` read the tower's patch tokens alone (``"default"``, LLaVA-1.5) or the class
+    token with them (``"full"``: one image token more); the projector applies to every token, so its weights
+    stay valid."""
+    if select not in VISION_SELECTS:
+        raise ValueError(f"vision feature select must be one of {list(VISION_SELECTS)}, got {select!r}")
+    model.config.vision_feature_select_strategy = select
+    getattr(model, "model", model).config.vision_feature_select_strategy = select
+    processor.vision_feature_select_strategy = select
+
+
 def llava_processor(model: Any, tokenizer: Any, *, size: int, mean: tuple, std: tuple,
                     chat_template: str | None = None) -> Any:
     """The LlavaProcessor of a model built by :func:`build_llava`: CLIP resize + centre crop to ``size``, the

@@ -303,6 +303,12 @@ def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, di
         processor = llava_processor(model, tokenizer, size=proc.size, mean=proc.mean, std=proc.std,
                                     chat_template=template)
         info = {"kind": "llava", "clip": clip_spec, "language_model": lm_spec, "random_weights": cfg.random_weights}
+    select = opts.pop("vision_select", None)
+    if select is not None:
+        from un2clip.models.llava import set_vision_select
+
+        set_vision_select(model, processor, select)
+        info["vision_select"] = select
     objective = _construct(LlavaObjective, model, processor, options=opts)
     info["stage"] = objective.stage
     return objective, info

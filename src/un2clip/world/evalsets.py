@@ -531,6 +531,7 @@ def generate_world(
     mmvp_colors: Sequence[str] | None = None,
     mllm: bool = False,
     n_mllm_instruct: int = 2000,
+    mllm_contrastive: bool = True,
     mllm_pairs_per_pattern: int = 15,
     n_cvbench_per_task: int = 50,
     n_lseg: int = 0,
@@ -569,7 +570,8 @@ def generate_world(
         trusted/          (``n_trusted`` > 0) clean captioned images of the train distribution, for
                           training a DFN-style filter (`un2clip train-filter`)
         mllm/             (``mllm``) LLaVA data: pretrain.json (the train captions), instruct.json + images/
-                          (``n_mllm_instruct`` scenes, three questions each), mmvp/ (world MMVP-MLLM, silent
+                          (``n_mllm_instruct`` scenes, three questions each; in contrastive pairs unless
+                          ``mllm_contrastive`` is False), mmvp/ (world MMVP-MLLM, silent
                           colours), mmvp-talk/ (the talk-colour control), cvbench/ (world CV-Bench); see
                           :mod:`un2clip.world.mllm`
 
@@ -660,6 +662,7 @@ def generate_world(
                       if len(talk_colors) >= 2 else None)  # the control: the colours captions talk about
         params["mllm"] = write_mllm(root, seed, image_size=image_size, n_instruct=n_mllm_instruct,
                                     n_cvbench_per_task=n_cvbench_per_task, talk_colors=talk_colors,
+                                    contrastive=mllm_contrastive,
                                     mmvp=mmvp_pairs(seed, mllm_pairs_per_pattern, mmvp_colors, split="mllm-mmvp"),
                                     mmvp_talk=talk_pairs)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")

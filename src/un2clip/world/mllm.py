@@ -10,7 +10,10 @@ other outputs do not change):
   an option (MMVP's ``(a)`` style as the MMVP prompt has it, no instruction after the options, and CV-Bench's ``(A)``
   style with LLaVA-1.5's instruction to answer with the letter). With talk
   colours, questions on attributes other than colour and shape are asked only of objects in talk colours (scene
-  attributes: only when every object is), as the captions name them there.
+  attributes: only when every object is), as the captions name them there. The scenes come in pairs that differ
+  in one attribute (the MMVP-MLLM patterns), both asked first the one question whose right answer differs, so
+  that the words of a question never tell its answer (``contrastive=False``: every scene drawn alone, the first
+  version, where e.g. "does ... have a dot?" was answered "no" 70 % of the time).
 - ``mmvp/``: a world MMVP-MLLM in the release layout (``Questions.csv``: Index, Question, Options, Correct Answer;
   ``MMVP Images/<Index>.jpg``): pairs of scenes that differ in one attribute, one question, different right
   answers; the silent colours (``mmvp_colors``). ``pairs.jsonl`` names each pair's attribute.
@@ -323,14 +326,74 @@ def write_cvbench(folder: Path, seed: int, per_task: int, *, image_size: int) ->
     return idx
 
 
+# ----------------------------------------------------------------------------- instruction data
+
+def contrastive_pair(rng: np.random.Generator, talk_colors: Sequence[str] = ()) -> tuple[Scene, Scene, Question, Question]:
+    """Two scenes that differ in one attribute (a pattern of ``evalsets.PAIR_MAKERS`` drawn uniformly) and the
+    one question whose right answer differs between them, as (scene a, scene b, a's question, b's question).
+
+    With two or more ``talk_colors``, the objects of a pair on another attribute than colour take only those
+    colours (as :func:`conversation` asks only colour and shape of objects in other colours); colour pairs take
+    any colour."""
+    from un2clip.world.evalsets import MMVP_TYPES, PAIR_MAKERS, color_weights
+
+    pattern = choice(rng, MMVP_TYPES)
+    talk = len(set(talk_colors)) >= 2 and pattern != "Color and Appearance"
+    weights = color_weights(talk_colors) if talk else None
+    a, b, _, attribute = PAIR_MAKERS[pattern](rng, int(rng.random() * 2**16), weights)
+    if rng.random() < 0.5:  # which of the two is drawn first says nothing about the answer
+        a, b = b, a
+    text, options, right = pair_question(attribute, a, b)
+    return a, b, (attribute, text, options, right[0]), (attribute, text, options, right[1])
+
+
+def write_instruct(folder: Path, seed: int, n: int, *, image_size: int, talk_colors: Sequence[str] = (),
+                   contrastive: bool = True) -> int:
+    """``folder/instruct.json`` + ``folder/images/``: ``n`` scenes, three questions each (:func:`conversation`).
+
+    ``contrastive`` (default): the scenes come in pairs that differ in one attribute, and the first question of
+    both is the pair's question, whose right answers differ (as in the MMVP-MLLM pairs): a model that answers from
+    the question's words gets one of the two wrong. Each pair's two answers are the template's two values, so
+    the answers of a pair template are balanced. Otherwise (the first version) every scene is drawn alone.
+    Returns ``n``."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    scene_rng, question_rng = split_rng(seed, "mllm-train", 0), split_rng(seed, "mllm-train", 1)
+    items: list[tuple[Scene, Question | None]] = []
+    while len(items) < n:
+        if contrastive:
+            a, b, qa, qb = contrastive_pair(scene_rng, talk_colors)
+            items += [(a, qa), (b, qb)]
+        else:
+            items.append((sample_scene(scene_rng), None))
+    instruct = []
+    for i, (scene, first) in enumerate(items[:n]):
+        name = f"images/{i:06d}.png"
+        render(scene, image_size).save(folder / name, format="PNG")
+        if first is None:
+            turns = conversation(scene, question_rng, talk_colors=talk_colors)
+        else:
+            prompt, answer = ask(first, question_rng, choice(question_rng, ("open", "mmvp", "cvbench")))
+            turns = [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": answer}]
+            more = conversation(scene, question_rng, talk_colors=talk_colors, n_questions=QUESTIONS_PER_SCENE)
+            more = [t for q, r in zip(more[0::2], more[1::2]) if q["value"].replace("<image>\n", "") != prompt
+                    for t in (q, r)]
+            more = more[: 2 * (QUESTIONS_PER_SCENE - 1)]
+            more[0] = {**more[0], "value": more[0]["value"].replace("<image>\n", "")}
+            turns += more
+        instruct.append({"id": f"instruct-{i:06d}", "image": name, "conversations": turns})
+    (folder / "instruct.json").write_text(json.dumps(instruct, indent=1) + "\n", encoding="utf-8")
+    return n
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def write_mllm(root: Path, seed: int, *, image_size: int, n_instruct: int, n_cvbench_per_task: int,
-               mmvp: Sequence[dict], mmvp_talk: Sequence[dict] | None = None, talk_colors: Sequence[str] = ()) -> dict:
+               mmvp: Sequence[dict], mmvp_talk: Sequence[dict] | None = None, talk_colors: Sequence[str] = (),
+               contrastive: bool = True) -> dict:
     """``root/mllm/``: the LLaVA training files and the world MMVP-MLLM and CV-Bench sets (see the module
     docstring); the train split (``root/train/captions.csv``) must be written already. ``mmvp`` / ``mmvp_talk``: the
     pairs of the two MMVP-MLLM sets (``evalsets.mmvp_pairs`` with the splits ``mllm-mmvp`` / ``mllm-mmvp-talk``).
-    Returns the counts."""
+    ``contrastive``: the instruction scenes come in pairs (see :func:`write_instruct`). Returns the counts."""
     folder = root / "mllm"
     (folder / "images").mkdir(parents=True, exist_ok=True)
     with open(root / "train" / "captions.csv", newline="", encoding="utf-8") as f:
@@ -339,16 +402,9 @@ def write_mllm(root: Path, seed: int, *, image_size: int, n_instruct: int, n_cvb
                  "conversations": [{"from": "human", "value": CAPTION_REQUEST}, {"from": "gpt", "value": row["caption"]}]}
                 for i, row in enumerate(captions)]
     (folder / "pretrain.json").write_text(json.dumps(pretrain, indent=1) + "\n", encoding="utf-8")
-    scene_rng, question_rng = split_rng(seed, "mllm-train", 0), split_rng(seed, "mllm-train", 1)
-    instruct = []
-    for i in range(n_instruct):
-        scene = sample_scene(scene_rng)
-        name = f"images/{i:06d}.png"
-        render(scene, image_size).save(folder / name, format="PNG")
-        instruct.append({"id": f"instruct-{i:06d}", "image": name,
-                         "conversations": conversation(scene, question_rng, talk_colors=talk_colors)})
-    (folder / "instruct.json").write_text(json.dumps(instruct, indent=1) + "\n", encoding="utf-8")
-    counts = {"n_pretrain": len(pretrain), "n_instruct": n_instruct,
+    write_instruct(folder, seed, n_instruct, image_size=image_size, talk_colors=talk_colors,
+                   contrastive=contrastive)
+    counts = {"n_pretrain": len(pretrain), "n_instruct": n_instruct, "instruct_pairs": contrastive,
               "n_mmvp_mllm": write_mmvp_mllm(folder / "mmvp", seed, mmvp, split="mllm-mmvp", image_size=image_size)}
     if mmvp_talk:
         counts["n_mmvp_mllm_talk"] = write_mmvp_mllm(folder / "mmvp-talk", seed, mmvp_talk, split="mllm-mmvp-talk",
