@@ -329,13 +329,13 @@ def write_cvbench(folder: Path, seed: int, per_task: int, *, image_size: int) ->
 # ----------------------------------------------------------------------------- instruction data
 
 def contrastive_pair(rng: np.random.Generator, talk_colors: Sequence[str] = ()) -> tuple[Scene, Scene, Question, Question]:
-    """Two scenes that differ in one attribute (a pattern of ``evalsets.PAIR_MAKERS`` drawn uniformly) and the
+    """Two scenes that differ in one attribute (a pattern of ``pairs.PAIR_MAKERS`` drawn uniformly) and the
     one question whose right answer differs between them, as (scene a, scene b, a's question, b's question).
 
     With two or more ``talk_colors``, the objects of a pair on another attribute than colour take only those
     colours (as :func:`conversation` asks only colour and shape of objects in other colours); colour pairs take
     any colour."""
-    from un2clip.world.evalsets import MMVP_TYPES, PAIR_MAKERS, color_weights
+    from un2clip.world.pairs import MMVP_TYPES, PAIR_MAKERS, color_weights
 
     pattern = choice(rng, MMVP_TYPES)
     talk = len(set(talk_colors)) >= 2 and pattern != "Color and Appearance"
