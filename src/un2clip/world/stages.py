@@ -78,31 +78,31 @@ def train_run(*, progress: bool = True, **fields) -> RunConfig:
     return cfg
 
 
-
-def made_stage(parent: Path, name: str, recipe: dict, make: Callable[[Path], object], *,
-               fresh: bool = False) -> Path:
-    """The folder of a stage that records ``recipe``: reused when finished with the same recipe, else made (again)
-    in a new empty folder by ``make(folder)`` (see :func:`recorded_stage`)."""
+def _make_stage(parent: Path, name: str, recipe: dict, make: Callable[[Path], object], fresh: bool) -> tuple[Path, bool]:
+    """(folder, made now?): the stage reused when finished with the same ``recipe``, else made (again) in a new
+    empty folder by ``make(folder)`` (see :func:`recorded_stage`)."""
     folder, done = recorded_stage(parent, name, recipe, fresh)
     if not done:
         t = time.perf_counter()
         folder.mkdir(parents=True)
         make(folder)
         finish_stage(folder, recipe, t)
-    return folder
+    return folder, not done
+
+
+def made_stage(parent: Path, name: str, recipe: dict, make: Callable[[Path], object], *,
+               fresh: bool = False) -> Path:
+    """The folder of a stage that records ``recipe``: reused when finished with the same recipe, else made (again)
+    in a new empty folder by ``make(folder)`` (see :func:`recorded_stage`)."""
+    return _make_stage(parent, name, recipe, make, fresh)[0]
 
 
 def trained_stage(parent: Path, name: str, fields: dict, recipe: dict, *, fresh: bool = False,
                   progress: bool = True) -> tuple[Path, bool]:
     """(folder, trained now?) of a stage holding one training run (``folder/run``, RunConfig ``fields``) that
     records ``recipe``: reused when finished with the same recipe, else trained again (see :func:`recorded_stage`)."""
-    folder, done = recorded_stage(parent, name, recipe, fresh)
-    if not done:
-        t = time.perf_counter()
-        folder.mkdir(parents=True)
-        train_run(**fields, output=str(folder / "run"), progress=progress)
-        finish_stage(folder, recipe, t)
-    return folder, not done
+    return _make_stage(parent, name, recipe,
+                       lambda folder: train_run(**fields, output=str(folder / "run"), progress=progress), fresh)
 
 
 def cached_metrics(path: Path, compute: Callable[[], dict], *, recipe: dict | None = None,
