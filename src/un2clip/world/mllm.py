@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from un2clip.world.downstream import DEPTH_RANGE, render_depth
+from un2clip.world.pairs import MMVP_TYPES, PAIR_MAKERS, color_weights
 from un2clip.world.render import render
 from un2clip.world.scenes import (
     COLORS,
@@ -335,8 +336,6 @@ def contrastive_pair(rng: np.random.Generator, talk_colors: Sequence[str] = ()) 
     With two or more ``talk_colors``, the objects of a pair on another attribute than colour take only those
     colours (as :func:`conversation` asks only colour and shape of objects in other colours); colour pairs take
     any colour."""
-    from un2clip.world.pairs import MMVP_TYPES, PAIR_MAKERS, color_weights
-
     pattern = choice(rng, MMVP_TYPES)
     talk = len(set(talk_colors)) >= 2 and pattern != "Color and Appearance"
     weights = color_weights(talk_colors) if talk else None
