@@ -206,7 +206,7 @@ def test_lseg_errors_are_one_line(tmp_path, capsys):
     assert "expected 4 non-negative block indices" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train-dense", "train-audio"])
+@pytest.mark.parametrize("command", ["train-dense", "train-audio", "train-grounding"])
 def test_head_trainers_refuse_two_different_encoders(tmp_path, capsys, command):
     rc = main([command, "--model", "tiny", "--clip", "tiny-maxpool", "--data", str(tmp_path), "--output",
                str(tmp_path / "run")])

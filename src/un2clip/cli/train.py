@@ -357,8 +357,11 @@ def _add_train_grounding(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--input-size", type=positive_int,
                    help="side of the square the image is resized to, a multiple of the patch size (default: the "
                         "encoder's input size)")
+    g.add_argument("--model", metavar="SPEC", help="the frozen CLIP: preset, folder, Hub id or run directory (the "
+                                                   "same as --clip; default the preset's)")
 
     def run(args: argparse.Namespace) -> int:
+        _model_as_clip(args)
         opts = {"hidden_dim": args.hidden_dim, "proj_dim": args.proj_dim, "input_size": args.input_size}
         return _run_training(args, "grounding", opts, None if args.resume else dict(GROUNDING_DEFAULTS))
 
