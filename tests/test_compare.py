@@ -155,6 +155,27 @@ def test_cached_metrics_are_reused_only_when_made_the_same_way(tmp_path):
     assert made == [folder, folder] and json.loads((folder / "recipe.json").read_text()) == {"n": 2}
 
 
+def test_made_at_keys_a_model_by_its_stage_or_its_newest_file(tmp_path):
+    import os
+
+    from un2clip.world.stages import done_time, made_at
+
+    assert made_at("tiny") == 0 and made_at(tmp_path / "absent") == 0  # a preset, a Hub id: nothing to watch
+    weights = tmp_path / "weights" / "clip"  # a folder of the user's (compare --weights): its newest file
+    weights.mkdir(parents=True)
+    (weights / "model.safetensors").write_bytes(b"a")
+    os.utime(weights / "model.safetensors", ns=(10**18, 10**18))
+    first = made_at(weights)
+    assert first == 10**18
+    (weights / "model.safetensors").write_bytes(b"b")  # retrained in place: another key
+    os.utime(weights / "model.safetensors", ns=(2 * 10**18, 2 * 10**18))
+    assert made_at(weights) == 2 * 10**18
+    stage = tmp_path / "un2clip"  # a stage's model: its DONE marker, in the folder or the one above
+    (stage / "export").mkdir(parents=True)
+    (stage / "DONE").write_text("{}")
+    assert made_at(stage / "export") == made_at(stage) == done_time(stage) > 0
+
+
 def _untrained_demo_models(seed_dir):
     """The demo's finished CLIP and decoder stages, with the untrained tiny models (test_demo trains them)."""
     from un2clip.models.presets import PRESETS, build_tiny_clip

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 
 from un2clip.world.sounds import ensure_sketch, ensure_sounds
-from un2clip.world.stages import cached_metrics, done_time, trained_stage
+from un2clip.world.stages import cached_metrics, done_time, made_at, trained_stage
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,6 @@ def audio_fields(world: Path, clip: str, seed: int, s: AudioSketchSettings, *, t
             "objective_options": options}
 
 
-def _model_made(spec: str) -> int:
-    """When the model folder (or run) ``spec`` was last written: its newest file's mtime."""
-    path = Path(spec)
-    return max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
-
-
 def _zero_shot(head: Path, world: Path, prefix: str, progress: bool) -> dict[str, float]:
     """Top-1 accuracies (%, mean and per fold) of an audio head on the world's test sounds, keys ``prefix/...``."""
     from un2clip.eval.downstream import audio
@@ -97,7 +91,7 @@ def evaluate_audio_sketch(out: Path, world: Path, models: dict[str, str], *, jud
     ensure_sketch(world, per_class=s.sketch_per_class)
     results = {}
     for name, spec in models.items():
-        encoder = _model_made(spec)
+        encoder = made_at(spec)
         heads = {}
         for folder_name, texts in (("audio", True), ("audio-img", False)):
             fields = audio_fields(world, spec, seed, s, texts=texts)

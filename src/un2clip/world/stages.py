@@ -30,11 +30,15 @@ def done_time(folder: str | Path) -> int:
 
 
 def made_at(spec: str | Path) -> int:
-    """When the stage holding model ``spec`` finished (its DONE marker, in the folder or the one above), 0 if none
-    (a preset or a Hub id)."""
-    for folder in (Path(spec), Path(spec).parent):
+    """When model ``spec`` was made, as a cache key of what is computed from it: the DONE marker of the stage
+    holding it (in the folder or the one above); else, for a folder of the user's (e.g. ``compare --weights``),
+    its newest file's mtime, so that weights retrained in place are noticed; 0 for a preset or a Hub id."""
+    path = Path(spec)
+    for folder in (path, path.parent):
         if (folder / "DONE").is_file():
             return done_time(folder)
+    if path.is_dir():
+        return max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
     return 0
 
 
