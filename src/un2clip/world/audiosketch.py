@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 
 from un2clip.world.sounds import ensure_sketch, ensure_sounds
-from un2clip.world.stages import cached_metrics, done_time, made_at, trained_stage
+from un2clip.world.stages import HEADED, cached_metrics, done_time, made_at, trained_stage
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,12 @@ def evaluate_audio_sketch(out: Path, world: Path, models: dict[str, str], *, jud
     return results
 
 
-COMPARED = ("original", "un2clip")  # the encoders compare measures this way (an audio head each is a training run)
-
-
 def add_audio_sketch(results: dict[str, dict[str, float]], out: Path, world: Path, models: dict[str, str], *,
                      seed: int, settings: AudioSketchSettings, fresh: bool = False,
                      progress: bool = True) -> dict[str, dict[str, float]]:
-    """``results`` with the audio (both heads) and sketch metrics of the :data:`COMPARED` models among ``models``
+    """``results`` with the audio (both heads) and sketch metrics of the :data:`~un2clip.world.stages.HEADED` models among ``models``
     added; the original CLIP judges the sketches."""
-    chosen = {n: models[n] for n in COMPARED if n in models}
+    chosen = {n: models[n] for n in HEADED if n in models}
     if "original" not in chosen:
         return results
     extra = evaluate_audio_sketch(out, world, chosen, judge=chosen["original"], seed=seed, settings=settings,

@@ -34,7 +34,7 @@ from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
 from un2clip.world.lseg import LSegSettings
-from un2clip.world.stages import done_time, finish_stage, recorded_stage, train_run
+from un2clip.world.stages import HEADED, done_time, finish_stage, recorded_stage, train_run
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         print(f"seed {seed}: {variant.name} ready ({time.perf_counter() - t:.0f} s) -> {models[variant.name]}")
     results = evaluate_models(seed_dir / "eval", seed_dir / "world", models, seed_dir / "decoder" / "decoder",
                               seed=seed, fresh=False, progress=progress, sampling_steps=settings.demo.sampling_steps)
-    picked = {n: models[n] for n in ("original", "un2clip") if n in models}  # a head each is a training run
+    picked = {n: models[n] for n in HEADED if n in models}
     heads = []
     if settings.grounding is not None:  # GLIP-style grounding accuracy of a head trained on each frozen encoder
         from un2clip.world.grounding import grounding_results

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from un2clip.train.config import RunConfig
 
+#: the encoders `compare` measures with a trained head (grounding, LSeg, AudioCLIP; each head is a training run)
+HEADED = ("original", "un2clip")
+
 
 def stage(out: Path, name: str, fresh: bool) -> tuple[Path, bool]:
     """(folder, done?) of a stage; a stage is done when its DONE marker exists."""
