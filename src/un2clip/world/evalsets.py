@@ -21,8 +21,8 @@ from PIL import Image
 from un2clip.world.downstream import write_downstream
 from un2clip.world.pairs import (
     MMVP_TYPES,
-    _mmvp_pair,
     color_weights,
+    mmvp_pair,
 )
 from un2clip.world.render import SUPERSAMPLE, render, render_with_mask
 from un2clip.world.scenes import (
@@ -69,7 +69,7 @@ def mmvp_pairs(seed: int = 0, pairs_per_pattern: int = 15, colors: Sequence[str]
     for k, pattern in enumerate(MMVP_TYPES):
         rng = split_rng(seed, split, k)
         for index in range(pairs_per_pattern):
-            a, b, named, attribute = _mmvp_pair(rng, pattern, index, weights)
+            a, b, named, attribute = mmvp_pair(rng, pattern, index, weights)
             s1, s2 = phrase(a, named), phrase(b, named)
             if s1 == s2 or a == b:  # cannot happen by construction; refuse rather than write it
                 raise AssertionError(f"degenerate {pattern} pair: {s1!r}")

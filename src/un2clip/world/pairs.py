@@ -129,7 +129,7 @@ PAIR_MAKERS: dict[str, Callable[[np.random.Generator, int, Weights], Pair]] = {
 MMVP_TYPES: tuple[str, ...] = tuple(PAIR_MAKERS)
 
 
-def _mmvp_pair(rng: np.random.Generator, pattern: str, index: int, weights: Weights = None) -> Pair:
+def mmvp_pair(rng: np.random.Generator, pattern: str, index: int, weights: Weights = None) -> Pair:
     """Two scenes that differ in exactly the attribute of ``pattern``; the attribute named."""
     if pattern not in PAIR_MAKERS:
         raise ValueError(f"unknown MMVP pattern {pattern!r}; known: {MMVP_TYPES}")
