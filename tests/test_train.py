@@ -149,6 +149,33 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)["trainable"].values())
 
 
+def test_global_random_draws_follow_the_run_seed_not_what_ran_before(tmp_path):
+    """Dropout draws from torch's global random state: a run's losses must not depend on what the process did
+    before it (compare runs many stages in one process, some cached, some not)."""
+    from un2clip.data import open_source
+    from un2clip.models.presets import build_tiny_clip, build_tiny_decoder
+    from un2clip.objectives.un2clip import Un2ClipObjective
+    from un2clip.train.loop import train
+
+    class Noisy(Un2ClipObjective):  # a loss with a dropout-like draw from the global state
+        def forward(self, batch):
+            out = super().forward(batch)
+            out["loss"] = out["loss"] * (1 + 0.1 * torch.rand(()))
+            return out
+
+    data = _images(tmp_path / "img", 16)
+
+    def losses(name, before_seed, seed=0):
+        torch.manual_seed(before_seed)  # the state earlier work left behind
+        cfg = RunConfig(output=str(tmp_path / name), max_steps=2, batch_size=8, lr=1e-4, seed=seed)
+        train(Noisy(build_tiny_clip(), build_tiny_decoder()), open_source(str(data)), cfg, progress=False)
+        return _losses(tmp_path / name)
+
+    first = losses("a", before_seed=1)
+    assert losses("b", before_seed=2) == first
+    assert losses("c", before_seed=1, seed=1) != first
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     data = _images(tmp_path / "img", 16)
     out = tmp_path / "run"

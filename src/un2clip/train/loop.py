@@ -188,7 +188,9 @@ class Trainer:
         self._setup_objective()
         self._setup_optimizer()
         if self.resume:
-            self._restore()
+            self._restore()  # the global random state too, as it was saved
+        else:  # dropout (LoRA's, a model's) draws from the global random state: from the run's seed, not from
+            torch.manual_seed(self.cfg.seed + self.accelerator.process_index)  # whatever ran before in the process
         self._setup_trackers()
         self.sched = self._scheduler()
         self._setup_data()
