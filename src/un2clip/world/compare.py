@@ -556,7 +556,7 @@ def weights_note(seeds: Sequence[int], weights_seed: int | None, weights: str | 
     if weights_seed is None and weights is None:
         return None
     folders = {start_weights(seed, weights_seed, weights, False) for seed in seeds}
-    if len(folders) > 1:
+    if len(folders) > 1 or "{seed}" in str(weights):
         return (f"each seed started from its own pre-trained CLIP and decoders ({weights}, {{seed}} = the world "
                 "seed): the spread over seeds includes that of pre-training")
     source = f"the shipped CLIP and decoders of seed {weights_seed}" if weights is None else f"{weights}"
