@@ -364,7 +364,10 @@ def clip_from_checkpoint(path: str | Path, *, config: str | None = None, base: s
 
 def load_language_model(spec: str, *, dtype=None) -> tuple:
     """(causal LM, tokenizer) of a LLaVA preset (its built-in language model) or a transformers folder / Hub id
-    (``AutoModelForCausalLM`` and ``AutoTokenizer``, e.g. lmsys/vicuna-7b-v1.5 as LLaVA-1.5 uses)."""
+    (``AutoModelForCausalLM`` and ``AutoTokenizer``, e.g. lmsys/vicuna-7b-v1.5 as LLaVA-1.5 uses), or the ``lm/``
+    of a ``un2clip llava train --stage lm`` run."""
+    if (Path(spec) / "lm" / "config.json").is_file():
+        spec = str(Path(spec) / "lm")
     if spec in PRESETS:
         preset = PRESETS[spec]
         if preset.build_language_model is None:

@@ -320,6 +320,11 @@ class TableSource(_PathSource):
         if not paths:
             raise ValueError(f"{self.path}: no rows with an image path in column {img_col!r}")
 
+    def caption(self, i: int) -> str | None:
+        """The caption cell of row ``i`` (``None`` without a caption column); the image is not read."""
+        i = check_index(i, len(self))
+        return self._texts[i] if self._texts is not None else None
+
     def load(self, i: int) -> Record | None:
         i = check_index(i, len(self))
         path = self._paths[i]

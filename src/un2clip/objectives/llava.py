@@ -6,6 +6,9 @@ Stage ``pretrain`` (LLaVA's feature alignment) trains the projector alone on cap
 stage ``finetune`` (instruction tuning) trains the projector and the whole LM on conversations in the ``v1``
 style. The loss is the next-token cross-entropy on the answer tokens only (the mean over a micro-batch's
 answer tokens, as LLaVA's trainer computes it per device batch).
+
+Stage ``lm`` (:class:`LanguageModelObjective`) comes before them when the language model has never read text
+(``llava-tiny``'s is random): it trains the causal LM alone on texts, Vicuna's role in LLaVA-1.5.
 """
 
 from __future__ import annotations
@@ -122,3 +125,67 @@ class LlavaObjective(Objective):
         out = Path(folder) / "llava"
         self.model.save_pretrained(out)
         self.processor.save_pretrained(out)
+
+
+class LanguageModelObjective(Objective):
+    """Train a causal language model alone on text: LLaVA's stage ``lm`` (what Vicuna brings to LLaVA-1.5: a
+    language model that has read the words before it meets an image).
+
+    A sample is ``BOS text EOS`` (the tokens the tokenizer has), cut at ``max_length`` (default: the model's
+    ``max_position_embeddings``, at most 2048) and padded; the loss is the next-token cross-entropy on every
+    text token, padding masked: the loss of transformers' causal LMs given ``labels = input ids`` with the
+    padding at ``IGNORE_INDEX``. Every weight of the language model trains; no image is read.
+    """
+
+    kind = "llava-lm"
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int | None = None):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        limit = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_length = int(max_length if max_length is not None else min(limit, 2048))
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (BOS and one token), got {self.max_length}")
+        if self.max_length > limit:
+            raise ValueError(f"max_length {self.max_length} is beyond the language model's "
+                             f"{limit} positions")
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))  # masked: any id serves
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def tokens(self, text: str) -> list[int]:
+        """The input ids of one text, uncut: BOS, its tokens, EOS (each marker when the tokenizer has one)."""
+        tok = self.tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        tail = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        return head + list(ids) + tail
+
+    def transform(self, record: Record, rng: random.Random) -> dict[str, torch.Tensor] | None:
+        if not record.text:
+            return None
+        ids = self.tokens(record.text)[:self.max_length]
+        if len(ids) < 2:  # nothing to predict
+            return None
+        n, pad = len(ids), self.max_length - len(ids)
+        return {"input_ids": torch.tensor(ids + [self.pad_id] * pad),
+                "labels": torch.tensor(ids + [IGNORE_INDEX] * pad),
+                "attention_mask": torch.tensor([1] * n + [0] * pad)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        length = int(batch["attention_mask"].sum(1).max())
+        ids, mask, labels = (batch[k][:, :length] for k in ("input_ids", "attention_mask", "labels"))
+        out = self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        loss = answer_loss(out.logits, labels)
+        return {"loss": loss, "text_tokens": (labels[:, 1:] != IGNORE_INDEX).sum().float()}
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.gradient_checkpointing_enable()
+
+    def save_outputs(self, folder: Path) -> None:
+        """``folder/lm``: the language model and its tokenizer (transformers folders), for ``un2clip llava train
+        --stage pretrain --language-model RUN/lm``."""
+        out = Path(folder) / "lm"
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)

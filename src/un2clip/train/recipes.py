@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
 register_objective = OBJECTIVES.register
 DENSE_OBJECTIVES = ("lseg",)  # trained on segmentation datasets (`un2clip train-dense`)
+TEXT_OBJECTIVES = ("llava-lm",)  # trained on texts alone (`un2clip llava train --stage lm`)
 
 
 def _construct(cls, *args, options: dict, **kwargs):
@@ -314,6 +315,22 @@ def build_llava_objective(cfg: RunConfig, source: Source) -> tuple[Objective, di
     return objective, info
 
 
+@register_objective("llava-lm")
+def build_llava_lm_objective(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+    """LLaVA's stage lm: the causal LM ``language_model`` (or the preset's) alone, on texts; no tower is built."""
+    from un2clip.load import load_language_model
+    from un2clip.objectives.llava import LanguageModelObjective
+
+    opts = dict(cfg.objective_options)
+    lm_spec = opts.pop("language_model", None) or cfg.preset
+    if cfg.clip:
+        raise ValueError("stage lm trains the language model alone on text: --clip (a vision tower) does not go "
+                         "with it")
+    model, tokenizer = load_language_model(lm_spec)
+    objective = _construct(LanguageModelObjective, model, tokenizer, options=opts)
+    return objective, {"kind": "llava-lm", "language_model": lm_spec, "stage": "lm"}
+
+
 @register_objective("lseg")
 def build_lseg(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
     """LSeg: a dense head on the frozen tower of ``--clip`` (or the preset's), labels = the dataset's classes."""
@@ -373,6 +390,10 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
     else:
         source = open_source(cfg.data, image_column=cfg.image_column, caption_column=cfg.caption_column,
                              image_folder=cfg.image_folder)
+    if cfg.objective in TEXT_OBJECTIVES:  # a language model alone: the texts of captions or conversations
+        from un2clip.data.texts import text_source
+
+        source = text_source(source)
     if (source.kind == "conversations") != (cfg.objective == "llava"):
         raise ValueError(f"{cfg.data}: LLaVA training (`un2clip llava train`) reads LLaVA's JSON conversations "
                          f"and nothing else does; the {cfg.objective} objective got a {source.kind} source")
