@@ -412,3 +412,11 @@ def test_answer_tokens_of_a_sentencepiece_style_tokenizer():
     if prompt[0] != tok.bos_token_id:
         prompt = [tok.bos_token_id] + prompt
     assert ids[:len(prompt)] == prompt and labels[len(prompt)] != IGNORE_INDEX
+
+
+@pytest.mark.parametrize("epochs, ratio", [(float("nan"), 0.03), (float("inf"), 0.03), (0.0, 0.03), (1.0, float("nan"))])
+def test_llava_defaults_refuse_non_finite_epochs_and_ratios(epochs, ratio):
+    from un2clip.cli.llava import llava_defaults
+
+    with pytest.raises(ValueError, match="--epochs must be finite and > 0"):
+        llava_defaults("pretrain", n_samples=1000, batch_size=None, max_steps=None, epochs=epochs, warmup_ratio=ratio)

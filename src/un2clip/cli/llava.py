@@ -38,8 +38,8 @@ def llava_defaults(stage: str, *, n_samples: int | None, batch_size: int | None,
     ``n_samples`` conversations as steps (at least one) and ``warmup_ratio`` of the steps (rounded up, as the
     Hugging Face trainer LLaVA uses) as linear warm-up. Values the user gives (``batch_size``, ``max_steps``)
     enter the computation."""
-    if epochs <= 0 or not 0 <= warmup_ratio < 1:
-        raise ValueError(f"--epochs must be > 0 and --warmup-ratio in [0, 1), got {epochs} and {warmup_ratio}")
+    if not 0 < epochs < math.inf or not 0 <= warmup_ratio < 1:  # NaN and inf fail too
+        raise ValueError(f"--epochs must be finite and > 0 and --warmup-ratio in [0, 1), got {epochs} and {warmup_ratio}")
     out = {"preset": "llava-tiny", "lr_schedule": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0,
            **STAGE_DEFAULTS[stage]}
     batch = batch_size or out["batch_size"]
