@@ -105,3 +105,14 @@ def test_vae_flag_gives_every_generator_the_same_first_stage(tmp_path):
     assert cli(["train-decoder", "--text-conditioned", "--preset", "diva-tiny-latent", "--vae", str(ae),
                 "--data", str(captions), *common[2:], "--output", str(t2i)]) == 0
     assert same_vae(load_t2i_decoder(str(t2i)))
+
+
+@pytest.mark.slow
+def test_train_decoder_no_progress_draws_no_bar(tmp_path, capfd):
+    # --no-progress covers the decoder's set-up too: its pass over the images for the embedding statistics
+    data = _images(tmp_path / "img", 8)
+    common = ["--preset", "tiny", "--data", str(data), "--batch-size", "4", "--max-steps", "1"]
+    assert cli(["train-decoder", *common, "--no-progress", "--output", str(tmp_path / "quiet")]) == 0
+    assert "embedding statistics" not in capfd.readouterr().err
+    assert cli(["train-decoder", *common, "--output", str(tmp_path / "loud")]) == 0
+    assert "embedding statistics" in capfd.readouterr().err

@@ -116,6 +116,22 @@ def test_baselines_run_their_authors_recipes_and_keep_the_earlier_ones():
     assert "`flow-decoder` (flow-decoder): 1000 × 64, adamw lr 0.0001, wd 0.01" in table
 
 
+def test_report_says_which_seeds_copied_a_decoder_and_which_trained_it(tmp_path):
+    # seed 0 copied the t2i decoder from its weights folder, seed 1 trained it: the settings table must not
+    # describe both with the training settings alone
+    for seed, recipe in ((0, {"command": ["copy", "shipped seed0"], "clip": 1.0}),
+                         (1, {"run": {"max_steps": 1500}, "clip": 1.0})):
+        folder = tmp_path / f"seed{seed}" / "t2i-decoder"
+        folder.mkdir(parents=True)
+        compare.finish_stage(folder, recipe, 0.0)
+    sources = compare.decoder_sources(tmp_path, [0, 1, 2])
+    assert sources == {"t2i-decoder": {0: "copied from its weights (seed0/t2i-decoder)", 1: "trained"}}
+    diva = [v for v in select_variants(compare.CompareSettings(), ["diva"])]
+    row = "\n".join(compare.settings_lines(diva, compare.CompareSettings(), sources))
+    assert "(seed 0: copied from its weights (seed0/t2i-decoder); seed 1: trained)" in row
+    assert "shipped one" not in row
+
+
 def test_stage_with_another_recipe_is_redone(tmp_path):
     folder, done = compare.recorded_stage(tmp_path, "v", {"command": ["a"]}, fresh=False)
     assert not done

@@ -54,7 +54,8 @@ def text_source(source: Source) -> TextSource:
     else:
         raise ValueError(f"{source.spec} is a {source.kind} source; a language model trains on the texts of a "
                          "captions table (CSV/TSV with a caption column) or of LLaVA's JSON conversations")
-    kept = [(k, t.strip()) for k, t in texts if t.strip()]
+    stripped = ((k, t.strip()) for k, t in texts)
+    kept = [(k, t) for k, t in stripped if t]
     if not kept:
         raise ValueError(f"{source.spec} holds no text: every caption or conversation is blank")
     return TextSource([t for _, t in kept], [k for k, _ in kept], spec=source.spec,

@@ -23,7 +23,9 @@ from un2clip.train.trackers import check_tracker_packages, tracker_names
 log = logging.getLogger(__name__)
 
 # objective name -> builder(cfg, source) -> (objective, run-marker info)
-OBJECTIVES: Registry[Callable[[RunConfig, Source], tuple[Objective, dict]]] = Registry("objective")
+# builder(cfg, source) -> (objective, info for un2clip_run.json); a builder with a long set-up of its own (a pass
+# over the data) may also take ``progress``, the run's --no-progress answer, for its bar
+OBJECTIVES: Registry[Callable[..., tuple[Objective, dict]]] = Registry("objective")
 register_objective = OBJECTIVES.register
 DENSE_OBJECTIVES = ("lseg",)  # trained on segmentation datasets (`un2clip train-dense`)
 TEXT_OBJECTIVES = ("llava-lm",)  # trained on texts alone (`un2clip llava train --stage lm`)
@@ -149,13 +151,13 @@ def _build_groupvit(cfg: RunConfig) -> tuple[Objective, dict]:
 
 
 @register_objective("decoder")
-def build_decoder(cfg: RunConfig, source: Source) -> tuple[Objective, dict]:
+def build_decoder(cfg: RunConfig, source: Source, progress: bool = True) -> tuple[Objective, dict]:
     """Frozen CLIP + trainable decoder; the image normaliser gets the CLIP embeddings' statistics."""
     from un2clip.objectives.decoder import DecoderObjective, embedding_statistics
 
     clip_spec, clip = _clip(cfg)
     decoder_spec, decoder = _decoder(cfg, load_decoder)
-    mean, std = embedding_statistics(clip, source, seed=cfg.seed)
+    mean, std = embedding_statistics(clip, source, seed=cfg.seed, progress=progress)
     decoder.set_embedding_statistics(mean, std)
     objective = _construct(DecoderObjective, clip, decoder, options=cfg.objective_options)
     info = {"kind": "decoder", "clip": clip_spec, "decoder": decoder_spec, "vae": cfg.vae,
@@ -414,7 +416,8 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Train
         elif (output / runs.CKPT_DIR).exists():
             raise ValueError(f"{output} already holds a run: pass --resume {output} to continue it, "
                              "or choose another --output")
-        objective, info = build(cfg, source)
+        takes_progress = "progress" in inspect.signature(build).parameters
+        objective, info = build(cfg, source, progress=progress) if takes_progress else build(cfg, source)
         if not resume:
             dump_run_info(output, info)
             cfg.save(output / "config.yaml")

@@ -249,6 +249,9 @@ def _decoder_stage(seed_dir: Path, name: str, clip: Path, seed: int, s: DemoSett
         if use_shipped:
             shutil.copytree(shipped / name, folder / "run" / "decoder")
         else:
+            if shipped is not None:
+                print(f"note: no {name} in {shipped} (no {name}/unet/): seed {seed} trains its own "
+                      f"({fields['max_steps']} steps of {fields['batch_size']})")
             train_run(**fields, output=str(folder / "run"), progress=progress)
         finish_stage(folder, recipe, t)
     return folder / "run" / "decoder" if use_shipped else folder / "run"
@@ -484,8 +487,36 @@ def _describe_run(fields: dict) -> str:
             f"{warm}, grad clip {'none' if clip is None else f'{clip:g}'}")
 
 
-def settings_lines(variants: Sequence[Variant], settings: CompareSettings) -> list[str]:
-    """Markdown table: how each trained variant's encoder (and the decoder it trains first) was trained."""
+def decoder_sources(out: Path, seeds: Sequence[int]) -> dict[str, dict[int, str]]:
+    """{decoder stage name: {seed: where it came from}} as each seed's recorded stage says: ``"trained"``, or
+    ``"copied from its weights (FOLDER/NAME)"`` for one taken from the weights a seed started from. Stages not made are left out."""
+    sources: dict[str, dict[int, str]] = {}
+    for name in DECODER_STAGES:
+        for seed in seeds:
+            recipe = out / f"seed{seed}" / name / "recipe.json"
+            if not recipe.is_file():
+                continue
+            command = json.loads(recipe.read_text()).get("command")
+            sources.setdefault(name, {})[seed] = \
+                f"copied from its weights ({command[1].removeprefix('shipped ')}/{name})" if command else "trained"
+    return sources
+
+
+def _source_note(made: dict[int, str]) -> str:
+    """' (seeds 0, 1: copied from ...; seed 2: trained)' from {seed: source}."""
+    groups: dict[str, list[int]] = {}
+    for seed, how in sorted(made.items()):
+        groups.setdefault(how, []).append(seed)
+    parts = [f"{'seeds' if len(ss) > 1 else 'seed'} {', '.join(map(str, ss))}: {how}" for how, ss in groups.items()]
+    return f" ({'; '.join(parts)})"
+
+
+def settings_lines(variants: Sequence[Variant], settings: CompareSettings,
+                   sources: dict[str, dict[int, str]] | None = None) -> list[str]:
+    """Markdown table: how each trained variant's encoder (and the decoder it trains first) was trained.
+
+    ``sources`` (from :func:`decoder_sources`): per decoder stage, which seeds trained it with the settings shown
+    and which copied it from their weights folder instead (then the settings shown do not describe it)."""
     s = settings.demo
     lines = ["| variant | encoder run | objective options | trained first |", "|---|---|---|---|"]
     first = {"genhancer": ("flow-decoder", flow_decoder_fields), "genhancer-unet": ("light-decoder",
@@ -503,8 +534,8 @@ def settings_lines(variants: Sequence[Variant], settings: CompareSettings) -> li
             stage = f"`{name}` ({fields['objective']}): {_describe_run(fields)}"
             if v.kind == "genhancer-unet":
                 stage += ", no noise augmentation"
-            if v.kind != "genhancer":
-                stage += " (seed 0: the shipped one, assets/tiny-world/README.md)"
+            if sources and sources.get(name):
+                stage += _source_note(sources[name])
         lines.append(f"| {v.name} | {_describe_run(run_settings(v, s))} | {options} | {stage} |")
     return lines
 
@@ -532,7 +563,7 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
     lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed)]
     lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
     lines += ["### Settings of the trained variants", "", *settings_lines(
-        [v for v in variants if v.name in summary], settings), "",
+        [v for v in variants if v.name in summary], settings, decoder_sources(out, list(per_seed))), "",
         "Baselines follow their authors' recipes (optimiser, learning rate, schedule, condition, adapters); only "
         "steps and batch are the world's: each encoder run the demo's fine-tune budget, each decoder trained first "
         "the world decoders' budget. `diva-adamw` and `genhancer-unet` keep un²CLIP's fine-tune recipe, so that "
