@@ -74,10 +74,11 @@ def test_frozen_anchor_and_sketch_tower_pool_as_the_model_does(maxpool_clip):
         torch.testing.assert_close(embeds, want)
 
 
-@pytest.mark.parametrize(("name", "size", "patch", "tokens"), [("tiny-64", 64, 8, 64), ("tiny-64-p4", 64, 4, 256)])
-def test_grid_presets_build_and_round_trip(tmp_path, name, size, patch, tokens):
+@pytest.mark.parametrize(("name", "size", "patch", "tokens", "pooling"), [
+    ("tiny-64", 64, 8, 64, "class"), ("tiny-64-p4", 64, 4, 256, "class"), ("tiny-p4-maxpool", 32, 4, 64, "max")])
+def test_grid_presets_build_and_round_trip(tmp_path, name, size, patch, tokens, pooling):
     clip = get_preset(name).build_clip()
-    assert (clip.image_size, clip.patch_size, clip.processing.size, clip.meta.pooling) == (size, patch, size, "class")
+    assert (clip.image_size, clip.patch_size, clip.processing.size, clip.meta.pooling) == (size, patch, size, pooling)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert clip.image_tokens(x).shape == (2, tokens, 128)

@@ -385,6 +385,12 @@ register(Preset(
     "decoder; issue 28's localisation lever",
 ))
 register(Preset(
+    "tiny-p4-maxpool", "builtin:tiny-p4-maxpool", "builtin:tiny-latent",
+    lambda: build_tiny_clip(patch_size=4, pooling="max"), build_tiny_latent_decoder,
+    "tiny CLIP at its 32 px with patch 4 (8 x 8 grid, 65 tokens) and CLIPpy's max pooling + the latent decoder; "
+    "issue 28's finer native grid",
+))
+register(Preset(
     "tiny-64", "builtin:tiny-64", "builtin:tiny-latent", lambda: build_tiny_clip(image_size=64),
     build_tiny_latent_decoder,
     "tiny CLIP at 64 px, patch 8 (8 x 8 grid; `world generate --image-size 64`) + the latent decoder (32 px)",
