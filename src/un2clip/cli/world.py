@@ -182,6 +182,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "(`un2clip train-dense --head lseg`, lr 1e-3), scored by `eval seg --method lseg` on seen "
                         "names (lseg/val) and unseen ones (lseg/unseen), each beside its all-background reference "
                         "(default: off)")
+    p.add_argument("--seg-heads", action="store_true",
+                   help="also every training-free segmentation head (vanilla, maskclip, sclip, clearclip, naclip), "
+                        "each without and with PAMR (10 steps, dilations 1 and 2 for the 64 px scenes), on every "
+                        "variant's encoder over the seed's whole segmentation set, with the report's geometry and background threshold, beside the "
+                        "all-background and patch-oracle mIoU of the same masks (evaluation only; default: off)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
@@ -206,6 +211,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             from un2clip.world.lseg import LSEG_QUICK, LSegSettings
 
             settings = replace(settings, lseg=LSEG_QUICK if args.quick else LSegSettings())
+        if args.seg_heads:
+            from un2clip.world.segheads import SEG_HEADS_QUICK, SegHeadSettings
+
+            settings = replace(settings, seg_heads=SEG_HEADS_QUICK if args.quick else SegHeadSettings())
         if args.audio_sketch:
             from un2clip.world import audiosketch
 

@@ -34,6 +34,7 @@ from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
 from un2clip.world.lseg import LSegSettings
+from un2clip.world.segheads import SegHeadSettings
 from un2clip.world.stages import HEADED, done_time, finish_stage, recorded_stage, train_run
 
 
@@ -50,6 +51,7 @@ class CompareSettings:
     # issue 31: AudioCLIP zero-shot and CLIPasso recognisability of original and un2clip (None: not measured)
     audio_sketch: AudioSketchSettings | None = None
     lseg: LSegSettings | None = None  # --lseg: an LSeg head per encoder (original, un2clip), seen and unseen names
+    seg_heads: SegHeadSettings | None = None  # --seg-heads: every training-free head, ± PAMR, on every variant
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -348,6 +350,10 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
 
         heads.append(lseg_results(seed_dir, picked, seed=seed, settings=settings.lseg, fresh=fresh,
                                   progress=progress))
+    if settings.seg_heads is not None:  # every training-free head, on every variant (evaluation only)
+        from un2clip.world.segheads import seg_head_results
+
+        heads.append(seg_head_results(seed_dir, models, settings=settings.seg_heads, fresh=fresh, progress=progress))
     for measured in heads:
         for name, extra in measured.items():
             results[name] = {**results[name], **extra}
@@ -457,6 +463,35 @@ def detail_tables(per_seed: dict[int, dict[str, dict[str, float]]], variant: str
     return lines
 
 
+def seg_head_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: str = "original") -> list[str]:
+    """Markdown: mIoU of every head (mean ± std over seeds) per variant, the paired change of each variant against
+    ``baseline``, and the two reference rows; empty when no variant has the metrics."""
+    variants = list(dict.fromkeys(v for r in per_seed.values() for v, m in r.items() if "seg_heads/oracle_mIoU" in m))
+    if not variants:
+        return []
+    first = next(m for r in per_seed.values() for m in r.values() if "seg_heads/oracle_mIoU" in m)
+    keys = [k for k in first if k.startswith("seg_heads/") and not k.endswith("_mIoU")]
+    lines = ["### Training-free segmentation, every head (mIoU, %)", "",
+             "| model | " + " | ".join(k.split("/", 1)[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+
+    def values(variant: str, key: str) -> list[float]:
+        return [r[variant][key] for r in per_seed.values() if key in r.get(variant, {})]
+
+    for v in variants:
+        lines.append(f"| {v} | " + " | ".join(_cell(mean_std(values(v, k)), 1) for k in keys) + " |")
+    for v in variants:
+        if v != baseline and baseline in variants:
+            lines.append(f"| Δ {v} | " + " | ".join(_cell(paired_delta(per_seed, v, k, baseline), 1, signed=True)
+                                                    for k in keys) + " |")
+    for ref, title in (("background_mIoU", "*all-background*"), ("oracle_mIoU", "*patch oracle*")):
+        cell = _cell(mean_std(values(variants[0], f"seg_heads/{ref}")), 1)
+        lines.append(f"| {title} | " + " | ".join(cell for _ in keys) + " |")
+    lines += ["", "Each head with the report's geometry and background threshold (world.report.SEG_SETTINGS), "
+              "without and with PAMR; *all-background* and *patch oracle*: the same masks through the same path "
+              "(the ground truth pooled to the patch grid). A head under all-background measures nothing.", ""]
+    return lines
+
+
 def plot_tradeoff(summary: dict[str, dict[str, tuple[float, float, int]]], path: Path) -> Path:
     """Scatter of MMVP average (y) against zero-shot accuracy (x), one labelled point per variant, ± std bars.
 
@@ -560,7 +595,7 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
              *report_table(summary), ""]
     if chart:
         lines += [f"![MMVP vs zero-shot]({chart.name})", ""]
-    lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed)]
+    lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed), *seg_head_lines(per_seed)]
     lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
     lines += ["### Settings of the trained variants", "", *settings_lines(
         [v for v in variants if v.name in summary], settings, decoder_sources(out, list(per_seed))), "",
