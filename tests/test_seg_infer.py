@@ -186,6 +186,52 @@ def test_background_threshold():
         predict_classes(probs, prob_threshold=0.5)
 
 
+def test_background_without_a_query_is_decided_by_the_threshold_alone(tiny_clip, monkeypatch):
+    import un2clip.eval.seg as seg
+
+    # queries: background (0), class 1, class 2. The background name scores highest everywhere, as an untrained
+    # word can; class 1 leads the left half, class 2 the right, and the last column is a tie of 1 and 2
+    def logits(model, crops, queries, method, **kw):
+        assert queries.shape[0] == len(seen_queries[-1])
+        out = torch.zeros(crops.shape[0], len(queries), crops.shape[-2], crops.shape[-1])
+        rows = {int(c): r for r, c in enumerate(seen_queries[-1])}
+        if 0 in rows:
+            out[:, rows[0]] = 0.9
+        out[:, rows[1], :, :16], out[:, rows[2], :, 16:] = 0.5, 0.5
+        out[:, rows[1], :, 31], out[:, rows[2], :, 31] = 0.5, 0.5
+        return out
+
+    seen_queries = []
+    clf = TextClassifier(torch.eye(3, tiny_clip.embed_dim), torch.tensor([0, 1, 2]), 3)
+    monkeypatch.setattr(seg, "window_logits", lambda *a, **k: logits(*a, **k))
+    monkeypatch.setattr(TextClassifier, "without_class", _recording(TextClassifier.without_class, seen_queries))
+    pixels = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    with_query = resolve_settings("vanilla", "generic", short_side=0, crop=0, logit_scale=40.0, prob_threshold=0.6)
+    seen_queries.append(clf.query_class)
+    assert int(segment_image(tiny_clip, pixels, clf, method="vanilla", settings=with_query, background=0).max()) == 0
+    alone = resolve_settings("vanilla", "generic", short_side=0, crop=0, logit_scale=40.0, prob_threshold=0.6,
+                             background_query=False)
+    pred = segment_image(tiny_clip, pixels, clf, method="vanilla", settings=alone, background=0)
+    assert seen_queries[-1].tolist() == [1, 2]  # the background name left out of the softmax
+    assert (pred[:, :16] == 1).all() and (pred[:, 16:31] == 2).all()
+    assert (pred[:, 31] == 0).all()  # a tie: top probability 0.5 under the threshold
+    with pytest.raises(ValueError, match="threshold"):
+        resolve_settings("vanilla", "generic", background_query=False)
+    with pytest.raises(ValueError, match="background class"):
+        segment_image(tiny_clip, pixels, clf, method="vanilla", settings=alone, background=None)
+    empty = TextClassifier(torch.eye(1, tiny_clip.embed_dim), torch.tensor([0]), 2)
+    with pytest.raises(ValueError, match="only class"):
+        empty.without_class(0)
+
+
+def _recording(fn, seen):
+    def wrapped(self, c):
+        out = fn(self, c)
+        seen.append(out.query_class)
+        return out
+    return wrapped
+
+
 def test_area_threshold_drops_small_classes():
     probs = torch.zeros(3, 1, 10)
     probs[1, 0, :9] = 0.9  # class 1 wins 9 pixels, class 2 one pixel

@@ -310,6 +310,11 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
                         "on for clearclip; off for the others, whose patch embedding drops the leftover pixels)")
     g.add_argument("--logit-scale", type=float, help="scale of cosine similarities before the softmax (40-65)")
     g.add_argument("--prob-threshold", type=float, help="below this top probability a pixel becomes background")
+    g.add_argument("--background-query", action=argparse.BooleanOptionalAction, default=None,
+                   help="--no-background-query: the background class gets no text query, a pixel is background only "
+                        "when its top probability among the other classes is under --prob-threshold (GroupViT's and "
+                        "TCL's rule; for a background word the text tower never learnt, as in the shapes world); "
+                        "default: a query like any class")
     g.add_argument("--area-threshold", type=float, help="SCLIP: drop classes on less than this fraction of foreground")
     g.add_argument("--gaussian-std", type=float, help="NACLIP neighbourhood std in patches (default 5)")
     g.add_argument("--pamr-steps", type=int,

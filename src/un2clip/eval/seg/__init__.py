@@ -62,6 +62,10 @@ def segment_image(model: ClipModel, pixels: torch.Tensor, classifier: TextClassi
     ``scorer`` scores the windows instead of a last-block head (the ``lseg`` and ``groupvit`` methods)."""
     proc = model.processing
     image = prepare_image(pixels.to(model.device), settings.short_side, proc.mean, proc.std)
+    if not settings.background_query:
+        if background is None:
+            raise ValueError("background_query=False needs a dataset with a background class")
+        classifier = classifier.without_class(background)
     queries = classifier.queries.to(model.device)
 
     pad = settings.pad_windows and settings.crop > 0  # the whole image is never padded, as in every reference
@@ -117,6 +121,9 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
         cfg = resolve_settings(method, dataset, **settings)
         ds = load_dataset(data, dataset, classes=classes, split=split, max_images=max_images,
                           class_names=cfg.class_names)
+    if not cfg.background_query and (method in DENSE_METHODS or ds.background is None):
+        raise ValueError(f"background_query=False needs a training-free head and a dataset with a background class "
+                         f"(got method {method!r}, dataset {ds.name!r})")
     if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
         raise ValueError(f"dataset {ds.name!r} has no background class, so prob_threshold and area_threshold "
                          "must be 0 (a generic dataset has one when its first class is 'background')")

@@ -102,6 +102,13 @@ class TextClassifier:
     query_class: torch.Tensor  # (Q,) long, values in [0, C)
     num_classes: int
 
+    def without_class(self, c: int) -> TextClassifier:
+        """The same classifier with class ``c``'s names dropped: ``c`` keeps its index and gets probability 0."""
+        keep = self.query_class != c
+        if not bool(keep.any()):
+            raise ValueError(f"class {c} is the only class with names")
+        return TextClassifier(self.queries[keep], self.query_class[keep], self.num_classes)
+
 
 def text_classifier(model: ClipModel, classes: Sequence[Sequence[str]], templates: Sequence[str] | None = None, *,
                     batch_size: int = 256, precision: str = "auto") -> TextClassifier:
@@ -271,11 +278,11 @@ def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_cla
     probs = torch.softmax(logits.float() * logit_scale, dim=0)
     if len(query_class) == num_classes and bool((query_class == torch.arange(num_classes)).all()):
         return probs
-    out = probs.new_empty((num_classes, *probs.shape[1:]))
+    out = probs.new_zeros((num_classes, *probs.shape[1:]))  # a class without names keeps probability 0
     owner = query_class.tolist()
     for c in range(num_classes):
-        idx = [q for q, o in enumerate(owner) if o == c]
-        out[c] = probs[idx].amax(dim=0)
+        if idx := [q for q, o in enumerate(owner) if o == c]:
+            out[c] = probs[idx].amax(dim=0)
     return out
 
 

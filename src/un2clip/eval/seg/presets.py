@@ -55,6 +55,9 @@ class SegSettings:
     pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR's neighbourhood rings (SCLIP's and NACLIP's (8, 16))
     pad_windows: bool = False  # zero-pad each sliding window to a multiple of the patch (ClearCLIP) or not
     class_names: str = "sclip"  # shipped class-name files: "sclip" (synonym sets) or "clearclip" (one name each)
+    # False: the background class gets no text query; a pixel is background only when its top probability among
+    # the other classes is under prob_threshold (GroupViT's and TCL's rule; for words the text tower never learnt)
+    background_query: bool = True
 
     def __post_init__(self) -> None:
         if self.short_side < 0 or self.crop < 0:
@@ -71,6 +74,9 @@ class SegSettings:
         if not dilations or any(not isinstance(d, int) or d <= 0 for d in dilations):
             raise ValueError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
         object.__setattr__(self, "pamr_dilations", dilations)
+        if not self.background_query and self.prob_threshold <= 0:
+            raise ValueError("background_query=False decides background by prob_threshold alone: give it a "
+                             "threshold in (0, 1]")
         if self.class_names not in CLASS_NAME_SETS:
             raise ValueError(f"class_names must be one of {', '.join(CLASS_NAME_SETS)}, got {self.class_names!r}")
 
