@@ -463,32 +463,43 @@ def detail_tables(per_seed: dict[int, dict[str, dict[str, float]]], variant: str
     return lines
 
 
+SEG_HEAD_TABLES = (("seg_heads", "objects labelled by shape (seg/): the report's settings, the word 'background' a "
+                                "query, background under 0.7"),
+                   ("segcolor_heads", "objects labelled by colour (seg-color/): background by each head's threshold "
+                                      "alone (world.segheads.COLOR_THRESHOLDS)"))
+
+
 def seg_head_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: str = "original") -> list[str]:
-    """Markdown: mIoU of every head (mean ± std over seeds) per variant, the paired change of each variant against
-    ``baseline``, and the two reference rows; empty when no variant has the metrics."""
-    variants = list(dict.fromkeys(v for r in per_seed.values() for v, m in r.items() if "seg_heads/oracle_mIoU" in m))
-    if not variants:
-        return []
-    first = next(m for r in per_seed.values() for m in r.values() if "seg_heads/oracle_mIoU" in m)
-    keys = [k for k in first if k.startswith("seg_heads/") and not k.endswith("_mIoU")]
-    lines = ["### Training-free segmentation, every head (mIoU, %)", "",
-             "| model | " + " | ".join(k.split("/", 1)[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    """Markdown, per segmentation set: mIoU of every head (mean ± std over seeds) per variant, the paired change of
+    each variant against ``baseline``, and the two reference rows; empty when no variant has the metrics."""
+    lines: list[str] = []
 
     def values(variant: str, key: str) -> list[float]:
         return [r[variant][key] for r in per_seed.values() if key in r.get(variant, {})]
 
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(_cell(mean_std(values(v, k)), 1) for k in keys) + " |")
-    for v in variants:
-        if v != baseline and baseline in variants:
-            lines.append(f"| Δ {v} | " + " | ".join(_cell(paired_delta(per_seed, v, k, baseline), 1, signed=True)
-                                                    for k in keys) + " |")
-    for ref, title in (("background_mIoU", "*all-background*"), ("oracle_mIoU", "*patch oracle*")):
-        cell = _cell(mean_std(values(variants[0], f"seg_heads/{ref}")), 1)
-        lines.append(f"| {title} | " + " | ".join(cell for _ in keys) + " |")
-    lines += ["", "Each head with the report's geometry and background threshold (world.report.SEG_SETTINGS), "
-              "without and with PAMR; *all-background* and *patch oracle*: the same masks through the same path "
-              "(the ground truth pooled to the patch grid). A head under all-background measures nothing.", ""]
+    for prefix, what in SEG_HEAD_TABLES:
+        marker = f"{prefix}/oracle_mIoU"
+        variants = list(dict.fromkeys(v for r in per_seed.values() for v, m in r.items() if marker in m))
+        if not variants:
+            continue
+        first = next(m for r in per_seed.values() for m in r.values() if marker in m)
+        keys = [k for k in first if k.startswith(f"{prefix}/") and not k.endswith("_mIoU")]
+        lines += [f"### Training-free segmentation, every head: {what} (mIoU, %)", "",
+                  "| model | " + " | ".join(k.split("/", 1)[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for v in variants:
+            lines.append(f"| {v} | " + " | ".join(_cell(mean_std(values(v, k)), 1) for k in keys) + " |")
+        for v in variants:
+            if v != baseline and baseline in variants:
+                lines.append(f"| Δ {v} | " + " | ".join(_cell(paired_delta(per_seed, v, k, baseline), 1,
+                                                              signed=True) for k in keys) + " |")
+        for ref, title in (("background_mIoU", "*all-background*"), ("oracle_mIoU", "*patch oracle*")):
+            cell = _cell(mean_std(values(variants[0], f"{prefix}/{ref}")), 1)
+            lines.append(f"| {title} | " + " | ".join(cell for _ in keys) + " |")
+        lines.append("")
+    if lines:
+        lines += ["Each head with the report's geometry (short side 64, windows 32 / 16), without and with PAMR "
+                  "(+pamr); *all-background* and *patch oracle*: the same masks through the same path (the ground "
+                  "truth pooled to the patch grid). A head under all-background measures nothing.", ""]
     return lines
 
 

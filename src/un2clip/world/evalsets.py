@@ -100,13 +100,13 @@ OUTPUT_NAMES = ("train", "val", "trusted", "mmvp", "zeroshot", "seg", "detect", 
 _CHUNK = 256  # images per job sent to a worker process
 
 
-def _save_images(jobs: list[tuple[Scene, str, str | None]], size: int) -> int:
-    """Render and write ``(scene, image path, mask path or None)`` jobs; JPEG for ``.jpg``."""
-    for scene, path, mask_path in jobs:
+def _save_images(jobs: list[tuple[Scene, str, str | None, str]], size: int) -> int:
+    """Render and write ``(scene, image path, mask path or None, what the mask labels)`` jobs; JPEG for ``.jpg``."""
+    for scene, path, mask_path, label in jobs:
         if mask_path is None:
             image = render(scene, size)
         else:
-            image, mask = render_with_mask(scene, size)
+            image, mask = render_with_mask(scene, size, label)
             Image.fromarray(mask, "L").save(mask_path, format="PNG")
         if path.endswith(".jpg"):
             image.save(path, format="JPEG", quality=95)
@@ -123,7 +123,7 @@ class _ImageWriter:
 
     def __init__(self, size: int, workers: int, total: int, progress: bool):
         self.size, self.workers = size, workers
-        self.pending: list[tuple[Scene, str, str | None]] = []
+        self.pending: list[tuple[Scene, str, str | None, str]] = []
         self.futures: list = []
         self.pool = None
         self.bar = None
@@ -138,8 +138,8 @@ class _ImageWriter:
             # spawn: safe next to threaded libraries (torch) in the parent process
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def add(self, scene: Scene, path: Path, mask_path: Path | None = None) -> None:
-        self.pending.append((scene, str(path), None if mask_path is None else str(mask_path)))
+    def add(self, scene: Scene, path: Path, mask_path: Path | None = None, label: str = "shape") -> None:
+        self.pending.append((scene, str(path), None if mask_path is None else str(mask_path), label))
         if len(self.pending) >= _CHUNK:
             self._flush()
 
@@ -311,6 +311,29 @@ def _relabel_masks(folder: Path, remap: dict[int, int]) -> None:
         with Image.open(path) as im:
             mask = np.asarray(im)
         Image.fromarray(lut[mask], "L").save(path, format="PNG")
+
+
+def write_seg_color(root: str | Path, seed: int, n: int, image_size: int = 32, progress: bool = False) -> Path:
+    """``root/seg-color/``: the scenes of the segmentation set (``seg/``, the same seed and count), each mask
+    labelling an object by its colour instead of its shape: background + the six colours, each colour named as
+    the captions name it, before a shape word ('red circle, red square, ...': a class scores its best name).
+
+    Colour, unlike shape, can be read from a piece of an object, as the classes of real segmentation benchmarks
+    mostly can from a patch of texture; the world's shapes are told apart only by their outline. Returns the
+    folder."""
+    root = Path(root)
+    folder = root / "seg-color"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = split_rng(seed, "seg")  # the stream of seg/: the same scenes in the same order
+    with _ImageWriter(image_size, 1, n, progress) as out:
+        for i in range(n):
+            scene = sample_scene(rng, filled_only=True, allow_glyph=False)
+            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png", label="color")
+    names = ["background"] + [", ".join(f"{c} {s}" for s in SHAPES) for c in COLORS]
+    (folder / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    (folder / "templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n", encoding="utf-8")
+    return folder
 
 
 def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter) -> None:

@@ -220,12 +220,18 @@ def _perspective_coefficients(out_side: int, in_side: int) -> tuple[float, ...]:
     return tuple(float(c) for c in np.linalg.solve(np.asarray(rows, float), np.asarray(rhs, float)))
 
 
-def _render(scene: Scene, size: int, with_labels: bool) -> tuple[Image.Image, np.ndarray | None]:
+LABELS = ("shape", "color")  # what a mask's ids name: the object's shape or its colour (index + 1; 0 background)
+
+
+def _render(scene: Scene, size: int, with_labels: bool, label: str = "shape") -> tuple[Image.Image, np.ndarray | None]:
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
     side = size * SUPERSAMPLE
     canvas = Image.new("RGB", (side, side), BACKGROUND)
     labels = Image.new("L", (side, side), 0) if with_labels else None
+    names = list(SHAPES) if label == "shape" else list(COLORS)
     for obj in scene.objects:
-        _draw_object(canvas, labels, obj, side, SHAPES.index(obj.shape) + 1)
+        _draw_object(canvas, labels, obj, side, names.index(obj.shape if label == "shape" else obj.color) + 1)
     factor = SUPERSAMPLE
     if scene.view == "tilted":  # warp onto a 2x grid (cheaper than the full canvas), then reduce
         factor = min(2, SUPERSAMPLE)
@@ -255,13 +261,14 @@ def render(scene: Scene, size: int = 32) -> Image.Image:
     return _render(scene, size, with_labels=False)[0]
 
 
-def render_with_mask(scene: Scene, size: int = 32) -> tuple[Image.Image, np.ndarray]:
-    """The image and a (size, size) uint8 map of class ids (0 background, shape index + 1).
+def render_with_mask(scene: Scene, size: int = 32, label: str = "shape") -> tuple[Image.Image, np.ndarray]:
+    """The image and a (size, size) uint8 map of class ids (0 background, shape index + 1; with
+    ``label="color"`` colour index + 1).
 
     An object's whole region is labelled, including the inside of outlined shapes and its
     dot; glyphs are background.
     """
-    image, mask = _render(scene, size, with_labels=True)
+    image, mask = _render(scene, size, with_labels=True, label=label)
     assert mask is not None
     return image, mask
 
