@@ -146,3 +146,13 @@ def test_compare_seg_heads_scores_every_variant_and_reports_the_table(tmp_path, 
     assert report.count("| model | vanilla | vanilla+pamr | clearclip | clearclip+pamr |") == 2  # shape, colour
     assert "labelled by colour" in report
     assert "| *patch oracle* |" in report and "| Δ un2clip | +0.0 | +0.0 | +0.0 | +0.0 |" in report
+
+
+def test_world_generate_seg_color_flag_writes_the_colour_set(tmp_path):
+    from un2clip.cli import main
+
+    args = ["world", "generate", str(tmp_path / "w"), "--seed", "2", "--n-train", "4", "--n-val", "2",
+            "--pairs-per-pattern", "1", "--n-seg", "3"]
+    assert main(args) == 0 and not (tmp_path / "w" / "seg-color").exists()
+    assert main([*args, "--seg-color", "--overwrite"]) == 0
+    assert len(list((tmp_path / "w" / "seg-color" / "masks").glob("*.png"))) == 3

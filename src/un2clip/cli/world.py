@@ -60,6 +60,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                    help="MMVP-MLLM image pairs per pattern, in each of the two sets (default 15)")
     m.add_argument("--cvbench-per-task", type=int, default=50, metavar="N",
                    help="world CV-Bench questions per task: Count, Relation, Depth, Distance (default 50)")
+    g.add_argument("--seg-color", action="store_true",
+                   help="also seg-color/: the scenes of seg/ with each object labelled by its colour (background + "
+                        "6 colours, each named before the shape words: 'red circle, red square, ...'), for `eval seg` "
+                        "with --no-background-query (default: off; `compare --seg-heads` writes it when missing)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing world in OUTPUT")
 
     def run(args: argparse.Namespace) -> int:
@@ -80,6 +84,10 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                               mllm_contrastive=not args.mllm_single_scenes, mllm_pairs_per_pattern=args.mllm_pairs_per_pattern,
                               n_cvbench_per_task=args.cvbench_per_task, n_grounding=args.n_grounding,
                               n_lseg=args.n_lseg)
+        if args.seg_color:
+            from un2clip.world.evalsets import write_seg_color
+
+            write_seg_color(args.output, args.seed, args.n_seg, args.image_size)
         keys = ("seed", "n_train", "n_val", "image_size", "rare_rate", "noise_swap", "noise_boilerplate", "long_tail",
                 "n_trusted", "talk_colors", "talk_rate", "mmvp_colors", "mllm", "n_lseg")
         print(json.dumps({k: info[k] for k in keys if k in info}))
