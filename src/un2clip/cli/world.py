@@ -193,8 +193,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-heads", action="store_true",
                    help="also every training-free segmentation head (vanilla, maskclip, sclip, clearclip, naclip), "
                         "each without and with PAMR (10 steps, dilations 1 and 2 for the 64 px scenes), on every "
-                        "variant's encoder over the seed's whole segmentation set, with the report's geometry and background threshold, beside the "
-                        "all-background and patch-oracle mIoU of the same masks (evaluation only; default: off)")
+                        "variant's encoder, on the seed's whole segmentation set twice: labelled by shape (seg/, as "
+                        "the report runs ClearCLIP) and by colour (seg-color/, written when missing; background by "
+                        "each head's threshold alone), each beside its all-background and patch-oracle mIoU "
+                        "(evaluation only; default: off)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
