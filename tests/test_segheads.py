@@ -148,7 +148,7 @@ def test_compare_seg_heads_scores_every_variant_and_reports_the_table(tmp_path, 
     assert "| *patch oracle* |" in report and "| Δ un2clip | +0.0 | +0.0 | +0.0 | +0.0 |" in report
 
 
-def test_world_generate_seg_color_flag_writes_the_colour_set(tmp_path):
+def test_world_generate_seg_color_flag_writes_the_colour_set(tmp_path, capsys):
     from un2clip.cli import main
 
     args = ["world", "generate", str(tmp_path / "w"), "--seed", "2", "--n-train", "4", "--n-val", "2",
@@ -156,3 +156,6 @@ def test_world_generate_seg_color_flag_writes_the_colour_set(tmp_path):
     assert main(args) == 0 and not (tmp_path / "w" / "seg-color").exists()
     assert main([*args, "--seg-color", "--overwrite"]) == 0
     assert len(list((tmp_path / "w" / "seg-color" / "masks").glob("*.png"))) == 3
+    # nothing to label: refused in one line, before anything is written
+    assert main([*args[:-2], "--n-seg", "0", "--seg-color", "--overwrite"]) == 2
+    assert "--n-seg" in capsys.readouterr().err

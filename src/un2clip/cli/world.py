@@ -74,6 +74,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
 
         from un2clip.world import generate_world
 
+        if args.seg_color and args.n_seg < 1:
+            raise ValueError("--seg-color labels the scenes of seg/ by colour: give --n-seg N (N >= 1)")
         info = generate_world(args.output, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                               image_size=args.image_size, rare_rate=args.rare_rate,
                               pairs_per_pattern=args.pairs_per_pattern, n_seg=args.n_seg, overwrite=args.overwrite,

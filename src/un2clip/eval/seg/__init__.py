@@ -122,7 +122,8 @@ def evaluate(model: ClipModel, data: str | Path | SegDataset, *, method: str = "
         ds = load_dataset(data, dataset, classes=classes, split=split, max_images=max_images,
                           class_names=cfg.class_names)
     if not cfg.background_query and (method in DENSE_METHODS or ds.background is None):
-        raise ValueError(f"background_query=False needs a training-free head and a dataset with a background class "
+        raise ValueError(f"background_query=False (--no-background-query) needs a training-free head and a dataset "
+                         f"with a background class "
                          f"(got method {method!r}, dataset {ds.name!r})")
     if (cfg.prob_threshold > 0 or cfg.area_threshold > 0) and ds.background is None:
         raise ValueError(f"dataset {ds.name!r} has no background class, so prob_threshold and area_threshold "

@@ -75,8 +75,8 @@ class SegSettings:
             raise ValueError(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
         object.__setattr__(self, "pamr_dilations", dilations)
         if not self.background_query and self.prob_threshold <= 0:
-            raise ValueError("background_query=False decides background by prob_threshold alone: give it a "
-                             "threshold in (0, 1]")
+            raise ValueError("background_query=False (--no-background-query) decides background by prob_threshold "
+                             "(--prob-threshold) alone: give it a threshold in (0, 1]")
         if self.class_names not in CLASS_NAME_SETS:
             raise ValueError(f"class_names must be one of {', '.join(CLASS_NAME_SETS)}, got {self.class_names!r}")
 
