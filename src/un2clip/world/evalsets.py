@@ -321,30 +321,21 @@ def write_seg_color(root: str | Path, seed: int, n: int, image_size: int = 32, p
     Colour, unlike shape, can be read from a piece of an object, as the classes of real segmentation benchmarks
     mostly can from a patch of texture; the world's shapes are told apart only by their outline. Returns the
     folder."""
-    root = Path(root)
-    folder = root / "seg-color"
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
-    rng = split_rng(seed, "seg")  # the stream of seg/: the same scenes in the same order
     with _ImageWriter(image_size, 1, n, progress) as out:
-        for i in range(n):
-            scene = sample_scene(rng, filled_only=True, allow_glyph=False)
-            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png", label="color")
-    names = ["background"] + [", ".join(f"{c} {s}" for s in SHAPES) for c in COLORS]
-    (folder / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    (folder / "templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n", encoding="utf-8")
-    return folder
+        return _write_seg(Path(root), seed, n, out, label="color")
 
 
-def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter) -> None:
-    folder = root / "seg"
+def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter, label: str = "shape") -> Path:
+    """``seg/`` (objects labelled by shape) or, with ``label="color"``, ``seg-color/``: the same scenes either way
+    (one stream, ``split_rng(seed, "seg")``)."""
+    folder = root / ("seg" if label == "shape" else "seg-color")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     rng = split_rng(seed, "seg")
     with open(folder / "attributes.jsonl", "w", encoding="utf-8") as fjson:
         for i in range(n):
             scene = sample_scene(rng, filled_only=True, allow_glyph=False)
-            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png")
+            out.add(scene, folder / "images" / f"{i:06d}.png", folder / "masks" / f"{i:06d}.png", label=label)
             record = {
                 "index": i,
                 "image": f"images/{i:06d}.png",
@@ -352,8 +343,11 @@ def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter) -> None:
                 **scene.to_record(),
             }
             fjson.write(json.dumps(record, sort_keys=True) + "\n")
-    (folder / "classes.txt").write_text("\n".join(seg_classes()) + "\n", encoding="utf-8")
+    names = seg_classes() if label == "shape" else ["background"] + [", ".join(f"{c} {s}" for s in SHAPES)
+                                                                     for c in COLORS]
+    (folder / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     (folder / "templates.txt").write_text("\n".join(ZEROSHOT_TEMPLATES) + "\n", encoding="utf-8")
+    return folder
 
 
 def _auto_workers(n_images: int) -> int:

@@ -229,9 +229,9 @@ def _render(scene: Scene, size: int, with_labels: bool, label: str = "shape") ->
     side = size * SUPERSAMPLE
     canvas = Image.new("RGB", (side, side), BACKGROUND)
     labels = Image.new("L", (side, side), 0) if with_labels else None
-    names = list(SHAPES) if label == "shape" else list(COLORS)
+    names = list(SHAPES if label == "shape" else COLORS)
     for obj in scene.objects:
-        _draw_object(canvas, labels, obj, side, names.index(obj.shape if label == "shape" else obj.color) + 1)
+        _draw_object(canvas, labels, obj, side, names.index(getattr(obj, label)) + 1)
     factor = SUPERSAMPLE
     if scene.view == "tilted":  # warp onto a 2x grid (cheaper than the full canvas), then reduce
         factor = min(2, SUPERSAMPLE)
