@@ -56,7 +56,8 @@ class SegSettings:
     pad_windows: bool = False  # zero-pad each sliding window to a multiple of the patch (ClearCLIP) or not
     class_names: str = "sclip"  # shipped class-name files: "sclip" (synonym sets) or "clearclip" (one name each)
     # False: the background class gets no text query; a pixel is background only when its top probability among
-    # the other classes is under prob_threshold (GroupViT's and TCL's rule; for words the text tower never learnt)
+    # the other classes is under prob_threshold (GroupViT and TCL also decide background by a threshold on their
+    # class scores, not by a query; for words the text tower never learnt)
     background_query: bool = True
 
     def __post_init__(self) -> None:
