@@ -313,8 +313,8 @@ def _seg_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--background-query", action=argparse.BooleanOptionalAction, default=None,
                    help="--no-background-query: the background class gets no text query, a pixel is background only "
                         "when its top probability among the other classes is under --prob-threshold (GroupViT and TCL "
-                        "also threshold their class scores instead; for a background word the text tower never learnt, as in the shapes world); "
-                        "default: a query like any class")
+                        "also threshold their class scores instead; for a background word the text tower never "
+                        "learnt, as in the shapes world); default: a query like any class")
     g.add_argument("--area-threshold", type=float, help="SCLIP: drop classes on less than this fraction of foreground")
     g.add_argument("--gaussian-std", type=float, help="NACLIP neighbourhood std in patches (default 5)")
     g.add_argument("--pamr-steps", type=int,
