@@ -136,7 +136,7 @@ def lm_run(data, tmp_path_factory):
 def test_stage_lm_trains_and_writes_the_language_model_alone(lm_run):
     from safetensors.torch import load_file
 
-    from un2clip.cli.llava import EPOCHS_LM
+    from un2clip.train.llava import EPOCHS_LM
     from un2clip.train.config import load_config
 
     cfg = load_config(lm_run / "config.yaml")

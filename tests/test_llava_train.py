@@ -333,7 +333,7 @@ def test_finetune_with_the_class_token_reads_one_image_token_more(world, pretrai
 
 
 def test_stage_one_step_counts_come_from_the_epoch(world, tmp_path):
-    from un2clip.cli.llava import llava_defaults
+    from un2clip.train.llava import llava_defaults
 
     d = llava_defaults("pretrain", n_samples=1000, batch_size=None, max_steps=None)
     assert (d["lr"], d["batch_size"], d["max_steps"], d["warmup_steps"]) == (1e-3, 256, 3, 1)
@@ -416,7 +416,7 @@ def test_answer_tokens_of_a_sentencepiece_style_tokenizer():
 
 @pytest.mark.parametrize("epochs, ratio", [(float("nan"), 0.03), (float("inf"), 0.03), (0.0, 0.03), (1.0, float("nan"))])
 def test_llava_defaults_refuse_non_finite_epochs_and_ratios(epochs, ratio):
-    from un2clip.cli.llava import llava_defaults
+    from un2clip.train.llava import llava_defaults
 
     with pytest.raises(ValueError, match="--epochs must be finite and > 0"):
         llava_defaults("pretrain", n_samples=1000, batch_size=None, max_steps=None, epochs=epochs, warmup_ratio=ratio)

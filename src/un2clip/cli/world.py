@@ -199,6 +199,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "the report runs ClearCLIP) and by colour (seg-color/, written when missing; background by "
                         "each head's threshold alone), each beside its all-background and patch-oracle mIoU "
                         "(evaluation only; default: off)")
+    p.add_argument("--llava", action="store_true",
+                   help="also the MLLM claim: per seed the world's LLaVA sets (written when missing, as `world generate "
+                        "--mllm --mllm-instruct 10000`), stage lm (the tiny LM on the captions, shared), then per "
+                        "encoder LLaVA-1.5's stage 1 (projector, 1 pass of 32 at 1e-3) and stage 2 (projector + LM, "
+                        "5000 steps of 16 at 2e-4), scored on the world MMVP-MLLM (silent colours), its talk-colour "
+                        "control and the world CV-Bench (about 35 min an encoder on one CPU core; default: off)")
+    p.add_argument("--llava-encoders", nargs="+", metavar="NAME",
+                   help="the variants --llava trains a LLaVA on (default: original un2clip genhancer diva, those "
+                        "among --variants)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "
@@ -227,6 +236,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             from un2clip.world.segheads import SEG_HEADS_QUICK, SegHeadSettings
 
             settings = replace(settings, seg_heads=SEG_HEADS_QUICK if args.quick else SegHeadSettings())
+        if args.llava or args.llava_encoders:
+            from un2clip.world.llava import LLAVA_QUICK, LlavaSettings
+
+            llava = LLAVA_QUICK if args.quick else LlavaSettings()
+            if args.llava_encoders:
+                llava = replace(llava, encoders=tuple(dict.fromkeys(args.llava_encoders)))
+            settings = replace(settings, llava=llava)
         if args.audio_sketch:
             from un2clip.world import audiosketch
 

@@ -33,6 +33,7 @@ from un2clip.world.audiosketch import AudioSketchSettings
 from un2clip.world.demo import QUICK as DEMO_QUICK
 from un2clip.world.demo import DemoSettings, finetune_settings, run_demo, start_weights
 from un2clip.world.grounding import GroundingSettings
+from un2clip.world.llava import LlavaSettings
 from un2clip.world.lseg import LSegSettings
 from un2clip.world.segheads import SegHeadSettings
 from un2clip.world.stages import HEADED, done_time, finish_stage, recorded_stage, train_run
@@ -52,6 +53,7 @@ class CompareSettings:
     audio_sketch: AudioSketchSettings | None = None
     lseg: LSegSettings | None = None  # --lseg: an LSeg head per encoder (original, un2clip), seen and unseen names
     seg_heads: SegHeadSettings | None = None  # --seg-heads: every training-free head, ± PAMR, on every variant
+    llava: LlavaSettings | None = None  # --llava: one LLaVA-1.5 recipe per encoder, world MMVP-MLLM and CV-Bench
 
 
 # a smoke test: the demo's quick stages in a smaller world (every variant still trains and is evaluated)
@@ -354,6 +356,11 @@ def run_seed(seed_dir: Path, seed: int, variants: Sequence[Variant], *, settings
         from un2clip.world.segheads import seg_head_results
 
         heads.append(seg_head_results(seed_dir, models, settings=settings.seg_heads, fresh=fresh, progress=progress))
+    if settings.llava is not None:  # a LLaVA trained on each chosen encoder (issue 29)
+        from un2clip.world.llava import llava_results
+
+        heads.append(llava_results(seed_dir, models, seed=seed, settings=settings.llava, fresh=fresh,
+                                   progress=progress))
     for measured in heads:
         for name, extra in measured.items():
             results[name] = {**results[name], **extra}
@@ -660,6 +667,10 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     chosen = select_variants(settings, variants)
     if "original" not in {v.name for v in chosen}:  # the Δ columns need it, and it costs an evaluation only
         chosen = [select_variants(settings, ["original"])[0], *chosen]
+    if settings.llava is not None:  # a misspelt encoder is refused before anything is trained
+        from un2clip.world.llava import encoders_of
+
+        encoders_of(settings.llava, [v.name for v in chosen])
     notes = []
     if any(v.kind == "diva" for v in chosen) and (why := diva_available(settings.demo.t2i_preset)):
         chosen = [v for v in chosen if v.kind != "diva"]

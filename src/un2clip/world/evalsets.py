@@ -325,6 +325,40 @@ def write_seg_color(root: str | Path, seed: int, n: int, image_size: int = 32, p
         return _write_seg(Path(root), seed, n, out, label="color")
 
 
+def _write_mllm_sets(root: Path, seed: int, image_size: int, talk_colors: Sequence[str],
+                     mmvp_colors: Sequence[str] | None, *, n_instruct: int, contrastive: bool, pairs_per_pattern: int,
+                     n_cvbench_per_task: int) -> dict:
+    """``root/mllm/`` (:func:`un2clip.world.mllm.write_mllm`) with the world's MMVP-MLLM pairs: the silent colours'
+    and, with two or more talk colours, the control's. Returns the counts ``world.json`` records."""
+    from un2clip.world.mllm import write_mllm
+
+    talk_pairs = (mmvp_pairs(seed, pairs_per_pattern, talk_colors, split="mllm-mmvp-talk")
+                  if len(talk_colors) >= 2 else None)  # the control: the colours captions talk about
+    return write_mllm(root, seed, image_size=image_size, n_instruct=n_instruct, n_cvbench_per_task=n_cvbench_per_task,
+                      talk_colors=talk_colors, contrastive=contrastive,
+                      mmvp=mmvp_pairs(seed, pairs_per_pattern, mmvp_colors, split="mllm-mmvp"), mmvp_talk=talk_pairs)
+
+
+def add_mllm_sets(root: str | Path, *, n_instruct: int = 2000, contrastive: bool = True, pairs_per_pattern: int = 15,
+                  n_cvbench_per_task: int = 50) -> dict:
+    """Write ``mllm/`` into a world generated without ``--mllm`` (``un2clip compare --llava``): the same files
+    ``world generate --mllm`` with these settings would have written there (the sets draw from their own
+    streams; the world's other outputs are read, not changed), and record them in its ``world.json``. Returns
+    the counts."""
+    root = Path(root)
+    meta_path = root / "world.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not (root / "train" / "captions.csv").is_file():
+        raise FileNotFoundError(f"{root} has no train/captions.csv: the LLaVA sets need the world's train split")
+    talk = list(meta.get("talk_colors") or ())
+    counts = _write_mllm_sets(root, meta["seed"], meta["image_size"], talk, meta.get("mmvp_colors"),
+                              n_instruct=n_instruct, contrastive=contrastive, pairs_per_pattern=pairs_per_pattern,
+                              n_cvbench_per_task=n_cvbench_per_task)
+    meta["mllm"] = counts
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return counts
+
+
 def _write_seg(root: Path, seed: int, n: int, out: _ImageWriter, label: str = "shape") -> Path:
     """``seg/`` (objects labelled by shape) or, with ``label="color"``, ``seg-color/``: the same scenes either way
     (one stream, ``split_rng(seed, "seg")``)."""
@@ -552,15 +586,9 @@ def generate_world(
     if talk_colors or mmvp_colors is not None:
         params.update(talk_colors=talk_colors, talk_rate=talk_rate, mmvp_colors=list(mmvp_colors or COLORS))
     if mllm:  # absent from a world without the LLaVA sets
-        from un2clip.world.mllm import write_mllm
-
-        talk_pairs = (mmvp_pairs(seed, mllm_pairs_per_pattern, talk_colors, split="mllm-mmvp-talk")
-                      if len(talk_colors) >= 2 else None)  # the control: the colours captions talk about
-        params["mllm"] = write_mllm(root, seed, image_size=image_size, n_instruct=n_mllm_instruct,
-                                    n_cvbench_per_task=n_cvbench_per_task, talk_colors=talk_colors,
-                                    contrastive=mllm_contrastive,
-                                    mmvp=mmvp_pairs(seed, mllm_pairs_per_pattern, mmvp_colors, split="mllm-mmvp"),
-                                    mmvp_talk=talk_pairs)
+        params["mllm"] = _write_mllm_sets(root, seed, image_size, talk_colors, mmvp_colors, n_instruct=n_mllm_instruct,
+                                          contrastive=mllm_contrastive, pairs_per_pattern=mllm_pairs_per_pattern,
+                                          n_cvbench_per_task=n_cvbench_per_task)
     (root / "swap_groups.txt").write_text("".join(" ".join(g) + "\n" for g in swap_groups()), encoding="utf-8")
     (root / "metadata.txt").write_text("".join(e + "\n" for e in world_metadata()), encoding="utf-8")
     (root / "nouns.txt").write_text("".join(n + "\n" for n in nouns()), encoding="utf-8")
