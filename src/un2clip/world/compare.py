@@ -470,6 +470,21 @@ def detail_tables(per_seed: dict[int, dict[str, dict[str, float]]], variant: str
     return lines
 
 
+def metric_rows(per_seed: dict[int, dict[str, dict[str, float]]], keys: Sequence[str], titles: Sequence[str],
+                variants: Sequence[str], baseline: str = "original") -> list[str]:
+    """Markdown table head and rows: ``keys`` (columns ``titles``) of each variant, mean ± std over seeds, then the
+    paired change of each other variant against ``baseline`` (when it is among ``variants``)."""
+    lines = ["| model | " + " | ".join(titles) + " |", "|---" * (len(keys) + 1) + "|"]
+    for v in variants:
+        stats = [mean_std([r[v][k] for r in per_seed.values() if k in r.get(v, {})]) for k in keys]
+        lines.append(f"| {v} | " + " | ".join(_cell(st, 1) for st in stats) + " |")
+    for v in variants:
+        if v != baseline and baseline in variants:
+            lines.append(f"| Δ {v} | " + " | ".join(_cell(paired_delta(per_seed, v, k, baseline), 1, signed=True)
+                                                    for k in keys) + " |")
+    return lines
+
+
 SEG_HEAD_TABLES = (("seg_heads", "objects labelled by shape (seg/): the report's settings, the word 'background' a "
                                 "query, background under 0.7"),
                    ("segcolor_heads", "objects labelled by colour (seg-color/): background by each head's threshold "
@@ -492,13 +507,7 @@ def seg_head_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: s
         first = next(m for r in per_seed.values() for m in r.values() if marker in m)
         keys = [k for k in first if k.startswith(f"{prefix}/") and not k.endswith("_mIoU")]
         lines += [f"### Training-free segmentation, every head: {what} (mIoU, %)", "",
-                  "| model | " + " | ".join(k.split("/", 1)[1] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for v in variants:
-            lines.append(f"| {v} | " + " | ".join(_cell(mean_std(values(v, k)), 1) for k in keys) + " |")
-        for v in variants:
-            if v != baseline and baseline in variants:
-                lines.append(f"| Δ {v} | " + " | ".join(_cell(paired_delta(per_seed, v, k, baseline), 1,
-                                                              signed=True) for k in keys) + " |")
+                  *metric_rows(per_seed, keys, [k.split("/", 1)[1] for k in keys], variants, baseline)]
         for ref, title in (("background_mIoU", "*all-background*"), ("oracle_mIoU", "*patch oracle*")):
             cell = _cell(mean_std(values(variants[0], f"{prefix}/{ref}")), 1)
             lines.append(f"| {title} | " + " | ".join(cell for _ in keys) + " |")
@@ -507,6 +516,46 @@ def seg_head_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: s
         lines += ["Each head with the report's geometry (short side 64, windows 32 / 16), without and with PAMR "
                   "(+pamr); *all-background* and *patch oracle*: the same masks through the same path (the ground "
                   "truth pooled to the patch grid). A head under all-background measures nothing.", ""]
+    return lines
+
+
+def llava_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: str = "original") -> list[str]:
+    """Markdown of ``compare --llava``: per encoder the world MMVP-MLLM (silent colours: the claim), its talk-colour
+    control and CV-Bench per task, then the silent and control sets per attribute, each mean ± std over seeds with
+    the paired change against ``baseline``, and on how many seeds the silent pairs went up; empty without them."""
+    from un2clip.world.llava import CVBENCH_PREFIX, MMVP_SETS
+
+    silent, talk = (f"{MMVP_SETS[name]}/pairs" for name in ("mmvp", "mmvp-talk"))
+    variants = list(dict.fromkeys(v for r in per_seed.values() for v, m in r.items() if silent in m))
+    if not variants:
+        return []
+    first = next(m for r in per_seed.values() for m in r.values() if silent in m)
+    cv = [k for k in first if k.startswith(f"{CVBENCH_PREFIX}/") and not k.endswith("n_unmatched")]
+    keys = [silent, f"{MMVP_SETS['mmvp']}/questions", talk, f"{MMVP_SETS['mmvp-talk']}/questions", *cv]
+    keys = [k for k in keys if k in first]
+    titles = {silent: "silent: pairs", f"{MMVP_SETS['mmvp']}/questions": "silent: questions", talk: "control: pairs",
+              f"{MMVP_SETS['mmvp-talk']}/questions": "control: questions"}
+    lines = ["### World LLaVA: the same LLaVA-1.5 recipe on each encoder (world MMVP-MLLM and CV-Bench, %)", "",
+             *metric_rows(per_seed, keys, [titles.get(k, "CV-Bench " + k.split("/")[1]) for k in keys], variants,
+                          baseline), ""]
+    for v in variants:
+        if v != baseline:
+            deltas = [r[v][silent] - r[baseline][silent] for r in per_seed.values()
+                      if silent in r.get(v, {}) and silent in r.get(baseline, {})]
+            lines.append(f"- {v}: silent pairs above {baseline} on {sum(d > 0 for d in deltas)} of {len(deltas)} "
+                         f"seeds, below on {sum(d < 0 for d in deltas)}")
+    for name, what in (("mmvp", "silent colours (the claim's set)"), ("mmvp-talk", "talk colours (the control)")):
+        prefix = MMVP_SETS[name]
+        attrs = [k for k in first if k.startswith(f"{prefix}/") and k.split("/")[1] not in
+                 ("pairs", "questions", "n_unmatched") and not k.endswith("_q")]
+        if attrs:
+            lines += ["", f"#### World MMVP-MLLM per attribute, {what}: pairs both right (%)", "",
+                      *metric_rows(per_seed, attrs, [k.split("/")[1] for k in attrs], variants, baseline)]
+    lines += ["", "Silent colours: pairs whose details the captions never name (the claim: un²CLIP's encoder ≥ +3 "
+              "points of pairs); control: the same kinds of pairs in the talk colours, which captions name (competence: "
+              "≥ 60 % of pairs, ≥ 80 % of questions). A pair counts when both its questions are right (chance 25 %); "
+              "CV-Bench chance: 50 % (two options) except Count (four). Stage lm is shared by every encoder of a seed; "
+              "stages 1 and 2 are trained per encoder with the same draws.", ""]
     return lines
 
 
@@ -613,7 +662,8 @@ def write_report(out: Path, per_seed: dict[int, dict[str, dict[str, float]]], va
              *report_table(summary), ""]
     if chart:
         lines += [f"![MMVP vs zero-shot]({chart.name})", ""]
-    lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed), *seg_head_lines(per_seed)]
+    lines += ["## Original vs un²CLIP in detail", "", *detail_tables(per_seed), *seg_head_lines(per_seed),
+              *llava_lines(per_seed)]
     lines += ["## Variants", ""] + [f"- `{v.name}`: {v.description}" for v in variants if v.name in summary] + [""]
     lines += ["### Settings of the trained variants", "", *settings_lines(
         [v for v in variants if v.name in summary], settings, decoder_sources(out, list(per_seed))), "",
