@@ -206,8 +206,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "5000 steps of 16 at 2e-4), scored on the world MMVP-MLLM (silent colours), its talk-colour "
                         "control and the world CV-Bench (about 35 min an encoder on one CPU core; default: off)")
     p.add_argument("--llava-encoders", nargs="+", metavar="NAME",
-                   help="the variants --llava trains a LLaVA on (default: original un2clip genhancer diva, those "
-                        "among --variants)")
+                   help="the variants --llava trains a LLaVA on, each among the compared ones (implies --llava; "
+                        "default: those of original, un2clip, genhancer, diva that are compared)")
     _add_world_settings(p)
     p.add_argument("--audio-sketch", action="store_true",
                    help="also measure original and un2clip by AudioCLIP (an audio head trained into each one's "

@@ -91,11 +91,13 @@ def stage_fields(stage: str, data: Path, seed: int, settings: LlavaSettings, n_s
 def ensure_sets(world: Path, settings: LlavaSettings) -> Path:
     """``world/mllm/``, written (again) when missing or made with other counts; returns it."""
     from un2clip.world.evalsets import add_mllm_sets
+    from un2clip.world.mllm import CVBENCH_TASKS
     from un2clip.world.pairs import MMVP_TYPES
 
     meta = json.loads((world / "world.json").read_text(encoding="utf-8")).get("mllm") or {}
     wanted = {"n_instruct": settings.n_instruct, "instruct_pairs": True,
-              "n_mmvp_mllm": 2 * settings.pairs_per_pattern * len(MMVP_TYPES), "n_cvbench": 4 * settings.n_cvbench_per_task}
+              "n_mmvp_mllm": 2 * settings.pairs_per_pattern * len(MMVP_TYPES),
+              "n_cvbench": len(CVBENCH_TASKS) * settings.n_cvbench_per_task}
     if any(meta.get(k) != v for k, v in wanted.items()) or not (world / "mllm" / "instruct.json").is_file():
         print(f"{world}: writing the LLaVA sets (mllm/)")
         add_mllm_sets(world, n_instruct=settings.n_instruct, pairs_per_pattern=settings.pairs_per_pattern,
