@@ -59,6 +59,26 @@ def test_per_attribute_scores_pairs_and_questions(tmp_path):
     assert got == {"x/color": 50.0, "x/color_q": 75.0, "x/count": 0.0, "x/count_q": 0.0}
 
 
+def test_separation_of_pairs_on_known_features():
+    import torch
+
+    from un2clip.world.llava import separation
+
+    eye = torch.eye(6)
+    a, far = eye[:3], eye[3:]
+    assert separation(a, a.clone()) == 0.0  # each pair's images the same
+    assert separation(a, far) == pytest.approx(1.0)  # every image orthogonal to every other: pairs as far as any two
+    # b[i] between a[i] and far[i] (cosine 1/sqrt(2) to a[i]); other pairs orthogonal: (1 - 0.7071) / 1
+    half = torch.nn.functional.normalize(a + far, dim=-1)
+    assert separation(a, half) == pytest.approx(1 - 2 ** -0.5, abs=1e-6)
+    # patch tokens (P, N, D): distances averaged over positions; scale of the features does not count
+    tokens_a, tokens_b = torch.stack([a, a, a], 1), torch.stack([half, a, a], 1)
+    # same: position 0 at 1 - 1/sqrt(2), positions 1 and 2 at 0; other pairs: orthogonal at every position
+    assert separation(10 * tokens_a, tokens_b) == pytest.approx((1 - 2 ** -0.5) / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="two or more pairs"):
+        separation(a[:1], a[:1])
+
+
 def test_encoders_default_to_those_compared_and_a_misspelt_one_is_refused():
     assert encoders_of(LlavaSettings(), ["original", "un2clip", "alpha0.5", "diva"]) == ["original", "un2clip", "diva"]
     assert encoders_of(LlavaSettings(encoders=("un2clip",)), ["original", "un2clip"]) == ["un2clip"]
@@ -126,11 +146,14 @@ def test_quick_compare_trains_a_llava_per_encoder_and_reports_it(tmp_path, monke
     settings = replace(QUICK, llava=LLAVA_QUICK)
     report = run_compare(out, seeds=[0], variants=["un2clip"], settings=settings, progress=False).read_text()
     assert "### World LLaVA" in report and "| Δ un2clip |" in report.split("### World LLaVA")[1]
+    assert "#### Where each encoder separates the silent pairs" in report
     seed = out / "seed0"
     for name in ("original", "un2clip"):
         metrics = json.loads((seed / "eval" / f"llava_{name}.json").read_text())["metrics"]
         assert 0.0 <= metrics["llava_mmvp/pairs"] <= metrics["llava_mmvp/questions"] <= 100.0
         assert {"llava_talk/pairs", "llava_mmvp/color", "llava_cvbench/Count"} <= set(metrics)
+        assert all(0.0 <= metrics[f"llava_sep/{k}"] < 2.0 for k in ("embedding", "class_token", "patch_last",
+                                                                     "patch_read"))
         config = json.loads((seed / "llava" / name / "pretrain" / "recipe.json").read_text())["run"]
         assert config["objective_options"]["language_model"] == str(seed / "llava" / "lm" / "run" / "lm")
     spec = json.loads((seed / "llava" / "un2clip" / "pretrain" / "recipe.json").read_text())["run"]["clip"]

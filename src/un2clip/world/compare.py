@@ -523,7 +523,7 @@ def llava_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: str 
     """Markdown of ``compare --llava``: per encoder the world MMVP-MLLM (silent colours: the claim), its talk-colour
     control and CV-Bench per task, then the silent and control sets per attribute, each mean ± std over seeds with
     the paired change against ``baseline``, and on how many seeds the silent pairs went up; empty without them."""
-    from un2clip.world.llava import CVBENCH_PREFIX, MMVP_SETS
+    from un2clip.world.llava import CVBENCH_PREFIX, MMVP_SETS, SEPARATION_PREFIX, SEPARATIONS
 
     silent, talk = (f"{MMVP_SETS[name]}/pairs" for name in ("mmvp", "mmvp-talk"))
     variants = list(dict.fromkeys(v for r in per_seed.values() for v, m in r.items() if silent in m))
@@ -544,6 +544,15 @@ def llava_lines(per_seed: dict[int, dict[str, dict[str, float]]], baseline: str 
                       if silent in r.get(v, {}) and silent in r.get(baseline, {})]
             lines.append(f"- {v}: silent pairs above {baseline} on {sum(d > 0 for d in deltas)} of {len(deltas)} "
                          f"seeds, below on {sum(d < 0 for d in deltas)}")
+    sep = [f"{SEPARATION_PREFIX}/{name}" for name, _ in SEPARATIONS if f"{SEPARATION_PREFIX}/{name}" in first]
+    if sep:
+        lines += ["", "#### Where each encoder separates the silent pairs: distance between a pair's two images over "
+                  "that between images of different pairs (cosine; ×100)", "",
+                  *metric_rows({s: {v: {k: 100 * x for k, x in m.items() if k in sep} for v, m in r.items()}
+                                for s, r in per_seed.items()}, sep, [name.replace("_", " ") for name in
+                                                                     (k.split("/")[1] for k in sep)], variants,
+                               baseline),
+                  "", "; ".join(f"{name.replace('_', ' ')}: {what}" for name, what in SEPARATIONS) + "."]
     for name, what in (("mmvp", "silent colours (the claim's set)"), ("mmvp-talk", "talk colours (the control)")):
         prefix = MMVP_SETS[name]
         attrs = [k for k in first if k.startswith(f"{prefix}/") and k.split("/")[1] not in

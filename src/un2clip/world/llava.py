@@ -12,7 +12,8 @@ training loop, made again when its recipe or what it starts from changes):
    encoder (the seed is the world seed);
 4. each finished LLaVA scored on the world MMVP-MLLM (silent colours: the claim's set), its talk-colour control and
    the world CV-Bench, cached in ``OUT/seed{S}/eval/llava_<encoder>.json``: pair and question accuracy per set and
-   per attribute, CV-Bench per task.
+   per attribute, CV-Bench per task; and its encoder's separation of the silent pairs in the embedding and in the
+   tokens the LLaVA reads (:func:`pair_separation`).
 
 The settings are the recipe docs/world_competence.md picked on a validation world (seed 7): stage lm two passes
 of 64 captions at 1e-3, stage 1 one pass of 32 at 1e-3, stage 2 5,000 steps of 16 at 2e-4, cosine with 3 % warm-up.
@@ -33,6 +34,8 @@ from un2clip.world.stages import cached_metrics, made_at, trained_stage
 MMVP_SETS = {"mmvp": "llava_mmvp", "mmvp-talk": "llava_talk"}
 CVBENCH_PREFIX = "llava_cvbench"
 DEFAULT_ENCODERS = ("original", "un2clip", "genhancer", "diva")
+SEPARATION_PREFIX = "llava_sep"  # the encoder's separation of the silent pairs (pair_separation)
+EVAL_PROTOCOL = 2  # 2: the evaluation also measures pair_separation
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,49 @@ def per_attribute(samples_csv: Path, pairs_jsonl: Path, prefix: str) -> dict[str
     return out
 
 
+def separation(a, b):
+    """How far apart the two images of each pair are, relative to images of different pairs: the mean cosine
+    distance between ``a[i]`` and ``b[i]`` over the mean between ``a[i]`` and ``b[i - 1]`` (features (P, ..., D),
+    distances averaged over any middle axes, e.g. patch positions). 0: each pair's images the same; about 1: a
+    pair's images as far apart as any two."""
+    import torch.nn.functional as F
+
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    if len(a) < 2:
+        raise ValueError("separation needs two or more pairs")
+    same = (1 - (a * b).sum(-1)).mean()
+    other = (1 - (a * b.roll(1, dims=0)).sum(-1)).mean()
+    return float(same / other)
+
+
+#: what pair_separation measures: (metric suffix, what it is)
+SEPARATIONS = (("embedding", "the image embedding (what MMVP-VLM and un²CLIP's decoder read)"),
+               ("class_token", "the class token after the last layer"),
+               ("patch_last", "the patch tokens after the last layer"),
+               ("patch_read", "the patch tokens the LLaVA reads (LLaVA-1.5: the penultimate layer's)"))
+
+
+def pair_separation(spec: str, pairs: Path) -> dict[str, float]:
+    """:func:`separation` of the world MMVP-MLLM pairs in ``pairs`` (``pairs.jsonl``, ``MMVP Images/``) for the
+    CLIP ``spec``, in each representation of :data:`SEPARATIONS` (``<name>`` keys): where an encoder's change to
+    the pairs lands, and whether it reaches the tokens a LLaVA reads."""
+    import torch
+    from PIL import Image
+
+    from un2clip.load import load_clip
+    from un2clip.models.llava import VISION_FEATURE_LAYER
+
+    model = load_clip(spec).eval()
+    records = [json.loads(line) for line in (pairs / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    images = [Image.open(pairs / "MMVP Images" / f"{i}.jpg").convert("RGB") for r in records for i in r["indices"]]
+    with torch.no_grad():
+        pixels = model.preprocess(images)
+        hidden = model.vision_model(pixel_values=pixels.to(model.device), output_hidden_states=True).hidden_states
+        features = {"embedding": model.encode_image(pixels), "class_token": hidden[-1][:, 0],
+                    "patch_last": hidden[-1][:, 1:], "patch_read": hidden[VISION_FEATURE_LAYER][:, 1:]}
+    return {name: separation(f[0::2], f[1::2]) for name, f in features.items()}
+
+
 def llava_scores(llava: Path, sets: Path, folder: Path, settings: LlavaSettings, progress: bool) -> dict[str, float]:
     """The world MMVP-MLLM sets and CV-Bench of one trained LLaVA (samples files written to ``folder``)."""
     from un2clip.eval.registry import evaluate
@@ -178,9 +224,12 @@ def llava_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings
         finetune, _ = trained_stage(root / name, "finetune", fields, {"run": fields, "init": made_at(pretrain),
                                                                       "sets": counts}, fresh=fresh, progress=progress)
         print(f"seed {seed}: LLaVA on {name} ready -> {finetune / 'run' / 'llava'}")
+        def scores() -> dict[str, float]:
+            metrics = llava_scores(finetune / "run" / "llava", sets, finetune / "eval", settings, progress)
+            return metrics | {f"{SEPARATION_PREFIX}/{k}": v for k, v in pair_separation(spec, sets / "mmvp").items()}
+
         out[name] = cached_metrics(
-            seed_dir / "eval" / f"llava_{name}.json",
-            lambda: llava_scores(finetune / "run" / "llava", sets, finetune / "eval", settings, progress),
+            seed_dir / "eval" / f"llava_{name}.json", scores,
             recipe={"llava": made_at(finetune), "sets": counts, "eval_batch": settings.eval_batch,
-                    "max_new_tokens": settings.max_new_tokens}, fresh=fresh)
+                    "max_new_tokens": settings.max_new_tokens, "protocol": EVAL_PROTOCOL}, fresh=fresh)
     return out
