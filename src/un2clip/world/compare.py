@@ -726,15 +726,15 @@ def run_compare(out: Path, *, seeds: Sequence[int] = (0, 1, 2), variants: Sequen
     chosen = select_variants(settings, variants)
     if "original" not in {v.name for v in chosen}:  # the Δ columns need it, and it costs an evaluation only
         chosen = [select_variants(settings, ["original"])[0], *chosen]
-    if settings.llava is not None:  # a misspelt encoder is refused before anything is trained
-        from un2clip.world.llava import encoders_of
-
-        encoders_of(settings.llava, [v.name for v in chosen])
     notes = []
     if any(v.kind == "diva" for v in chosen) and (why := diva_available(settings.demo.t2i_preset)):
         chosen = [v for v in chosen if v.kind != "diva"]
         notes.append(f"diva skipped: {why}")
         print(f"note: diva skipped: {why}")
+    if settings.llava is not None:  # a misspelt or skipped encoder is refused before anything is trained
+        from un2clip.world.llava import encoders_of
+
+        encoders_of(settings.llava, [v.name for v in chosen])
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
