@@ -136,8 +136,8 @@ def lm_run(data, tmp_path_factory):
 def test_stage_lm_trains_and_writes_the_language_model_alone(lm_run):
     from safetensors.torch import load_file
 
-    from un2clip.train.llava import EPOCHS_LM
     from un2clip.train.config import load_config
+    from un2clip.train.llava import EPOCHS_LM
 
     cfg = load_config(lm_run / "config.yaml")
     assert (cfg.objective, cfg.lr, cfg.lr_schedule, cfg.batch_size) == ("llava-lm", 1e-3, "cosine", 2)

@@ -130,10 +130,9 @@ def test_compare_stage_lm_trains_what_llava_train_trains(tmp_path):
 def test_quick_compare_trains_a_llava_per_encoder_and_reports_it(tmp_path, monkeypatch):
     from dataclasses import replace
 
+    from tests.test_compare import _untrained_demo_models
     from un2clip.world import demo, probe
     from un2clip.world.compare import QUICK, run_compare
-
-    from tests.test_compare import _untrained_demo_models
 
     monkeypatch.setattr(demo, "shipped_weights", lambda seed, weights_seed=None: tmp_path / "nothing-shipped")
     monkeypatch.setattr(probe, "world_probe", lambda model, world, **kw: {"probe/mean": 50.0})

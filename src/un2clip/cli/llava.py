@@ -19,7 +19,6 @@ LLAVA_FLAG_HELP = {
 }
 
 
-
 def _add_llava(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("llava", help="LLaVA with another vision tower: swap",
                        description="Work on transformers LlavaForConditionalGeneration folders.")

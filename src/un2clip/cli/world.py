@@ -204,7 +204,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                         "--mllm --mllm-instruct 10000`), stage lm (the tiny LM on the captions, shared), then per "
                         "encoder LLaVA-1.5's stage 1 (projector, 1 pass of 32 at 1e-3) and stage 2 (projector + LM, "
                         "5000 steps of 16 at 2e-4), scored on the world MMVP-MLLM (silent colours), its talk-colour "
-                        "control and the world CV-Bench (about 35 min an encoder on one CPU core; default: off)")
+                        "control and the world CV-Bench (25-30 min an encoder on a 2-core machine; default: off)")
     p.add_argument("--llava-encoders", nargs="+", metavar="NAME",
                    help="the variants --llava trains a LLaVA on, each among the compared ones (implies --llava; "
                         "default: those of original, un2clip, genhancer, diva that are compared)")

@@ -25,6 +25,7 @@ import csv
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from un2clip.train.llava import EPOCHS_LM, STAGE_DEFAULTS, llava_defaults
@@ -199,6 +200,13 @@ def llava_scores(llava: Path, sets: Path, folder: Path, settings: LlavaSettings,
     return out
 
 
+def _evaluation(finetune: Path, spec: str, sets: Path, settings: LlavaSettings, progress: bool) -> dict[str, float]:
+    """What compare caches per encoder: its LLaVA's scores (:func:`llava_scores`) and its separation of the silent
+    pairs (:func:`pair_separation`)."""
+    metrics = llava_scores(finetune / "run" / "llava", sets, finetune / "eval", settings, progress)
+    return metrics | {f"{SEPARATION_PREFIX}/{k}": v for k, v in pair_separation(spec, sets / "mmvp").items()}
+
+
 def llava_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings: LlavaSettings, fresh: bool = False,
                   progress: bool = True) -> dict[str, dict[str, float]]:
     """``{encoder: metrics}`` for the encoders of ``models`` that ``settings.encoders`` names (see the module); each
@@ -224,12 +232,8 @@ def llava_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings
         finetune, _ = trained_stage(root / name, "finetune", fields, {"run": fields, "init": made_at(pretrain),
                                                                       "sets": counts}, fresh=fresh, progress=progress)
         print(f"seed {seed}: LLaVA on {name} ready -> {finetune / 'run' / 'llava'}")
-        def scores() -> dict[str, float]:
-            metrics = llava_scores(finetune / "run" / "llava", sets, finetune / "eval", settings, progress)
-            return metrics | {f"{SEPARATION_PREFIX}/{k}": v for k, v in pair_separation(spec, sets / "mmvp").items()}
-
         out[name] = cached_metrics(
-            seed_dir / "eval" / f"llava_{name}.json", scores,
+            seed_dir / "eval" / f"llava_{name}.json", partial(_evaluation, finetune, spec, sets, settings, progress),
             recipe={"llava": made_at(finetune), "sets": counts, "eval_batch": settings.eval_batch,
                     "max_new_tokens": settings.max_new_tokens, "protocol": EVAL_PROTOCOL}, fresh=fresh)
     return out
