@@ -41,6 +41,8 @@ def test_mllm_sets_added_to_a_world_are_the_ones_generate_writes(tmp_path):
 def test_mllm_sets_need_the_train_split(tmp_path):
     from un2clip.world.evalsets import add_mllm_sets
 
+    with pytest.raises(FileNotFoundError, match="not a shapes world"):
+        add_mllm_sets(tmp_path)
     (tmp_path / "world.json").write_text(json.dumps({"seed": 0, "image_size": 32}))
     with pytest.raises(FileNotFoundError, match="train/captions.csv"):
         add_mllm_sets(tmp_path)

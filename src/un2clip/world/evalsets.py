@@ -347,6 +347,8 @@ def add_mllm_sets(root: str | Path, *, n_instruct: int = 2000, contrastive: bool
     the counts."""
     root = Path(root)
     meta_path = root / "world.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root} is not a shapes world (no world.json): write one with `un2clip world generate`")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if not (root / "train" / "captions.csv").is_file():
         raise FileNotFoundError(f"{root} has no train/captions.csv: the LLaVA sets need the world's train split")
