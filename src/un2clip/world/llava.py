@@ -164,6 +164,7 @@ def pair_separation(spec: str, pairs: Path) -> dict[str, float]:
     from PIL import Image
 
     from un2clip.load import load_clip
+    from un2clip.models.clip import pool_image
     from un2clip.models.llava import VISION_FEATURE_LAYER
 
     model = load_clip(spec).eval()
@@ -171,8 +172,10 @@ def pair_separation(spec: str, pairs: Path) -> dict[str, float]:
     images = [Image.open(pairs / "MMVP Images" / f"{i}.jpg").convert("RGB") for r in records for i in r["indices"]]
     with torch.no_grad():
         pixels = model.preprocess(images)
-        hidden = model.vision_model(pixel_values=pixels.to(model.device), output_hidden_states=True).hidden_states
-        features = {"embedding": model.encode_image(pixels), "class_token": hidden[-1][:, 0],
+        out = model.vision_model(pixel_values=pixels.to(model.device), output_hidden_states=True)
+        hidden = out.hidden_states  # one pass of the tower gives the embedding (as encode_image pools it) too
+        embedding = pool_image(out, model.vision_model, model.visual_projection, model.meta.pooling)
+        features = {"embedding": embedding, "class_token": hidden[-1][:, 0],
                     "patch_last": hidden[-1][:, 1:], "patch_read": hidden[VISION_FEATURE_LAYER][:, 1:]}
     return {name: separation(f[0::2], f[1::2]) for name, f in features.items()}
 
@@ -220,15 +223,16 @@ def llava_results(seed_dir: Path, models: dict[str, str], *, seed: int, settings
     lm_fields = stage_fields("lm", captions, seed, settings, _count(captions))
     lm, _ = trained_stage(root, "lm", lm_fields, {"run": lm_fields, "world": made_at(world)}, fresh=fresh,
                           progress=progress)
+    pretrain_data, instruct = sets / "pretrain.json", sets / "instruct.json"
+    n_pretrain, n_instruct = _count(pretrain_data), _count(instruct)  # read once for every encoder
     out = {}
     for name in names:
         spec = models[name]
-        pretrain_data, instruct = sets / "pretrain.json", sets / "instruct.json"
-        fields = stage_fields("pretrain", pretrain_data, seed, settings, _count(pretrain_data), clip=spec,
+        fields = stage_fields("pretrain", pretrain_data, seed, settings, n_pretrain, clip=spec,
                               language_model=lm / "run" / "lm")
         pretrain, _ = trained_stage(root / name, "pretrain", fields, {"run": fields, "encoder": made_at(spec),
                                                                       "lm": made_at(lm)}, fresh=fresh, progress=progress)
-        fields = stage_fields("finetune", instruct, seed, settings, _count(instruct), init=pretrain / "run")
+        fields = stage_fields("finetune", instruct, seed, settings, n_instruct, init=pretrain / "run")
         finetune, _ = trained_stage(root / name, "finetune", fields, {"run": fields, "init": made_at(pretrain),
                                                                       "sets": counts}, fresh=fresh, progress=progress)
         print(f"seed {seed}: LLaVA on {name} ready -> {finetune / 'run' / 'llava'}")
